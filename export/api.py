@@ -1,0 +1,210 @@
+"""`wanrt export` as functions: ModelSpec + LoraSpec + ExportSpec -> a validated ONNX directory.
+
+Polygraphy's habit: `export_model` is the eager function; `ExportFromSpecs` is its lazy twin (a callable that does
+the work on first call and caches the manifest) for composing with engine builds and benchmarks.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wanrt.artifacts import atomic_output_dir, build_manifest, check_output_dir, sha256_file, spec_hash, write_json
+from wanrt.console import StepProgress
+from wanrt.errors import LoraError
+from wanrt.export.lora import (LORA_MODES, LoraWeights, apply_lora, dense_reference, lora_flops_per_token,
+                               resolve_targets, rerank, synthetic_lora)
+from wanrt.export.model import ModelSpec, load_transformer, model_geometry, preset_config
+from wanrt.export.onnx_export import (ExportSpec, ShapeRange, WanOnnxConfig, export_onnx)
+from wanrt.export.presets import VideoShape
+from wanrt.export import trt_check, validate
+
+# Shape range for real checkpoints when none is given: up to 81 frames at 720p.
+CHECKPOINT_MIN, CHECKPOINT_MAX = VideoShape(1, 32, 32), VideoShape(81, 720, 1280)
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """Which LoRA, and how it enters the graph. No file and no rank: the base model alone."""
+
+    file: str | None = None
+    rank: int | None = None  # synthetic rank (no file) or SVD re-rank target (file of higher rank)
+    targets: str = "all"
+    mode: str = "merged"  # merged | separate | full
+    scale: float = 1.0
+    seed: int = 0
+    allow_pickle: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.file is not None or self.rank is not None or self.mode == "full"
+
+
+def resolve_lora(model: torch.nn.Module, spec: LoraSpec) -> tuple[LoraWeights | None, dict[str, float] | None]:
+    """LoraSpec -> canonical LoraWeights (file | synthetic | SVD re-rank | dense), plus re-rank energies."""
+    if spec.mode not in LORA_MODES:
+        raise LoraError(f"--lora-mode {spec.mode!r}: choose one of {', '.join(LORA_MODES)}")
+    if not spec.enabled:
+        return None, None
+    energy = None
+    if spec.file is not None:
+        from wanrt.export.lora_formats import load_lora_file
+
+        lora = load_lora_file(spec.file, model, lora_scale=spec.scale, allow_pickle=spec.allow_pickle)
+        if spec.targets != "all":
+            keep = set(resolve_targets(model, spec.targets))
+            lora = replace(lora, modules={n: m for n, m in lora.modules.items() if n in keep})
+            if not lora.modules:
+                raise LoraError(f"--targets {spec.targets}: none of the LoRA's modules are in that group")
+        if spec.rank is not None and (spec.rank != lora.rank or lora.rank is None):
+            lora, energy = rerank(lora, spec.rank)
+    else:
+        if spec.rank is None:
+            raise LoraError("--lora-mode full needs --rank N or --lora FILE to size the dense delta's targets")
+        lora = synthetic_lora(model, spec.rank, spec.targets, seed=spec.seed)
+        lora.lora_scale = spec.scale
+    if spec.mode == "full":
+        lora = dense_reference(model, lora, seed=spec.seed)
+    return lora, energy
+
+
+def _shape_range(model_spec: ModelSpec, spec: ExportSpec) -> ShapeRange:
+    preset = model_spec.preset
+    lo = spec.min_shape or (preset.min_shape if preset else CHECKPOINT_MIN)
+    hi = spec.max_shape or (preset.max_shape if preset else CHECKPOINT_MAX)
+    return ShapeRange(lo, hi, spec.max_batch)
+
+
+def _validation_shapes(model_spec: ModelSpec, shapes: ShapeRange) -> list[tuple[int, VideoShape]]:
+    """Two different shapes (and both batch sizes) inside the range: the preset's, else the two smallest."""
+    preset = model_spec.preset
+    pair = preset.validate_shapes if preset else (VideoShape(1, 32, 32), VideoShape(5, 32, 48))
+    chosen = []
+    for shape in pair:
+        clamp = VideoShape(*(min(max(v, lo), hi) for v, lo, hi in zip(
+            (shape.frames, shape.height, shape.width), vars(shapes.min_shape).values(), vars(shapes.max_shape).values())))
+        chosen.append(clamp)
+    return [(1, chosen[0]), (min(2, shapes.max_batch), chosen[1])]
+
+
+def _lora_payload(lora: LoraWeights | None, spec: LoraSpec, model, energy) -> dict[str, Any]:
+    if lora is None:
+        return {"enabled": False, "mode": None}
+    payload: dict[str, Any] = {"enabled": True, "mode": spec.mode, "targets": spec.targets, **lora.summary(),
+                               "flops_per_token": lora_flops_per_token(lora, spec.mode, model)}
+    if spec.mode == "separate":
+        payload["initializers"] = {
+            name: {"A": f"lora.{name}.A", "B": f"lora.{name}.B",
+                   **({"bias": f"lora.{name}.bias"} if m.diff_b is not None else {})}
+            for name, m in lora.modules.items()}
+    else:
+        payload["merged_weights"] = {name: f"{name}.weight" for name in lora.names()}
+    if energy is not None:
+        payload["retained_energy"] = energy
+    return payload
+
+
+def export_model(model_spec: ModelSpec, lora_spec: LoraSpec, export_spec: ExportSpec, out_dir: str | Path,
+                 force: bool = False, progress: bool | None = None) -> dict[str, Any]:
+    """Export one (model, LoRA, mode) to `out_dir` atomically; returns the manifest."""
+    out_dir = check_output_dir(out_dir, force)
+    with atomic_output_dir(out_dir, force=force) as tmp:
+        return _export_into(model_spec, lora_spec, export_spec, tmp, progress)
+
+
+def export_ranks(model_spec: ModelSpec, lora_spec: LoraSpec, export_spec: ExportSpec, ranks: list[int],
+                 out_dir: str | Path, force: bool = False, progress: bool | None = None) -> list[dict[str, Any]]:
+    """One export per rank side by side (out_dir/r4, r8, ...): how the rank study is prepared. All or nothing."""
+    out_dir = check_output_dir(out_dir, force)
+    manifests = []
+    with atomic_output_dir(out_dir, force=force) as tmp:
+        for rank in ranks:
+            sub = tmp / f"r{rank}"
+            sub.mkdir()
+            manifests.append(_export_into(model_spec, replace(lora_spec, rank=rank), export_spec, sub, progress))
+    return manifests
+
+
+def _export_into(model_spec: ModelSpec, lora_spec: LoraSpec, export_spec: ExportSpec, directory: Path,
+                 progress: bool | None) -> dict[str, Any]:
+    steps = ["load model", "LoRA", "reference outputs", "trace + save ONNX", "validate", "TensorRT parse"]
+    model_spec = replace(model_spec, dtype=export_spec.dtype)
+    t_start = time.perf_counter()
+    with StepProgress(f"export {model_spec.source}", steps, enabled=progress) as step:
+        # 1. model
+        step("load model")
+        model = load_transformer(model_spec)
+        geometry = model_geometry(model)
+        # 2. LoRA
+        step("LoRA")
+        lora, energy = resolve_lora(model, lora_spec)
+        if lora is not None:
+            apply_lora(model, lora, lora_spec.mode)
+        lora_payload = _lora_payload(lora, lora_spec, model, energy)
+        shapes = _shape_range(model_spec, export_spec)
+        config = WanOnnxConfig(geometry, model_spec.torch_dtype, shapes)
+        # 3. eager references before export, so the model can be freed before ORT loads the graph
+        references = []
+        if export_spec.validate:
+            step("reference outputs")
+            references = validate.reference_outputs(model, config, _validation_shapes(model_spec, shapes))
+        # 4. trace and save
+        step("trace + save ONNX")
+        onnx_path = directory / "model.onnx"
+        export_info = export_onnx(model, config, onnx_path, opset=export_spec.opset,
+                                  external_data=export_spec.external_data)
+        del model, lora
+        gc.collect()
+        # 5. validate (tiers: names, axes, shapes, values)
+        validation: dict[str, Any] = {"skipped": True}
+        if export_spec.validate:
+            step("validate")
+            report = validate.validate_onnx(onnx_path, config, references, export_spec.dtype)
+            validation = {"skipped": False, "passed": report.passed, "tolerance": report.tolerance,
+                          "evaluated_as": report.evaluated_as, "tiers": report.tiers,
+                          "max_rel": report.max_rel, "checks": report.checks}
+        del references
+        # 6. TensorRT acceptance (parser only; no GPU needed)
+        step("TensorRT parse")
+        trt_parse = trt_check.parse_onnx(onnx_path)
+    payload = {
+        "onnx": onnx_path.name,
+        "external_data": export_info["external_data"],
+        "sha256": sha256_file(onnx_path),
+        "initializer_bytes": export_info["initializer_bytes"],
+        "inputs": [{"name": n, "shape": list(s), "dtype": str(config.input_dtype(n)).replace("torch.", "")}
+                   for n, s in config.input_shapes(batch=1, shape=shapes.min_shape).items()],
+        "outputs": [{"name": "prediction", "dtype": str(config.dtype).replace("torch.", "")}],
+        "dynamic_axes": {n: sorted(a) for n, a in config.dynamic_shapes().items()},
+        "shape_ranges": {"batch": [1, shapes.max_batch], "min": vars(shapes.min_shape), "max": vars(shapes.max_shape),
+                         "latent": shapes.latent},
+        "geometry": geometry,
+        "lora": lora_payload,
+        "validation": validation,
+        "trt_parse": trt_parse,
+        "timings_s": {**step.times, "total": time.perf_counter() - t_start},
+    }
+    specs = {"model": model_spec, "lora": lora_spec, "export": export_spec}
+    if model_spec.is_preset:
+        payload["model_config_hash"] = spec_hash(preset_config(model_spec))
+    manifest = build_manifest("onnx", specs, payload)
+    write_json(directory / "manifest.json", manifest)
+    return manifest
+
+
+class ExportFromSpecs:
+    """Lazy twin of export_model: call it to export (once); later calls return the cached manifest."""
+
+    def __init__(self, model_spec: ModelSpec, lora_spec: LoraSpec, export_spec: ExportSpec, out_dir, force=False):
+        self.args = (model_spec, lora_spec, export_spec, Path(out_dir), force)
+        self._manifest: dict[str, Any] | None = None
+
+    def __call__(self) -> dict[str, Any]:
+        if self._manifest is None:
+            self._manifest = export_model(*self.args, progress=False)
+        return self._manifest

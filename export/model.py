@@ -1,0 +1,136 @@
+"""Model sources: a built-in preset with seeded random weights, a local diffusers checkpoint, or a hub id.
+
+All three end in the same `WanTransformer3DModel`, cast the same way (`_keep_in_fp32_modules` stay fp32), so a real
+checkpoint goes through exactly the code path the tests exercise on presets.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wanrt.errors import ModelSourceError, BadInputError
+from wanrt.export.presets import PRESETS, Preset
+
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where the transformer comes from and how it is cut and cast."""
+
+    source: str = "tiny"  # preset name, local directory, or hub id
+    layers: int | None = None  # keep the first N blocks (timing on one GPU, slices on small machines)
+    dtype: str = "fp32"
+    seed: int = 0  # presets only
+
+    @property
+    def is_preset(self) -> bool:
+        return self.source in PRESETS
+
+    @property
+    def preset(self) -> Preset | None:
+        return PRESETS.get(self.source)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+
+def cast_keep_fp32(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Cast to `dtype` but keep `_keep_in_fp32_modules` (RoPE, time embedder, norms, modulation table) in fp32,
+    as diffusers' from_pretrained(torch_dtype=...) does: Wan's modulation and norms overflow or drift in fp16."""
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # its warning is about exactly what the next lines do
+    try:
+        model.to(dtype)
+    finally:
+        diffusers_logging.set_verbosity(level)
+    keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
+    if dtype != torch.float32 and keep:
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+            if any(k in name.split(".") for k in keep):
+                tensor.data = tensor.data.float()
+    return model
+
+
+def _truncate_blocks(model: torch.nn.Module, layers: int) -> None:
+    total = len(model.blocks)
+    if not 1 <= layers <= total:
+        raise BadInputError(f"--layers {layers}: the model has {total} blocks")
+    model.blocks = torch.nn.ModuleList(list(model.blocks)[:layers])
+    model.register_to_config(num_layers=layers)
+
+
+def preset_config(spec: ModelSpec) -> dict[str, Any]:
+    config = dict(spec.preset.config)
+    if spec.layers is not None:
+        if not 1 <= spec.layers <= config["num_layers"]:
+            raise BadInputError(f"--layers {spec.layers}: preset {spec.source} has {config['num_layers']} blocks")
+        config["num_layers"] = spec.layers
+    return config
+
+
+def _resolve_checkpoint(source: str) -> tuple[str, dict[str, Any]]:
+    """A local pipeline dir (with transformer/), a transformer dir, or a hub id (cached or downloadable)."""
+    path = Path(source).expanduser()
+    if path.exists():
+        if (path / "transformer" / "config.json").is_file():
+            return str(path), {"subfolder": "transformer"}
+        if (path / "config.json").is_file():
+            return str(path), {}
+        raise ModelSourceError(f"{source}: neither a diffusers checkpoint (config.json) nor a pipeline (transformer/)")
+    if source.count("/") != 1 or source.startswith((".", "/", "~")):
+        raise ModelSourceError(f"--model {source!r}: not a preset ({', '.join(PRESETS)}), a directory, or a hub id")
+    return source, {"subfolder": "transformer"}
+
+
+def load_transformer(spec: ModelSpec) -> torch.nn.Module:
+    """ModelSpec -> WanTransformer3DModel in eval mode, on CPU, in spec.dtype."""
+    from diffusers import WanTransformer3DModel
+
+    if spec.dtype not in DTYPES:
+        raise BadInputError(f"--dtype {spec.dtype}: choose one of {', '.join(DTYPES)}")
+    if spec.is_preset:
+        # 1. build in fp32 from a fixed seed so a preset is the same model on every machine
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(spec.seed)
+            model = WanTransformer3DModel(**preset_config(spec))
+    else:
+        # 1. same class, real weights; offline with no local copy is one clear error
+        name, kwargs = _resolve_checkpoint(spec.source)
+        try:
+            model = WanTransformer3DModel.from_pretrained(name, torch_dtype=torch.float32, **kwargs)
+        except OSError as e:
+            offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+            hint = " (HF_HUB_OFFLINE=1 and no cached copy)" if offline else ""
+            raise ModelSourceError(f"cannot load {spec.source!r}{hint}: {str(e).splitlines()[0]}") from None
+        if spec.layers is not None:
+            _truncate_blocks(model, spec.layers)
+    # 2. one cast path for every source
+    cast_keep_fp32(model, spec.torch_dtype)
+    return model.eval().requires_grad_(False)
+
+
+def model_geometry(model: torch.nn.Module) -> dict[str, Any]:
+    """The few config numbers export, FLOP counting and benchmarks need."""
+    c = model.config
+    return {
+        "num_layers": len(model.blocks),
+        "heads": c.num_attention_heads,
+        "head_dim": c.attention_head_dim,
+        "dim": c.num_attention_heads * c.attention_head_dim,
+        "ffn_dim": c.ffn_dim,
+        "in_channels": c.in_channels,
+        "out_channels": c.out_channels,
+        "text_dim": c.text_dim,
+        "image_dim": c.image_dim,
+        "patch_size": tuple(c.patch_size),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }

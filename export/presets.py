@@ -1,0 +1,107 @@
+"""Built-in model presets, as data. Each is a `WanTransformer3DModel` config plus the default video shape.
+
+`tiny` mirrors diffusers' own Wan tests (2 layers, 2 heads x 12) with the I2V image branch; `small` is sized for CPU
+benchmarks; `wan2.1-i2v-14b` is the real 14B geometry (use --layers N to keep the first N blocks). Weights are
+random and seeded, so everything runs with no download; real checkpoints load through the same code path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# Fixed by the real encoders: UMT5 text is padded to 512 tokens (diffusers' I2V attention hard-codes it) and the
+# CLIP ViT-H image encoder yields 257 tokens (256 patches + class token).
+TEXT_TOKENS = 512
+IMAGE_TOKENS = 257
+VAE_STRIDE = (4, 8, 8)  # frames, height, width: pixel frames are 4k+1; sizes are multiples of 16 (8 x patch 2)
+
+
+@dataclass(frozen=True)
+class VideoShape:
+    """A video request in pixel space: `frames` = 4k+1, `height`/`width` multiples of 16."""
+
+    frames: int
+    height: int
+    width: int
+
+    @property
+    def latent(self) -> tuple[int, int, int]:
+        return ((self.frames - 1) // VAE_STRIDE[0] + 1, self.height // VAE_STRIDE[1], self.width // VAE_STRIDE[2])
+
+    def tokens(self, patch: tuple[int, int, int] = (1, 2, 2)) -> int:
+        f, h, w = self.latent
+        return (f // patch[0]) * (h // patch[1]) * (w // patch[2])
+
+    def __str__(self) -> str:
+        return f"{self.frames}x{self.height}x{self.width}"
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    config: dict[str, Any]
+    default_shape: VideoShape  # what bench and demo run at
+    # two different small shapes that validation compares ONNX and PyTorch on
+    validate_shapes: tuple[VideoShape, VideoShape]
+    # shape range the ONNX graph is exported for: (min, max) in pixel space
+    min_shape: VideoShape
+    max_shape: VideoShape
+    description: str = ""
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _i2v_config(heads: int, head_dim: int, ffn: int, layers: int, text_dim: int, image_dim: int,
+                rope_max_seq_len: int = 1024) -> dict[str, Any]:
+    return {
+        "patch_size": (1, 2, 2),
+        "num_attention_heads": heads,
+        "attention_head_dim": head_dim,
+        "in_channels": 36,  # 16 noisy latents + 4 mask + 16 image-condition latents
+        "out_channels": 16,
+        "text_dim": text_dim,
+        "freq_dim": 256,
+        "ffn_dim": ffn,
+        "num_layers": layers,
+        "cross_attn_norm": True,
+        "qk_norm": "rms_norm_across_heads",
+        "eps": 1e-6,
+        "image_dim": image_dim,
+        "added_kv_proj_dim": heads * head_dim,
+        "rope_max_seq_len": rope_max_seq_len,
+    }
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in [
+        Preset(
+            name="tiny",
+            config=_i2v_config(heads=2, head_dim=12, ffn=32, layers=2, text_dim=32, image_dim=16, rope_max_seq_len=32),
+            default_shape=VideoShape(5, 32, 32),
+            validate_shapes=(VideoShape(5, 32, 32), VideoShape(9, 48, 64)),
+            min_shape=VideoShape(1, 16, 16),
+            max_shape=VideoShape(17, 128, 128),
+            description="tests: 2 blocks, 2 heads x 12, seconds on CPU",
+        ),
+        Preset(
+            name="small",
+            config=_i2v_config(heads=8, head_dim=64, ffn=1536, layers=4, text_dim=512, image_dim=256),
+            default_shape=VideoShape(17, 128, 224),
+            validate_shapes=(VideoShape(5, 64, 64), VideoShape(9, 96, 160)),
+            min_shape=VideoShape(1, 32, 32),
+            max_shape=VideoShape(33, 256, 256),
+            description="CPU benchmarks: 4 blocks, 8 heads x 64 (dim 512), FFN 1536",
+        ),
+        Preset(
+            name="wan2.1-i2v-14b",
+            config=_i2v_config(heads=40, head_dim=128, ffn=13824, layers=40, text_dim=4096, image_dim=1280),
+            default_shape=VideoShape(81, 480, 832),
+            validate_shapes=(VideoShape(1, 32, 32), VideoShape(5, 32, 48)),
+            min_shape=VideoShape(1, 32, 32),
+            max_shape=VideoShape(81, 720, 1280),
+            description="the real Wan2.1 I2V-14B geometry (40 blocks, 40 heads x 128, FFN 13824); --layers N slices",
+        ),
+    ]
+}

@@ -1,0 +1,240 @@
+"""A Backend as `pipe.transformer` of diffusers' WanImageToVideoPipeline, and a complete tiny pipeline.
+
+What WanImageToVideoPipeline (diffusers 0.42) reads from `pipe.transformer`:
+  - `config.patch_size` (height/width rounding) and `config.image_dim` (is it an I2V model: encode the image);
+  - `dtype` (prompt/image embeddings and latent model input are cast to it);
+  - `cache_context(name)` around each call ("cond"/"uncond"; a no-op here);
+  - `__call__(hidden_states=, timestep=, encoder_hidden_states=, encoder_hidden_states_image=,
+    attention_kwargs=, return_dict=False)[0]`;
+  - being a torch.nn.Module with a `device` (the pipeline's `_execution_device`/`device` walk its components).
+`transformer_2`/`boundary_ratio` (Wan 2.2 two-stage) stay None; `expand_timesteps` stays False (Wan 2.1).
+
+The tiny pipeline (`build_pipeline` with no checkpoint) builds every other component inline from seeded random
+weights sized to the transformer's text/image dims: AutoencoderKLWan (diffusers' test geometry), a byte-level
+tokenizer + UMT5 encoder, a CLIP ViT (224 px, patch 14 -> 257 image tokens) with its processor, and the Wan
+UniPC flow scheduler. Nothing is downloaded, so `wanrt generate` runs end to end on CPU for any preset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Any
+
+import torch
+
+from wanrt.errors import BadInputError, MissingDependencyError, ModelSourceError
+
+TINY_VAE = {"base_dim": 3, "z_dim": 16, "dim_mult": [1, 1, 1, 1], "num_res_blocks": 1,
+            "temperal_downsample": [False, True, True]}
+
+
+class BackendTransformer(torch.nn.Module):
+    """Makes any Backend look like `WanTransformer3DModel` to the pipeline (see module docstring)."""
+
+    def __init__(self, backend):
+        super().__init__()
+        from diffusers.configuration_utils import FrozenDict
+
+        self.backend = backend
+        config = dict(backend.config)
+        config.setdefault("patch_size", (1, 2, 2))
+        config.setdefault("image_dim", None)
+        self.config = FrozenDict(config)
+        self.calls = 0
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.backend.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.backend.device
+
+    @contextlib.contextmanager
+    def cache_context(self, name: str):  # noqa: ARG002 - diffusers' cache hooks; nothing to cache here
+        yield
+
+    def forward(self, hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_image=None,
+                return_dict: bool = True, attention_kwargs: dict[str, Any] | None = None):
+        if attention_kwargs and attention_kwargs.get("scale", 1.0) != 1.0:
+            raise BadInputError("attention_kwargs['scale'] (runtime LoRA scale) is not supported by compiled "
+                                "backends; bake the scale in at export (--lora-scale)")
+        self.calls += 1
+        out = self.backend.forward(hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_image)
+        if not return_dict:
+            return (out,)
+        from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+        return Transformer2DModelOutput(sample=out)
+
+
+def install_backend(pipe, backend) -> BackendTransformer:
+    """Replace `pipe.transformer` with `backend`, keeping scheduler, VAE and encoders. Returns the drop-in."""
+    drop_in = backend if isinstance(backend, BackendTransformer) else BackendTransformer(backend)
+    pipe.transformer = drop_in
+    if getattr(pipe, "transformer_2", None) is not None:
+        raise BadInputError("two-stage (Wan 2.2) pipelines are not supported: transformer_2 is set")
+    return drop_in
+
+
+# ------------------------------------------------------------------------------------------------ tiny parts
+def byte_tokenizer():
+    """A T5-style tokenizer built inline: one token per UTF-8 byte, `</s>` appended, `<pad>` = 0."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[ch] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        pre_tokenizers.Split("", "isolated"),
+    ])
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                   model_max_length=512)
+
+
+def _tiny_components(text_dim: int, image_dim: int | None, seed: int = 0) -> dict[str, Any]:
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
+
+    tokenizer = byte_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae = AutoencoderKLWan(**TINY_VAE).eval()
+        heads = 2
+        text_encoder = UMT5EncoderModel(UMT5Config(
+            vocab_size=len(tokenizer), d_model=text_dim, d_kv=max(8, text_dim // heads), d_ff=2 * text_dim,
+            num_layers=1, num_heads=heads, relative_attention_num_buckets=8, relative_attention_max_distance=32,
+            pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)).eval()
+        image_encoder = image_processor = None
+        if image_dim is not None:
+            image_encoder = CLIPVisionModel(CLIPVisionConfig(
+                hidden_size=image_dim, intermediate_size=2 * image_dim, num_hidden_layers=2,
+                num_attention_heads=2 if image_dim % 2 == 0 else 1, image_size=224, patch_size=14,
+                projection_dim=image_dim)).eval()
+            try:  # the PIL processor: same output, no torchvision needed
+                from transformers import CLIPImageProcessorPil as processor_cls
+            except ImportError:
+                processor_cls = CLIPImageProcessor
+            image_processor = processor_cls(crop_size=224, size={"shortest_edge": 224})
+    # Wan 2.1 480p settings: UniPC on flow sigmas with shift 3
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                        num_train_timesteps=1000, flow_shift=3.0)
+    return {"tokenizer": tokenizer, "text_encoder": text_encoder, "vae": vae, "scheduler": scheduler,
+            "image_encoder": image_encoder, "image_processor": image_processor}
+
+
+def build_pipeline(backend, checkpoint: str | None = None, seed: int = 0, progress: bool = False):
+    """A WanImageToVideoPipeline whose transformer is `backend`.
+
+    checkpoint None: the tiny pipeline (components built inline, sized to the backend's text/image dims).
+    Otherwise a diffusers Wan I2V pipeline directory or hub id: its scheduler, VAE and encoders are loaded in
+    float32 (text encoder and CLIP in the backend's dtype on GPU) and its own transformer is never loaded.
+    """
+    from diffusers import WanImageToVideoPipeline
+
+    config = backend.config
+    if checkpoint is None:
+        text_dim, image_dim = config.get("text_dim"), config.get("image_dim")
+        if text_dim is None:
+            raise BadInputError("the backend does not say its text_dim (manifest geometry missing)")
+        parts = _tiny_components(int(text_dim), None if image_dim is None else int(image_dim), seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pipe = WanImageToVideoPipeline(transformer=None, **parts)
+    else:
+        try:
+            pipe = WanImageToVideoPipeline.from_pretrained(checkpoint, transformer=None, torch_dtype=torch.float32)
+        except (OSError, ValueError) as e:
+            raise ModelSourceError(f"--pipeline {checkpoint!r}: cannot load ({str(e).splitlines()[0]})") from None
+    device = backend.device
+    for name in ("vae", "text_encoder", "image_encoder"):
+        module = getattr(pipe, name, None)
+        if module is not None:
+            module.to(device)
+    install_backend(pipe, backend)
+    pipe.set_progress_bar_config(disable=not progress)
+    return pipe
+
+
+def _clean_prompt(text: str) -> str:
+    """diffusers' Wan prompt_clean (ftfy when installed, then HTML unescape and whitespace folding)."""
+    import html
+    import re
+
+    try:
+        import ftfy
+
+        text = ftfy.fix_text(text)
+    except ImportError:
+        pass
+    text = html.unescape(html.unescape(text)).strip()
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def encode_prompt(pipe, prompt: str, max_sequence_length: int = 512) -> torch.Tensor:
+    """UMT5 embeddings exactly as the pipeline makes them ([1, 512, text_dim], zero past the prompt's length),
+    without requiring ftfy (diffusers' Wan pipelines import it only when installed, then call it)."""
+    inputs = pipe.tokenizer([_clean_prompt(prompt)], padding="max_length", max_length=max_sequence_length,
+                            truncation=True, add_special_tokens=True, return_attention_mask=True,
+                            return_tensors="pt")
+    ids, mask = inputs.input_ids, inputs.attention_mask
+    device = next(pipe.text_encoder.parameters()).device
+    with torch.inference_mode():
+        hidden = pipe.text_encoder(ids.to(device), mask.to(device)).last_hidden_state
+    length = int(mask.gt(0).sum())
+    out = torch.zeros_like(hidden)
+    out[:, :length] = hidden[:, :length]
+    return out.to(device=pipe.transformer.device, dtype=pipe.transformer.dtype)
+
+
+def run_pipeline(pipe, image, prompt: str, negative_prompt: str = "", frames: int = 5, height: int = 32,
+                 width: int = 32, steps: int = 2, guidance: float = 5.0, seed: int = 0):
+    """Generate one video; returns float frames [F, H, W, 3] in [0, 1] (numpy)."""
+    from PIL import Image
+
+    if not isinstance(image, Image.Image):
+        raise BadInputError("image must be a PIL image")
+    image = image.convert("RGB").resize((width, height))
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    # latents drawn on CPU so every backend/device starts from the same noise
+    shape = (1, 16, (frames - 1) // 4 + 1, height // 8, width // 8)
+    latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(pipe.transformer.device)
+    with torch.inference_mode():
+        prompt_embeds = encode_prompt(pipe, prompt)
+        negative_embeds = encode_prompt(pipe, negative_prompt or "")
+        out = pipe(image=image, prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
+                   height=height, width=width,
+                   num_frames=frames, num_inference_steps=steps, guidance_scale=guidance, latents=latents,
+                   generator=torch.Generator(device="cpu").manual_seed(seed), output_type="np")
+    return out.frames[0]
+
+
+def write_video(frames, path, fps: int = 16) -> None:
+    """Float frames [F, H, W, 3] in [0, 1] -> H.264 mp4 (yuv420p, playable everywhere)."""
+    import numpy as np
+
+    try:
+        import imageio.v2 as imageio
+        import imageio_ffmpeg  # noqa: F401 - the writer's ffmpeg binary
+    except ImportError:
+        raise MissingDependencyError("writing mp4 needs imageio and imageio-ffmpeg "
+                                     "(pip install 'wanrt[video]')") from None
+    data = (np.clip(np.asarray(frames, dtype=np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    h, w = data.shape[1:3]
+    # yuv420p needs even sizes; macro_block_size 16 would rescale small test videos, so pad instead
+    pad_h, pad_w = h % 2, w % 2
+    if pad_h or pad_w:
+        data = np.pad(data, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    writer = imageio.get_writer(str(path), format="FFMPEG", mode="I", fps=fps, codec="libx264",
+                                pixelformat="yuv420p", macro_block_size=1, ffmpeg_log_level="error",
+                                output_params=["-movflags", "+faststart"])
+    try:
+        for frame in data:
+            writer.append_data(frame)
+    finally:
+        writer.close()

@@ -1,0 +1,3 @@
+from wanrt.cli import main
+
+main()

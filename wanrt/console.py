@@ -1,0 +1,57 @@
+"""Terminal output: one rich console on stderr for progress, tables on stdout."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from typing import Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+err_console = Console(stderr=True)
+# Piped output (CI logs, `| tee`) would wrap tables at 80 columns; give them room.
+out_console = Console(width=None if sys.stdout.isatty() else 160)
+
+
+class StepProgress:
+    """A progress bar over the named steps of one long job (load, trace, validate, ...), with per-step times."""
+
+    def __init__(self, title: str, steps: list[str], enabled: bool | None = None):
+        self.steps, self.title = steps, title
+        self.times: dict[str, float] = {}
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self._progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
+                                  TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                                  console=err_console, transient=True, disable=not self.enabled)
+        self._task = None
+        self._current: str | None = None
+        self._t0 = 0.0
+
+    def __enter__(self) -> "StepProgress":
+        self._progress.__enter__()
+        self._task = self._progress.add_task(self.title, total=len(self.steps))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._finish_current()
+        self._progress.__exit__(*exc)
+
+    def _finish_current(self) -> None:
+        if self._current is not None:
+            self.times[self._current] = self.times.get(self._current, 0.0) + time.perf_counter() - self._t0
+            self._progress.advance(self._task)
+            self._current = None
+
+    def __call__(self, step: str) -> None:
+        """Start `step` (ends the previous one)."""
+        self._finish_current()
+        self._current, self._t0 = step, time.perf_counter()
+        self._progress.update(self._task, description=f"{self.title}: {step}")
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        self(name)
+        yield
+        self._finish_current()
