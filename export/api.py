@@ -139,6 +139,7 @@ def _export_into(model_spec: ModelSpec, lora_spec: LoraSpec, export_spec: Export
         # 1. model
         step("load model")
         model = load_transformer(model_spec)
+        release_memory()
         geometry = model_geometry(model)
         # 2. LoRA
         step("LoRA")
@@ -159,7 +160,7 @@ def _export_into(model_spec: ModelSpec, lora_spec: LoraSpec, export_spec: Export
         export_info = export_onnx(model, config, onnx_path, opset=export_spec.opset,
                                   external_data=export_spec.external_data)
         del model, lora
-        gc.collect()
+        release_memory()
         # 5. validate (tiers: names, axes, shapes, values)
         validation: dict[str, Any] = {"skipped": True}
         if export_spec.validate:
@@ -169,6 +170,7 @@ def _export_into(model_spec: ModelSpec, lora_spec: LoraSpec, export_spec: Export
                           "evaluated_as": report.evaluated_as, "tiers": report.tiers,
                           "max_rel": report.max_rel, "checks": report.checks}
         del references
+        release_memory()
         # 6. TensorRT acceptance (parser only; no GPU needed)
         step("TensorRT parse")
         trt_parse = trt_check.parse_onnx(onnx_path)
@@ -195,6 +197,18 @@ def _export_into(model_spec: ModelSpec, lora_spec: LoraSpec, export_spec: Export
     manifest = build_manifest("onnx", specs, payload)
     write_json(directory / "manifest.json", manifest)
     return manifest
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap back to the OS (glibc keeps freed arenas resident otherwise, which on a
+    14B slice is gigabytes that the next step - ORT loading the graph - would stack on top of)."""
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 class ExportFromSpecs:

@@ -256,6 +256,10 @@ def export_onnx(transformer: torch.nn.Module, config: WanOnnxConfig, path: Path,
         written = path.parent / (path.name + ".data")
         if written.name != EXTERNAL_DATA_NAME and written.exists():
             written.rename(path.parent / EXTERNAL_DATA_NAME)
+    # The in-memory graph outlives this function (the exporter keeps references to it), and its initializers
+    # wrap the torch parameters: drop them so the weights can be freed before validation loads the file.
+    for value in model.graph.initializers.values():
+        value.const_value = None
     del program, model
     return {"initializer_bytes": size, "external_data": EXTERNAL_DATA_NAME if use_external else None,
             "renamed_initializers": len(renames)}

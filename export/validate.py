@@ -107,10 +107,13 @@ def widen_to_fp32(src: Path, dst_dir: Path) -> Path:
     model = ir.load(str(src))
     bf16, f32 = ir.DataType.BFLOAT16, ir.DataType.FLOAT
     graph = model.graph
+    sources = [v.const_value for v in graph.initializers.values() if v.const_value is not None]
     for name, value in list(graph.initializers.items()):
         tensor = value.const_value
         if tensor is not None and tensor.dtype == bf16:
-            value.const_value = ir.tensor(tensor.numpy().astype(np.float32), name=name)
+            # lazy: each fp32 copy exists only while the saver writes it (peak ~ one tensor, not the whole model)
+            value.const_value = ir.LazyTensor(lambda t=tensor: ir.tensor(t.numpy().astype(np.float32)),
+                                              dtype=f32, shape=tensor.shape, name=name)
             value.dtype = f32
     for node in ir.traversal.RecursiveGraphIterator(graph):
         if node.op_type == "Cast" and node.attributes.get("to") is not None and node.attributes["to"].value == bf16:
@@ -126,8 +129,15 @@ def widen_to_fp32(src: Path, dst_dir: Path) -> Path:
             value.dtype = f32
     dst = dst_dir / "model_fp32.onnx"
     ir.save(model, str(dst), external_data="model_fp32.onnx.data")
-    del model
-    gc.collect()
+    # close the memory maps of the bf16 file now: touched pages count as resident until then, and ONNX Runtime is
+    # about to load the fp32 copy on top
+    for tensor in sources:
+        if isinstance(tensor, ir.ExternalTensor):
+            tensor.release()
+    del model, sources
+    from wanrt.export.api import release_memory
+
+    release_memory()
     return dst
 
 

@@ -54,6 +54,7 @@ class BackendBase:
         self.device = torch.device(device)
         self.config = dict(config)  # the transformer config (patch_size, image_dim, ...)
         self.setup: dict[str, float] = {}  # seconds: load_s, compile_s, export_s, build_s
+        self.shape_ranges: dict[str, Any] | None = None  # artifacts: the exported range (payload shape_ranges)
 
     # one forward ---------------------------------------------------------------------------------------------
     def prepare(self, latents, timestep, text, image):
@@ -221,6 +222,7 @@ class OrtBackend(BackendBase):
         config = _config_from_geometry(geometry)
         super().__init__(io_dtype, device, config)
         self.manifest, self.artifact, self.threads = manifest, artifact, threads
+        self.shape_ranges = manifest.get("payload", {}).get("shape_ranges")
         self.providers = self.session.get_providers()
         self.out_channels = config.get("out_channels", 16)
         self.setup["load_s"] = time.perf_counter() - t0
@@ -307,75 +309,91 @@ def _require_trt_runtime():
 
 
 class TrtBackend(BackendBase):
-    """A TensorRT engine directory through wanrt.engines.runtime: torch CUDA tensors in and out, input shapes
-    set per call within the engine's profile, optional CUDA graph captured per shape by the runner."""
+    """A TensorRT engine directory through wanrt.engines.runtime.TRTEngine: torch CUDA tensors in and out, input
+    shapes set per call within the engine's profiles, and (cuda_graph=True) one CUDA graph captured per input
+    shape, replayed with the inputs copied into its static buffers."""
 
     name = "trt"
 
-    def __init__(self, artifact: str | Path, device: torch.device | str = "cuda", cuda_graph: bool = False):
+    def __init__(self, artifact: str | Path, device: torch.device | str = "cuda", cuda_graph: bool = False,
+                 verify: bool = False):
         runtime = _require_trt_runtime()
         t0 = time.perf_counter()
         device = torch.device(device)
         if device.type != "cuda":
             raise BadInputError("backend 'trt' runs on CUDA only; pass --device cuda")
-        if device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-        engine_cls = getattr(runtime, "TRTEngine", None) or getattr(runtime, "TrtEngine", None)
-        if engine_cls is None:
-            raise MissingDependencyError("wanrt.engines.runtime has no TRTEngine in this install")
+        index = device.index if device.index is not None else torch.cuda.current_device()
         try:
-            self.engine = _construct(engine_cls, artifact, device=device, cuda_graph=cuda_graph)
+            self.engine = runtime.TRTEngine(artifact, device=index, verify_hash=verify)
         except WanrtError:
             raise
         except Exception as e:  # noqa: BLE001 - TensorRT raises plain RuntimeErrors
             raise EngineError(f"{artifact}: cannot load the engine ({str(e).splitlines()[0]})") from None
-        manifest = getattr(self.engine, "manifest", None) or {}
-        geometry = (manifest.get("payload", {}).get("geometry")
-                    or manifest.get("payload", {}).get("onnx", {}).get("geometry") if isinstance(manifest, dict)
-                    else None) or {}
-        dtype = getattr(self.engine, "io_dtype", None) or getattr(self.engine, "dtype", None) or torch.float16
-        if isinstance(dtype, str):
-            dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp8": torch.bfloat16,
-                     "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
-        super().__init__(dtype, device, _config_from_geometry(geometry))
-        self.artifact, self.cuda_graph, self.manifest = Path(artifact), cuda_graph, manifest
+        self.manifest = self.engine.manifest
+        payload = self.manifest.get("payload", {})
+        onnx = payload.get("onnx", {})
+        super().__init__(self.engine.dtypes["latents"], torch.device("cuda", index),
+                         _config_from_geometry(onnx.get("geometry") or {}))
+        self.precision = payload.get("precision")
+        self.shape_ranges = onnx.get("shape_ranges")  # the engine's profiles may be narrower; TRTEngine checks
+        self.artifact, self.cuda_graph = Path(artifact), cuda_graph
+        self._graphs: dict[tuple, tuple[Any, dict[str, torch.Tensor], torch.Tensor]] = {}
+        self.graph_failures: list[str] = []
         self.setup["load_s"] = time.perf_counter() - t0
 
     def forward(self, latents, timestep, text, image=None) -> torch.Tensor:
         latents, timestep, text, image = self.prepare(latents, timestep, text, image)
-        feeds = {"latents": latents, "timestep": timestep, "text": text}
+        feed = {"latents": latents, "timestep": timestep, "text": text}
         if image is not None:
-            feeds["image"] = image
-        engine = self.engine
-        if hasattr(engine, "infer"):
-            out = engine.infer(feeds)
-        else:
-            out = engine(feeds)
-        if isinstance(out, dict):
-            out = out.get("prediction", next(iter(out.values())))
-        return out
+            feed["image"] = image
+        if not self.cuda_graph:
+            return self.engine.infer(feed)["prediction"]
+        key = tuple((k, tuple(v.shape)) for k, v in feed.items())
+        graph = self._graphs.get(key) or self._capture(key, feed)
+        if graph is None:  # this shape could not be captured: run it eagerly
+            return self.engine.infer(feed)["prediction"]
+        g, static, out = graph
+        for name, t in feed.items():
+            static[name].copy_(t)
+        g.replay()
+        return out.clone()
+
+    def _capture(self, key, feed):
+        """Capture one engine execution for this shape (TensorRT needs one plain run after a shape change)."""
+        static = {k: v.clone() for k, v in feed.items()}
+        out = self.engine.infer(static)["prediction"]  # shape setup + output shape
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        try:
+            with torch.cuda.stream(side):
+                self.engine.infer(static, out=out)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                self.engine.infer(static, out=out)
+        except RuntimeError as e:
+            self.graph_failures.append(f"{key}: {str(e).splitlines()[0]}")
+            self._graphs[key] = None
+            return None
+        self._graphs[key] = (g, static, out)
+        return self._graphs[key]
 
     def describe(self) -> dict[str, Any]:
-        extra = engine_describe() if callable(engine_describe := getattr(self.engine, "describe", None)) else {}
-        return {**super().describe(), "artifact": str(self.artifact), "cuda_graph": self.cuda_graph, **extra}
+        info = {**super().describe(), "artifact": str(self.artifact), "cuda_graph": self.cuda_graph,
+                "precision": self.precision, "graphs": sum(1 for v in self._graphs.values() if v is not None)}
+        if self.graph_failures:
+            info["graph_failures"] = self.graph_failures
+        try:
+            info["engine_device_memory_mb"] = self.engine.device_memory_bytes / 2**20
+        except Exception:  # noqa: BLE001 - informative only
+            pass
+        return info
 
     def close(self) -> None:
+        self._graphs.clear()
         close = getattr(self.engine, "close", None)
         if callable(close):
             close()
-
-
-def _construct(cls, artifact, **kwargs):
-    """Call an engine-runner constructor with the keyword arguments it accepts."""
-    import inspect
-
-    try:
-        params = inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        return cls(artifact)
-    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        return cls(artifact, **kwargs)
-    return cls(artifact, **{k: v for k, v in kwargs.items() if k in params})
 
 
 # ------------------------------------------------------------------------------------------------ registry
@@ -497,7 +515,7 @@ def export_artifact(model_spec, lora_spec, out_dir: Path, dtype: str | None = No
         kwargs["min_shape"] = min_shape
     spec = ExportSpec(**kwargs)
     t0 = time.perf_counter()
-    api.export_model(model_spec, lora_spec, spec, out_dir, force=force)
+    api.export_model(model_spec, lora_spec, spec, out_dir, force=force, progress=False)
     return Path(out_dir), time.perf_counter() - t0
 
 

@@ -44,8 +44,7 @@ def check_shape(spec: GenerateSpec, backend) -> None:
     from wanrt.export.onnx_export import check_video_shape
 
     shape = check_video_shape(spec.frames, spec.height, spec.width)
-    manifest = getattr(backend, "manifest", None) or {}
-    ranges = manifest.get("payload", {}).get("shape_ranges", {}).get("latent") if isinstance(manifest, dict) else None
+    ranges = (getattr(backend, "shape_ranges", None) or {}).get("latent")
     if ranges:
         for axis, value in zip("FHW", shape.latent):
             lo, hi = ranges.get(axis, (value, value))
@@ -75,7 +74,7 @@ def generate_video(backend, image, spec: GenerateSpec, pipeline: str | None = No
 def generate(image_path: str | os.PathLike, spec: GenerateSpec, backend_name: str, output: str | os.PathLike,
              model_spec=None, lora_spec=None, engine: str | None = None, device: str = "cpu",
              pipeline: str | None = None, force: bool = False, threads: int | None = None,
-             say: Callable[[str], None] | None = None) -> dict[str, Any]:
+             cuda_graph: bool = False, say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The whole command: load image, make backend, run the pipeline, write the mp4 atomically."""
     from wanrt.runtime.backends import backend_from_specs
     from wanrt.runtime.pipeline import write_video
@@ -89,7 +88,7 @@ def generate(image_path: str | os.PathLike, spec: GenerateSpec, backend_name: st
     if threads:
         torch.set_num_threads(threads)
     backend = backend_from_specs(backend_name, model_spec, lora_spec, engine=engine, device=device,
-                                 threads=threads, progress=say)
+                                 threads=threads, cuda_graph=cuda_graph, progress=say)
     try:
         frames, timing = generate_video(backend, image, spec, pipeline=pipeline)
     finally:

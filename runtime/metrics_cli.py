@@ -58,12 +58,14 @@ def _mean(values):
 @click.option("--clip-len", type=int, default=16, show_default=True)
 @click.option("--frame-step", type=int, default=1, show_default=True)
 @click.option("--clip-start", type=int, default=0, show_default=True)
-@click.option("--clip-stride", type=int, default=None, help="Sliding clips with this stride (default: one clip per video).")
+@click.option("--clip-stride", type=int, default=None,
+              help="Sliding clips with this stride (default: one clip per video).")
 @click.option("--max-clips-per-video", type=int, default=None)
 @click.option("--biased-cov", is_flag=True, help="Covariance over N instead of N-1.")
-@click.option("--batch-size", type=int, default=2, show_default=True, help="Clips per I3D forward.")
+@click.option("--batch-size", type=int, default=4, show_default=True, help="Clips per I3D forward.")
+@click.option("--device", default="cpu", show_default=True, help="Where I3D runs: cpu, cuda, cuda:1, ...")
 def eval_cmd(ref_dir, gen_dir, floor_dir, weights, json_out, lpips_net, no_lpips, no_fvd, resize, clip_len, frame_step,
-             clip_start, clip_stride, max_clips_per_video, biased_cov, batch_size):
+             clip_start, clip_stride, max_clips_per_video, biased_cov, batch_size, device):
     """Per-frame PSNR/SSIM/LPIPS (when the sets pair up) and FVD with its noise floor."""
     from rich.console import Console
     from rich.table import Table
@@ -75,6 +77,14 @@ def eval_cmd(ref_dir, gen_dir, floor_dir, weights, json_out, lpips_net, no_lpips
     config = frechet.FVDConfig(clip_len=clip_len, frame_step=frame_step, clip_start=clip_start,
                                clip_stride=clip_stride, max_clips_per_video=max_clips_per_video, resize=resize,
                                unbiased_cov=not biased_cov, batch_size=batch_size)
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise BadInputError(f"--device {device}: not a torch device (cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BadInputError(f"--device {device}: CUDA is not available in this torch")
     ref_paths, gen_paths = videos.list_videos(ref_dir), videos.list_videos(gen_dir)
     floor_paths = videos.list_videos(floor_dir) if floor_dir else None
     # Missing weights fail here, before any decoding.
@@ -91,7 +101,7 @@ def eval_cmd(ref_dir, gen_dir, floor_dir, weights, json_out, lpips_net, no_lpips
     paired = len(ref_paths) == len(gen_paths)
     per_video = []
     if paired:
-        for i, (rp, gp) in enumerate(zip(ref_paths, gen_paths)):
+        for i, (rp, gp) in enumerate(zip(ref_paths, gen_paths, strict=True)):
             err.print(f"[dim]frames {i + 1}/{len(ref_paths)}: {rp.name} vs {gp.name}[/dim]")
             r, g = videos.read_video(rp), videos.read_video(gp)
             if r.shape != g.shape:
@@ -116,7 +126,7 @@ def eval_cmd(ref_dir, gen_dir, floor_dir, weights, json_out, lpips_net, no_lpips
         need = config.frames_needed()
         res = frechet.fvd(videos.iter_videos(ref_paths, need), videos.iter_videos(gen_paths, need), config,
                           floor_videos=videos.iter_videos(floor_paths, need) if floor_paths else None,
-                          weights=weights, progress=progress)
+                          weights=weights, progress=progress, device=device)
         result["fvd"] = res.to_dict()
 
     table = Table(title=f"wanrt eval: {gen_dir} vs {ref_dir}")

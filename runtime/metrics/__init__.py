@@ -17,8 +17,9 @@ _EXPORTS = {
     "compare_videos": "frames", "psnr": "frames", "ssim": "frames", "lpips_frames": "frames",
     "LPIPS": "lpips", "load_lpips": "lpips", "lpips_distance": "lpips",
     "InceptionI3d": "i3d", "load_i3d": "i3d",
-    "FVDConfig": "frechet", "FVDResult": "frechet", "RESIZE_MODES": "frechet", "fvd": "frechet", "noise_floor": "frechet",
-    "i3d_features": "frechet", "frechet_distance": "frechet", "fvd_from_features": "frechet", "gaussian_stats": "frechet",
+    "FVDConfig": "frechet", "FVDResult": "frechet", "RESIZE_MODES": "frechet", "fvd": "frechet",
+    "noise_floor": "frechet", "i3d_features": "frechet", "frechet_distance": "frechet",
+    "fvd_from_features": "frechet", "gaussian_stats": "frechet",
     "read_video": "videos", "list_videos": "videos", "iter_videos": "videos", "write_video": "videos",
     "MissingWeightsError": "weights", "UnsafePickleError": "weights", "fetch": "weights", "resolve": "weights",
 }

@@ -25,27 +25,35 @@ SSIM_K1, SSIM_K2 = 0.01, 0.03
 
 
 def as_frames(video: Any, name: str = "video") -> torch.Tensor:
-    """(T, H, W, 3) uint8 or [0, 1] float, numpy or torch -> float64 tensor (T, 3, H, W) in [0, 1]."""
+    """Validate (T, H, W, 3) uint8 or [0, 1] float frames (numpy or torch) and return them as a CPU tensor.
+
+    The conversion to float64 happens a frame at a time (`_frame`): a whole 81-frame 480p video in float64 would
+    take ~0.8 GB.
+    """
     t = torch.from_numpy(np.asarray(video)) if not isinstance(video, torch.Tensor) else video.detach().cpu()
     if t.ndim == 3:  # a single frame
         t = t[None]
     if t.ndim != 4 or t.shape[-1] != 3:
         raise BadInputError(f"{name}: expected (T, H, W, 3) frames, got shape {tuple(t.shape)}")
-    if t.dtype == torch.uint8:
-        t = t.double() / 255.0
-    elif t.is_floating_point():
-        t = t.double()
-    else:
+    if t.dtype != torch.uint8 and not t.is_floating_point():
         raise BadInputError(f"{name}: frames must be uint8 or float in [0, 1], got {t.dtype}")
-    return t.permute(0, 3, 1, 2)
+    return t
+
+
+def _frame(t: torch.Tensor, i: int, dtype=torch.float64) -> torch.Tensor:
+    """Frame i of an as_frames tensor as (1, 3, H, W) in [0, 1]."""
+    f = t[i].to(dtype)
+    if t.dtype == torch.uint8:
+        f = f / 255.0
+    return f.permute(2, 0, 1)[None]
 
 
 def psnr(ref: Any, gen: Any) -> list[float]:
     """Per-frame PSNR in dB (inf for identical frames)."""
     a, b = as_frames(ref, "ref"), as_frames(gen, "gen")
     _same_shape(a, b)
-    mse = ((a - b) ** 2).mean(dim=(1, 2, 3))
-    return [math.inf if m == 0 else -10.0 * math.log10(m) for m in mse.tolist()]
+    mse = [float(((_frame(a, i) - _frame(b, i)) ** 2).mean()) for i in range(a.shape[0])]
+    return [math.inf if m == 0 else -10.0 * math.log10(m) for m in mse]
 
 
 def _gaussian_window() -> torch.Tensor:
@@ -65,13 +73,13 @@ def ssim(ref: Any, gen: Any) -> list[float]:
     """Per-frame SSIM (mean over the valid region and the three channels)."""
     a, b = as_frames(ref, "ref"), as_frames(gen, "gen")
     _same_shape(a, b)
-    if min(a.shape[2:]) < 2 * SSIM_RADIUS + 1:
+    if min(a.shape[1:3]) < 2 * SSIM_RADIUS + 1:
         raise BadInputError(f"SSIM needs frames of at least {2 * SSIM_RADIUS + 1}x{2 * SSIM_RADIUS + 1}")
     g = _gaussian_window()
     c1, c2 = SSIM_K1**2, SSIM_K2**2
     out = []
     for i in range(a.shape[0]):  # frame by frame: five float64 maps of a 480x832 frame stay small
-        x, y = a[i : i + 1], b[i : i + 1]
+        x, y = _frame(a, i), _frame(b, i)
         mx, my = _filter(x, g), _filter(y, g)
         vx = _filter(x * x, g) - mx * mx
         vy = _filter(y * y, g) - my * my
@@ -83,8 +91,7 @@ def ssim(ref: Any, gen: Any) -> list[float]:
 
 def _same_shape(a: torch.Tensor, b: torch.Tensor) -> None:
     if a.shape != b.shape:
-        raise BadInputError(f"ref and gen differ in shape: {tuple(a.permute(0, 2, 3, 1).shape)} vs "
-                            f"{tuple(b.permute(0, 2, 3, 1).shape)} (T, H, W, 3)")
+        raise BadInputError(f"ref and gen differ in shape: {tuple(a.shape)} vs {tuple(b.shape)} (T, H, W, 3)")
 
 
 def lpips_frames(ref: Any, gen: Any, net: str = "alex", weights=None, batch_size: int = 8) -> list[float]:
@@ -95,8 +102,10 @@ def lpips_frames(ref: Any, gen: Any, net: str = "alex", weights=None, batch_size
     _same_shape(a, b)
     out = []
     for i in range(0, a.shape[0], batch_size):  # to [-1, 1] a chunk at a time: float32 copies stay small
-        out += lpips_distance(a[i : i + batch_size].float() * 2 - 1, b[i : i + batch_size].float() * 2 - 1,
-                              net=net, weights=weights, batch_size=batch_size).tolist()
+        idx = range(i, min(i + batch_size, a.shape[0]))
+        x = torch.cat([_frame(a, j, torch.float32) for j in idx]) * 2 - 1
+        y = torch.cat([_frame(b, j, torch.float32) for j in idx]) * 2 - 1
+        out += lpips_distance(x, y, net=net, weights=weights, batch_size=batch_size).tolist()
     return out
 
 
@@ -110,7 +119,8 @@ def compare_videos(ref: Any, gen: Any, lpips: bool = True, lpips_net: str = "ale
     Returns {"frames", "psnr", "ssim", "lpips" (lists per frame), "psnr_mean", "ssim_mean", "lpips_mean"};
     the LPIPS entries are None when lpips=False. Used by `wanrt bench` and `wanrt eval`.
     """
-    out: dict[str, Any] = {"frames": int(as_frames(ref, "ref").shape[0]), "psnr": psnr(ref, gen), "ssim": ssim(ref, gen)}
+    out: dict[str, Any] = {"frames": int(as_frames(ref, "ref").shape[0]), "psnr": psnr(ref, gen),
+                           "ssim": ssim(ref, gen)}
     out["lpips"] = lpips_frames(ref, gen, net=lpips_net, weights=weights) if lpips else None
     out["lpips_net"] = lpips_net if lpips else None
     out["psnr_mean"] = _mean(out["psnr"])

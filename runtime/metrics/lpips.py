@@ -13,7 +13,6 @@ import functools
 import os
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from wanrt.errors import BadInputError

