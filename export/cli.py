@@ -9,6 +9,7 @@ import click
 from rich.table import Table
 
 from wanrt.console import out_console
+from wanrt.engines.cli import engine_options
 from wanrt.errors import BadInputError
 from wanrt.options import (dtype_option, lora_options, lora_spec_from_kwargs, model_options, model_spec_from_kwargs,
                            parse_int_list, parse_shape)
@@ -48,6 +49,13 @@ def _export_options(f):
 def _export_spec(kw):
     from wanrt.export.onnx_export import DEFAULT_OPSET, ExportSpec
 
+    if kw.get("engine"):
+        kw["dtype"] = kw["dtype"] or "bf16"  # the engine precision Wan is trained in
+        if kw["opset"] is None and not _has_cuda():
+            # TensorRT-RTX's CPU-only builder crashes on opset-23 Attention (docs/engines.md)
+            kw["opset"] = 18
+    kw["dtype"] = kw["dtype"] or "fp32"
+
     lo, hi = parse_shape(kw["min_shape"], "--min-shape"), parse_shape(kw["max_shape"], "--max-shape")
     if lo and hi and any(a > b for a, b in zip(vars(lo).values(), vars(hi).values())):
         raise BadInputError(f"--min-shape {kw['min_shape']} exceeds --max-shape {kw['max_shape']}")
@@ -70,12 +78,21 @@ def _check_lora_file(kw) -> None:
                         f"or pass --allow-pickle")
 
 
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 @click.command()
 @model_options
 @lora_options
 @dtype_option
 @_export_options
 @click.option("-o", "--output", type=click.Path(file_okay=False), required=True, help="Output directory.")
+@click.option("--engine", is_flag=True, help="Also build a TensorRT engine from each export (OUTPUT/engine); "
+              "the engine options below apply.")
+@engine_options
 def export(**kw):
     """Export the Wan DiT (+ LoRA) to validated ONNX: OUTPUT/model.onnx and manifest.json.
 
@@ -84,6 +101,7 @@ def export(**kw):
       wanrt export --rank 16 -o out/r16                       # tiny preset, synthetic rank-16 LoRA, merged
       wanrt export --rank 4,8,16 --lora-mode separate -o out  # out/r4, out/r8, out/r16
       wanrt export --model wan2.1-i2v-14b --layers 2 --dtype bf16 --rank 16 -o out/slice
+      wanrt export --rank 16 --lora-mode separate --engine -o out/trt  # + OUTPUT/engine (TensorRT)
     """
     from wanrt.artifacts import check_output_dir
     from wanrt.export.api import export_model, export_ranks
@@ -102,6 +120,14 @@ def export(**kw):
                                 force=kw["force"])
         rows = [(str(out), manifest)]
     out_console.print(summary_table(rows))
+    if kw["engine"]:
+        from wanrt.engines.build import build_engine_from_onnx_dir
+        from wanrt.engines.cli import engine_spec_from_kwargs, engine_table
+
+        spec = engine_spec_from_kwargs(kw)
+        built = [(str(Path(d) / "engine"), build_engine_from_onnx_dir(d, spec, Path(d) / "engine", force=kw["force"]))
+                 for d, _ in rows]
+        out_console.print(engine_table(built))
 
 
 @click.command()

@@ -72,14 +72,15 @@ lora_options = _stack(
     click.option("--allow-pickle", is_flag=True, help="Allow .pt/.ckpt/.bin LoRA files (loaded weights_only)."),
 )
 
-dtype_option = click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32",
-                            show_default=True, help="Export precision (bf16 is what Wan is trained in).")
+dtype_option = click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
+                            help="Export precision (bf16 is what Wan is trained in).  [default: fp32; bf16 with "
+                                 "--engine]")
 
 
 def model_spec_from_kwargs(kw):
     from wanrt.export.model import ModelSpec
 
-    return ModelSpec(source=kw["model"], layers=kw["layers"], dtype=kw.get("dtype", "fp32"), seed=kw["seed"])
+    return ModelSpec(source=kw["model"], layers=kw["layers"], dtype=kw.get("dtype") or "fp32", seed=kw["seed"])
 
 
 def lora_spec_from_kwargs(kw, rank: int | None = None):
