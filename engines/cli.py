@@ -14,21 +14,13 @@ from rich.table import Table
 
 from wanrt.console import out_console
 from wanrt.errors import BadInputError
+from wanrt.options import option_group
 
 FLAVOUR_CHOICES = ("auto", "tensorrt", "rtx")
 PRECISION_CHOICES = ("fp16", "bf16", "fp8", "fp32")
 
 
-def _stack(*decorators):
-    def apply(f):
-        for d in reversed(decorators):
-            f = d(f)
-        return f
-
-    return apply
-
-
-engine_options = _stack(
+engine_options = option_group(
     click.option("--trt", "trt_flavour", type=click.Choice(FLAVOUR_CHOICES), default="auto", show_default=True,
                  help="TensorRT flavour: datacenter `tensorrt`, TensorRT for RTX (`rtx`), or whichever fits."),
     click.option("--precision", type=click.Choice(PRECISION_CHOICES), default=None,

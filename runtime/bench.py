@@ -85,6 +85,8 @@ class BenchSpec:
     peak_size: int | None = None  # matmul size of the peak measurement (default: 2048 CPU, 8192 GPU)
     engine_dir: str | None = None  # ort/trt with a single prebuilt artifact instead of exporting per point
     interleave: bool = True  # time the point's backends step by step in turn (fair under drifting load)
+    retries: int = 2  # re-time a point disturbed by other work on the machine (LoadProbe)
+    settle_s: float | None = None  # idle before each timed step (None: 0.1 s on CPU, 0 on GPU); see time_backend
 
     def shape(self):
         from wanrt.export.onnx_export import check_video_shape
@@ -198,6 +200,32 @@ def measure_matmul_peak(device: torch.device, dtype: torch.dtype, size: int | No
             "threads": torch.get_num_threads() if device.type == "cpu" else None}
 
 
+class LoadProbe:
+    """Detects other work on the machine: a fixed matmul timed before and after each point's timing. A point whose
+    probe runs `tolerance` x slower than the best probe seen (or whose p90/median exceeds it) is re-timed up to
+    `retries` times and, if still disturbed, flagged in the results."""
+
+    def __init__(self, device: torch.device, size: int = 768, tolerance: float = 1.5):
+        self.device, self.tolerance = device, tolerance
+        gen = torch.Generator().manual_seed(1)
+        self.a = torch.randn(size, size, generator=gen).to(device)
+        self.best = math.inf
+        self.measure()
+
+    def measure(self) -> float:
+        times = []
+        with torch.inference_mode():
+            for _ in range(3):
+                _sync(self.device)
+                t0 = time.perf_counter()
+                torch.mm(self.a, self.a)
+                _sync(self.device)
+                times.append(time.perf_counter() - t0)
+        t = statistics.median(times)
+        self.best = min(self.best, t)
+        return t
+
+
 def _rss_bytes() -> int:
     try:
         with open("/proc/self/statm") as f:
@@ -232,29 +260,47 @@ class _RssSampler:
         self.peak = max(self.peak, _rss_bytes())
 
 
-def measure_memory(backend, feed: tuple, device: torch.device) -> dict[str, Any]:
-    """Peak memory of one forward (after the timed runs, so sampling never perturbs timings)."""
+def memory_in_use(device: torch.device) -> int:
+    """Bytes in use now: process RSS on CPU, device memory in use on CUDA (all allocators, ORT/TensorRT too)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+        free, total = torch.cuda.mem_get_info(device)
+        return total - free
+    gc.collect()
+    return _rss_bytes()
+
+
+def measure_memory(backend, feed: tuple, device: torch.device, before_load: int | None = None) -> dict[str, Any]:
+    """Memory of a backend: what loading it took (`load_mb`, from `before_load` = memory_in_use() taken just before
+    its weights were built/loaded) plus the growth during its first, cold forward (`forward_mb`: activations,
+    workspaces, arenas; for `compile` also compilation). `peak_mb` = load_mb + forward_mb. Call it on the first
+    forward (warm-up), never inside the timed steps."""
+    if device.type == "cuda":
+        start = memory_in_use(device)
         torch.cuda.reset_peak_memory_stats(device)
-        free_before, total = torch.cuda.mem_get_info(device)
         backend(*feed)
         torch.cuda.synchronize(device)
-        free_after, _ = torch.cuda.mem_get_info(device)
-        return {"kind": "cuda", "torch_peak_allocated_mb": torch.cuda.max_memory_allocated(device) / 2**20,
-                "torch_peak_reserved_mb": torch.cuda.max_memory_reserved(device) / 2**20,
-                "device_used_mb": (total - min(free_before, free_after)) / 2**20,
-                "peak_mb": max(torch.cuda.max_memory_reserved(device), total - min(free_before, free_after)) / 2**20}
-    gc.collect()
-    with _RssSampler() as s:
-        backend(*feed)
-    return {"kind": "cpu-rss", "peak_mb": s.peak / 2**20, "forward_delta_mb": (s.peak - s.start) / 2**20}
+        end = memory_in_use(device)
+        alloc0 = torch.cuda.memory_allocated(device)
+        out = {"kind": "cuda", "torch_peak_allocated_mb": torch.cuda.max_memory_allocated(device) / 2**20,
+               "torch_peak_reserved_mb": torch.cuda.max_memory_reserved(device) / 2**20,
+               "device_used_mb": end / 2**20,
+               "forward_mb": max(end - start, torch.cuda.max_memory_allocated(device) - alloc0, 0) / 2**20}
+    else:
+        with _RssSampler() as s:
+            backend(*feed)
+        out = {"kind": "cpu-rss", "process_rss_peak_mb": s.peak / 2**20, "forward_mb": (s.peak - s.start) / 2**20}
+        start = s.start
+    out["load_mb"] = max(start - before_load, 0) / 2**20 if before_load is not None else None
+    out["peak_mb"] = (out["load_mb"] or 0.0) + out["forward_mb"]
+    return out
 
 
 def time_backend(backend, feeds: list[tuple], warmup: int, repeats: int, device: torch.device,
-                 tick: Callable[[], None] | None = None) -> tuple[list[float], list[float]]:
+                 tick: Callable[[], None] | None = None, settle: float = 0.0) -> tuple[list[float], list[float]]:
     """Timed forwards: `feeds` = [cond, uncond] input tuples; each step runs both. Returns (forward samples s,
-    step samples s = the sum of a step's two forwards)."""
+    step samples s = the sum of a step's two forwards). `settle`: idle seconds before each timed step, so worker
+    threads still spinning from the previous backend (ONNX Runtime's pool, OpenMP) never steal its cores."""
     with torch.inference_mode():
         for _ in range(warmup):
             for feed in feeds:
@@ -262,6 +308,8 @@ def time_backend(backend, feeds: list[tuple], warmup: int, repeats: int, device:
         _sync(device)
         fwd, steps = [], []
         for _ in range(repeats):
+            if settle:
+                time.sleep(settle)
             step = 0.0
             for feed in feeds:
                 _sync(device)
@@ -406,6 +454,7 @@ def run_bench(spec: BenchSpec, out_dir: str | Path | None = None, force: bool = 
     ui = _Ui(console, progress, total=len(points) * len(spec.backends) * spec.repeats)
     runs: list[dict[str, Any]] = []
     peak_start = measure_matmul_peak(device, _peak_dtype(spec, device), spec.peak_size)
+    probe = LoadProbe(device)
     video_ctx = _VideoQuality(spec, vshape) if spec.video_quality else None
     t_start = time.perf_counter()
     with ui:
@@ -429,7 +478,7 @@ def run_bench(spec: BenchSpec, out_dir: str | Path | None = None, force: bool = 
             gc.collect()
             # 2. every backend of the point, on the same inputs
             point_runs = _run_point(spec, point, feeds, refs, flops, lora_summary, model_base, lora_spec, artifacts,
-                                    lo, hi, device, disabled, peak_start["tflops"], video_ctx, ui)
+                                    lo, hi, device, disabled, peak_start["tflops"], video_ctx, ui, probe)
             runs += point_runs
         fvd = video_ctx.fvd_all() if video_ctx is not None else None
     peak_end = measure_matmul_peak(device, _peak_dtype(spec, device), spec.peak_size)
@@ -472,7 +521,8 @@ _RUN_ERRORS = (WanrtError, RuntimeError, ValueError, TypeError, OSError, ImportE
 
 
 def _run_point(spec: BenchSpec, point: SweepPoint, feeds, refs, flops, lora_summary, model_spec, lora_spec,
-               artifacts: "_Artifacts", lo, hi, device, disabled, peak_tflops, video_ctx, ui) -> list[dict[str, Any]]:
+               artifacts: "_Artifacts", lo, hi, device, disabled, peak_tflops, video_ctx, ui,
+               probe: "LoadProbe") -> list[dict[str, Any]]:
     """Create every backend of one point, warm each up, time them (interleaved step by step when
     spec.interleave, so drifting machine load hits all alike), then memory and quality one by one."""
     runs, live = [], []  # live: (run, backend, artifact)
@@ -496,7 +546,9 @@ def _run_point(spec: BenchSpec, point: SweepPoint, feeds, refs, flops, lora_summ
     for run, backend, _ in list(live):
         ui.status(f"{point.label}: warming up {run['backend']}")
         try:
-            # compilation and CUDA-graph capture must never land in a timed step: at least one warm-up there
+            # memory on the first (cold) forward, then the warm-up steps; compilation and CUDA-graph capture
+            # must never land in a timed step
+            run["memory"] = measure_memory(backend, feeds[0], device, run["setup_s"].pop("_mem_before", None))
             warm = max(spec.warmup, 1) if run["backend"] in ("compile", "trt") else spec.warmup
             time_backend(backend, feeds, warm, 0, device)
             samples[id(run)] = ([], [])
@@ -505,24 +557,44 @@ def _run_point(spec: BenchSpec, point: SweepPoint, feeds, refs, flops, lora_summ
     timed = [(run, b, a) for run, b, a in live if id(run) in samples]
     order = [(rep, item) for rep in range(spec.repeats) for item in timed] if spec.interleave else \
         [(rep, item) for item in timed for rep in range(spec.repeats)]
-    for _, (run, backend, _) in order:
-        if run.get("status") == "failed":
-            continue
-        ui.status(f"{point.label}: timing {run['backend']}")
-        try:
-            fwd, steps = time_backend(backend, feeds, 0, 1, device)
-            samples[id(run)][0].extend(fwd)
-            samples[id(run)][1].extend(steps)
-            ui.advance(1)
-        except _RUN_ERRORS as e:
-            _fail(run, e)
+    checks = []
+    settle = spec.settle_s if spec.settle_s is not None else (0.1 if device.type == "cpu" else 0.0)
+    for attempt in range(1 + spec.retries):
+        for key in samples:
+            samples[key] = ([], [])
+        time.sleep(settle)
+        before = probe.measure()
+        for _, (run, backend, _) in order:
+            if run.get("status") == "failed":
+                continue
+            ui.status(f"{point.label}: timing {run['backend']}" + (f" (retry {attempt})" if attempt else ""))
+            try:
+                fwd, steps = time_backend(backend, feeds, 0, 1, device, settle=settle)
+                samples[id(run)][0].extend(fwd)
+                samples[id(run)][1].extend(steps)
+                if attempt == 0:
+                    ui.advance(1)
+            except _RUN_ERRORS as e:
+                _fail(run, e)
+        time.sleep(settle)
+        after = probe.measure()
+        spread = max((percentile(sorted(f), 90) / statistics.median(f) for f, _ in samples.values() if f),
+                     default=1.0)
+        check = {"probe_ratio_before": before / probe.best, "probe_ratio_after": after / probe.best,
+                 "p90_over_median_max": spread}
+        check["disturbed"] = max(check["probe_ratio_before"], check["probe_ratio_after"]) > probe.tolerance \
+            or spread > probe.tolerance
+        checks.append(check)
+        if not check["disturbed"]:
+            break
+    for run, _, _ in timed:
+        run["interference"] = {"attempts": len(checks), "disturbed": checks[-1]["disturbed"], "checks": checks}
     # memory, quality, video: one backend at a time, then release it
     for run, backend, artifact in live:
         try:
             if run.get("status") != "failed" and id(run) in samples:
                 fwd, steps = samples[id(run)]
                 run.update(_timing_record(fwd, steps, flops, spec.batch, peak_tflops))
-                run["memory"] = measure_memory(backend, feeds[0], device)
                 run["setup_s"] = {**run.get("setup_s", {}), **backend.setup}
                 run["backend_info"] = backend.describe()
                 run["quality"] = _quality(spec, point, run["backend"], backend, feeds, refs, video_ctx, ui)
@@ -598,6 +670,7 @@ def _make_backend(name, spec: BenchSpec, model_spec, lora_spec, artifacts: _Arti
     setup: dict[str, Any] = {}
     if name in ("eager", "compile"):
         t0 = time.perf_counter()
+        setup["_mem_before"] = memory_in_use(device)
         model, _ = B.build_transformer(model_spec, lora_spec)
         setup["build_model_s"] = time.perf_counter() - t0
         opts = {"mode": spec.compile_mode} if name == "compile" else {}
@@ -610,6 +683,7 @@ def _make_backend(name, spec: BenchSpec, model_spec, lora_spec, artifacts: _Arti
         setup["export_cached"] = seconds is None
         owned = artifact
     if name == "ort":
+        setup["_mem_before"] = memory_in_use(device)
         return B.create_backend("ort", artifact=artifact, device=device), owned, setup
     if not spec.engine_dir:
         onnx_dir = artifact
@@ -617,6 +691,7 @@ def _make_backend(name, spec: BenchSpec, model_spec, lora_spec, artifacts: _Arti
         setup["build_s"] = seconds
         artifacts.release(onnx_dir)
         owned = artifact
+    setup["_mem_before"] = memory_in_use(device)
     return B.create_backend("trt", artifact=artifact, device=device, cuda_graph=spec.cuda_graph), owned, setup
 
 
@@ -753,6 +828,8 @@ def summarize_runs(runs: list[dict[str, Any]], spec: BenchSpec) -> dict[str, Any
                  for r in runs if r.get("status") == "ok" and not r.get("equal_quality", False)]
     failed = [{"point": r["point"], "backend": r["backend"], "status": r["status"], "reason": r.get("reason")}
               for r in runs if r.get("status") != "ok"]
+    disturbed = sorted({r["point"] for r in runs if r.get("interference", {}).get("disturbed")})
+    retimed = sorted({r["point"] for r in runs if r.get("interference", {}).get("attempts", 1) > 1})
     ort = [s["speedup_forward"] for s in speedups if s["backend"] == "ort"]
     r16 = [o for o in overhead if o["rank"] == 16]
     goals = {
@@ -763,8 +840,15 @@ def summarize_runs(runs: list[dict[str, Any]], spec: BenchSpec) -> dict[str, Any
                                                     for o in r16],
                                          "met": all(abs(o["gap_points"]) <= 2.0 for o in r16) if r16 else None},
     }
+    # merged LoRAs at any rank run the base model's graph: the spread of those rows is the run's noise floor
+    noise = {}
+    for be in sorted({r["backend"] for r in runs}):
+        same = [_med(r, "forward") for r in runs if r["backend"] == be and _ok(r) and r["mode"] in ("base", "merged")]
+        if len(same) >= 2:
+            noise[be] = {"rows": len(same), "min_ms": min(same), "max_ms": max(same),
+                         "spread": (max(same) - min(same)) / statistics.median(same)}
     return {"speedups": speedups, "separate_overhead": overhead, "not_equal_quality": not_equal, "failed": failed,
-            "goals": goals}
+            "retimed_points": retimed, "disturbed_points": disturbed, "noise_floor": noise, "goals": goals}
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -791,8 +875,11 @@ def render_report(results: dict[str, Any]) -> str:
               f"{'x'.join(map(str, p['shape']['latent']))}), batch {p['shape']['batch']}, "
               f"{p['shape']['tokens_per_forward']} video tokens per forward; a step = 2 forwards (CFG)",
               f"- protocol: {spec['warmup']} warm-up steps, {spec['repeats']} timed steps per backend"
-              f"{' (interleaved across backends)' if spec.get('interleave') else ''}; median / p90; mem MB = "
-              + ("RSS growth during one forward" if p["device"] == "cpu" else "device peak during one forward"),
+              f"{' (interleaved across backends)' if spec.get('interleave') else ''}, "
+              f"{spec.get('settle_s') if spec.get('settle_s') is not None else (0.1 if p['device'] == 'cpu' else 0)}"
+              f" s idle before each step; median / p90; mem MB = "
+              + ("resident memory taken by loading the backend + growth during its first forward" if p["device"] == "cpu"
+                 else "device memory taken by loading the backend + growth during its first forward"),
               f"- matmul peak ({p['peak']['start']['dtype']}, n={p['peak']['start']['size']}): "
               f"{p['peak']['start']['tflops'] * 1e3:.1f} GFLOP/s at start, {p['peak']['end']['tflops'] * 1e3:.1f} "
               f"at end; MFU uses {p['peak']['tflops'] * 1e3:.1f}",
@@ -818,8 +905,9 @@ def render_report(results: dict[str, Any]) -> str:
                 continue
             q = r["quality"]
             eq = "yes" if r["equal_quality"] else "**NOT EQUAL QUALITY**: " + "; ".join(q["failures"])
+            mark = "*" if r.get("interference", {}).get("disturbed") else ""
             lines.append(
-                f"| {r['mode']} | {rank} | {r['backend']} | {_fmt(r['latency']['forward']['median_ms'])} "
+                f"| {r['mode']} | {rank} | {r['backend']}{mark} | {_fmt(r['latency']['forward']['median_ms'])} "
                 f"| {_fmt(r['latency']['forward']['p90_ms'])} | {_fmt(r['latency']['step']['median_ms'])} "
                 f"| {_fmt(r['latency']['step']['p90_ms'])} | {_fmt(r['tokens_per_s']['forward'], 0)} "
                 f"| {_fmt(r['tflops'], 3)} | {_fmt(r.get('mfu'), 1, pct=True)} | {_fmt(_mem(r), 0)} "
@@ -862,6 +950,14 @@ def render_report(results: dict[str, Any]) -> str:
         lines += ["## Not equal quality (left out of every comparison)", ""]
         lines += [f"- {x['point']} / {x['backend']}: {'; '.join(x['failures'])}" for x in s["not_equal_quality"]]
         lines.append("")
+    if s.get("noise_floor"):
+        lines += ["## Noise floor", "",
+                  "Merged LoRAs at every rank run exactly the base model's graph (W + s·BA folded in), so the spread of "
+                  "the base and merged rows is this run's point-to-point measurement noise; differences between "
+                  "points smaller than it are not resolved.", "",
+                  "| backend | rows | min ms | max ms | spread |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {be} | {n['rows']} | {n['min_ms']:.1f} | {n['max_ms']:.1f} | {100 * n['spread']:.1f}% |"
+                  for be, n in s["noise_floor"].items()] + [""]
     g = s["goals"]
     lines += ["## Goals", "",
               f"- ONNX Runtime >= 1.3x eager: min {_fmt(g['ort_speedup_ge_1.3']['min'], 2)}x, median "
@@ -877,10 +973,8 @@ def render_report(results: dict[str, Any]) -> str:
 
 
 def _mem(run: dict[str, Any]) -> float | None:
-    """The report's memory column: on CPU the resident-memory growth during one forward (activations and
-    workspaces; process RSS also holds the other live backends), on CUDA the device peak."""
-    m = run.get("memory", {})
-    return m.get("forward_delta_mb") if m.get("kind") == "cpu-rss" else m.get("peak_mb")
+    """The report's memory column: load + first-forward growth (see measure_memory)."""
+    return run.get("memory", {}).get("peak_mb")
 
 
 def _goal(met) -> str:

@@ -39,15 +39,44 @@ def _threads(threads):
 
 
 # ------------------------------------------------------------------------------------------------ bench
+def runs_table(results: dict) -> "Table":
+    """The terminal view of results.json: one row per (targets, mode, rank, backend)."""
+    from rich.table import Table
+
+    payload = results["payload"]
+    shape = payload["shape"]
+    table = Table(title=f"wanrt bench: {results['specs']['bench']['model']} on {payload['device']}, "
+                        f"{shape['frames']}x{shape['height']}x{shape['width']} ({shape['tokens_per_forward']:,} "
+                        f"tokens per forward, batch {shape['batch']}); a step is 2 forwards (CFG)")
+    for col in ("targets", "mode", "rank", "backend", "step ms (median)", "p90", "tokens/s", "MFU", "LoRA FLOPs",
+                "rel. err", "equal quality"):
+        table.add_column(col, justify="left" if col in ("targets", "mode", "backend", "equal quality") else "right")
+    for r in payload["runs"]:
+        if r.get("status") != "ok" or "latency" not in r:
+            table.add_row(r.get("targets") or "-", r["mode"], str(r.get("rank") or "-"), r["backend"],
+                          "-", "-", "-", "-", "-", "-", f"[red]{r.get('status', 'failed')}[/red]")
+            continue
+        q = r.get("quality", {})
+        ok = r.get("equal_quality", False)
+        table.add_row(r.get("targets") or "-", r["mode"], str(r.get("rank") or "-"), r["backend"],
+                      f"{r['latency']['step']['median_ms']:,.1f}", f"{r['latency']['step']['p90_ms']:,.1f}",
+                      f"{r['tokens_per_s']['forward']:,.0f}", f"{r['mfu']:.0%}" if r.get("mfu") else "-",
+                      f"{r['flops']['lora_share']:.2%}", f"{q.get('rel_err_max', float('nan')):.1e}",
+                      "yes" if ok else "[red]NOT EQUAL QUALITY[/red]")
+    return table
+
+
 @click.command()
 @click.option("--model", default="small", show_default=True, help="Preset or checkpoint (see 'wanrt presets').")
 @click.option("--layers", type=int, default=None, help="Keep only the first N transformer blocks.")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
 @click.option("--shape", default=None, help="Video FRAMESxHEIGHTxWIDTH in pixels (default: the preset's).")
 @click.option("--batch", type=click.IntRange(1, 2), default=1, show_default=True, help="Batch per DiT forward.")
-@click.option("--ranks", default="16", show_default=True, help="LoRA ranks to sweep, e.g. 4,8,16,32,64,128.")
-@click.option("--modes", default="merged", show_default=True, help="LoRA modes: merged,separate,full.")
-@click.option("--targets", default="all", show_default=True,
+# The defaults are the rank study itself: one plain `wanrt bench` answers how rank, and rank in cross-attention,
+# change latency and tokens/s against a full fine-tune (dense delta).
+@click.option("--ranks", default="4,8,16,64", show_default=True, help="LoRA ranks to sweep, e.g. 4,8,16,32,64,128.")
+@click.option("--modes", default="merged,separate,full", show_default=True, help="LoRA modes: merged,separate,full.")
+@click.option("--targets", default="all,cross-attn", show_default=True,
               help="Target sets to sweep, comma separated (all, self-attn, cross-attn, image-kv, ffn or module "
                    "patterns); join groups inside one set with '+', e.g. self-attn+ffn.")
 @click.option("--backends", default="eager,ort", show_default=True, help="Backends: eager,compile,ort,trt.")
@@ -57,6 +86,11 @@ def _threads(threads):
 @click.option("--warmup", type=click.IntRange(0), default=2, show_default=True, help="Untimed steps first.")
 @click.option("--interleave/--no-interleave", default=True, show_default=True,
               help="Time a point's backends step by step in turn (fair under drifting machine load).")
+@click.option("--settle", type=click.FloatRange(0), default=None,
+              help="Idle seconds before each timed step (default 0.1 on CPU: ONNX Runtime's and OpenMP's threads "
+                   "spin for tens of ms after a run and would slow the next backend; 0 on GPU).")
+@click.option("--retries", type=click.IntRange(0), default=2, show_default=True,
+              help="Re-time a point the load probe finds disturbed by other work, up to N times.")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch and ONNX Runtime.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the inputs (and videos).")
@@ -113,10 +147,12 @@ def bench(**kw):
         video_frames=vshape.frames if vshape else None, video_height=vshape.height if vshape else None,
         video_width=vshape.width if vshape else None, video_seeds=kw["video_seeds"], cuda_graph=kw["cuda_graph"],
         trt_precision=kw["trt_precision"], compile_mode=kw["compile_mode"], engine_dir=kw["engine_dir"],
-        interleave=kw["interleave"], peak_size=kw["peak_size"])
+        interleave=kw["interleave"], retries=kw["retries"], settle_s=kw["settle"],
+        peak_size=kw["peak_size"])
     results = run_bench(spec, out_dir=kw["output"], force=kw["force"],
                         artifacts_dir=Path(kw["artifacts"]) if kw["artifacts"] else None,
                         keep_artifacts=kw["keep_artifacts"], console=err_console, command=command_line())
+    out_console.print(runs_table(results))
     s = results["payload"]["summary"]
     out_console.print(f"wrote {kw['output']}/results.json, report.md and plots "
                       f"({len(results['payload']['runs'])} runs, {len(s['not_equal_quality'])} not equal quality, "

@@ -70,10 +70,12 @@ def test_results_schema(results):
             assert lat["n"] == (4 if k == "forward" else 2) and lat["p90_ms"] >= lat["median_ms"] > 0
         assert r["tokens_per_s"]["forward"] == pytest.approx(8 / (r["latency"]["forward"]["median_ms"] / 1e3))
         assert 0 < r["mfu"] and r["tflops"] > 0
-        assert r["memory"]["kind"] == "cpu-rss"
+        assert r["memory"]["kind"] == "cpu-rss" and r["memory"]["load_mb"] is not None
+        assert r["memory"]["peak_mb"] == pytest.approx(r["memory"]["load_mb"] + r["memory"]["forward_mb"])
         assert r["quality"]["rel_err_max"] <= 1e-4 and r["equal_quality"] is True
         assert r["quality"]["video"]["psnr_min"] >= 35.0 and len(r["quality"]["video"]["psnr"]) == 5
         assert r["flops"]["total"] == r["flops"]["base"] + r["flops"]["lora"]
+        assert r["interference"]["attempts"] >= 1 and "probe_ratio_before" in r["interference"]["checks"][0]
         if r["backend"] == "ort":
             assert "export_s" in r["setup_s"]
     sep = next(r for r in p["runs"] if r["point"] == "all/separate/r4" and r["backend"] == "ort")

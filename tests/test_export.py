@@ -323,3 +323,59 @@ def test_bf16_preset_is_the_fp32_preset_cast():
     assert direct.keys() == cast.keys()
     for k in direct:
         assert direct[k].dtype == cast[k].dtype and torch.equal(direct[k], cast[k]), k
+
+
+def test_t2v_checkpoint_exports_without_image_input(tmp_path):
+    """Wan2.1 T2V (1.3B-style: no image branch, 16 input channels) loads and exports through the same path."""
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(0)
+    t2v = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16,
+                                out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2,
+                                cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
+    t2v.save_pretrained(tmp_path / "t2v")
+    m = export_model(ModelSpec(str(tmp_path / "t2v")), LoraSpec(rank=2, targets="cross-attn", mode="separate"),
+                     ExportSpec(min_shape=VideoShape(1, 16, 16), max_shape=VideoShape(9, 64, 64)),
+                     tmp_path / "out", progress=False)
+    assert [i["name"] for i in m["payload"]["inputs"]] == ["latents", "timestep", "text"]
+    assert m["payload"]["inputs"][0]["shape"][1] == 16
+    assert m["payload"]["validation"]["passed"]
+    with pytest.raises(LoraError, match="matches no Linear"):
+        resolve_lora(t2v, LoraSpec(rank=2, targets="image-kv"))
+
+
+def test_external_data_is_one_file_beside_the_graph(tmp_path):
+    import onnxruntime as ort
+
+    m = export_model(ModelSpec("tiny"), LoraSpec(rank=RANK, mode="separate"), ExportSpec(external_data=True),
+                     tmp_path / "ext", progress=False)
+    files = sorted(p.name for p in (tmp_path / "ext").iterdir())
+    assert files == ["manifest.json", "model.onnx", "model.onnx.data"]
+    assert m["payload"]["external_data"] == "model.onnx.data"
+    header = onnx.load(str(tmp_path / "ext" / "model.onnx"), load_external_data=False)
+    location = {i.name: i.data_location for i in header.graph.initializer}
+    assert location["blocks.0.attn1.to_q.weight"] == onnx.TensorProto.EXTERNAL
+    assert location["lora.blocks.0.attn1.to_q.A"] == onnx.TensorProto.EXTERNAL
+    ort.InferenceSession(str(tmp_path / "ext" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert m["payload"]["validation"]["passed"]
+
+
+def test_validation_tiers_raise_typed_errors(exports, tmp_path):
+    """A graph whose names, or whose values, differ from PyTorch fails in the right tier."""
+    from wanrt.errors import NamesMismatch, ValuesMismatch
+    from wanrt.export.model import model_geometry
+    from wanrt.export.onnx_export import ShapeRange, WanOnnxConfig
+    from wanrt.export.validate import reference_outputs, validate_onnx
+
+    preset = PRESETS["tiny"]
+    base = load_transformer(ModelSpec("tiny"))
+    config = WanOnnxConfig(model_geometry(base), torch.float32, ShapeRange(preset.min_shape, preset.max_shape))
+    # the merged export against the base model's outputs: same I/O, different function
+    refs = reference_outputs(base, config, [(1, VideoShape(5, 32, 32))])
+    with pytest.raises(ValuesMismatch, match="max relative error"):
+        validate_onnx(exports["merged"] / "model.onnx", config, refs, "fp32")
+    graph = onnx.load(str(exports["merged"] / "model.onnx"))
+    graph.graph.input[2].name = "encoder_hidden_states"
+    onnx.save(graph, str(tmp_path / "renamed.onnx"))
+    with pytest.raises(NamesMismatch, match="encoder_hidden_states"):
+        validate_onnx(tmp_path / "renamed.onnx", config, refs, "fp32")

@@ -3,7 +3,6 @@ options, and a `*_from_kwargs` function that turns them into the matching frozen
 
 from __future__ import annotations
 
-import functools
 from typing import Callable
 
 import click
@@ -13,7 +12,8 @@ from wanrt.export.lora import LORA_MODES, TARGET_GROUPS
 from wanrt.export.presets import PRESETS, VideoShape
 
 
-def _stack(*decorators: Callable) -> Callable:
+def option_group(*decorators: Callable) -> Callable:
+    """Several click options as one decorator (an argument group shared by subcommands)."""
     def apply(f):
         for d in reversed(decorators):
             f = d(f)
@@ -50,7 +50,7 @@ def parse_shape(text: str | None, what: str) -> VideoShape | None:
     return check_video_shape(frames, height, width)
 
 
-model_options = _stack(
+model_options = option_group(
     click.option("--model", "model", default="tiny", show_default=True,
                  help=f"Preset ({', '.join(PRESETS)}), a local diffusers checkpoint directory, or a hub id "
                       "(e.g. Wan-AI/Wan2.1-I2V-14B-480P-Diffusers)."),
@@ -58,7 +58,7 @@ model_options = _stack(
     click.option("--seed", type=int, default=0, show_default=True, help="Seed of preset weights and synthetic LoRAs."),
 )
 
-lora_options = _stack(
+lora_options = option_group(
     click.option("--lora", "lora_file", type=click.Path(dir_okay=False), default=None,
                  help="LoRA file (safetensors): diffusers/peft, ComfyUI/Kijai or musubi/kohya format."),
     click.option("--rank", "rank", default=None,
@@ -88,8 +88,3 @@ def lora_spec_from_kwargs(kw, rank: int | None = None):
 
     return LoraSpec(file=kw["lora_file"], rank=rank, targets=kw["targets"], mode=kw["lora_mode"],
                     scale=kw["lora_scale"], seed=kw["seed"], allow_pickle=kw["allow_pickle"])
-
-
-def wraps_kwargs(f):
-    """click passes options as kwargs; keep the function's name and doc for help output."""
-    return functools.wraps(f)(lambda **kw: f(**kw))
