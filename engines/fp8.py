@@ -280,15 +280,22 @@ def transplant_qdq(q32, source):
                 made[key] = f"{tag}_dq"
                 pairs += 1
             target.input[k] = made[key]
-    order = []
-    for n in g.node:
-        order.extend(before.get(n.name, []))
-        order.append(n)
-    del g.node[:]
-    g.node.extend(order)
-    g.initializer.extend(new_inits)
-    _ensure_opset(source, 19)
+    _insert_before_consumers(source, before, new_inits)
     return source, pairs
+
+
+def _insert_before_consumers(model, before: dict, new_inits: list) -> None:
+    """Put each list of new Q/DQ nodes right before the node (by name) that consumes them, so the graph stays
+    topologically sorted; add their initializers; Q/DQ with float8 needs opset 19."""
+    graph = model.graph
+    ordered = []
+    for node in graph.node:
+        ordered.extend(before.get(node.name, []))
+        ordered.append(node)
+    del graph.node[:]
+    graph.node.extend(ordered)
+    graph.initializer.extend(new_inits)
+    _ensure_opset(model, 19)
 
 
 def _ensure_opset(model, version: int = 19) -> None:
@@ -485,14 +492,7 @@ def insert_qdq(model32, chosen: dict[str, dict[str, Any]], amax: dict[str, float
             helper.make_node("DequantizeLinear", [q_out, s_name, z_name], [dq_out], name=f"{b}_DequantizeLinear",
                              **axis)])
         node.input[1] = dq_out
-    ordered = []
-    for node in g.node:
-        ordered.extend(new_nodes.get(node.name, []))
-        ordered.append(node)
-    del g.node[:]
-    g.node.extend(ordered)
-    g.initializer.extend(new_inits)
-    _ensure_opset(model32, 19)
+    _insert_before_consumers(model32, new_nodes, new_inits)
     return model32
 
 
