@@ -59,6 +59,12 @@ class LazyGroup(click.Group):
         except WanrtError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(e.exit_code)
+        except click.UsageError as e:
+            # click's own format is four lines (usage, hint, blank, error); keep bad input to one line everywhere
+            where = e.ctx.command_path if e.ctx is not None else "wanrt"
+            message = " ".join(e.format_message().split())
+            click.echo(f"error: {message} (see '{where} --help')", err=True)
+            sys.exit(e.exit_code)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
