@@ -178,7 +178,9 @@ def parse_network(flavour: Flavour, onnx_path: Path, logger=None):
     errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
     if not ok or errors:
         first = errors[0].splitlines()[0] if errors else (logger.errors[:1] or ["unknown parser failure"])[0]
-        raise EngineError(f"{flavour.label} cannot parse {onnx_path.name}: {len(errors)} error(s), first: {first}")
+        error = EngineError(f"{flavour.label} cannot parse {onnx_path.name}: {len(errors)} error(s), first: {first}")
+        error.parser_errors = errors  # all of them, for reports (wanrt export records them in its manifest)
+        raise error
     return builder, network, parser, logger
 
 

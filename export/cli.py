@@ -65,17 +65,10 @@ def _export_spec(kw):
 
 def _check_lora_file(kw) -> None:
     """Cheap checks before any model is loaded, so bad input fails in milliseconds and writes nothing."""
-    path = kw["lora_file"]
-    if path is None:
-        return
-    from wanrt.errors import LoraError
+    if kw["lora_file"] is not None:
+        from wanrt.export.lora_formats import check_lora_source
 
-    p = Path(path)
-    if not p.is_file():
-        raise LoraError(f"LoRA file {path} does not exist")
-    if p.suffix.lower() in (".pt", ".pth", ".ckpt", ".bin") and not kw["allow_pickle"]:
-        raise LoraError(f"{path} is a pickle file, which can run code when loaded; convert it to safetensors "
-                        f"or pass --allow-pickle")
+        check_lora_source(kw["lora_file"], kw["allow_pickle"])
 
 
 def _has_cuda() -> bool:

@@ -187,11 +187,18 @@ def _locate(path: Path) -> tuple[Path, Path | None]:
     return path, cfg if path.stem in ("adapter_model", "pytorch_lora_weights") and cfg.is_file() else None
 
 
+def check_lora_source(path: str | os.PathLike, allow_pickle: bool = False) -> tuple[Path, Path | None]:
+    """The checks that need no model: the file (or peft directory) exists, and is not a pickle unless allowed.
+    Returns (weights file, peft adapter_config.json or None). The CLI runs it before loading any model."""
+    weights_path, config_path = _locate(Path(path).expanduser())
+    if weights_path.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:
+        raise LoraError(f"{weights_path.name}: a pickle file ({weights_path.suffix}) can run code when loaded; "
+                        f"convert it to .safetensors or pass --allow-pickle if you trust it")
+    return weights_path, config_path
+
+
 def _read_state_dict(path: Path, allow_pickle: bool) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if path.suffix.lower() in PICKLE_SUFFIXES:
-        if not allow_pickle:
-            raise LoraError(f"{path.name}: a pickle file ({path.suffix}) can run code when loaded; convert it to "
-                            f".safetensors or pass --allow-pickle if you trust it")
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
@@ -274,8 +281,7 @@ def load_lora_file(path: str | os.PathLike, model: nn.Module, lora_scale: float 
     """Read a LoRA file (any format above) for `model` into the canonical LoraWeights; every problem is a LoraError."""
     if not (isinstance(lora_scale, (int, float)) and math.isfinite(lora_scale)):
         raise LoraError(f"--lora-scale {lora_scale!r}: must be a finite number")
-    path = Path(path).expanduser()
-    weights_path, config_path = _locate(path)
+    weights_path, config_path = check_lora_source(path, allow_pickle)
     sd, metadata = _read_state_dict(weights_path, allow_pickle)
     cfg = _peft_config(metadata, config_path)
     fmt = _detect_format(list(sd), config_path)

@@ -56,12 +56,6 @@ class ShapeRange:
         lo, hi = self.min_shape.latent, self.max_shape.latent
         return {"F": (lo[0], hi[0]), "H": (lo[1], hi[1]), "W": (lo[2], hi[2])}
 
-    def check(self, shape: VideoShape) -> None:
-        for axis, lo, hi, v in zip(("frames", "height", "width"), self.min_shape.__dict__.values(),
-                                   self.max_shape.__dict__.values(), shape.__dict__.values()):
-            if not lo <= v <= hi:
-                raise BadInputError(f"{axis} {v} is outside the exported range {lo}..{hi}")
-
 
 def check_video_shape(frames: int, height: int, width: int) -> VideoShape:
     """Pixel-space request -> VideoShape, refusing what the VAE/patching cannot represent."""
@@ -96,9 +90,6 @@ class WanOnnxConfig:
         if self.has_image:
             shapes["image"] = (batch, IMAGE_TOKENS, g["image_dim"])
         return shapes
-
-    def output_shape(self, batch: int, shape: VideoShape) -> tuple[int, ...]:
-        return (batch, self.geometry["out_channels"], *shape.latent)
 
     def input_dtype(self, name: str) -> torch.dtype:
         return torch.float32 if name == "timestep" else self.dtype
@@ -151,8 +142,7 @@ class _ForwardWrapper(torch.nn.Module):
 
 @contextlib.contextmanager
 def export_patches() -> Iterator[None]:
-    """Reversible patches active only while tracing, each with its reason."""
-    saved: list[tuple[Any, str, Any]] = []
+    """Reversible settings active only while tracing, each with its reason."""
     loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript")]
     levels = [lg.level for lg in loggers]
     try:
@@ -166,8 +156,6 @@ def export_patches() -> Iterator[None]:
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
-        for obj, attr, value in reversed(saved):
-            setattr(obj, attr, value)
 
 
 # --------------------------------------------------------------------------------------------- naming

@@ -10,11 +10,9 @@ ORT's CPU provider has no bf16 kernels (Conv, MatMul): a bf16 graph is checked t
 
 from __future__ import annotations
 
-import gc
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -22,9 +20,6 @@ import torch
 from wanrt.errors import AxesMismatch, NamesMismatch, ShapeMismatch, ValuesMismatch
 from wanrt.export.onnx_export import TOLERANCE, WanOnnxConfig
 from wanrt.export.presets import VideoShape
-
-_DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
-
 
 @dataclass
 class ShapeCheck:

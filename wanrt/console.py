@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
-from typing import Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -49,9 +47,3 @@ class StepProgress:
         self._finish_current()
         self._current, self._t0 = step, time.perf_counter()
         self._progress.update(self._task, description=f"{self.title}: {step}")
-
-    @contextlib.contextmanager
-    def step(self, name: str) -> Iterator[None]:
-        self(name)
-        yield
-        self._finish_current()
