@@ -1,34 +1,78 @@
 """Content-addressed engine cache: `<root>/<cache key>/` holds an engine directory (plan + manifest).
 
-The key hashes everything that shapes a plan (EngineSpec's plan fields, the ONNX sha256, TensorRT flavour and
-version, targets, profiles), so asking for the same engine twice copies (hard-links where the filesystem allows)
-instead of rebuilding. Entries are written atomically and checked (plan size + sha256) before reuse.
+The key hashes everything that shapes a plan (EngineSpec's plan fields, the bytes of the ONNX and its external
+data, TensorRT flavour and version, targets, profiles), so asking for the same engine twice copies instead of
+rebuilding. The bytes are hashed, not the sha256 a manifest records: a `model.onnx` edited after export is
+another input and must not get the old engine.
+
+An entry is trusted only as far as it can be checked: its files are read-only, their sha256 are recorded in
+`cache-entry.json` when stored and verified on every lookup, and they are copied (reflinked where the file
+system can) into output directories, never hard-linked, so editing or truncating an output cannot reach the
+cache or a sibling output. A tampered or damaged entry is evicted with one line on stderr and rebuilt.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import shutil
+import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from wanrt.artifacts import atomic_output_dir, read_manifest, sha256_file
+from wanrt.artifacts import (
+    _remove,
+    atomic_output_dir,
+    confined_path,
+    read_manifest,
+    sha256_file,
+    write_json,
+)
 from wanrt.errors import BadInputError
+
+ENTRY_INDEX = "cache-entry.json"  # {key, files: {name: sha256}}; stays in the cache, not copied out
+_FICLONE = 0x40049409  # linux/fs.h: share the blocks copy-on-write (btrfs, xfs); a plain copy elsewhere
 
 
 def plan_intact(directory: Path, manifest: dict[str, Any], hash_check: bool = True) -> bool:
     p = manifest.get("payload", {})
-    plan = Path(directory) / p.get("engine", "engine.plan")
+    try:
+        plan = confined_path(directory, p.get("engine", "engine.plan"), "engine plan")
+    except BadInputError:
+        return False
     if not plan.is_file() or plan.stat().st_size != p.get("plan_bytes"):
         return False
     return not hash_check or sha256_file(plan) == p.get("plan_sha256")
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+def onnx_content_sha256(onnx_path: Path, external: Iterable[Path] = ()) -> str:
+    """One sha256 over the bytes of model.onnx and its external data files (name + length + bytes of each, so
+    moving bytes between files changes it too)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in (Path(onnx_path), *sorted(Path(e) for e in external)):
+        h.update(f"{f.name}\0{f.stat().st_size}\0".encode())
+        h.update(bytes.fromhex(sha256_file(f)))
+    return h.hexdigest()
+
+
+def copy_out(src: Path, dst: Path) -> None:
+    """A private copy of `src` at `dst` (reflink when the file system shares blocks copy-on-write), writable by
+    its new owner whatever the cache entry's read-only mode."""
+    with open(src, "rb") as fs, open(dst, "wb") as fd:
+        try:
+            fcntl.ioctl(fd.fileno(), _FICLONE, fs.fileno())
+            return
+        except OSError:
+            pass
+        shutil.copyfileobj(fs, fd, 1 << 22)
+
+
+def _warn(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr)
 
 
 class EngineCache:
@@ -38,28 +82,53 @@ class EngineCache:
     def path(self, key: str) -> Path:
         return self.root / key
 
-    def lookup(self, key: str) -> dict[str, Any] | None:
+    def _verify(self, key: str) -> tuple[dict[str, Any] | None, str]:
+        """(manifest, "") for an intact entry, (None, why) otherwise."""
         entry = self.path(key)
-        if not (entry / "manifest.json").is_file():
-            return None
+        try:
+            index = json.loads((entry / ENTRY_INDEX).read_text())
+            files = index["files"]
+            if index.get("key") != key or not isinstance(files, dict) or "manifest.json" not in files:
+                return None, "its index does not describe it"
+        except (OSError, ValueError, KeyError, TypeError):
+            return None, f"no readable {ENTRY_INDEX}"
+        present = {f.name for f in entry.iterdir() if f.is_file()} - {ENTRY_INDEX}
+        if present != set(files):
+            return None, f"files {sorted(present ^ set(files))} added or missing"
+        for name, digest in files.items():
+            if sha256_file(entry / name) != digest:
+                return None, f"{name} changed since it was stored (sha256 differs)"
         try:
             manifest = read_manifest(entry, kind="engine")
-        except BadInputError:
+        except BadInputError as e:
+            return None, str(e)
+        if manifest["payload"].get("cache_key") != key or not plan_intact(entry, manifest, hash_check=False):
+            return None, "its manifest does not match its key or plan"
+        return manifest, ""
+
+    def evict(self, key: str) -> None:
+        _remove(self.path(key))
+
+    def lookup(self, key: str) -> dict[str, Any] | None:
+        """The manifest of an intact entry, None on a miss. A damaged or tampered entry is evicted (one line)."""
+        if not self.path(key).is_dir():
             return None
-        if manifest["payload"].get("cache_key") != key or not plan_intact(entry, manifest):
-            return None
+        manifest, why = self._verify(key)
+        if manifest is None:
+            _warn(f"engine cache entry {self.path(key)} failed verification ({why}); evicted, rebuilding")
+            self.evict(key)
         return manifest
 
     def fetch(self, key: str, out_dir: Path, force: bool = False) -> dict[str, Any] | None:
-        """Materialize the cached engine at out_dir; None on a miss."""
+        """Materialize the cached engine at out_dir (private copies); None on a miss."""
         manifest = self.lookup(key)
         if manifest is None:
             return None
         entry = self.path(key)
-        with atomic_output_dir(out_dir, force=force) as tmp:
+        with atomic_output_dir(out_dir, force=force, kind="engine") as tmp:
             for f in entry.iterdir():
-                if f.is_file():
-                    _link_or_copy(f, tmp / f.name)
+                if f.is_file() and f.name != ENTRY_INDEX:
+                    copy_out(f, tmp / f.name)
         return manifest
 
     def store(self, key: str, engine_dir: Path) -> None:
@@ -68,9 +137,16 @@ class EngineCache:
             return
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            with atomic_output_dir(self.path(key), force=True) as tmp:
+            with atomic_output_dir(self.path(key), force=True, kind="engine") as tmp:
+                files = {}
                 for f in Path(engine_dir).iterdir():
-                    if f.is_file():
-                        _link_or_copy(f, tmp / f.name)
-        except OSError:
+                    if f.is_file() and f.name != ENTRY_INDEX:
+                        copy_out(f, tmp / f.name)
+                        files[f.name] = sha256_file(tmp / f.name)
+                write_json(tmp / ENTRY_INDEX, {"key": key, "files": files})
+                # read-only: a stray write (or a tool following a path out of a manifest) cannot change an entry
+                for f in tmp.iterdir():
+                    os.chmod(f, 0o444)
+                os.chmod(tmp, 0o555)
+        except (OSError, BadInputError):
             pass

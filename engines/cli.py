@@ -12,17 +12,19 @@ from typing import Any
 import click
 from rich.table import Table
 
+from wanrt.choices import Flavour, Precision
 from wanrt.console import out_console
 from wanrt.errors import BadInputError
-from wanrt.options import option_group
+from wanrt.flags import deprecated_option
+from wanrt.options import SEED, option_group
 
-FLAVOUR_CHOICES = ("auto", "tensorrt", "rtx")
-PRECISION_CHOICES = ("fp16", "bf16", "fp8", "fp32")
+PRECISION_CHOICES = Precision.values()  # int8: openvino flavour
 
 
 engine_options = option_group(
-    click.option("--trt", "trt_flavour", type=click.Choice(FLAVOUR_CHOICES), default="auto", show_default=True,
-                 help="TensorRT flavour: datacenter `tensorrt`, TensorRT for RTX (`rtx`), or whichever fits."),
+    click.option("--flavour", "flavour", type=click.Choice(Flavour.values()), default="auto", show_default=True,
+                 help="Engine flavour: datacenter `tensorrt`, TensorRT for RTX (`rtx`), or whichever fits."),
+    deprecated_option("--trt", "--flavour", "flavour", type=click.Choice(Flavour.values())),
     click.option("--precision", type=click.Choice(PRECISION_CHOICES), default=None,
                  help="Engine precision. fp16/bf16/fp32 must match the ONNX dtype (strongly typed); fp8 quantizes "
                       "the ONNX (Q/DQ) first. Default: the ONNX's dtype (bf16 for Wan).  [default: ONNX dtype]"),
@@ -30,7 +32,8 @@ engine_options = option_group(
                  help="Optimization profile: 480p, 480p-portrait, 720p, 720p-portrait, export (the ONNX's whole "
                       "range), or MIN:OPT:MAX with each BxFRAMESxHxW. Repeat for several.  [default: export]"),
     click.option("--frames", default=None, help="Pixel frames for presets: 17..81 (opt = max), 17..49..81, or 81."),
-    click.option("--batch", default=None, help="Batch range for presets, e.g. 1..2 (CFG)."),
+    click.option("--batch", default=None, help="Batch N or range LO..HI, e.g. 1..2 (CFG): the engine profile's "
+                 "batch (with --profile presets); on export also the largest batch the graph takes.  [default: 1..2]"),
     click.option("--opt-level", type=click.IntRange(0, 5), default=None,
                  help="Builder optimization level (TensorRT default 3)."),
     click.option("--workspace", "workspace_gib", type=float, default=None, help="Workspace limit in GiB."),
@@ -55,9 +58,14 @@ engine_options = option_group(
     click.option("--fp8-tolerance", type=float, default=0.1, show_default=True,
                  help="FP8: largest relative error per output accepted in the ONNX Runtime check."),
     click.option("--no-fp8-check", is_flag=True, help="FP8: skip the ONNX Runtime numerics check."),
+    click.option("--ov-device", "ov_device", default="CPU", show_default=True,
+                 help="openvino flavour: the OpenVINO device (CPU, GPU, GPU.1)."),
+    click.option("--keep-fp32", "keep_fp32", type=click.Choice(["wan", "wan+residual", "wan+norms", "none"]),
+                 default="wan", show_default=True,
+                 help="openvino bf16/int8: what stays fp32 (wan: the timestep embedding, as Wan keeps it)."),
     click.option("--no-cache", is_flag=True, help="Do not reuse or store engines in the engine cache."),
     click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
-                 help="Engine cache (default $WANRT_CACHE/engines or ~/.cache/wanrt/engines)."),
+                 help="Cache root; engines go to CACHE_DIR/engines (default: $WANRT_CACHE_DIR or ~/.cache/wanrt)."),
 )
 
 
@@ -66,7 +74,7 @@ def engine_spec_from_kwargs(kw: dict[str, Any]):
     from wanrt.engines.build import EngineSpec
     from wanrt.engines.fp8 import Fp8Spec
 
-    ccs = tuple(c.strip() for c in kw["compute_capability"].split(",") if c.strip()) if kw.get("compute_capability") else ()
+    ccs = tuple(c.strip() for c in (kw.get("compute_capability") or "").split(",") if c.strip())
     for cc in ccs:
         parts = cc.split(".")
         if len(parts) != 2 or not all(p.isdigit() for p in parts):
@@ -74,28 +82,51 @@ def engine_spec_from_kwargs(kw: dict[str, Any]):
     fp8 = Fp8Spec(calib=kw["calib"], keep_blocks=kw["keep_blocks"], backend=kw["fp8_backend"],
                   tolerance=kw["fp8_tolerance"], calib_data=kw["calib_data"], calib_shape=kw["calib_shape"],
                   check=not kw["no_fp8_check"])
-    return EngineSpec(flavour=kw["trt_flavour"], precision=kw["precision"], profiles=tuple(kw["profiles"]),
+    return EngineSpec(flavour=kw["flavour"], precision=kw["precision"], profiles=tuple(kw["profiles"]),
                       frames=kw["frames"], batch=kw["batch"], opt_level=kw["opt_level"],
                       workspace_gib=kw["workspace_gib"], timing_cache=kw["timing_cache"],
                       weight_streaming=kw["weight_streaming"], refit=kw["refit"], compute_capabilities=ccs, fp8=fp8,
-                      cache=not kw["no_cache"], cache_dir=kw["cache_dir"])
+                      cache=not kw["no_cache"],
+                      # --cache-dir is the cache root in every subcommand; the engine cache is its engines/ folder
+                      cache_dir=str(Path(kw["cache_dir"]) / "engines") if kw.get("cache_dir") else None)
 
 
 def engine_table(rows: list[tuple[str, dict[str, Any]]], title: str = "wanrt build") -> Table:
-    table = Table(title=title)
-    for col in ("engine", "TensorRT", "precision", "targets", "profiles", "plan MiB", "LoRA", "refit",
-                "FP8 rel. error", "seconds"):
-        table.add_column(col, justify="right" if col in ("plan MiB", "seconds") else "left")
+    """One row per engine, sized for 80 columns (targets and profiles are in each manifest.json)."""
+    from rich import box
+
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
+    for col in ("engine", "TensorRT", "precision", "MiB", "LoRA", "refit", "s"):
+        table.add_column(col, justify="right" if col in ("MiB", "s") else "left")
     for out, m in rows:
         p = m["payload"]
         fp8 = p.get("fp8") or {}
         err = fp8.get("check", {}).get("relative_error") if fp8 else None
-        table.add_row(out, p["trt"]["label"], p["precision"], ",".join(p["targets"]),
-                      ", ".join(q["name"] for q in p["profiles"]), f"{p['plan_bytes'] / 2**20:.1f}",
-                      p["lora"]["mode"] or "-", p["lora"]["refit"] or "no",
-                      ", ".join(f"{k} {v:.3g}" for k, v in err.items()) if err else "-",
-                      f"{p['timings_s']['total']:.1f}")
+        precision = p["precision"] + (f" (rel err {max(err.values()):.2g})" if err else "")
+        table.add_row(out, p["trt"]["label"], precision, f"{p['plan_bytes'] / 2**20:.1f}", p["lora"]["mode"] or "-",
+                      p["lora"]["refit"] or "no", f"{p['timings_s']['total']:.0f}")
     return table
+
+
+def _predict_build(resolved, spec) -> str:
+    """What `wanrt build` without --dry-run will do on this machine: the dry run configures for the build GPU, so it
+    must also say when the real build is refused here, and which refit mode `--refit auto` will really pick."""
+    from wanrt.engines.build import cpu_build_blocker, resolve_refit
+    from wanrt.errors import WanrtError
+
+    blocker = cpu_build_blocker(resolved)
+    if blocker is not None:
+        return f"refused: {blocker}"
+    try:
+        kind = resolve_refit(spec, resolved.refit_names, resolved.precision, resolved.flavour, resolved.gpu,
+                             dry_run=False)
+    except WanrtError as e:
+        return f"refused: {e}"
+    where = resolved.gpu["name"] if resolved.gpu else "the CPU (no GPU: ahead of time)"
+    if kind:
+        return f"builds on {where}; refittable ({kind}, {len(resolved.refit_names['weights'])} LoRA weights)"
+    why = " (--refit auto: no GPU to compile a refittable engine)" if resolved.refit_names["weights"] else ""
+    return f"builds on {where}; not refittable{why}"
 
 
 @click.command()
@@ -114,11 +145,16 @@ def build(onnx_dir, output, force, dry_run, progress, **kw):
       wanrt build out/r16 -o out/r16.engine                     # precision from the ONNX, its whole shape range
       wanrt build out/wan --profile 480p --frames 17..81         # batch 1..2 (CFG), 480x832
       wanrt build out/wan --precision fp8 --calib 16 --keep-blocks 2
-      wanrt build out/sep --trt rtx --compute-capability 8.9,12.0 # ahead of time, no GPU needed
+      wanrt build out/sep --flavour rtx --compute-capability 8.9,12.0 # ahead of time, no GPU
     """
     from dataclasses import replace
 
     from wanrt.engines.build import build_engine_from_onnx_dir, configure_from_onnx_dir
+
+    if kw.get("flavour") == "openvino":  # CPU / Intel GPU engines (issue 12)
+        from wanrt.engines.openvino_cli import build_openvino
+
+        return build_openvino(onnx_dir, output, force, dry_run, kw)
 
     spec = replace(engine_spec_from_kwargs(kw), progress=progress)
     out = Path(output) if output else Path(onnx_dir) / "engine"
@@ -126,14 +162,19 @@ def build(onnx_dir, output, force, dry_run, progress, **kw):
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="wanrt-dry-") as work:
-            plan, configured = configure_from_onnx_dir(onnx_dir, spec, work)
-            table = Table(title="wanrt build --dry-run")
-            for col in ("TensorRT", "precision", "targets", "layers", "profiles", "flags", "refittable weights"):
-                table.add_column(col)
+            resolved, configured = configure_from_onnx_dir(onnx_dir, spec, work)
+            # one setting per row: fits 80 columns whatever the profile descriptions' length
+            table = Table(title="wanrt build --dry-run", show_header=False, box=None, padding=(0, 2, 0, 0))
+            table.add_column("setting", style="bold")
+            table.add_column("value")
             flags = ", ".join(k for k, v in configured.flags().items() if v) or "-"
-            table.add_row(plan.flavour.label, plan.precision, ",".join(plan.targets) or "(build GPU)",
-                          str(configured.network.num_layers), "; ".join(p.describe() for p in plan.profiles), flags,
-                          str(len(plan.refit_names["weights"]) if plan.refit_kind else 0))
+            table.add_row("TensorRT", resolved.flavour.label)
+            table.add_row("precision", resolved.precision)
+            table.add_row("targets", ",".join(resolved.targets) or "(the build GPU)")
+            table.add_row("layers", str(configured.network.num_layers))
+            table.add_row("profiles", "\n".join(p.describe() for p in resolved.profiles))
+            table.add_row("builder flags (GPU)", flags)
+            table.add_row("real build here", _predict_build(resolved, spec))
             out_console.print(table)
         return
     manifest = build_engine_from_onnx_dir(onnx_dir, spec, out, force=force)
@@ -142,12 +183,12 @@ def build(onnx_dir, output, force, dry_run, progress, **kw):
 
 @click.command()
 @click.argument("engine_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--lora", "lora_file", type=click.Path(dir_okay=False), default=None,
+@click.option("--lora", "lora_file", type=click.Path(), default=None,  # a file or a peft adapter dir
               help="New LoRA file (diffusers/peft, ComfyUI/Kijai or musubi/kohya safetensors).")
 @click.option("--rank", type=click.IntRange(1), default=None,
               help="Synthetic LoRA of this rank (no --lora), or SVD re-rank of --lora.")
 @click.option("--lora-scale", type=float, default=None, help="LoRA strength (default: the export's).")
-@click.option("--seed", type=int, default=None, help="Seed of a synthetic LoRA (default: the export's).")
+@click.option("--seed", type=SEED, default=None, help="Seed of a synthetic LoRA (default: the export's).")
 @click.option("--allow-pickle", is_flag=True, help="Allow .pt/.ckpt/.bin LoRA files.")
 @click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
               help="Write the refit engine here instead of replacing ENGINE_DIR.")
@@ -165,6 +206,12 @@ def refit(engine_dir, lora_file, rank, lora_scale, seed, allow_pickle, output, f
 
     if lora_file is None and rank is None:
         raise BadInputError("refit needs --lora FILE or --rank N")
+    from wanrt.engines.openvino import is_openvino_engine
+
+    if is_openvino_engine(engine_dir):  # an OpenVINO swap: new LoRA weights, no recompile (issue 12)
+        from wanrt.engines.openvino_cli import refit_openvino
+
+        return refit_openvino(engine_dir, lora_file, rank, lora_scale, seed, allow_pickle, output, force, dry_run)
     if dry_run:
         manifest, weights, lora = prepare_refit(engine_dir, lora_file, rank, lora_scale, seed, allow_pickle)
         table = Table(title="wanrt refit --dry-run")

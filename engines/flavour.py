@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
+from wanrt.choices import Flavour as FlavourChoice
 from wanrt.errors import EngineError, MissingDependencyError
 
-FLAVOUR_CHOICES = ("auto", "tensorrt", "rtx")
+FLAVOUR_CHOICES = FlavourChoice.values()  # wanrt.choices.Flavour: --flavour everywhere
 # flavour -> module names to try, in order
 MODULES = {"tensorrt": ("tensorrt",), "rtx": ("tensorrt_rtx", "tensorrt_rtx_bindings")}
 LABELS = {"tensorrt": "TensorRT", "rtx": "TensorRT-RTX"}
@@ -117,7 +118,7 @@ class Flavour:
         if not self.has(feature):
             other = "tensorrt" if self.name == "rtx" else "rtx"
             reason = f" ({why})" if why else ""
-            raise EngineError(f"{self.label} has no {FEATURES[feature]}{reason}; use --trt {other} "
+            raise EngineError(f"{self.label} has no {FEATURES[feature]}{reason}; use --flavour {other} "
                               f"or drop the option that needs it")
 
     def compute_capabilities(self) -> list[str]:
@@ -137,7 +138,7 @@ class Flavour:
         if value is None:
             raise EngineError(f"{self.label} cannot target compute capability {cc}; it targets "
                               f"{', '.join(self.compute_capabilities())}"
-                              + (" (Hopper/datacenter GPUs: use --trt tensorrt)" if major in ("9", "10") else ""))
+                              + (" (Hopper/datacenter GPUs: use --flavour tensorrt)" if major in ("9", "10") else ""))
         return value
 
     def logger(self, severity: str = "WARNING"):
@@ -157,7 +158,8 @@ def _import(name: str) -> tuple[ModuleType, str] | None:
         except ImportError:
             continue
         except OSError as e:  # a wheel whose shared libraries do not load
-            raise MissingDependencyError(f"{module_name} is installed but does not load ({e}); {INSTALL_HINT}") from None
+            raise MissingDependencyError(f"{module_name} is installed but does not load ({e}); "
+                                         f"{INSTALL_HINT}") from None
     return None
 
 
@@ -209,14 +211,17 @@ def _bind_polygraphy(name: str, module: ModuleType) -> None:
     if "polygraphy.backend.trt" in sys.modules and pconfig.USE_TENSORRT_RTX != want_rtx:
         raise EngineError(f"Polygraphy's TensorRT backend is already bound to "
                           f"{'TensorRT-RTX' if pconfig.USE_TENSORRT_RTX else 'TensorRT'} in this process; "
-                          f"use one --trt flavour per process")
+                          f"use one --flavour per process")
     pconfig.USE_TENSORRT_RTX = want_rtx
 
 
 def load_flavour(choice: str = "auto") -> Flavour:
     """The TensorRT flavour to use: `tensorrt`, `rtx`, or `auto`. MissingDependencyError names what to install."""
     if choice not in FLAVOUR_CHOICES:
-        raise EngineError(f"--trt {choice!r}: choose one of {', '.join(FLAVOUR_CHOICES)}")
+        raise EngineError(f"--flavour {choice!r}: choose one of {', '.join(FLAVOUR_CHOICES)}")
+    if choice == "openvino":  # not a TensorRT module: engines/openvino.py builds and loads those (issue 12)
+        raise EngineError("--flavour openvino is built by `wanrt build EXPORT_DIR --flavour openvino` and run by "
+                          "backend 'ov'; this step needs a TensorRT flavour (tensorrt, rtx)")
     name = _pick_auto() if choice == "auto" else choice
     if name in _LOADED:
         return _LOADED[name]
@@ -225,7 +230,7 @@ def load_flavour(choice: str = "auto") -> Flavour:
         raise EngineError(f"{LABELS[other_loaded[0]]} is already in use in this process; one flavour per process")
     found = _import(name)
     if found is None:
-        raise MissingDependencyError(f"--trt {name}: {MODULES[name][0]} is not installed; {INSTALL_HINT}")
+        raise MissingDependencyError(f"--flavour {name}: {MODULES[name][0]} is not installed; {INSTALL_HINT}")
     module, module_name = found
     _bind_polygraphy(name, module)
     flavour = Flavour(name=name, trt=module, module_name=module_name, version=str(getattr(module, "__version__", "?")))

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from wanrt.export.presets import VAE_STRIDE
+from wanrt.dit_io import VAE_STRIDE
 
 from wanrt.errors import BadInputError
 

@@ -22,15 +22,19 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from wanrt.artifacts import atomic_output_dir, read_manifest, sha256_file, write_json
+import torch
+
+from wanrt import lora_layout
+from wanrt.artifacts import atomic_output_dir, confined_path, read_manifest, sha256_file, write_json
+from wanrt.engines.runtime import TRTEngine, load_engine_manifest, trt_weights_dtype
 from wanrt.errors import BadInputError, EngineError, LoraError
+from wanrt.export.api import LoraSpec, resolve_lora
+from wanrt.export.lora_formats import check_lora_source
+from wanrt.export.model import ModelSpec, load_transformer
 
-TORCH_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 
-
-def _torch_dtype(name: str):
-    import torch
-
+def _torch_dtype(name: str) -> torch.dtype:
+    """A manifest's dtype name (torch's spelling, e.g. "bfloat16") as a torch dtype."""
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
@@ -38,20 +42,29 @@ def engine_lora(manifest: dict[str, Any]) -> dict[str, Any]:
     """The manifest's lora section; EngineError if the engine is not refittable."""
     lora = manifest["payload"].get("lora") or {}
     if not lora.get("refit"):
-        why = ("it has no LoRA" if not lora.get("mode") else
-               "it was built with --refit no" if manifest["payload"]["precision"] != "fp8" else
-               "FP8 engines refit only in separate mode")
-        raise EngineError(f"this engine is not refittable ({why}); rebuild it from a LoRA export with "
-                          f"`wanrt build ONNX_DIR --refit yes`")
+        payload = manifest["payload"]
+        asked = ((manifest.get("specs") or {}).get("engine") or {}).get("refit", "auto")
+        # Name the real cause: with `--refit auto` the build decided (no LoRA, FP8 merged, or no GPU to compile a
+        # refittable engine); suggesting `--refit yes` where that is refused would send the user in a circle.
+        if not lora.get("mode"):
+            why, fix = "the export has no LoRA", "export with --lora/--rank and rebuild"
+        elif payload["precision"] == "fp8" and lora["mode"] != "separate":
+            why, fix = "FP8 engines refit only in separate mode", "export with --lora-mode separate and rebuild"
+        elif asked == "no":
+            why, fix = "it was built with --refit no", "rebuild it without --refit no"
+        elif "gpu" in payload and not payload["gpu"]:
+            why = ("it was built without a GPU, where --refit auto makes a non-refittable engine (TensorRT-RTX "
+                   "compiles refittable ones only with CUDA)")
+            fix = "rebuild it on an NVIDIA GPU (`wanrt build ONNX_DIR`); refitting needs a GPU too"
+        else:
+            why, fix = "it was built non-refittable", "rebuild it with --refit yes"
+        raise EngineError(f"this engine is not refittable: {why}; {fix}")
     return lora
 
 
 # --------------------------------------------------------------------------------------------- LoRA + base
 def onnx_specs(manifest: dict[str, Any]) -> tuple[Any, Any]:
     """(ModelSpec, LoraSpec) the engine's ONNX was exported with."""
-    from wanrt.export.api import LoraSpec
-    from wanrt.export.model import ModelSpec
-
     specs = manifest["specs"].get("onnx", {})
     model = ModelSpec(**specs["model"]) if "model" in specs else ModelSpec()
     lora = LoraSpec(**specs["lora"]) if "lora" in specs else LoraSpec()
@@ -60,8 +73,6 @@ def onnx_specs(manifest: dict[str, Any]) -> tuple[Any, Any]:
 
 def load_base_model(manifest: dict[str, Any]):
     """The transformer the ONNX was exported from, without its LoRA, in the export dtype."""
-    from wanrt.export.model import load_transformer
-
     model_spec, _ = onnx_specs(manifest)
     dtype = manifest["payload"]["onnx"].get("dtype") or model_spec.dtype
     return load_transformer(replace(model_spec, dtype=dtype))
@@ -71,11 +82,9 @@ def resolve_new_lora(manifest: dict[str, Any], model, lora_file: str | None = No
                      scale: float | None = None, seed: int | None = None, targets: str | None = None,
                      allow_pickle: bool = False):
     """A LoRA file (optionally re-ranked to `rank`) or a synthetic one of `rank`, on the engine's targets."""
-    from wanrt.export.api import resolve_lora
-
     if lora_file is None and rank is None:
         raise BadInputError("refit needs --lora FILE or --rank N (synthetic)")
-    if lora_file is not None and not Path(lora_file).is_file():
+    if lora_file is not None and not Path(lora_file).exists():  # a file or a peft adapter directory
         raise LoraError(f"LoRA file {lora_file} does not exist")
     _, old = onnx_specs(manifest)
     spec = replace(old, file=lora_file, rank=rank, targets=targets or old.targets,
@@ -98,13 +107,10 @@ def refit_weights(manifest: dict[str, Any], lora, base: dict[str, Any] | Callabl
                   = None) -> dict[str, Any]:
     """{engine weight name: CPU tensor in the engine's dtype} for every refittable weight, for `lora` (canonical
     LoraWeights; None = remove the LoRA). `base` (merged mode): {"<module>.weight": original tensor, ...} or a
-    callable returning it for a list of names."""
-    import torch
-
+    callable returning it for a list of names. The arithmetic is wanrt.lora_layout's, as in the export."""
     section = engine_lora(manifest)
     mode = section["mode"]
     modules: dict[str, dict[str, str]] = section["modules"]
-    info: dict[str, dict[str, Any]] = section["refittable_weights"]
     lora_modules = {} if lora is None else (lora.modules if lora.dense is None else None)
     if lora_modules is None:
         raise LoraError("a dense (full fine-tune) delta cannot be refit as a LoRA; merge it and rebuild")
@@ -113,65 +119,71 @@ def refit_weights(manifest: dict[str, Any], lora, base: dict[str, Any] | Callabl
     if extra:
         raise LoraError(f"the LoRA adapts {len(extra)} modules this engine cannot refit (e.g. {extra[:3]}); "
                         f"its targets differ from the engine's: rebuild the engine for this LoRA")
-    out: dict[str, Any] = {}
     if mode == "separate":
         missing = sorted(set(modules) - set(lora_modules)) if lora is not None else []
         if missing:
             raise LoraError(f"the LoRA does not adapt {len(missing)} of the engine's modules (e.g. {missing[:3]}); "
                             f"separate-mode refit needs the same targets: rebuild the engine for this LoRA")
-        for module, names in modules.items():
-            a_info, b_info = info[names["A"]], info[names["B"]]
-            engine_rank = a_info["shape"][1]
-            dtype = _torch_dtype(a_info["dtype"])
-            in_f, out_f = a_info["shape"][0], b_info["shape"][1]
-            m = lora_modules.get(module)
-            A = torch.zeros(in_f, engine_rank, dtype=dtype)
-            B = torch.zeros(engine_rank, out_f, dtype=dtype)
-            if m is not None:
-                if m.rank > engine_rank:
-                    raise LoraError(f"{module}: LoRA rank {m.rank} exceeds the engine's rank {engine_rank}; "
-                                    f"separate-mode engines take rank <= {engine_rank} (zero-padded): rebuild for "
-                                    f"rank {m.rank}")
-                if tuple(m.down.shape) != (m.rank, in_f) or tuple(m.up.shape) != (out_f, m.rank):
-                    raise LoraError(f"{module}: LoRA A {tuple(m.down.shape)} / B {tuple(m.up.shape)} do not fit "
-                                    f"{out_f}x{in_f}")
-                # exactly LoraLinear's arithmetic: A^T, and scale * B^T, each cast once
-                A[:, : m.rank] = m.down.float().T.contiguous().to(dtype)
-                B[: m.rank, :] = (m.scale(lora_scale) * m.up.float()).T.contiguous().to(dtype)
-            out[names["A"]], out[names["B"]] = A, B
-            if "bias" in names:
-                bias_info = info[names["bias"]]
-                bdt = _torch_dtype(bias_info["dtype"])
-                out[names["bias"]] = (m.diff_b.to(bdt) if m is not None and m.diff_b is not None
-                                      else torch.zeros(bias_info["shape"], dtype=bdt))
-            elif m is not None and m.diff_b is not None:
-                raise LoraError(f"{module}: the LoRA has a bias delta (diff_b) and the engine has no LoRA bias "
-                                f"weight to refit; rebuild the engine for this LoRA")
-        return out
+        return _separate_weights(section, lora_modules, lora_scale)
     if mode in ("merged", "full"):
-        names = [n for entry in modules.values() for n in entry.values()]
         if base is None:
             raise EngineError("merged-mode refit needs the original base weights")
-        base_map = base(names) if callable(base) else base
-        for module, entry in modules.items():
-            w_name = entry["weight"]
-            dtype = _torch_dtype(info[w_name]["dtype"])
-            m = lora_modules.get(module)
-            weight = base_map[w_name].float()
-            if m is not None:
-                weight = weight + m.delta(lora_scale)  # merge_into: fp32 sum, one cast
-            out[w_name] = weight.to(dtype)
-            if "bias" in entry:
-                b_name = entry["bias"]
-                bias = base_map[b_name]
-                bdt = _torch_dtype(info[b_name]["dtype"])
-                out[b_name] = ((bias.float() + m.diff_b.float()).to(bdt) if m is not None and m.diff_b is not None
-                               else bias.to(bdt))
-            elif m is not None and m.diff_b is not None:
-                raise LoraError(f"{module}: the LoRA has a bias delta and {module} has no bias in the engine; "
-                                f"rebuild the engine for this LoRA")
-        return out
+        names = [n for entry in modules.values() for n in entry.values()]
+        return _merged_weights(section, lora_modules, lora_scale, base(names) if callable(base) else base)
     raise EngineError(f"unknown LoRA mode {mode!r} in the engine manifest")
+
+
+def _separate_weights(section: dict[str, Any], lora_modules: dict[str, Any], lora_scale: float) -> dict[str, Any]:
+    """Branch tensors lora.<module>.A/B[/bias] at the engine's rank (a smaller LoRA rank zero-padded; a module
+    the LoRA leaves out gets zeros, i.e. no branch)."""
+    info: dict[str, dict[str, Any]] = section["refittable_weights"]
+    out: dict[str, Any] = {}
+    for module, names in section["modules"].items():
+        a_info, b_info = info[names["A"]], info[names["B"]]
+        engine_rank, dtype = a_info["shape"][1], _torch_dtype(a_info["dtype"])
+        in_f, out_f = a_info["shape"][0], b_info["shape"][1]
+        m = lora_modules.get(module)
+        if m is None:
+            out[names["A"]] = torch.zeros(in_f, engine_rank, dtype=dtype)
+            out[names["B"]] = torch.zeros(engine_rank, out_f, dtype=dtype)
+        else:
+            if m.rank > engine_rank:
+                raise LoraError(f"{module}: LoRA rank {m.rank} exceeds the engine's rank {engine_rank}; "
+                                f"separate-mode engines take rank <= {engine_rank} (zero-padded): rebuild for "
+                                f"rank {m.rank}")
+            if tuple(m.down.shape) != (m.rank, in_f) or tuple(m.up.shape) != (out_f, m.rank):
+                raise LoraError(f"{module}: LoRA A {tuple(m.down.shape)} / B {tuple(m.up.shape)} do not fit "
+                                f"{out_f}x{in_f}")
+            branch = lora_layout.branch_weights(m, lora_scale, dtype, rank=engine_rank, with_bias=False)
+            out[names["A"]], out[names["B"]] = branch["A"], branch["B"]
+        if "bias" in names:
+            bias_info = info[names["bias"]]
+            out[names["bias"]] = lora_layout.branch_bias(m, lora_scale, bias_info["shape"][0],
+                                                         _torch_dtype(bias_info["dtype"]))
+        elif m is not None and m.diff_b is not None:
+            raise LoraError(f"{module}: the LoRA has a bias delta (diff_b) and the engine has no LoRA bias "
+                            f"weight to refit; rebuild the engine for this LoRA")
+    return out
+
+
+def _merged_weights(section: dict[str, Any], lora_modules: dict[str, Any], lora_scale: float,
+                    base_map: dict[str, Any]) -> dict[str, Any]:
+    """W + s B A and b + lora_scale diff_b from the original base weights, never cumulatively."""
+    info: dict[str, dict[str, Any]] = section["refittable_weights"]
+    out: dict[str, Any] = {}
+    for module, entry in section["modules"].items():
+        w_name = entry["weight"]
+        m = lora_modules.get(module)
+        delta = m.delta(lora_scale) if m is not None else None
+        out[w_name] = lora_layout.merged_weight(base_map[w_name], delta, _torch_dtype(info[w_name]["dtype"]))
+        if "bias" in entry:
+            b_name = entry["bias"]
+            out[b_name] = lora_layout.merged_bias(base_map[b_name], m, lora_scale, info[b_name]["shape"][0],
+                                                  _torch_dtype(info[b_name]["dtype"]))
+        elif m is not None and m.diff_b is not None:
+            raise LoraError(f"{module}: the LoRA has a bias delta and {module} has no bias in the engine; "
+                            f"rebuild the engine for this LoRA")
+    return out
 
 
 def check_weights_against_manifest(manifest: dict[str, Any], weights: dict[str, Any]) -> None:
@@ -190,8 +202,6 @@ def apply_refit(flavour, engine, weights: dict[str, Any], onnx_path: Path | None
     refittable, for flavours without REFIT_INDIVIDUAL) are refit through OnnxParserRefitter from the ONNX with
     these initializers overridden. Returns timings."""
     import torch
-    from wanrt.engines.runtime import trt_weights_dtype
-
     trt = flavour.trt
     if not engine.refittable:
         raise EngineError("this engine was not built refittable; rebuild with --refit yes")
@@ -269,10 +279,10 @@ def prepare_refit(engine_dir: str | os.PathLike, lora_file: str | None = None, r
                   scale: float | None = None, seed: int | None = None, allow_pickle: bool = False,
                   model=None) -> tuple[dict[str, Any], dict[str, Any], Any]:
     """CPU half of a refit: (manifest, new weights, LoRA). Every refusal happens here."""
-    from wanrt.engines.runtime import load_engine_manifest
-
     manifest = load_engine_manifest(engine_dir)
     section = engine_lora(manifest)
+    if lora_file is not None:  # the whole LoRA validation pass before the base model loads (minutes on 14B)
+        check_lora_source(lora_file, allow_pickle)
     model = model if model is not None else load_base_model(manifest)
     lora = resolve_new_lora(manifest, model, lora_file, rank, scale, seed, allow_pickle=allow_pickle)
     base = None
@@ -289,8 +299,6 @@ def refit_engine_dir(engine_dir: str | os.PathLike, lora_file: str | None = None
                      out_dir: str | os.PathLike | None = None, force: bool = False) -> dict[str, Any]:
     """Refit an engine directory with a new LoRA and write it back (or to out_dir) atomically; returns the new
     manifest. A failure leaves the directory as it was."""
-    from wanrt.engines.runtime import TRTEngine
-
     engine_dir = Path(engine_dir)
     manifest, weights, lora = prepare_refit(engine_dir, lora_file, rank, scale, seed, allow_pickle)
     t0 = time.perf_counter()
@@ -303,8 +311,8 @@ def refit_engine_dir(engine_dir: str | os.PathLike, lora_file: str | None = None
     in_place = target.resolve() == engine_dir.resolve()
     if not in_place and target.exists() and not force:
         raise BadInputError(f"output directory {target} exists; pass --force to replace it")
-    with atomic_output_dir(target, force=True) as tmp:
-        plan_path = tmp / manifest["payload"]["engine"]
+    with atomic_output_dir(target, force=True, kind="engine") as tmp:
+        plan_path = confined_path(tmp, manifest["payload"]["engine"], "payload.engine")
         with open(plan_path, "wb") as f:
             f.write(memoryview(plan))
         for extra in engine_dir.iterdir():  # runtime cache and anything else beside the plan

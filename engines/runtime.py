@@ -23,7 +23,7 @@ from wanrt.engines.flavour import (
 )
 from wanrt.engines.profiles import ProfileSpec, select_profile
 
-from wanrt.artifacts import read_manifest, sha256_file
+from wanrt.artifacts import confined_path, read_manifest, sha256_file, write_bytes_atomic
 from wanrt.errors import BadInputError, EngineError
 
 RUNTIME_CACHE_NAME = "runtime.cache"
@@ -44,7 +44,7 @@ def load_engine_manifest(engine_dir: str | os.PathLike) -> dict[str, Any]:
 def check_plan_file(engine_dir: Path, manifest: dict[str, Any], verify_hash: bool = False) -> Path:
     """The plan exists, has the recorded size (a truncated copy is caught here) and, optionally, hash."""
     p = manifest["payload"]
-    plan = Path(engine_dir) / p["engine"]
+    plan = confined_path(engine_dir, p["engine"], "payload.engine")
     if not plan.is_file():
         raise EngineError(f"{plan}: missing; rebuild with `wanrt build`")
     size = plan.stat().st_size
@@ -62,7 +62,7 @@ def check_compatibility(manifest: dict[str, Any], flavour_info: dict[str, Any], 
     built = p["trt"]
     if built["flavour"] != flavour_info["flavour"]:
         raise EngineError(f"this engine was built with {built['label']}; the loaded runtime is "
-                          f"{LABELS[flavour_info['flavour']]} {flavour_info['version']}: load it with --trt "
+                          f"{LABELS[flavour_info['flavour']]} {flavour_info['version']}: load it with --flavour "
                           f"{built['flavour']} or rebuild")
     if built["version"] != flavour_info["version"]:
         raise EngineError(f"this engine was built with {built['label']}; installed is {flavour_info['label']}: "
@@ -108,7 +108,7 @@ def check_input_shapes(manifest: dict[str, Any], shapes: dict[str, tuple[int, ..
 
 
 # --------------------------------------------------------------------------------------------- dtypes
-def torch_dtype(trt, dtype):
+def torch_dtype(dtype):
     import torch
 
     table = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT32": torch.int32,
@@ -156,7 +156,8 @@ class TRTEngine:
         if self.flavour.has("engine_validity"):
             validity, diagnostics = self.runtime.get_engine_validity(plan[: max(self.runtime.engine_header_size, 64)])
             if validity == trt.EngineValidity.INVALID:
-                raise EngineError(f"{plan_path}: {self.flavour.label} rejects this plan ({_diagnostics(trt, diagnostics)}); "
+                raise EngineError(f"{plan_path}: {self.flavour.label} rejects this plan "
+                                  f"({_diagnostics(trt, diagnostics)}); "
                                   f"rebuild with `wanrt build`")
         from wanrt.engines.flavour import polygraphy_trt
 
@@ -189,7 +190,7 @@ class TRTEngine:
             raise EngineError("TensorRT could not create an execution context (out of GPU memory?)")
         self.inputs = [n for n, v in p["io"].items() if v["mode"] == "input"]
         self.outputs = [n for n, v in p["io"].items() if v["mode"] == "output"]
-        self.dtypes = {n: torch_dtype(trt, self.engine.get_tensor_dtype(n)) for n in [*self.inputs, *self.outputs]}
+        self.dtypes = {n: torch_dtype(self.engine.get_tensor_dtype(n)) for n in [*self.inputs, *self.outputs]}
         self.device = torch.device("cuda", torch.cuda.current_device())
         self._profile = 0
 
@@ -239,23 +240,13 @@ class TRTEngine:
         self._keepalive = keep  # inputs must outlive the enqueue
         return results
 
-    # ------------------------------------------------------------------ LoRA hot-swap
-    def refit(self, lora, source: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Swap the LoRA in place (engines/refit.py); returns the new lora section of the manifest."""
-        from wanrt.engines.refit import refit_loaded_engine
-
-        return refit_loaded_engine(self, lora, source)
-
     # ------------------------------------------------------------------ housekeeping
     def save_runtime_cache(self) -> Path | None:
         if self._runtime_cache is None or self.runtime_cache_path is None:
             return None
         blob = self._runtime_cache.serialize()
-        tmp = self.runtime_cache_path.with_name(f".{self.runtime_cache_path.name}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(memoryview(blob))
-            os.replace(tmp, self.runtime_cache_path)
+        try:  # a cache is an optimisation: failing to save it never fails the run
+            write_bytes_atomic(self.runtime_cache_path, memoryview(blob))
         except OSError:
             return None
         return self.runtime_cache_path
@@ -282,7 +273,8 @@ class TRTEngine:
 
 def _diagnostics(trt, bits: int) -> str:
     names = []
-    for name, value in getattr(trt, "EngineInvalidityDiagnostics", type("E", (), {"__members__": {}})).__members__.items():
+    members = getattr(trt, "EngineInvalidityDiagnostics", type("E", (), {"__members__": {}})).__members__
+    for name, value in members.items():
         if bits & int(value):
             names.append(name)
     return ", ".join(names) or f"diagnostics {bits}"

@@ -1,28 +1,35 @@
 """`wanrt export` as functions: ModelSpec + LoraSpec + ExportSpec -> a validated ONNX directory.
 
-Polygraphy's habit: `export_model` is the eager function; `ExportFromSpecs` is its lazy twin (a callable that does
-the work on first call and caches the manifest) for composing with engine builds and benchmarks.
+`export_model` exports one (model, LoRA, mode); `export_ranks` one directory per rank of a rank study. Both write
+into a temporary directory renamed at the end, so a failed export leaves nothing that looks valid.
 """
 
 from __future__ import annotations
 
-import gc
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
+from wanrt import lora_layout
+from wanrt.choices import LoraMode
+from wanrt.dit_io import DitIO, ShapeRange, VideoShape
 from wanrt.artifacts import atomic_output_dir, build_manifest, check_output_dir, sha256_file, spec_hash, write_json
 from wanrt.console import StepProgress
-from wanrt.errors import LoraError
-from wanrt.export.lora import (LORA_MODES, LoraWeights, apply_lora, dense_reference, lora_flops_per_token,
+from wanrt.errors import BadInputError, LoraError
+from wanrt.memory import release_memory
+from wanrt.export.lora import (LoraWeights, apply_lora, dense_reference, lora_flops_per_token,
                                resolve_targets, rerank, synthetic_lora)
 from wanrt.export.model import ModelSpec, load_transformer, model_geometry, preset_config
-from wanrt.export.onnx_export import (ExportSpec, ShapeRange, WanOnnxConfig, export_onnx)
-from wanrt.export.presets import VideoShape
-from wanrt.export import trt_check, validate
+from wanrt.export.onnx_export import ExportSpec, export_onnx
+from wanrt.export import validate
+from wanrt.export.finite import check_finite_initializers
+
+# A check of the saved graph by a consumer above the export layer: path -> report (manifest `trt_parse`).
+Acceptance = Callable[[Path], dict[str, Any]]
+NOT_CHECKED = "not checked (no acceptance check was given to export_model)"
 
 # Shape range for real checkpoints when none is given: up to 81 frames at 720p.
 CHECKPOINT_MIN, CHECKPOINT_MAX = VideoShape(1, 32, 32), VideoShape(81, 720, 1280)
@@ -39,18 +46,24 @@ class LoraSpec:
     scale: float = 1.0
     seed: int = 0
     allow_pickle: bool = False
+    # mode "full" only: a real full fine-tune (checkpoint path, or synthetic[:EXPONENT]) instead of a dense
+    # delta; its weights replace the model's (wanrt.export.finetuned, issue 11)
+    finetuned: str | None = None
 
     @property
     def enabled(self) -> bool:
-        return self.file is not None or self.rank is not None or self.mode == "full"
+        return self.file is not None or self.rank is not None or self.mode == "full" or self.finetuned is not None
 
 
 def resolve_lora(model: torch.nn.Module, spec: LoraSpec) -> tuple[LoraWeights | None, dict[str, float] | None]:
     """LoraSpec -> canonical LoraWeights (file | synthetic | SVD re-rank | dense), plus re-rank energies."""
-    if spec.mode not in LORA_MODES:
-        raise LoraError(f"--lora-mode {spec.mode!r}: choose one of {', '.join(LORA_MODES)}")
+    LoraMode.parse(spec.mode, "--lora-mode", LoraError)
     if not spec.enabled:
         return None, None
+    if spec.finetuned is not None:  # loading a full fine-tune is applying it: its LoraWeights carry no deltas
+        from wanrt.export.finetuned import finetuned_reference
+
+        return finetuned_reference(model, spec), None
     energy = None
     if spec.file is not None:
         from wanrt.export.lora_formats import load_lora_file
@@ -69,7 +82,7 @@ def resolve_lora(model: torch.nn.Module, spec: LoraSpec) -> tuple[LoraWeights | 
         lora = synthetic_lora(model, spec.rank, spec.targets, seed=spec.seed)
         lora.lora_scale = spec.scale
     if spec.mode == "full":
-        lora = dense_reference(model, lora, seed=spec.seed)
+        lora = dense_reference(lora, seed=spec.seed)
     return lora, energy
 
 
@@ -77,7 +90,19 @@ def _shape_range(model_spec: ModelSpec, spec: ExportSpec) -> ShapeRange:
     preset = model_spec.preset
     lo = spec.min_shape or (preset.min_shape if preset else CHECKPOINT_MIN)
     hi = spec.max_shape or (preset.max_shape if preset else CHECKPOINT_MAX)
+    if preset is not None:
+        _check_rope_covers(preset.config, hi)
     return ShapeRange(lo, hi, spec.max_batch)
+
+
+def _check_rope_covers(config: dict[str, Any], shape: VideoShape) -> None:
+    """The model's RoPE table has `rope_max_seq_len` positions per axis: a range past it exports fine and fails
+    later (inside a TensorRT build or at run time), so it is refused here, in pixels as the user typed it."""
+    limit, patch = config.get("rope_max_seq_len", 1024), config.get("patch_size", (1, 2, 2))
+    for axis, latent, p in zip(("frames", "height", "width"), shape.latent, patch):
+        if latent // p > limit:
+            raise BadInputError(f"--max-shape {shape}: {axis} gives {latent // p} RoPE positions, more than this "
+                                f"model's {limit} (rope_max_seq_len); use a smaller --max-shape or a larger model")
 
 
 def _validation_shapes(model_spec: ModelSpec, shapes: ShapeRange) -> list[tuple[int, VideoShape]]:
@@ -87,7 +112,8 @@ def _validation_shapes(model_spec: ModelSpec, shapes: ShapeRange) -> list[tuple[
     chosen = []
     for shape in pair:
         clamp = VideoShape(*(min(max(v, lo), hi) for v, lo, hi in zip(
-            (shape.frames, shape.height, shape.width), vars(shapes.min_shape).values(), vars(shapes.max_shape).values())))
+            (shape.frames, shape.height, shape.width), vars(shapes.min_shape).values(),
+            vars(shapes.max_shape).values())))
         chosen.append(clamp)
     return [(1, chosen[0]), (min(2, shapes.max_batch), chosen[1])]
 
@@ -98,10 +124,8 @@ def _lora_payload(lora: LoraWeights | None, spec: LoraSpec, model, energy) -> di
     payload: dict[str, Any] = {"enabled": True, "mode": spec.mode, "targets": spec.targets, **lora.summary(),
                                "flops_per_token": lora_flops_per_token(lora, spec.mode, model)}
     if spec.mode == "separate":
-        payload["initializers"] = {
-            name: {"A": f"lora.{name}.A", "B": f"lora.{name}.B",
-                   **({"bias": f"lora.{name}.bias"} if m.diff_b is not None else {})}
-            for name, m in lora.modules.items()}
+        payload["initializers"] = {name: lora_layout.initializer_names(name, m.diff_b is not None)
+                                   for name, m in lora.modules.items()}
     else:
         payload["merged_weights"] = {name: f"{name}.weight" for name in lora.names()}
     if energy is not None:
@@ -110,31 +134,38 @@ def _lora_payload(lora: LoraWeights | None, spec: LoraSpec, model, energy) -> di
 
 
 def export_model(model_spec: ModelSpec, lora_spec: LoraSpec, export_spec: ExportSpec, out_dir: str | Path,
-                 force: bool = False, progress: bool | None = None) -> dict[str, Any]:
-    """Export one (model, LoRA, mode) to `out_dir` atomically; returns the manifest."""
-    out_dir = check_output_dir(out_dir, force)
-    with atomic_output_dir(out_dir, force=force) as tmp:
-        return _export_into(model_spec, lora_spec, export_spec, tmp, progress)
+                 force: bool = False, progress: bool | None = None,
+                 acceptance: Acceptance | None = None) -> dict[str, Any]:
+    """Export one (model, LoRA, mode) to `out_dir` atomically; returns the manifest. `acceptance`: a check of the
+    saved graph by a consumer (wanrt.engines.acceptance.tensorrt_acceptance), recorded as `trt_parse`."""
+    out_dir = check_output_dir(out_dir, force, kind="onnx")
+    with atomic_output_dir(out_dir, force=force, kind="onnx") as tmp:
+        return _export_into(model_spec, lora_spec, export_spec, tmp, progress, acceptance)
 
 
 def export_ranks(model_spec: ModelSpec, lora_spec: LoraSpec, export_spec: ExportSpec, ranks: list[int],
-                 out_dir: str | Path, force: bool = False, progress: bool | None = None) -> list[dict[str, Any]]:
+                 out_dir: str | Path, force: bool = False, progress: bool | None = None,
+                 acceptance: Acceptance | None = None) -> list[dict[str, Any]]:
     """One export per rank side by side (out_dir/r4, r8, ...): how the rank study is prepared. All or nothing."""
-    out_dir = check_output_dir(out_dir, force)
+    out_dir = check_output_dir(out_dir, force, kind="onnx")
     manifests = []
-    with atomic_output_dir(out_dir, force=force) as tmp:
+    with atomic_output_dir(out_dir, force=force, kind="onnx") as tmp:
         for rank in ranks:
             sub = tmp / f"r{rank}"
             sub.mkdir()
-            manifests.append(_export_into(model_spec, replace(lora_spec, rank=rank), export_spec, sub, progress))
+            manifests.append(_export_into(model_spec, replace(lora_spec, rank=rank), export_spec, sub, progress,
+                                          acceptance))
     return manifests
 
 
 def _export_into(model_spec: ModelSpec, lora_spec: LoraSpec, export_spec: ExportSpec, directory: Path,
-                 progress: bool | None) -> dict[str, Any]:
+                 progress: bool | None, acceptance: Acceptance | None) -> dict[str, Any]:
+    """The export's six steps into `directory` (numbered below), then the manifest. Kept as one function on
+    purpose: the order of loads and frees is what bounds peak memory on the 14B geometry."""
     steps = ["load model", "LoRA", "reference outputs", "trace + save ONNX", "validate", "TensorRT parse"]
     model_spec = replace(model_spec, dtype=export_spec.dtype)
     t_start = time.perf_counter()
+    shapes = _shape_range(model_spec, export_spec)  # before any load: a range the model cannot take is bad input
     with StepProgress(f"export {model_spec.source}", steps, enabled=progress) as step:
         # 1. model
         step("load model")
@@ -147,8 +178,7 @@ def _export_into(model_spec: ModelSpec, lora_spec: LoraSpec, export_spec: Export
         if lora is not None:
             apply_lora(model, lora, lora_spec.mode)
         lora_payload = _lora_payload(lora, lora_spec, model, energy)
-        shapes = _shape_range(model_spec, export_spec)
-        config = WanOnnxConfig(geometry, model_spec.torch_dtype, shapes)
+        config = DitIO(geometry, model_spec.torch_dtype, shapes)
         # 3. eager references before export, so the model can be freed before ORT loads the graph
         references = []
         if export_spec.validate:
@@ -158,33 +188,27 @@ def _export_into(model_spec: ModelSpec, lora_spec: LoraSpec, export_spec: Export
         step("trace + save ONNX")
         onnx_path = directory / "model.onnx"
         export_info = export_onnx(model, config, onnx_path, opset=export_spec.opset,
-                                  external_data=export_spec.external_data)
+                                  external_data=export_spec.external_data, progress=step.detail)
+        check_finite_initializers(onnx_path)  # always: NaN/Inf weights never reach an artifact (issue 9)
         del model, lora
         release_memory()
         # 5. validate (tiers: names, axes, shapes, values)
         validation: dict[str, Any] = {"skipped": True}
         if export_spec.validate:
             step("validate")
-            report = validate.validate_onnx(onnx_path, config, references, export_spec.dtype)
-            validation = {"skipped": False, "passed": report.passed, "tolerance": report.tolerance,
-                          "evaluated_as": report.evaluated_as, "tiers": report.tiers,
-                          "max_rel": report.max_rel, "checks": report.checks}
+            validation = _validation_record(validate.validate_onnx(onnx_path, config, references,
+                                                                   export_spec.dtype))
         del references
         release_memory()
-        # 6. TensorRT acceptance (parser only; no GPU needed)
+        # 6. TensorRT acceptance (parser only; no GPU needed), when the caller brings the check
         step("TensorRT parse")
-        trt_parse = trt_check.parse_onnx(onnx_path)
+        trt_parse = acceptance(onnx_path) if acceptance is not None else {"parsed": None, "reason": NOT_CHECKED}
     payload = {
         "onnx": onnx_path.name,
         "external_data": export_info["external_data"],
         "sha256": sha256_file(onnx_path),
         "initializer_bytes": export_info["initializer_bytes"],
-        "inputs": [{"name": n, "shape": list(s), "dtype": str(config.input_dtype(n)).replace("torch.", "")}
-                   for n, s in config.input_shapes(batch=1, shape=shapes.min_shape).items()],
-        "outputs": [{"name": "prediction", "dtype": str(config.dtype).replace("torch.", "")}],
-        "dynamic_axes": {n: sorted(a) for n, a in config.dynamic_shapes().items()},
-        "shape_ranges": {"batch": [1, shapes.max_batch], "min": vars(shapes.min_shape), "max": vars(shapes.max_shape),
-                         "latent": shapes.latent},
+        **_io_record(config),
         "geometry": geometry,
         "lora": lora_payload,
         "validation": validation,
@@ -199,26 +223,20 @@ def _export_into(model_spec: ModelSpec, lora_spec: LoraSpec, export_spec: Export
     return manifest
 
 
-def release_memory() -> None:
-    """Collect garbage and hand freed heap back to the OS (glibc keeps freed arenas resident otherwise, which on a
-    14B slice is gigabytes that the next step - ORT loading the graph - would stack on top of)."""
-    gc.collect()
-    try:
-        import ctypes
+def _io_record(config: DitIO) -> dict[str, Any]:
+    """The manifest's view of the I/O contract: inputs at the smallest shape, outputs, dynamic axes, ranges."""
+    shapes = config.shapes
+    return {
+        "inputs": [{"name": n, "shape": list(s), "dtype": str(config.input_dtype(n)).replace("torch.", "")}
+                   for n, s in config.input_shapes(batch=1, shape=shapes.min_shape).items()],
+        "outputs": [{"name": n, "dtype": str(config.dtype).replace("torch.", "")} for n in config.output_names],
+        "dynamic_axes": {n: sorted(a) for n, a in config.dynamic_shapes().items()},
+        "shape_ranges": {"batch": [1, shapes.max_batch], "min": vars(shapes.min_shape), "max": vars(shapes.max_shape),
+                         "latent": shapes.latent},
+    }
 
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
 
-
-class ExportFromSpecs:
-    """Lazy twin of export_model: call it to export (once); later calls return the cached manifest."""
-
-    def __init__(self, model_spec: ModelSpec, lora_spec: LoraSpec, export_spec: ExportSpec, out_dir, force=False):
-        self.args = (model_spec, lora_spec, export_spec, Path(out_dir), force)
-        self._manifest: dict[str, Any] | None = None
-
-    def __call__(self) -> dict[str, Any]:
-        if self._manifest is None:
-            self._manifest = export_model(*self.args, progress=False)
-        return self._manifest
+def _validation_record(report: validate.ValidationReport) -> dict[str, Any]:
+    """What the manifest keeps of a validation. It exists only when every tier passed (a failure raises)."""
+    return {"skipped": False, "tolerance": report.tolerance, "evaluated_as": report.evaluated_as,
+            "tiers": report.tiers, "max_rel": report.max_rel, "checks": report.checks}

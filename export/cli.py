@@ -8,41 +8,52 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from wanrt.console import out_console
+from wanrt.console import err_console, out_console
+from wanrt.engines.acceptance import tensorrt_acceptance
 from wanrt.engines.cli import engine_options
 from wanrt.errors import BadInputError
+from wanrt.flags import deprecated_option, deprecation_line
 from wanrt.options import (dtype_option, lora_options, lora_spec_from_kwargs, model_options, model_spec_from_kwargs,
                            parse_int_list, parse_shape)
 
 
 def summary_table(rows: list[tuple[str, dict]], title: str = "wanrt export") -> Table:
-    table = Table(title=title)
-    for col in ("output", "mode", "rank", "targets", "LoRA params", "LoRA FLOPs/token", "dtype",
-                "ORT vs torch max rel", "TensorRT parse", "seconds"):
-        table.add_column(col, justify="right" if col in ("rank", "LoRA params", "LoRA FLOPs/token", "seconds") else "left")
+    """One row per export, sized for 80 columns (LoRA parameter count and FLOPs are in each manifest.json)."""
+    from rich import box
+
+    parsers = set()
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
+    for col in ("output", "mode", "rank", "dtype", "ORT max rel err", "TensorRT parse", "s"):
+        table.add_column(col, justify="right" if col in ("rank", "s") else "left")
     for out, m in rows:
         p, specs = m["payload"], m["specs"]
         lora = p["lora"]
         v = p["validation"]
-        check = "skipped" if v.get("skipped") else f"{v['max_rel']:.2e} {'ok' if v['passed'] else 'FAIL'}"
+        # a failed validation fails the export, so a manifest that exists passed it
+        check = "skipped" if v.get("skipped") else f"{v['max_rel']:.1e} ok"
         t = p["trt_parse"]
-        parse = ("not installed" if t.get("parsed") is None else
-                 f"{t['flavour']} {t['version']}: {t['layers']} layers, {t['num_errors']} errors")
-        flops = lora.get("flops_per_token", {}).get("video_token", 0) if lora.get("enabled") else 0
-        table.add_row(out, lora.get("mode") or "-", str(lora.get("rank", "-")), lora.get("targets") or "-",
-                      f"{lora.get('parameters', 0):,}", f"{flops:,}", specs["export"]["dtype"], check, parse,
-                      f"{p['timings_s']['total']:.1f}")
+        if t.get("parsed") is None:
+            parse = "not installed"
+        else:
+            parsers.add(f"{t['flavour']} {t['version']}")
+            parse = f"{t['layers']} layers, " + ("ok" if not t["num_errors"] else f"{t['num_errors']} errors")
+        table.add_row(out, lora.get("mode") or "-", str(lora.get("rank", "-")), specs["export"]["dtype"], check,
+                      parse, f"{p['timings_s']['total']:.0f}")
+    if parsers:
+        table.caption = f"TensorRT parse by {', '.join(sorted(parsers))}; LoRA size and FLOPs in manifest.json"
     return table
 
 
 def _export_options(f):
     f = click.option("--no-validate", is_flag=True, help="Skip ONNX Runtime parity checks (not recommended).")(f)
     f = click.option("--force", is_flag=True, help="Replace an existing output directory.")(f)
-    f = click.option("--max-batch", type=click.IntRange(1, 2), default=2, show_default=True,
-                     help="Largest batch the graph accepts (2 = CFG in one call).")(f)
+    f = deprecated_option("--max-batch", "--batch 1..N", "batch", type=click.IntRange(1, 2),
+                          convert=lambda n: f"1..{n}")(f)
     f = click.option("--max-shape", default=None, help="Largest video FRAMESxHxW the graph accepts (pixels).")(f)
     f = click.option("--min-shape", default=None, help="Smallest video FRAMESxHxW the graph accepts (pixels).")(f)
-    f = click.option("--opset", type=int, default=None, help="ONNX opset (default 23: fused Attention/RMSNorm).")(f)
+    f = click.option("--opset", type=int, default=None,
+                     help="ONNX opset (default 23: fused Attention/RMSNorm; 18 where TensorRT-RTX is installed and "
+                          "there is no GPU, since its CPU-only builder cannot compile 23).")(f)
     return f
 
 
@@ -51,24 +62,73 @@ def _export_spec(kw):
 
     if kw.get("engine"):
         kw["dtype"] = kw["dtype"] or "bf16"  # the engine precision Wan is trained in
-        if kw["opset"] is None and not _has_cuda():
-            # TensorRT-RTX's CPU-only builder crashes on opset-23 Attention (docs/engines.md)
-            kw["opset"] = 18
+    if kw["opset"] is None and _cpu_only_rtx():
+        # TensorRT-RTX's CPU-only builder crashes on opset-23 Attention (docs/engines.md): export what the local
+        # builder takes, so `wanrt export ... && wanrt build ...` works here as the README shows
+        kw["opset"] = 18
+        # said with the summary, once the export has run: bad input stays one line
+        kw["_notes"] = [*kw.get("_notes", []), "opset 18: TensorRT-RTX without a GPU cannot compile opset 23 "
+                        "(--opset 23 keeps the fused Attention for ONNX Runtime)"]
     kw["dtype"] = kw["dtype"] or "fp32"
+    if kw.get("engine") and kw["dtype"] == "bf16" and kw["lora_mode"] == "separate" and _cpu_only_rtx():
+        raise BadInputError("--engine: TensorRT-RTX without a GPU cannot compile a bf16 separate-LoRA graph; "
+                            "use --dtype fp16 or --lora-mode merged here, or build on an NVIDIA GPU")
 
     lo, hi = parse_shape(kw["min_shape"], "--min-shape"), parse_shape(kw["max_shape"], "--max-shape")
     if lo and hi and any(a > b for a, b in zip(vars(lo).values(), vars(hi).values())):
         raise BadInputError(f"--min-shape {kw['min_shape']} exceeds --max-shape {kw['max_shape']}")
     return ExportSpec(dtype=kw["dtype"], opset=kw["opset"] or DEFAULT_OPSET, min_shape=lo, max_shape=hi,
-                      max_batch=kw["max_batch"], validate=not kw["no_validate"])
+                      max_batch=_max_batch(kw["batch"]), validate=not kw["no_validate"])
+
+
+def _max_batch(text: str | None) -> int:
+    """--batch N or LO..HI: the graph accepts batches up to the top of the range (default 2: CFG in one call)."""
+    if text is None:
+        return 2
+    lo, _, hi = str(text).partition("..")
+    try:
+        lo_n, hi_n = int(lo), int(hi or lo)
+    except ValueError:
+        raise BadInputError(f"--batch {text!r}: expected N or LO..HI, e.g. 1..2") from None
+    if not 1 <= lo_n <= hi_n <= 2:
+        raise BadInputError(f"--batch {text}: batches run from 1 to 2 (2 = CFG in one call)")
+    return hi_n
+
+
+def _cpu_only_rtx() -> bool:
+    """The local engine builder is TensorRT-RTX compiling on the CPU (installed, no CUDA device)."""
+    from importlib.util import find_spec
+
+    return not _has_cuda() and any(find_spec(m) is not None for m in ("tensorrt_rtx", "tensorrt_rtx_bindings"))
+
+
+def default_output(kw) -> Path:
+    """wanrt-out/<model>[-l<layers>]-<lora>-<mode>-<dtype>: a name that says what the export is."""
+    source = str(kw["model"]).rstrip("/")
+    parts = [Path(source).name or source]
+    if kw.get("layers"):
+        parts.append(f"l{kw['layers']}")
+    ranks = kw.get("ranks") or kw.get("rank")
+    if kw.get("lora_file"):
+        parts.append(Path(kw["lora_file"]).stem + (f"-r{ranks}" if ranks else ""))
+    elif ranks:
+        parts.append("r" + str(ranks).replace(",", "-"))
+    if kw.get("lora_file") or ranks:
+        parts.append(kw["lora_mode"])
+    parts.append(kw["dtype"] or "fp32")
+    return Path("wanrt-out") / "-".join(parts)
 
 
 def _check_lora_file(kw) -> None:
     """Cheap checks before any model is loaded, so bad input fails in milliseconds and writes nothing."""
+    import math
+
+    if not math.isfinite(kw["lora_scale"]):
+        raise BadInputError(f"--lora-scale {kw['lora_scale']}: must be a finite number")
     if kw["lora_file"] is not None:
         from wanrt.export.lora_formats import check_lora_source
 
-        check_lora_source(kw["lora_file"], kw["allow_pickle"])
+        check_lora_source(kw["lora_file"], kw["allow_pickle"])  # the whole validation pass, before any model
 
 
 def _has_cuda() -> bool:
@@ -82,7 +142,10 @@ def _has_cuda() -> bool:
 @lora_options
 @dtype_option
 @_export_options
-@click.option("-o", "--output", type=click.Path(file_okay=False), required=True, help="Output directory.")
+@click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
+              help="Output directory.  [default: wanrt-out/<model>-<lora>-<mode>-<dtype>, printed]")
+@click.option("--ranks", default=None, help="Several LoRA ranks: one export per rank, OUTPUT/r4, OUTPUT/r8, ... "
+              "(--ranks 16 is --rank 16).")
 @click.option("--engine", is_flag=True, help="Also build a TensorRT engine from each export (OUTPUT/engine); "
               "the engine options below apply.")
 @engine_options
@@ -92,35 +155,61 @@ def export(**kw):
     \b
     Examples:
       wanrt export --rank 16 -o out/r16                       # tiny preset, synthetic rank-16 LoRA, merged
-      wanrt export --rank 4,8,16 --lora-mode separate -o out  # out/r4, out/r8, out/r16
+      wanrt export --ranks 4,8,16 --lora-mode separate -o out # out/r4, out/r8, out/r16
       wanrt export --model wan2.1-i2v-14b --layers 2 --dtype bf16 --rank 16 -o out/slice
-      wanrt export --rank 16 --lora-mode separate --engine -o out/trt  # + OUTPUT/engine (TensorRT)
+      wanrt export --rank 16 --engine -o out/trt              # + OUTPUT/engine (TensorRT)
     """
     from wanrt.artifacts import check_output_dir
     from wanrt.export.api import export_model, export_ranks
 
-    ranks = parse_int_list(kw["rank"])
+    if kw["rank"] is not None and "," in str(kw["rank"]):
+        deprecation_line("--rank with a list", "--ranks")  # one flag, one value; the sweep is the plural
+        kw["ranks"], kw["rank"] = kw["ranks"] or kw["rank"], None
+    ranks = parse_int_list(kw["ranks"], "--ranks") or parse_int_list(kw["rank"])
     export_spec = _export_spec(kw)
+    if kw["output"] is None:
+        kw["output"] = str(default_output(kw))
+        kw["_notes"] = [f"output: {kw['output']} (-o to choose)", *kw.get("_notes", [])]
     model_spec = model_spec_from_kwargs(kw)
     _check_lora_file(kw)
     out = Path(kw["output"])
-    check_output_dir(out, kw["force"])
+    check_output_dir(out, kw["force"], kind="onnx")
     if ranks is not None and len(ranks) > 1:
-        manifests = export_ranks(model_spec, lora_spec_from_kwargs(kw), export_spec, ranks, out, force=kw["force"])
+        manifests = export_ranks(model_spec, lora_spec_from_kwargs(kw), export_spec, ranks, out, force=kw["force"],
+                                 acceptance=tensorrt_acceptance)
         rows = [(str(out / f"r{r}"), m) for r, m in zip(ranks, manifests)]
     else:
         manifest = export_model(model_spec, lora_spec_from_kwargs(kw, ranks[0] if ranks else None), export_spec, out,
-                                force=kw["force"])
+                                force=kw["force"], acceptance=tensorrt_acceptance)
         rows = [(str(out), manifest)]
-    out_console.print(summary_table(rows))
+    built = None
     if kw["engine"]:
         from wanrt.engines.build import build_engine_from_onnx_dir
-        from wanrt.engines.cli import engine_spec_from_kwargs, engine_table
+        from wanrt.engines.cli import engine_spec_from_kwargs
 
         spec = engine_spec_from_kwargs(kw)
-        built = [(str(Path(d) / "engine"), build_engine_from_onnx_dir(d, spec, Path(d) / "engine", force=kw["force"]))
-                 for d, _ in rows]
-        out_console.print(engine_table(built))
+        built = [build_engine_from_onnx_dir(d, spec, Path(d) / "engine", force=kw["force"]) for d, _ in rows]
+    for note in kw.get("_notes", []):  # after the work: a bad input (found by the export itself) stays one line
+        err_console.print(note, highlight=False, soft_wrap=True)
+    # one table per command: with --engine, the engine's precision and size replace the TensorRT parse column
+    out_console.print(summary_table(rows) if built is None else export_engine_table(rows, built))
+
+
+def export_engine_table(rows: list[tuple[str, dict]], engines: list[dict]) -> Table:
+    """`export --engine`: one row per export with the engine built from it (engine at <output>/engine)."""
+    from rich import box
+
+    table = Table(title="wanrt export --engine", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
+    for col in ("output", "mode", "rank", "ORT max rel err", "engine", "MiB", "refit", "s"):
+        table.add_column(col, justify="right" if col in ("rank", "MiB", "s") else "left")
+    for (out, m), e in zip(rows, engines):
+        lora, v, ep = m["payload"]["lora"], m["payload"]["validation"], e["payload"]
+        check = "skipped" if v.get("skipped") else f"{v['max_rel']:.1e} ok"
+        seconds = m["payload"]["timings_s"]["total"] + ep["timings_s"]["total"]
+        table.add_row(out, lora.get("mode") or "-", str(lora.get("rank", "-")), check, ep["precision"],
+                      f"{ep['plan_bytes'] / 2**20:.1f}", ep["lora"]["refit"] or "no", f"{seconds:.0f}")
+    table.caption = f"engines by {engines[0]['payload']['trt']['label']} in <output>/engine; details in manifest.json"
+    return table
 
 
 @click.command()
@@ -134,14 +223,17 @@ def demo(output, rank, force):
     from wanrt.export.model import ModelSpec
     from wanrt.export.onnx_export import ExportSpec
 
-    out = Path(output) if output else Path(tempfile.mkdtemp(prefix="wanrt-demo-"))
-    rows = []
-    for mode in ("merged", "separate"):
-        target = out / mode
-        rows.append((str(target), export_model(ModelSpec("tiny"), LoraSpec(rank=rank, mode=mode), ExportSpec(),
-                                               target, force=force)))
-    out_console.print(summary_table(rows, title=f"wanrt demo: tiny preset, rank-{rank} LoRA"))
-    out_console.print(f"artifacts in {out}")
+    # without -o the exports live in a temporary directory that is removed at the end, even on Ctrl-C
+    with tempfile.TemporaryDirectory(prefix="wanrt-demo-") as tmp:
+        out = Path(output) if output else Path(tmp)
+        rows = []
+        for mode in ("merged", "separate"):
+            target = out / mode
+            rows.append((mode, export_model(ModelSpec("tiny"), LoraSpec(rank=rank, mode=mode), ExportSpec(),
+                                            target, force=force, acceptance=tensorrt_acceptance)))
+        out_console.print(summary_table(rows, title=f"wanrt demo: tiny preset, rank-{rank} LoRA"))
+    out_console.print(f"exports in {out}" if output else "exports removed (temporary); `wanrt demo -o DIR` keeps them",
+                      highlight=False)
 
 
 @click.command()
@@ -149,12 +241,19 @@ def presets():
     """List the built-in model presets."""
     from wanrt.export.presets import PRESETS
 
-    table = Table(title="wanrt presets (seeded random weights)")
-    for col in ("name", "blocks", "heads x dim", "FFN", "text", "image", "default video", "tokens", "description"):
-        table.add_column(col)
+    from rich import box
+
+    # sized for 80 columns: the geometry in the table, each description on its own line below it
+    table = Table(title="wanrt presets (seeded random weights)", box=box.SIMPLE_HEAD, pad_edge=False,
+                  padding=(0, 1, 0, 0))
+    for col in ("name", "blocks", "heads x dim", "FFN", "text/image", "video", "tokens"):
+        table.add_column(col, no_wrap=True, justify="left" if col in ("name", "video") else "right")
     for p in PRESETS.values():
         c = p.config
         table.add_row(p.name, str(c["num_layers"]), f"{c['num_attention_heads']}x{c['attention_head_dim']}",
-                      str(c["ffn_dim"]), f"512x{c['text_dim']}", f"257x{c['image_dim']}", str(p.default_shape),
-                      f"{p.default_shape.tokens():,}", p.description)
+                      str(c["ffn_dim"]), f"{c['text_dim']}/{c['image_dim']}", str(p.default_shape),
+                      f"{p.default_shape.tokens():,}")
+    table.caption = "text and image dims (512 and 257 tokens); video: the default FRAMESxHxW"
     out_console.print(table)
+    for p in PRESETS.values():
+        out_console.print(f"{p.name}: {p.description}", highlight=False)

@@ -4,7 +4,8 @@ Canonical form (`LoraWeights`): {transformer module name: LoraModule(down A [r,i
 module names as in diffusers' WanTransformer3DModel ("blocks.0.attn2.to_k"). File formats are converted into it by
 `wanrt.export.lora_formats`; this module owns targets, synthetic LoRAs, SVD re-ranking and application.
 
-Applied output of a LoRA module on x: base(x) + scale * (x A^T B^T) + lora_scale * diff_b, scale = lora_scale * alpha / r
+Applied output of a LoRA module on x: base(x) + scale * (x A^T B^T) + lora_scale * diff_b,
+scale = lora_scale * alpha / r
 (alpha None means scale = lora_scale, as in peft/diffusers when no alpha is stored).
 """
 
@@ -20,6 +21,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from wanrt import lora_layout
+from wanrt.choices import LoraMode
 from wanrt.errors import LoraError
 
 # Target groups: the Linear layers of each Wan block a LoRA may adapt (suffixes after "blocks.N.").
@@ -30,7 +33,6 @@ TARGET_GROUPS: dict[str, tuple[str, ...]] = {
     "ffn": ("ffn.net.0.proj", "ffn.net.2"),
 }
 TARGET_GROUPS["all"] = tuple(s for g in ("self-attn", "cross-attn", "image-kv", "ffn") for s in TARGET_GROUPS[g])
-LORA_MODES = ("merged", "separate", "full")
 
 # Synthetic deltas are scaled to this fraction of the base weight's Frobenius norm: the size of a trained
 # style/motion LoRA's update, large enough that a missing or wrong branch shows in every parity check.
@@ -161,7 +163,7 @@ def synthetic_lora(model: nn.Module, rank: int, targets: str = "all", seed: int 
                                         "relative_norm": relative_norm})
 
 
-def dense_reference(model: nn.Module, lora: LoraWeights, seed: int = 0) -> LoraWeights:
+def dense_reference(lora: LoraWeights, seed: int = 0) -> LoraWeights:
     """A "full fine-tune" on the same targets: a dense (full-rank) delta per module with the LoRA's norm.
 
     For a file LoRA the dense delta is the LoRA's own product (same function, dense cost); for a synthetic one it
@@ -211,22 +213,19 @@ def rerank(lora: LoraWeights, rank: int) -> tuple[LoraWeights, dict[str, float]]
 class LoraLinear(nn.Linear):
     """A Linear with its LoRA kept as a separate branch: y = x W^T + b + (x A^T)(s B^T) [+ diff_b].
 
-    The base parameters keep the Linear's names (`<module>.weight/.bias`); the branch is stored ready for MatMul
-    (`lora_A` = A^T [in, r], `lora_B` = s B^T [r, out], scale folded in) so the exported graph is two MatMuls on
-    named initializers that the ONNX export renames to `lora.<module>.A/.B/.bias` for refit.
+    The base parameters keep the Linear's names (`<module>.weight/.bias`); the branch is stored ready for MatMul in
+    wanrt.lora_layout's layout (`lora_A` = A^T [in, r], `lora_B` = s B^T [r, out], scale folded in) so the exported
+    graph is two MatMuls on named initializers that the ONNX export renames to `lora.<module>.A/.B/.bias`.
     """
 
     def __init__(self, base: nn.Linear, module: LoraModule, lora_scale: float):
         nn.Module.__init__(self)
         self.in_features, self.out_features = base.in_features, base.out_features
         self.weight, self.bias = base.weight, base.bias
-        dtype = base.weight.dtype
-        self.lora_A = nn.Parameter(module.down.float().T.contiguous().to(dtype), requires_grad=False)
-        self.lora_B = nn.Parameter((module.scale(lora_scale) * module.up.float()).T.contiguous().to(dtype),
-                                   requires_grad=False)
-        # the bias delta scales with the LoRA's strength, as in ComfyUI and peft
-        self.lora_bias = (None if module.diff_b is None else
-                          nn.Parameter((lora_scale * module.diff_b.float()).to(dtype), requires_grad=False))
+        branch = lora_layout.branch_weights(module, lora_scale, base.weight.dtype)
+        self.lora_A = nn.Parameter(branch["A"], requires_grad=False)
+        self.lora_B = nn.Parameter(branch["B"], requires_grad=False)
+        self.lora_bias = nn.Parameter(branch["bias"], requires_grad=False) if "bias" in branch else None
 
     @property
     def rank(self) -> int:
@@ -303,8 +302,7 @@ def merge_lowrank_into(layer: nn.Linear, module: LoraModule, lora_scale: float =
 @torch.no_grad()
 def apply_lora(model: nn.Module, lora: LoraWeights, mode: str) -> nn.Module:
     """Apply in place. merged: W += s B A (fp32, cast once); separate: swap in LoraLinear; full: W += dense delta."""
-    if mode not in LORA_MODES:
-        raise LoraError(f"--lora-mode {mode!r}: choose one of {', '.join(LORA_MODES)}")
+    LoraMode.parse(mode, "--lora-mode", LoraError)
     if (mode == "full") != (lora.dense is not None):
         raise LoraError("mode 'full' takes a dense reference (dense_reference()), other modes low-rank factors")
     layers = check_fits(model, lora)
@@ -329,13 +327,9 @@ def lora_flops_per_token(lora: LoraWeights, mode: str, model: nn.Module) -> dict
         return {"video_token": 0, "encoder_token_text": 0, "encoder_token_image": 0}
     linears = linear_modules(model)
     out = {"video_token": 0, "encoder_token_text": 0, "encoder_token_image": 0}
+    key = {"video": "video_token", "text": "encoder_token_text", "image": "encoder_token_image"}
     for name, m in lora.modules.items():
         layer = linears.get(name) or model.get_submodule(name)
-        flops = 2 * m.rank * (layer.in_features + layer.out_features) + (layer.out_features if m.diff_b is not None else 0)
-        if name.endswith(("attn2.to_k", "attn2.to_v")):
-            out["encoder_token_text"] += flops
-        elif name.endswith(("attn2.add_k_proj", "attn2.add_v_proj")):
-            out["encoder_token_image"] += flops
-        else:
-            out["video_token"] += flops
+        flops = lora_layout.branch_flops_per_token(layer.in_features, layer.out_features, m.rank, m.diff_b is not None)
+        out[key[lora_layout.token_stream(name)]] += flops
     return out

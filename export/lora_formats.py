@@ -40,18 +40,18 @@ import logging
 import math
 import os
 import re
-import tempfile
 import warnings
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-
-from wanrt.artifacts import sha256_file
-from wanrt.errors import LoraError
 from wanrt.export.lora import LoraModule, LoraWeights, check_fits, linear_modules
+
+from wanrt.artifacts import atomic_path, sha256_file, write_text_atomic
+from wanrt.errors import LoraError
 
 log = logging.getLogger(__name__)
 
@@ -99,22 +99,22 @@ _LYCORIS = ("hada_w1", "hada_w2", "lokr_w1", "lokr_w2", ".lora_mid.", "oft_", ".
 
 
 # ------------------------------------------------------------------------------------------------ names
-def to_wan_name(name: str) -> str | None:
-    """diffusers module name -> original Wan name (`blocks.0.attn1.to_q` -> `blocks.0.self_attn.q`)."""
+def _translate(name: str, block_names: dict[str, str], global_names: dict[str, str]) -> str | None:
     m = re.fullmatch(r"blocks\.(\d+)\.(.+)", name)
     if m:
-        rest = _BLOCK_INV.get(m.group(2))
+        rest = block_names.get(m.group(2))
         return f"blocks.{m.group(1)}.{rest}" if rest else None
-    return _GLOBAL_INV.get(name)
+    return global_names.get(name)
+
+
+def to_wan_name(name: str) -> str | None:
+    """diffusers module name -> original Wan name (`blocks.0.attn1.to_q` -> `blocks.0.self_attn.q`)."""
+    return _translate(name, _BLOCK_INV, _GLOBAL_INV)
 
 
 def to_diffusers_name(name: str) -> str | None:
     """original Wan module name -> diffusers name (inverse of to_wan_name)."""
-    m = re.fullmatch(r"blocks\.(\d+)\.(.+)", name)
-    if m:
-        rest = _BLOCK_MAP.get(m.group(2))
-        return f"blocks.{m.group(1)}.{rest}" if rest else None
-    return _GLOBAL_MAP.get(name)
+    return _translate(name, _BLOCK_MAP, _GLOBAL_MAP)
 
 
 def _kohya(name: str) -> str:
@@ -138,8 +138,7 @@ class _Resolver:
     @staticmethod
     def strip(stem: str) -> str:
         for p in _PREFIXES:
-            if stem.startswith(p):
-                stem = stem[len(p):]
+            stem = stem.removeprefix(p)
         return stem
 
     def linear(self, stem: str) -> str | None:
@@ -187,9 +186,8 @@ def _locate(path: Path) -> tuple[Path, Path | None]:
     return path, cfg if path.stem in ("adapter_model", "pytorch_lora_weights") and cfg.is_file() else None
 
 
-def check_lora_source(path: str | os.PathLike, allow_pickle: bool = False) -> tuple[Path, Path | None]:
-    """The checks that need no model: the file (or peft directory) exists, and is not a pickle unless allowed.
-    Returns (weights file, peft adapter_config.json or None). The CLI runs it before loading any model."""
+def _check_source(path: str | os.PathLike, allow_pickle: bool = False) -> tuple[Path, Path | None]:
+    """The file (or peft directory) exists, and is not a pickle unless allowed."""
     weights_path, config_path = _locate(Path(path).expanduser())
     if weights_path.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:
         raise LoraError(f"{weights_path.name}: a pickle file ({weights_path.suffix}) can run code when loaded; "
@@ -197,7 +195,15 @@ def check_lora_source(path: str | os.PathLike, allow_pickle: bool = False) -> tu
     return weights_path, config_path
 
 
-def _read_state_dict(path: Path, allow_pickle: bool) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def check_lora_source(path: str | os.PathLike, allow_pickle: bool = False) -> tuple[Path, Path | None]:
+    """Every check that needs no model (validate_lora_file). Returns (weights file, peft adapter_config.json or
+    None). The CLI runs it before loading any model, so a bad LoRA fails in seconds, not after a 14B load."""
+    f = validate_lora_file(path, allow_pickle)
+    return f.weights_path, f.config_path
+
+
+def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    # pickles reach here only when allowed (_check_source refused them otherwise)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -227,7 +233,7 @@ def _peft_config(metadata: dict[str, str], config_path: Path | None) -> dict[str
     if config_path is not None:
         try:
             return json.loads(config_path.read_text())
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
             raise LoraError(f"{config_path}: unreadable adapter_config.json: {_first_line(e)}") from None
     raw = metadata.get(METADATA_KEY)
     if not raw:
@@ -237,6 +243,8 @@ def _peft_config(metadata: dict[str, str], config_path: Path | None) -> dict[str
     except ValueError:
         log.warning("ignoring unparsable %s metadata", METADATA_KEY)
         return None
+    if not isinstance(cfg, dict):
+        raise LoraError(f"metadata {METADATA_KEY} is a JSON {type(cfg).__name__}, not an object")
     if any(k.startswith("transformer.") for k in cfg):  # pipeline.save_lora_weights packs with the component prefix
         cfg = {k[len("transformer."):]: v for k, v in cfg.items() if k.startswith("transformer.")}
     return cfg
@@ -276,31 +284,137 @@ def _check_finite(key: str, t: torch.Tensor) -> None:
         raise LoraError(f"LoRA tensor {key!r} contains {kind} values")
 
 
+# ------------------------------------------------------------------------------------------- validation
+# What a LoRA tensor may be: real floating point of a width torch computes in. Integer/bool factors are not a LoRA
+# (a quantized file needs its scales), complex ones would lose their imaginary part in any cast, and fp8 factors
+# need the scale their trainer kept elsewhere.
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@dataclass
+class LoraFile:
+    """A LoRA file that passed validate_lora_file: its tensors, metadata and (peft) config, not yet matched to a
+    model."""
+
+    weights_path: Path
+    config_path: Path | None
+    sd: dict[str, torch.Tensor]
+    metadata: dict[str, str]
+    cfg: dict[str, Any] | None
+    fmt: str
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_config(cfg: dict[str, Any] | None, where: str) -> None:
+    """peft/diffusers adapter config fields that enter the arithmetic must have their JSON types."""
+    if cfg is None:
+        return
+    if not isinstance(cfg, dict):
+        raise LoraError(f"{where}: adapter config is a JSON {type(cfg).__name__}, not an object")
+    if cfg.get("lora_alpha") is not None and not _is_number(cfg["lora_alpha"]):
+        raise LoraError(f"{where}: lora_alpha {cfg['lora_alpha']!r} is not a finite number")
+    if cfg.get("r") is not None and not (isinstance(cfg["r"], int) and not isinstance(cfg["r"], bool)
+                                         and cfg["r"] > 0):
+        raise LoraError(f"{where}: r {cfg['r']!r} is not a positive integer")
+    for field in ("alpha_pattern", "rank_pattern"):
+        pattern = cfg.get(field)
+        if pattern is None:
+            continue
+        if not isinstance(pattern, dict) or not all(isinstance(k, str) and _is_number(v) for k, v in pattern.items()):
+            raise LoraError(f"{where}: {field} must map module patterns to finite numbers, got {pattern!r:.80}")
+    for field in ("use_rslora", "use_dora"):
+        if cfg.get(field) is not None and not isinstance(cfg[field], bool):
+            raise LoraError(f"{where}: {field} {cfg[field]!r} is not true/false")
+
+
+def _check_tensors(sd: dict[str, torch.Tensor], where: str) -> None:
+    """dtypes first (a cheap pass over the header), then finiteness of every value."""
+    for key, t in sd.items():
+        if t.dtype not in FLOAT_DTYPES:
+            raise LoraError(f"{where}: tensor {key!r} is {str(t.dtype).removeprefix('torch.')}; LoRA tensors must "
+                            f"be float16, bfloat16, float32 or float64")
+    for key, t in sd.items():
+        _check_finite(key, t)
+
+
+def _check_pairs(sd: dict[str, torch.Tensor], where: str) -> None:
+    """Within each module: A/B (down/up) are 2-D with one positive rank, alpha a finite scalar."""
+    groups: dict[str, dict[str, tuple[str, torch.Tensor]]] = {}
+    for key, t in sd.items():
+        stem, kind = _split_key(key)
+        if kind in ("A", "B", "alpha"):
+            groups.setdefault(stem, {})[kind] = (key, t)
+    for stem, g in groups.items():
+        if "alpha" in g:
+            key, t = g["alpha"]
+            if t.numel() != 1:
+                raise LoraError(f"{where}: {key!r}: alpha must be a scalar, got shape {tuple(t.shape)}")
+        if "A" not in g or "B" not in g:
+            continue  # a lone factor is reported with the module's name once the model is known
+        (ka, a), (kb, b) = g["A"], g["B"]
+        if a.ndim != 2 or b.ndim != 2:
+            raise LoraError(f"{where}: {stem}: LoRA A {tuple(a.shape)} / B {tuple(b.shape)} are not 2-D matrices "
+                            f"(conv LoRAs are not supported)")
+        if a.shape[0] != b.shape[1]:
+            raise LoraError(f"{where}: {stem}: inconsistent rank: A {tuple(a.shape)} has rank {a.shape[0]} but B "
+                            f"{tuple(b.shape)} has rank {b.shape[1]}")
+        if a.shape[0] == 0:
+            raise LoraError(f"{where}: {stem}: rank-0 factors {ka!r} / {kb!r} (alpha / rank is undefined)")
+
+
+def validate_lora_file(path: str | os.PathLike, allow_pickle: bool = False) -> LoraFile:
+    """One pass over a LoRA file before any model is loaded: source (exists, no pickle), header and tensors
+    (readable safetensors), metadata/config types, supported kind (no DoRA/LyCORIS), dtypes (floating only),
+    shapes consistent within each A/B pair, finite values. Every problem is one LoraError line."""
+    weights_path, config_path = _check_source(path, allow_pickle)
+    where = weights_path.name
+    sd, metadata = _read_state_dict(weights_path)
+    cfg = _peft_config(metadata, config_path)
+    _check_config(cfg, where)
+    if cfg and cfg.get("use_dora"):
+        raise LoraError(f"{where}: DoRA adapters (use_dora) are not supported; only plain LoRA")
+    lycoris = [k for k in sd if any(m in k for m in _LYCORIS)]
+    if lycoris:
+        raise LoraError(f"{where}: LyCORIS (LoHa/LoKr/LoCon) keys such as {lycoris[0]!r} are not "
+                        f"supported; only plain LoRA (A/B or down/up)")
+    dora = [k for k in sd if _split_key(k)[1] == "dora"]
+    if dora:
+        raise LoraError(f"{where}: DoRA key {dora[0]!r}: DoRA adapters are not supported; only plain LoRA")
+    _check_tensors(sd, where)
+    _check_pairs(sd, where)
+    return LoraFile(weights_path, config_path, sd, metadata, cfg, _detect_format(list(sd), config_path))
+
+
+# ------------------------------------------------------------------------------------------- loading
 def load_lora_file(path: str | os.PathLike, model: nn.Module, lora_scale: float = 1.0,
                    allow_pickle: bool = False) -> LoraWeights:
     """Read a LoRA file (any format above) for `model` into the canonical LoraWeights; every problem is a LoraError."""
-    if not (isinstance(lora_scale, (int, float)) and math.isfinite(lora_scale)):
+    if not (_is_number(lora_scale)):
         raise LoraError(f"--lora-scale {lora_scale!r}: must be a finite number")
-    weights_path, config_path = check_lora_source(path, allow_pickle)
-    sd, metadata = _read_state_dict(weights_path, allow_pickle)
-    cfg = _peft_config(metadata, config_path)
-    fmt = _detect_format(list(sd), config_path)
-
-    if cfg and cfg.get("use_dora"):
-        raise LoraError(f"{weights_path.name}: DoRA adapters (use_dora) are not supported; only plain LoRA")
-    lycoris = [k for k in sd if any(m in k for m in _LYCORIS)]
-    if lycoris:
-        raise LoraError(f"{weights_path.name}: LyCORIS (LoHa/LoKr/LoCon) keys such as {lycoris[0]!r} are not "
-                        f"supported; only plain LoRA (A/B or down/up)")
-
+    f = validate_lora_file(path, allow_pickle)
     res = _Resolver(model)
-    parts: dict[str, dict[str, tuple[str, torch.Tensor]]] = {}  # linear -> kind -> (file key, tensor)
+    parts, unmatched, zero_skipped = _match_keys(f, res, model)
+    modules, bias_only = _assemble_modules(f, res, parts, unmatched)
+    lora = LoraWeights(modules, lora_scale=float(lora_scale))
+    check_fits(model, lora)  # names the module and both shapes
+    lora.source = _source_info(f, res, model, modules, unmatched, zero_skipped, bias_only)
+    return lora
+
+
+_Parts = dict[str, dict[str, tuple[str, torch.Tensor]]]  # linear -> kind -> (file key, tensor)
+
+
+def _match_keys(f: LoraFile, res: _Resolver, model: nn.Module) -> tuple[_Parts, list[str], list[str]]:
+    """File keys -> the model's Linear modules; zero `.diff`/`.diff_b` skipped; unmatched keys warned about."""
+    sd, name = f.sd, f.weights_path.name
+    parts: _Parts = {}
     unmatched: list[str] = []
     zero_skipped: list[str] = []
     for key, tensor in sd.items():
         stem, kind = _split_key(key)
-        if kind == "dora":
-            raise LoraError(f"{weights_path.name}: DoRA key {key!r}: DoRA adapters are not supported; only plain LoRA")
         if kind == "unknown":
             unmatched.append(key)
             continue
@@ -308,14 +422,14 @@ def load_lora_file(path: str | os.PathLike, model: nn.Module, lora_scale: float 
         if kind == "diff":
             if not bool((tensor == 0).all()):
                 n = sum(1 for k in sd if k.endswith(".diff"))
-                raise LoraError(f"{weights_path.name}: {key!r} is a full weight diff ({n} '.diff' keys): not a "
+                raise LoraError(f"{name}: {key!r} is a full weight diff ({n} '.diff' keys): not a "
                                 f"low-rank LoRA; merge it into the base checkpoint instead")
             zero_skipped.append(key)
             continue
         if target is None:
             if kind == "diff_b" and res.known_module(stem):
                 if not bool((tensor == 0).all()):
-                    raise LoraError(f"{weights_path.name}: {key!r} is a bias diff for a non-Linear module; "
+                    raise LoraError(f"{name}: {key!r} is a bias diff for a non-Linear module; "
                                     f"only Linear layers can be adapted")
                 zero_skipped.append(key)
                 continue
@@ -323,34 +437,36 @@ def load_lora_file(path: str | os.PathLike, model: nn.Module, lora_scale: float 
             continue
         if kind in parts.setdefault(target, {}):
             other = parts[target][kind][0]
-            raise LoraError(f"{weights_path.name}: {key!r} and {other!r} both give {kind} of module {target}")
+            raise LoraError(f"{name}: {key!r} and {other!r} both give {kind} of module {target}")
         parts[target][kind] = (key, tensor)
 
-    if not parts:
-        image = [k for k in unmatched if any(m in k for m in _IMAGE_MARKERS)]
-        shown = ", ".join(unmatched[:5]) if unmatched else "(none)"
-        if image and not _has_image_branch(model):
-            raise LoraError(f"{weights_path.name}: an I2V LoRA (image K/V keys such as {image[0]!r}) but the "
-                            f"model has no image branch")
-        raise LoraError(f"{weights_path.name}: none of its {len(sd)} keys matches a Linear module of this model "
-                        f"(detected format {fmt}), e.g. {shown}")
     image_unmatched = [k for k in unmatched if any(m in k for m in _IMAGE_MARKERS)]
+    if not parts:
+        shown = ", ".join(unmatched[:5]) if unmatched else "(none)"
+        if image_unmatched and not _has_image_branch(model):
+            raise LoraError(f"{name}: an I2V LoRA (image K/V keys such as {image_unmatched[0]!r}) but the "
+                            f"model has no image branch")
+        raise LoraError(f"{name}: none of its {len(sd)} keys matches a Linear module of this model "
+                        f"(detected format {f.fmt}), e.g. {shown}")
     if image_unmatched and not _has_image_branch(model):
-        raise LoraError(f"{weights_path.name}: {len(image_unmatched)} image K/V keys such as {image_unmatched[0]!r} "
+        raise LoraError(f"{name}: {len(image_unmatched)} image K/V keys such as {image_unmatched[0]!r} "
                         f"match no module: an I2V LoRA on a model without an image branch")
     if unmatched:
-        msg = (f"{weights_path.name}: {len(unmatched)} of {len(sd)} keys match no Linear module of this model and "
+        msg = (f"{name}: {len(unmatched)} of {len(sd)} keys match no Linear module of this model and "
                f"are ignored, e.g. {', '.join(unmatched[:5])}")
-        warnings.warn(msg, stacklevel=2)
+        warnings.warn(msg, stacklevel=3)
         log.warning(msg)
+    return parts, unmatched, zero_skipped
 
-    # assemble modules, every tensor checked
+
+def _assemble_modules(f: LoraFile, res: _Resolver, parts: _Parts,
+                      unmatched: list[str]) -> tuple[dict[str, LoraModule], list[str]]:
+    """Canonical LoraModules in model order (alpha from `.alpha` keys or the config); bias-only modules get zero
+    factors of the LoRA's common rank."""
     modules: dict[str, LoraModule] = {}
     bias_only: list[str] = []
     for name in [n for n in res.linears if n in parts]:  # model order
         p = parts[name]
-        for key, t in p.values():
-            _check_finite(key, t)
         if ("A" in p) != ("B" in p):
             have, miss = ("lora_A/down", "lora_B/up") if "A" in p else ("lora_B/up", "lora_A/down")
             raise LoraError(f"{name}: the file has {have} ({next(iter(p.values()))[0]!r}) but no {miss}")
@@ -361,23 +477,12 @@ def load_lora_file(path: str | os.PathLike, model: nn.Module, lora_scale: float 
             log.warning("ignoring %s: an alpha with no LoRA factors", p["alpha"][0])
             unmatched.append(p["alpha"][0])
             continue
-        a, b = p["A"][1], p["B"][1]
-        if a.ndim != 2 or b.ndim != 2:
-            raise LoraError(f"{name}: LoRA A {tuple(a.shape)} / B {tuple(b.shape)} are not 2-D matrices "
-                            f"(conv LoRAs are not supported)")
-        if a.shape[0] != b.shape[1]:
-            raise LoraError(f"{name}: inconsistent rank: A {tuple(a.shape)} has rank {a.shape[0]} but B "
-                            f"{tuple(b.shape)} has rank {b.shape[1]}")
+        a, b = p["A"][1], p["B"][1]  # 2-D, one positive rank: checked by validate_lora_file
         rank = a.shape[0]
-        if "alpha" in p:
-            alpha_t = p["alpha"][1]
-            if alpha_t.numel() != 1:
-                raise LoraError(f"{p['alpha'][0]!r}: alpha must be a scalar, got shape {tuple(alpha_t.shape)}")
-            alpha = float(alpha_t.float().item())
-        else:
-            alpha = _config_alpha(cfg, name, rank)
-        diff_b = _diff_b(p, alpha, rank)
-        modules[name] = LoraModule(down=a, up=b, alpha=alpha, diff_b=diff_b)
+        alpha = float(p["alpha"][1].float().item()) if "alpha" in p else _config_alpha(f.cfg, name, rank)
+        if alpha is not None and not math.isfinite(alpha / rank):
+            raise LoraError(f"{name}: alpha {alpha!r} / rank {rank} is not a finite scale")
+        modules[name] = LoraModule(down=a, up=b, alpha=alpha, diff_b=_diff_b(p, alpha, rank))
 
     if bias_only:
         ranks = Counter(m.rank for m in modules.values())
@@ -390,16 +495,19 @@ def load_lora_file(path: str | os.PathLike, model: nn.Module, lora_scale: float 
                                        up=torch.zeros(layer.out_features, rank, dtype=dtype), alpha=None,
                                        diff_b=_diff_b(p, None, rank))
         modules = {n: modules[n] for n in res.linears if n in modules}
+    return modules, bias_only
 
-    lora = LoraWeights(modules, lora_scale=float(lora_scale))
-    check_fits(model, lora)  # names the module and both shapes
 
+def _source_info(f: LoraFile, res: _Resolver, model: nn.Module, modules: dict[str, LoraModule],
+                 unmatched: list[str], zero_skipped: list[str], bias_only: list[str]) -> dict[str, Any]:
+    """What the manifest records about the file."""
+    sd = f.sd
     dtypes = sorted({str(m.down.dtype).removeprefix("torch.") for m in modules.values()})
     source: dict[str, Any] = {
         "kind": "file",
-        "path": str(weights_path.resolve()),
-        "sha256": sha256_file(weights_path),
-        "format": fmt,
+        "path": str(f.weights_path.resolve()),
+        "sha256": sha256_file(f.weights_path),
+        "format": f.fmt,
         "keys_total": len(sd),
         "keys_unmatched": len(unmatched),
         "keys_zero_diff_skipped": len(zero_skipped),
@@ -407,7 +515,7 @@ def load_lora_file(path: str | os.PathLike, model: nn.Module, lora_scale: float 
         "bias_only_modules": len(bias_only),
         "file_dtype": dtypes[0] if len(dtypes) == 1 else dtypes,
     }
-    if fmt == "comfyui":
+    if f.fmt == "comfyui":
         source["comfyui_keys"] = "lora_down" if any(".lora_down." in k for k in sd) else "lora_A"
     if _has_image_branch(model):
         image_kv = [n for n in res.linears if n.endswith(("attn2.add_k_proj", "attn2.add_v_proj"))]
@@ -417,9 +525,8 @@ def load_lora_file(path: str | os.PathLike, model: nn.Module, lora_scale: float 
         if cross and len(untouched) == len(image_kv):
             source["t2v_lora_on_i2v"] = True
             log.info("%s: a T2V LoRA on an I2V model: %d image K/V projections left untouched",
-                     weights_path.name, len(untouched))
-    lora.source = source
-    return lora
+                     f.weights_path.name, len(untouched))
+    return source
 
 
 def _diff_b(p: dict[str, tuple[str, torch.Tensor]], alpha: float | None, rank: int) -> torch.Tensor | None:
@@ -507,18 +614,12 @@ def _atomic_save(sd: dict[str, torch.Tensor], path: Path, metadata: dict[str, st
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(sd, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(sd, str(tmp), metadata=metadata)
 
 
 def save_lora_file(lora: LoraWeights, path: str | os.PathLike, format: str = "diffusers",
-                   comfyui_keys: str = "lora_A") -> Path:
+                   comfyui_keys: str = "lora_A", extra: dict[str, torch.Tensor] | None = None) -> Path:
     """Write `lora` as a .safetensors file in `format` (lora_scale is not baked in); returns the weights path.
 
     diffusers: `transformer.<module>.lora_A/B.weight`, `.lora_B.bias`, peft config in metadata `lora_adapter_metadata`
@@ -528,6 +629,11 @@ def save_lora_file(lora: LoraWeights, path: str | os.PathLike, format: str = "di
     `.alpha`, `.diff_b`. Alpha None is written as alpha = rank (the same scale).
     """
     sd = lora_state_dict(lora, format, comfyui_keys)
+    # extra (issue 11, `wanrt extract --keep-diff`): full `.diff`/`.diff_b` tensors already keyed for `format`
+    for key, tensor in (extra or {}).items():
+        if key in sd:
+            raise LoraError(f"extra tensor {key!r} collides with a LoRA key")
+        sd[key] = tensor.detach().contiguous()
     path = Path(path).expanduser()
     metadata = {"format": "pt"}
     if format in ("diffusers", "peft"):
@@ -536,9 +642,7 @@ def save_lora_file(lora: LoraWeights, path: str | os.PathLike, format: str = "di
     if format == "peft":
         path.mkdir(parents=True, exist_ok=True)
         _atomic_save(sd, path / "adapter_model.safetensors", metadata)
-        tmp = path / ".adapter_config.json.tmp"
-        tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True))
-        os.replace(tmp, path / "adapter_config.json")
+        write_text_atomic(path / "adapter_config.json", json.dumps(cfg, indent=2, sort_keys=True))
         return path / "adapter_model.safetensors"
     _atomic_save(sd, path, metadata)
     return path

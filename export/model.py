@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -126,6 +127,54 @@ def _resolve_checkpoint(source: str) -> tuple[str, dict[str, Any]]:
     return source, {"subfolder": "transformer"}
 
 
+HUB_PROBE_TIMEOUT_S = 5.0
+
+
+def hub_endpoint() -> str:
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+def hub_unreachable(endpoint: str | None = None, timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
+    """None when the hub answers at all (any HTTP status), else the reason. One short probe instead of the hub
+    client's retries (31 s and 14 lines on an unreachable host, then a misleading 'no config.json')."""
+    import urllib.error
+    import urllib.request
+
+    url = f"{endpoint or hub_endpoint()}/api/whoami-v2"
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return None  # it answered
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        return str(reason) or type(e).__name__
+    return None
+
+
+def _hub_access(repo_id: str, subfolder: str | None) -> dict[str, Any]:
+    """from_pretrained kwargs for a hub id: local_files_only when the hub is off (HF_HUB_OFFLINE or unreachable)
+    and a cached copy exists; otherwise one true line (NetworkError, exit 4) before the hub client retries."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from wanrt.errors import NetworkError
+
+    config = f"{subfolder}/config.json" if subfolder else "config.json"
+    cached = isinstance(try_to_load_from_cache(repo_id, config), str)
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        if not cached:
+            raise ModelSourceError(f"--model {repo_id}: HF_HUB_OFFLINE=1 and no cached copy; download it once with "
+                                   "network, or pass a local checkpoint directory")
+        return {"local_files_only": True}
+    why = hub_unreachable()
+    if why is None:
+        return {}
+    if cached:
+        print(f"warning: {hub_endpoint()} unreachable ({why}); using the cached copy of {repo_id}", file=sys.stderr)
+        return {"local_files_only": True}
+    raise NetworkError(f"--model {repo_id}: cannot reach the model hub at {hub_endpoint()} ({why}) and there is no "
+                       "cached copy; check the network/HF_ENDPOINT, or pass a local checkpoint directory")
+
+
 def load_transformer(spec: ModelSpec) -> torch.nn.Module:
     """ModelSpec -> WanTransformer3DModel in eval mode, on CPU, in spec.dtype."""
     from diffusers import WanTransformer3DModel
@@ -140,12 +189,14 @@ def load_transformer(spec: ModelSpec) -> torch.nn.Module:
     else:
         # 1. same class, real weights; offline with no local copy is one clear error
         name, kwargs = _resolve_checkpoint(spec.source)
+        if not Path(name).exists():
+            kwargs.update(_hub_access(name, kwargs.get("subfolder")))
         try:
             # loaded straight in the target dtype: diffusers keeps _keep_in_fp32_modules in fp32 itself
             model = WanTransformer3DModel.from_pretrained(name, torch_dtype=spec.torch_dtype, **kwargs)
         except OSError as e:
-            offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-            hint = " (HF_HUB_OFFLINE=1 and no cached copy)" if offline else ""
+            offline = os.environ.get("HF_HUB_OFFLINE") == "1" or kwargs.get("local_files_only")
+            hint = " (offline, and the local copy is incomplete)" if offline else ""
             raise ModelSourceError(f"cannot load {spec.source!r}{hint}: {str(e).splitlines()[0]}") from None
         if spec.layers is not None:
             _truncate_blocks(model, spec.layers)

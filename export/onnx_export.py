@@ -1,14 +1,14 @@
 """Trace a Wan transformer (with its LoRA applied) to ONNX with the dynamo exporter.
 
-optimum-style: `WanOnnxConfig` declares the component (I/O names, dynamic axes, dtypes, dummy inputs, tolerance);
-`export_onnx` does the work in numbered steps; patches live in `export_patches()`, reversible, with their reasons.
+optimum-style: `wanrt.dit_io.DitIO` declares the component (I/O names, dynamic axes, dtypes, dummy inputs) and
+`TOLERANCE` its validation tolerance; `export_onnx` does the work in numbered steps; patches live in
+`export_patches()`, reversible, with their reasons; initializer names follow `wanrt.lora_layout`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +16,9 @@ from typing import Any, Iterator
 
 import torch
 
+from wanrt import lora_layout
+from wanrt.dit_io import DitIO, VideoShape
 from wanrt.errors import BadInputError
-from wanrt.export.presets import IMAGE_TOKENS, TEXT_TOKENS, VideoShape, VAE_STRIDE
 
 # Default opset 23: fused Attention and RMSNormalization nodes; ORT 1.31 and TensorRT-RTX 1.7 parse them (measured,
 # README "ONNX"). --opset 18 decomposes both, for older TensorRT parsers.
@@ -41,90 +42,6 @@ class ExportSpec:
     max_batch: int = 2  # CFG runs conditional and unconditional in one batch
     validate: bool = True
     external_data: bool | None = None  # None: only when the model is over 2 GB
-
-
-@dataclass(frozen=True)
-class ShapeRange:
-    """Latent-space ranges the graph is exported for (frames in latent steps, H/W in latent pixels)."""
-
-    min_shape: VideoShape
-    max_shape: VideoShape
-    max_batch: int = 2
-
-    @property
-    def latent(self) -> dict[str, tuple[int, int]]:
-        lo, hi = self.min_shape.latent, self.max_shape.latent
-        return {"F": (lo[0], hi[0]), "H": (lo[1], hi[1]), "W": (lo[2], hi[2])}
-
-
-def check_video_shape(frames: int, height: int, width: int) -> VideoShape:
-    """Pixel-space request -> VideoShape, refusing what the VAE/patching cannot represent."""
-    if frames < 1 or (frames - 1) % VAE_STRIDE[0]:
-        raise BadInputError(f"frames {frames}: must be 4k+1 (1, 5, 9, ..., 81) for the Wan VAE's temporal stride 4")
-    for name, v in (("height", height), ("width", width)):
-        if v < 16 or v % 16:
-            raise BadInputError(f"{name} {v}: must be a positive multiple of 16 (VAE stride 8 x patch 2)")
-    return VideoShape(frames, height, width)
-
-
-class WanOnnxConfig:
-    """The exported component: names, axes, dtypes, dummy inputs. One place, read by export, validation,
-    engines (profiles) and the ORT backend."""
-
-    INPUTS = ("latents", "timestep", "text", "image")
-    OUTPUTS = ("prediction",)
-
-    def __init__(self, geometry: dict[str, Any], dtype: torch.dtype, shapes: ShapeRange):
-        self.geometry, self.dtype, self.shapes = geometry, dtype, shapes
-        self.has_image = geometry["image_dim"] is not None  # T2V models (1.3B) have no image branch
-
-    @property
-    def input_names(self) -> tuple[str, ...]:
-        return self.INPUTS if self.has_image else self.INPUTS[:3]
-
-    def input_shapes(self, batch: int, shape: VideoShape) -> dict[str, tuple[int, ...]]:
-        f, h, w = shape.latent
-        g = self.geometry
-        shapes = {"latents": (batch, g["in_channels"], f, h, w), "timestep": (batch,),
-                  "text": (batch, TEXT_TOKENS, g["text_dim"])}
-        if self.has_image:
-            shapes["image"] = (batch, IMAGE_TOKENS, g["image_dim"])
-        return shapes
-
-    def input_dtype(self, name: str) -> torch.dtype:
-        return torch.float32 if name == "timestep" else self.dtype
-
-    def dummy_inputs(self, batch: int, shape: VideoShape, seed: int = 0) -> dict[str, torch.Tensor]:
-        """Seeded inputs at the real statistics' scale: N(0,1) latents and embeddings, timesteps in (0, 1000)."""
-        gen = torch.Generator().manual_seed(seed)
-        out = {}
-        for name, shp in self.input_shapes(batch, shape).items():
-            if name == "timestep":
-                out[name] = torch.rand(shp, generator=gen) * 999.0 + 0.5
-            else:
-                out[name] = torch.randn(shp, generator=gen).to(self.dtype)
-        return out
-
-    def dynamic_shapes(self) -> dict[str, dict[int, Any]]:
-        lat = self.shapes.latent
-        Dim = torch.export.Dim
-        batch = Dim("batch", min=1, max=self.shapes.max_batch)
-        frames = Dim("latent_frames", min=lat["F"][0], max=lat["F"][1])
-        # latent H/W are even (patch 2): export them as 2*h so the graph knows patching divides them
-        half_h = Dim("latent_half_height", min=lat["H"][0] // 2, max=lat["H"][1] // 2)
-        half_w = Dim("latent_half_width", min=lat["W"][0] // 2, max=lat["W"][1] // 2)
-        axes = {"latents": {0: batch, 2: frames, 3: 2 * half_h, 4: 2 * half_w}, "timestep": {0: batch},
-                "text": {0: batch}}
-        if self.has_image:
-            axes["image"] = {0: batch}
-        return axes
-
-    def trace_shape(self) -> VideoShape:
-        """An example strictly inside the range with no axis equal to 1, so torch.export keeps every axis
-        dynamic (it specialises sizes 0 and 1)."""
-        lo, hi = self.shapes.min_shape, self.shapes.max_shape
-        frames = min(max(lo.frames, 5), hi.frames)
-        return VideoShape(frames, min(max(lo.height, 32), hi.height), min(max(lo.width, 32), hi.width))
 
 
 class _ForwardWrapper(torch.nn.Module):
@@ -159,16 +76,6 @@ def export_patches() -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------------------------- naming
-_LORA_PARAM = re.compile(r"^(?P<module>.+)\.lora_(?P<part>A|B|bias)$")
-
-
-def onnx_initializer_name(param_name: str) -> str:
-    """State-dict name -> ONNX initializer name: base weights keep diffusers' names; separate-mode LoRA
-    parameters become `lora.<module>.A|B|bias` (documented, what refit addresses)."""
-    m = _LORA_PARAM.match(param_name)
-    return f"lora.{m['module']}.{m['part']}" if m else param_name
-
-
 def _optimize_keeping_names(model, names: set[str]) -> None:
     """Run onnxscript's optimizer without folding named parameters away.
 
@@ -197,11 +104,11 @@ def _optimize_keeping_names(model, names: set[str]) -> None:
 
 
 def _rename_initializers(model, prefix: str) -> dict[str, str]:
-    """Strip the wrapper prefix and apply onnx_initializer_name; returns {old: new}."""
+    """Strip the wrapper prefix and apply lora_layout's names; returns {old: new}."""
     renames = {}
     for old in list(model.graph.initializers):
         base = old[len(prefix):] if old.startswith(prefix) else old
-        new = onnx_initializer_name(base)
+        new = lora_layout.initializer_name_of_parameter(base)
         if new != old:
             renames[old] = new
     for old, new in renames.items():
@@ -210,7 +117,7 @@ def _rename_initializers(model, prefix: str) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------------------------- export
-def export_onnx(transformer: torch.nn.Module, config: WanOnnxConfig, path: Path, opset: int = DEFAULT_OPSET,
+def export_onnx(transformer: torch.nn.Module, config: DitIO, path: Path, opset: int = DEFAULT_OPSET,
                 external_data: bool | None = None, progress=None) -> dict[str, Any]:
     """Trace `transformer` to `path` (model.onnx [+ model.onnx.data]). Returns facts for the manifest."""
     if opset not in SUPPORTED_OPSETS:
@@ -223,7 +130,7 @@ def export_onnx(transformer: torch.nn.Module, config: WanOnnxConfig, path: Path,
     with export_patches(), torch.no_grad():
         program = torch.onnx.export(
             wrapper, tuple(example[n] for n in config.input_names), dynamo=True, opset_version=opset,
-            input_names=list(config.input_names), output_names=list(config.OUTPUTS),
+            input_names=list(config.input_names), output_names=list(config.output_names),
             dynamic_shapes=tuple(config.dynamic_shapes()[n] for n in config.input_names),
             optimize=False, verbose=False, report=False)
     model = program.model

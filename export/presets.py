@@ -7,34 +7,10 @@ random and seeded, so everything runs with no download; real checkpoints load th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-# Fixed by the real encoders: UMT5 text is padded to 512 tokens (diffusers' I2V attention hard-codes it) and the
-# CLIP ViT-H image encoder yields 257 tokens (256 patches + class token).
-TEXT_TOKENS = 512
-IMAGE_TOKENS = 257
-VAE_STRIDE = (4, 8, 8)  # frames, height, width: pixel frames are 4k+1; sizes are multiples of 16 (8 x patch 2)
-
-
-@dataclass(frozen=True)
-class VideoShape:
-    """A video request in pixel space: `frames` = 4k+1, `height`/`width` multiples of 16."""
-
-    frames: int
-    height: int
-    width: int
-
-    @property
-    def latent(self) -> tuple[int, int, int]:
-        return ((self.frames - 1) // VAE_STRIDE[0] + 1, self.height // VAE_STRIDE[1], self.width // VAE_STRIDE[2])
-
-    def tokens(self, patch: tuple[int, int, int] = (1, 2, 2)) -> int:
-        f, h, w = self.latent
-        return (f // patch[0]) * (h // patch[1]) * (w // patch[2])
-
-    def __str__(self) -> str:
-        return f"{self.frames}x{self.height}x{self.width}"
+from wanrt.dit_io import VideoShape
 
 
 @dataclass(frozen=True)
@@ -48,8 +24,6 @@ class Preset:
     min_shape: VideoShape
     max_shape: VideoShape
     description: str = ""
-    seed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _i2v_config(heads: int, head_dim: int, ffn: int, layers: int, text_dim: int, image_dim: int,

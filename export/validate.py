@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from wanrt.dit_io import DitIO, VideoShape
+from wanrt.memory import release_memory
 from wanrt.errors import AxesMismatch, NamesMismatch, ShapeMismatch, ValuesMismatch
-from wanrt.export.onnx_export import TOLERANCE, WanOnnxConfig
-from wanrt.export.presets import VideoShape
+from wanrt.export.onnx_export import TOLERANCE
 
 @dataclass
 class ShapeCheck:
@@ -50,7 +51,7 @@ class ValidationReport:
         return max((c.max_rel for c in self.checks), default=float("nan"))
 
 
-def reference_outputs(transformer: torch.nn.Module, config: WanOnnxConfig, shapes: list[tuple[int, VideoShape]],
+def reference_outputs(transformer: torch.nn.Module, config: DitIO, shapes: list[tuple[int, VideoShape]],
                       seed: int = 0) -> list[tuple[dict[str, torch.Tensor], torch.Tensor]]:
     """Eager (inputs, output) pairs at each (batch, shape), computed before export so the model can be freed."""
     pairs = []
@@ -65,15 +66,15 @@ def reference_outputs(transformer: torch.nn.Module, config: WanOnnxConfig, shape
 
 
 # --------------------------------------------------------------------------------------------- tiers 1-2
-def check_names(model, config: WanOnnxConfig) -> None:
+def check_names(model, config: DitIO) -> None:
     got_in = [v.name for v in model.graph.input]
     got_out = [v.name for v in model.graph.output]
-    if got_in != list(config.input_names) or got_out != list(config.OUTPUTS):
+    if got_in != list(config.input_names) or got_out != list(config.output_names):
         raise NamesMismatch(f"graph I/O {got_in} -> {got_out}, expected {list(config.input_names)} -> "
-                            f"{list(config.OUTPUTS)}")
+                            f"{list(config.output_names)}")
 
 
-def check_axes(model, config: WanOnnxConfig) -> None:
+def check_axes(model, config: DitIO) -> None:
     """Dynamic axes are symbolic, static ones have the config's sizes."""
     expected = config.input_shapes(batch=1, shape=config.shapes.min_shape)
     dynamic = {n: set(axes) for n, axes in config.dynamic_shapes().items()}
@@ -88,14 +89,15 @@ def check_axes(model, config: WanOnnxConfig) -> None:
                 if not is_dynamic:
                     raise AxesMismatch(f"input {value.name} axis {axis} is fixed at {dim.dim_value}, expected dynamic")
             elif is_dynamic or dim.dim_value != size:
-                raise AxesMismatch(f"input {value.name} axis {axis} is {dim.dim_param or dim.dim_value}, expected {size}")
+                raise AxesMismatch(f"input {value.name} axis {axis} is {dim.dim_param or dim.dim_value}, "
+                                   f"expected {size}")
     out_dims = model.graph.output[0].type.tensor_type.shape.dim
     if len(out_dims) != 5 or not all(d.dim_param for i, d in enumerate(out_dims) if i != 1):
         raise AxesMismatch("output prediction: expected [batch, C, F, H, W] with dynamic batch/F/H/W")
 
 
 # --------------------------------------------------------------------------------------------- fp32 copy
-def widen_to_fp32(src: Path, dst_dir: Path) -> Path:
+def write_fp32_copy(src: Path, dst_dir: Path) -> Path:
     """A copy of a bf16 graph with every bf16 tensor, value and Cast widened to fp32 (see module docstring)."""
     import onnx_ir as ir
 
@@ -130,13 +132,12 @@ def widen_to_fp32(src: Path, dst_dir: Path) -> Path:
         if isinstance(tensor, ir.ExternalTensor):
             tensor.release()
     del model, sources
-    from wanrt.export.api import release_memory
-
     release_memory()
     return dst
 
 
-def ort_session(path: Path):
+def validation_session(path: Path):
+    """ONNX Runtime CPU session for the value tier."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -147,7 +148,7 @@ def ort_session(path: Path):
 
 
 # --------------------------------------------------------------------------------------------- all tiers
-def validate_onnx(path: Path, config: WanOnnxConfig, references, dtype_name: str,
+def validate_onnx(path: Path, config: DitIO, references, dtype_name: str,
                   tolerance: float | None = None) -> ValidationReport:
     import onnx
 
@@ -161,9 +162,9 @@ def validate_onnx(path: Path, config: WanOnnxConfig, references, dtype_name: str
     with tempfile.TemporaryDirectory(prefix="wanrt-validate-") as tmp:
         run_path = path
         if dtype_name == "bf16":
-            run_path = widen_to_fp32(path, Path(tmp))
+            run_path = write_fp32_copy(path, Path(tmp))
             report.evaluated_as = "bf16 graph widened to fp32 (ONNX Runtime CPU has no bf16 kernels)"
-        session = ort_session(run_path)
+        session = validation_session(run_path)
         feed_dtype = np.float16 if dtype_name == "fp16" else np.float32
         for inputs, ref in references:
             feed = {n: t.float().numpy().astype(np.float32 if n == "timestep" else feed_dtype)

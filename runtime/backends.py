@@ -12,8 +12,7 @@ MissingDependencyError naming what to install, and `available_backends()` lists 
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +20,14 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 
+from wanrt.artifacts import cache_root, confined_path, read_manifest, sha256_file, spec_hash
+from wanrt.engines import runtime as engine_runtime
+from wanrt.engines.acceptance import tensorrt_acceptance
 from wanrt.errors import BadInputError, EngineError, MissingDependencyError, WanrtError
-
-BACKEND_NAMES = ("eager", "compile", "ort", "trt")
-INPUT_NAMES = ("latents", "timestep", "text", "image")
+from wanrt.export.api import export_model, resolve_lora
+from wanrt.export.lora import apply_lora
+from wanrt.export.model import load_transformer
+from wanrt.export.onnx_export import ExportSpec
 
 # ONNX TensorProto element types (onnx.TensorProto.*), for ORT I/O binding without importing onnx.
 _ONNX_ELEM = {torch.float32: 1, torch.float16: 10, torch.bfloat16: 16}
@@ -157,8 +160,6 @@ class CompileBackend(EagerBackend):
 
 
 def _has_cxx() -> bool:
-    import shutil
-
     return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
 
 
@@ -198,7 +199,8 @@ class OrtBackend(BackendBase):
                 providers = ["CPUExecutionProvider"]
         opts = ort.SessionOptions()
         opts.graph_optimization_level = {
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         }[optimization]
         threads = threads if threads is not None else torch.get_num_threads()
@@ -225,6 +227,10 @@ class OrtBackend(BackendBase):
         self.shape_ranges = manifest.get("payload", {}).get("shape_ranges")
         self.providers = self.session.get_providers()
         self.out_channels = config.get("out_channels", 16)
+        # LoRA hot-swap (issue 12): the session is rebuilt once with the LoRA initializers overridable
+        self._session_args = (onnx_path, opts, providers)
+        self._lora_feeds: dict[str, torch.Tensor] = {}
+        self._lora_section: dict[str, Any] | None = None
         self.setup["load_s"] = time.perf_counter() - t0
 
     def forward(self, latents, timestep, text, image=None) -> torch.Tensor:
@@ -237,7 +243,7 @@ class OrtBackend(BackendBase):
         dev_type = "cuda" if self.device.type == "cuda" else "cpu"
         dev_id = (self.device.index or 0) if dev_type == "cuda" else 0
         binding = self.session.io_binding()
-        for name, t in feeds.items():
+        for name, t in {**feeds, **self._lora_feeds}.items():
             binding.bind_input(name, dev_type, dev_id, _ONNX_ELEM[t.dtype], list(t.shape), t.data_ptr())
         binding.bind_output(self.output_name, dev_type, dev_id, _ONNX_ELEM[out.dtype], list(out.shape),
                             out.data_ptr())
@@ -253,20 +259,59 @@ class OrtBackend(BackendBase):
         return {**super().describe(), "artifact": str(self.artifact), "providers": self.providers,
                 "threads": self.threads, "sha256": self.manifest.get("payload", {}).get("sha256")}
 
+    def set_lora(self, lora, source: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Swap the LoRA of a separate-mode export without reloading its weights (see notes in
+        wanrt.engines.lora_swap): `lora` is a LoraWeights of the same module set with rank <= the exported one
+        (zero-padded), None removes it. The first call rebuilds the session once with the LoRA initializers
+        overridable (setup['swap_session_s']); later calls only bind new tensors."""
+        from wanrt.engines.lora_swap import loaded_identity, swap_weights
+
+        t0 = time.perf_counter()
+        if self._lora_section is None:
+            self._make_swappable()
+        weights = swap_weights(self._lora_section, lora)  # refusals happen here, before any state changes
+        self._lora_feeds = {n: t.to(device=self.device, dtype=self._lora_types[n]).contiguous()
+                            for n, t in weights.items()}
+        self._lora_section["loaded"] = loaded_identity(lora, source)
+        return {"swap_s": time.perf_counter() - t0, "weights": len(weights), "loaded": self._lora_section["loaded"]}
+
+    def _make_swappable(self) -> None:
+        from wanrt.engines.onnx_dir import onnx_initializer_info
+        from wanrt.engines.lora_swap import overridable_onnx, swap_section
+
+        ort = _require_ort()
+        onnx_path, opts, providers = self._session_args
+        section = swap_section(self.manifest, onnx_initializer_info(onnx_path))  # EngineError: not separate mode
+        t0 = time.perf_counter()
+        # the proto is loaded without its weights; ORT finds external data beside the original file
+        opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(onnx_path.parent))
+        proto = overridable_onnx(onnx_path, list(section["refittable_weights"]))
+        try:
+            self.session = ort.InferenceSession(proto, sess_options=opts, providers=providers)
+        except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
+            raise EngineError(f"{onnx_path}: ONNX Runtime cannot load it with swappable LoRA weights "
+                              f"({str(e).splitlines()[0]})") from None
+        self.inputs = {i.name: i for i in self.session.get_inputs()}
+        # ORT lists initializers-with-defaults apart from the required inputs
+        self._lora_types = {i.name: _ORT_TYPE[i.type] for i in self.session.get_overridable_initializers()}
+        missing = [n for n in section["refittable_weights"] if n not in self._lora_types]
+        if missing:
+            raise EngineError(f"{onnx_path}: ONNX Runtime does not expose {missing[:2]} as overridable; re-export")
+        self._lora_section = section
+        self.setup["swap_session_s"] = time.perf_counter() - t0
+
 
 def load_onnx_artifact(directory: Path, verify: bool = False) -> tuple[dict[str, Any], Path]:
     """Check an export directory's manifest (kind onnx) before touching weights; optionally its sha256."""
-    from wanrt.artifacts import read_manifest, sha256_file
-
     if not directory.is_dir():
         raise BadInputError(f"{directory}: not a directory (want an export directory with model.onnx)")
     manifest = read_manifest(directory, kind="onnx")
     payload = manifest.get("payload", {})
-    onnx_path = directory / payload.get("onnx", "model.onnx")
+    onnx_path = confined_path(directory, payload.get("onnx", "model.onnx"), "payload.onnx")
     if not onnx_path.is_file():
         raise BadInputError(f"{onnx_path}: missing (the manifest names it)")
     external = payload.get("external_data")
-    if external and not (directory / str(external)).is_file():
+    if external and not confined_path(directory, external, "payload.external_data").is_file():
         raise BadInputError(f"{directory / str(external)}: external data file missing")
     if verify and payload.get("sha256"):
         want = payload["sha256"]
@@ -301,11 +346,7 @@ def _require_trt_runtime():
     if not torch.cuda.is_available():
         raise MissingDependencyError("backend 'trt' needs an NVIDIA GPU with CUDA and a CUDA build of torch "
                                      "(this machine has none)")
-    try:
-        return importlib.import_module("wanrt.engines.runtime")
-    except ImportError as e:
-        raise MissingDependencyError(f"backend 'trt' needs TensorRT (pip install 'wanrt[trt]' or 'wanrt[rtx]'): "
-                                     f"{e}") from None
+    return engine_runtime
 
 
 class TrtBackend(BackendBase):
@@ -396,6 +437,75 @@ class TrtBackend(BackendBase):
             close()
 
 
+# ------------------------------------------------------------------------------------------------ OpenVINO
+def _require_openvino():
+    from wanrt.engines.openvino import require_openvino  # MissingDependencyError naming the [openvino] extra
+
+    return require_openvino()
+
+
+class OvBackend(BackendBase):
+    """An OpenVINO engine (wanrt.engines.openvino): an engine directory from `wanrt build --flavour openvino`, or
+    an export directory compiled once into the engine cache at `precision` (fp32, bf16, int8). Host tensors in and
+    out; OpenVINO owns its device (`ov_device`: CPU, GPU, GPU.1; no other code per device); `threads` is
+    OpenVINO's inference thread count. `set_lora` swaps a separate-mode LoRA without recompiling."""
+
+    name = "ov"
+
+    def __init__(self, artifact: str | Path, device: torch.device | str = "cpu", threads: int | None = None,
+                 precision: str | None = None, ov_device: str | None = None, verify: bool = False):
+        _require_openvino()
+        from wanrt.artifacts import artifact_kind, cache_root, spec_hash
+        from wanrt.engines.openvino import OvEngine, OvEngineSpec, build_openvino_engine
+
+        t0 = time.perf_counter()
+        if torch.device(device).type != "cpu":
+            raise BadInputError("backend 'ov' takes host tensors; choose the OpenVINO device with ov_device "
+                                "(CPU, GPU), not --device")
+        artifact = Path(artifact)
+        build_s = None
+        if artifact_kind(artifact) == "onnx":  # compile the export once, reuse it from the engine cache after
+            spec = OvEngineSpec(precision=precision or "fp32", device=ov_device or "CPU")
+            engine_dir = cache_root("engines") / f"ov-{spec_hash(str(artifact.resolve()), spec.key_fields())}"
+            build_openvino_engine(artifact, spec, engine_dir, force=True, threads=threads)
+            build_s = time.perf_counter() - t0
+        else:
+            engine_dir = artifact
+        self.engine = OvEngine(engine_dir, device=ov_device, threads=threads, verify_hash=verify)
+        payload = self.engine.manifest["payload"]
+        super().__init__(torch.float32, "cpu", _config_from_geometry(payload["onnx"].get("geometry") or {}))
+        if precision is not None and payload["precision"] != precision:
+            raise BadInputError(f"{artifact}: an OpenVINO {payload['precision']} engine, asked for {precision}")
+        self.precision, self.threads, self.artifact = payload["precision"], threads, engine_dir
+        self.shape_ranges = payload["onnx"].get("shape_ranges")
+        if build_s is not None:
+            self.setup["build_s"] = build_s
+        self.setup["load_s"] = time.perf_counter() - t0
+
+    def forward(self, latents, timestep, text, image=None) -> torch.Tensor:
+        latents, timestep, text, image = self.prepare(latents, timestep, text, image)
+        feeds = {"latents": latents.numpy(), "timestep": timestep.numpy(), "text": text.numpy()}
+        if image is not None:
+            feeds["image"] = image.numpy()
+        return torch.from_numpy(self.engine.infer(feeds))
+
+    def set_lora(self, lora, source: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Swap a separate-mode LoRA (same contract as OrtBackend.set_lora); the compiled model is kept."""
+        return self.engine.set_lora(lora, source)
+
+    def describe(self) -> dict[str, Any]:
+        p = self.engine.manifest["payload"]
+        return {**super().describe(), "artifact": str(self.artifact), "precision": self.precision,
+                "ov_device": self.engine.device, "threads": self.threads, "openvino": p["openvino"]["version"],
+                "keep_fp32": (p.get("precision_report") or {}).get("keep_fp32")}
+
+
+def _check_ov(device: torch.device) -> None:
+    _require_openvino()
+    if device.type != "cpu":
+        raise BadInputError("backend 'ov' takes host tensors (device cpu); its OpenVINO device is ov_device")
+
+
 # ------------------------------------------------------------------------------------------------ registry
 @dataclass(frozen=True)
 class BackendEntry:
@@ -422,7 +532,7 @@ def _check_ort(device: torch.device) -> None:
         raise MissingDependencyError("backend 'ort' on CUDA needs onnxruntime-gpu (pip install onnxruntime-gpu)")
 
 
-def _check_trt(device: torch.device) -> None:
+def _check_trt(_device: torch.device) -> None:
     _require_trt_runtime()
 
 
@@ -432,6 +542,7 @@ REGISTRY: dict[str, BackendEntry] = {
     "ort": BackendEntry("ort", "ONNX Runtime on the exported ONNX (CPU EP / CUDA EP + I/O binding)", "artifact",
                         _check_ort),
     "trt": BackendEntry("trt", "TensorRT engine (wanrt.engines.runtime), CUDA only", "artifact", _check_trt),
+    "ov": BackendEntry("ov", "OpenVINO engine (CPU / Intel GPU; fp32, bf16, int8)", "artifact", _check_ov),
 }
 
 
@@ -464,13 +575,15 @@ def create_backend(name: str, *, model: torch.nn.Module | None = None, artifact:
         raise BadInputError(f"backend '{name}' needs a PyTorch transformer (model=...)")
     if entry.needs == "artifact" and artifact is None:
         kind = "an export directory (wanrt export)" if name == "ort" else "an engine directory (wanrt build)"
-        raise BadInputError(f"backend '{name}' needs {kind}; pass --engine DIR")
+        raise BadInputError(f"backend '{name}' needs {kind}; pass --artifact DIR")
     if name == "eager":
         return EagerBackend(model, device=device, **options)
     if name == "compile":
         return CompileBackend(model, device=device, **options)
     if name == "ort":
         return OrtBackend(artifact, device=device, **options)
+    if name == "ov":
+        return OvBackend(artifact, device=device, **options)
     return TrtBackend(artifact, device=device, **options)
 
 
@@ -479,10 +592,6 @@ def build_transformer(model_spec, lora_spec=None) -> tuple[torch.nn.Module, dict
     """ModelSpec + LoraSpec -> transformer with the LoRA applied, built exactly as the exporter builds it
     (wanrt.export.api.resolve_lora + apply_lora), so eager and an artifact of the same specs are one function.
     Returns (model, LoRA summary)."""
-    from wanrt.export.api import resolve_lora
-    from wanrt.export.lora import apply_lora
-    from wanrt.export.model import load_transformer
-
     model = load_transformer(model_spec)
     if lora_spec is None:
         return model, {}
@@ -493,21 +602,9 @@ def build_transformer(model_spec, lora_spec=None) -> tuple[torch.nn.Module, dict
     return model, {**lora.summary(), "mode": lora_spec.mode, "targets": lora_spec.targets}
 
 
-def _export_api():
-    try:
-        return importlib.import_module("wanrt.export.api")
-    except ImportError:
-        return None
-
-
 def export_artifact(model_spec, lora_spec, out_dir: Path, dtype: str | None = None, max_shape=None,
                     min_shape=None, force: bool = False) -> tuple[Path, float]:
     """Export (model, LoRA) to ONNX through wanrt.export.api.export_model; returns (dir, seconds)."""
-    api = _export_api()
-    if api is None or not hasattr(api, "export_model"):
-        raise MissingDependencyError("backend 'ort' needs the ONNX exporter (wanrt.export.api) in this install")
-    from wanrt.export.onnx_export import ExportSpec
-
     kwargs: dict[str, Any] = {"dtype": dtype or model_spec.dtype, "validate": False}
     if max_shape is not None:
         kwargs["max_shape"] = max_shape
@@ -515,50 +612,38 @@ def export_artifact(model_spec, lora_spec, out_dir: Path, dtype: str | None = No
         kwargs["min_shape"] = min_shape
     spec = ExportSpec(**kwargs)
     t0 = time.perf_counter()
-    api.export_model(model_spec, lora_spec, spec, out_dir, force=force, progress=False)
+    export_model(model_spec, lora_spec, spec, out_dir, force=force, progress=False, acceptance=tensorrt_acceptance)
     return Path(out_dir), time.perf_counter() - t0
 
 
-def has_module(name: str) -> bool:
-    return importlib.util.find_spec(name) is not None
-
-
 # ------------------------------------------------------------------------------------------------ from specs
-def default_cache_dir() -> Path:
-    import os
-
-    return Path(os.environ.get("WANRT_CACHE_DIR", Path.home() / ".cache" / "wanrt"))
-
-
 def backend_from_specs(name: str, model_spec=None, lora_spec=None, engine: str | Path | None = None,
                        device: torch.device | str = "cpu", cache_dir: Path | None = None, threads: int | None = None,
                        cuda_graph: bool = False, compile_options: dict[str, Any] | None = None,
                        progress: Callable[[str], None] | None = None) -> BackendBase:
     """The CLI's way to a backend: eager/compile build the model from specs; ort loads `engine` (an export
     directory) or exports the specs once into the cache; trt loads `engine` (an engine directory)."""
-    from wanrt.artifacts import spec_hash
-
     say = progress or (lambda _m: None)
     check_backend(name, device)
     if REGISTRY[name].needs == "model":
         if engine is not None:
-            raise BadInputError(f"--engine is for backends ort/trt; '{name}' builds the model from --model")
+            raise BadInputError(f"--artifact is for backends ort/trt; '{name}' builds the model from --model")
         say(f"building {model_spec.source} ({model_spec.dtype})")
         model, _ = build_transformer(model_spec, lora_spec)
         return create_backend(name, model=model, device=device, **(compile_options or {}))
     if name == "trt":
         if engine is None:
             raise BadInputError("backend 'trt' needs an engine directory: build one with 'wanrt build', "
-                                "then pass --engine DIR")
+                                "then pass --artifact DIR")
         return create_backend("trt", artifact=engine, device=device, cuda_graph=cuda_graph)
     export_s = None
     if engine is None:
         key = spec_hash(model_spec, lora_spec)
-        engine = (cache_dir or default_cache_dir()) / "exports" / key
+        engine = (cache_dir or cache_root()) / "exports" / key
         if not (Path(engine) / "manifest.json").is_file():
             say(f"exporting {model_spec.source} to ONNX ({engine})")
             _, export_s = export_artifact(model_spec, lora_spec, Path(engine), force=True)
-    backend = create_backend("ort", artifact=engine, device=device, threads=threads)
+    backend = create_backend(name, artifact=engine, device=device, threads=threads)  # ort, or ov (fp32)
     if export_s is not None:
         backend.setup["export_s"] = export_s
     return backend

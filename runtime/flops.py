@@ -22,11 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from wanrt.export.presets import IMAGE_TOKENS, TEXT_TOKENS
-
-# Which token stream each LoRA target reads (suffix after "blocks.N.").
-_TEXT_STREAM = ("attn2.to_k", "attn2.to_v")
-_IMAGE_STREAM = ("attn2.add_k_proj", "attn2.add_v_proj")
+from wanrt import lora_layout
+from wanrt.dit_io import IMAGE_TOKENS, TEXT_TOKENS
 
 
 @dataclass(frozen=True)
@@ -39,7 +36,7 @@ class LoraBranch:
     bias: bool = False
 
     def flops_per_token(self) -> int:
-        return 2 * self.rank * (self.in_features + self.out_features) + (self.out_features if self.bias else 0)
+        return lora_layout.branch_flops_per_token(self.in_features, self.out_features, self.rank, self.bias)
 
 
 def _cfg(config: Mapping[str, Any] | Any) -> dict[str, Any]:
@@ -105,14 +102,11 @@ def embed_flops(config: Mapping[str, Any] | Any, tokens: int, text_tokens: int =
 def lora_flops(branches: Mapping[str, LoraBranch], tokens: int, text_tokens: int = TEXT_TOKENS,
                image_tokens: int = IMAGE_TOKENS) -> int:
     """Extra FLOPs of separate-mode LoRA branches for one batch element (module name -> branch shape)."""
-    total = 0
-    for name, b in branches.items():
-        n = text_tokens if name.endswith(_TEXT_STREAM) else image_tokens if name.endswith(_IMAGE_STREAM) else tokens
-        total += n * b.flops_per_token()
-    return total
+    stream_tokens = {"video": tokens, "text": text_tokens, "image": image_tokens}
+    return sum(stream_tokens[lora_layout.token_stream(name)] * b.flops_per_token() for name, b in branches.items())
 
 
-def lora_branches(lora: Any, model: Any = None) -> dict[str, LoraBranch]:
+def lora_branches(lora: Any) -> dict[str, LoraBranch]:
     """Branch shapes of a LoraWeights (low-rank modules; a dense "full" reference has none)."""
     if getattr(lora, "dense", None) is not None:
         return {}

@@ -10,7 +10,11 @@ from typing import Any, Callable
 
 import torch
 
-from wanrt.errors import BadInputError
+from wanrt.dit_io import check_latent_range, check_video_shape
+from wanrt.artifacts import atomic_path, check_writable
+from wanrt.errors import BadInputError, StorageError, os_error_line
+from wanrt.runtime.backends import backend_from_specs
+from wanrt.runtime.pipeline import build_pipeline, encode_mp4, run_pipeline
 
 
 @dataclass(frozen=True)
@@ -26,30 +30,38 @@ class GenerateSpec:
     fps: int = 16
 
 
+# The largest conditioning image decoded (8K x 8K): Wan resizes to <= 1280 px anyway, and a PNG that declares more
+# is a decompression bomb (a few KB on disk, gigabytes once decoded).
+MAX_IMAGE_PIXELS = 8192 * 8192
+
+
 def load_image(path: str | os.PathLike):
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
         raise BadInputError(f"--image {path}: no such file")
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as e:
-        raise BadInputError(f"--image {path}: not a readable image ({e})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if im.width * im.height > MAX_IMAGE_PIXELS:  # from the header, before decoding
+                    raise BadInputError(f"--image {path}: {im.width}x{im.height} pixels, more than the "
+                                        f"{MAX_IMAGE_PIXELS:,} this reads (a decompression bomb?)")
+                return im.convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise BadInputError(f"--image {path}: refused as a decompression bomb ({e})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:  # PIL raises all of these on bad files
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise BadInputError(f"--image {path}: not a readable image ({first})") from None
 
 
 def check_shape(spec: GenerateSpec, backend) -> None:
     """The request fits the VAE/patching grid and, for artifacts, the exported shape range."""
-    from wanrt.export.onnx_export import check_video_shape
-
     shape = check_video_shape(spec.frames, spec.height, spec.width)
-    ranges = (getattr(backend, "shape_ranges", None) or {}).get("latent")
-    if ranges:
-        for axis, value in zip("FHW", shape.latent):
-            lo, hi = ranges.get(axis, (value, value))
-            if not lo <= value <= hi:
-                raise BadInputError(f"{shape}: latent {axis}={value} is outside the artifact's range {lo}..{hi}")
+    check_latent_range(shape, (getattr(backend, "shape_ranges", None) or {}).get("latent"))
     if spec.steps < 1:
         raise BadInputError(f"--steps {spec.steps}: must be at least 1")
 
@@ -57,8 +69,6 @@ def check_shape(spec: GenerateSpec, backend) -> None:
 def generate_video(backend, image, spec: GenerateSpec, pipeline: str | None = None, pipe=None,
                    progress: bool = False):
     """Frames [F, H, W, 3] float in [0, 1] (numpy) and timings. `pipe` reuses an already built pipeline."""
-    from wanrt.runtime.pipeline import build_pipeline, run_pipeline
-
     check_shape(spec, backend)
     t0 = time.perf_counter()
     if pipe is None:
@@ -76,14 +86,14 @@ def generate(image_path: str | os.PathLike, spec: GenerateSpec, backend_name: st
              pipeline: str | None = None, force: bool = False, threads: int | None = None,
              cuda_graph: bool = False, say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The whole command: load image, make backend, run the pipeline, write the mp4 atomically."""
-    from wanrt.runtime.backends import backend_from_specs
-    from wanrt.runtime.pipeline import write_video
-
     output = Path(output)
     if output.suffix.lower() != ".mp4":
         raise BadInputError(f"-o {output}: the output is an .mp4 file")
     if output.exists() and not force:
         raise BadInputError(f"{output} exists; pass --force to replace it")
+    if output.is_dir():
+        raise BadInputError(f"-o {output} is a directory")
+    check_writable(output, "-o")  # before the model loads and the video is generated, not after
     image = load_image(image_path)
     if threads:
         torch.set_num_threads(threads)
@@ -93,13 +103,11 @@ def generate(image_path: str | os.PathLike, spec: GenerateSpec, backend_name: st
         frames, timing = generate_video(backend, image, spec, pipeline=pipeline)
     finally:
         backend.close()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.stem}.tmp{output.suffix}")
     try:
-        write_video(frames, tmp, fps=spec.fps)
-        os.replace(tmp, output)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StorageError(os_error_line(e, "creating the output folder")) from None
+    with atomic_path(output, keep_suffix=True) as tmp:
+        encode_mp4(frames, tmp, fps=spec.fps)
     return {"output": str(output), "frames": int(frames.shape[0]), "height": int(frames.shape[1]),
             "width": int(frames.shape[2]), "backend": backend.describe(), **timing}

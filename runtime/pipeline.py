@@ -99,7 +99,7 @@ def byte_tokenizer():
 
 def _tiny_components(text_dim: int, image_dim: int | None, seed: int = 0) -> dict[str, Any]:
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
+    from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
     tokenizer = byte_tokenizer()
     with torch.random.fork_rng(devices=[]):
@@ -118,8 +118,8 @@ def _tiny_components(text_dim: int, image_dim: int | None, seed: int = 0) -> dic
                 projection_dim=image_dim)).eval()
             try:  # the PIL processor: same output, no torchvision needed
                 from transformers import CLIPImageProcessorPil as processor_cls
-            except ImportError:
-                processor_cls = CLIPImageProcessor
+            except ImportError:  # older transformers; importing the name there is what warns without torchvision
+                from transformers import CLIPImageProcessor as processor_cls
             image_processor = processor_cls(crop_size=224, size={"shortest_edge": 224})
     # Wan 2.1 480p settings: UniPC on flow sigmas with shift 3
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
@@ -214,7 +214,7 @@ def run_pipeline(pipe, image, prompt: str, negative_prompt: str = "", frames: in
     return out.frames[0]
 
 
-def write_video(frames, path, fps: int = 16) -> None:
+def encode_mp4(frames, path, fps: int = 16) -> None:
     """Float frames [F, H, W, 3] in [0, 1] -> H.264 mp4 (yuv420p, playable everywhere)."""
     import numpy as np
 

@@ -31,7 +31,7 @@ from wanrt.engines.fp8 import (
     load_calibration_set,
     make_simulatable,
     modelopt_available,
-    ort_session,
+    calibration_session,
     parse_keep_blocks,
     quantize_fp8,
 )
@@ -92,11 +92,11 @@ def _spec(**kw) -> EngineSpec:
 
 def _engine_manifest(onnx_dir: Path, spec: EngineSpec, refit: str = "individual") -> dict:
     """An engine manifest as `wanrt build` writes it, minus the plan (refit logic is pure CPU)."""
-    plan = prepare(onnx_dir, spec, dry_run=True)
-    plan.refit_kind = refit
-    return {"specs": {"engine": {}, "onnx": plan.manifest["specs"]},
-            "payload": {"precision": plan.precision, "lora": lora_section(plan),
-                        "onnx": {"dtype": plan.manifest["specs"]["export"]["dtype"]}}}
+    resolved = prepare(onnx_dir, spec, dry_run=True)
+    resolved.refit_kind = refit
+    return {"specs": {"engine": {}, "onnx": resolved.manifest["specs"]},
+            "payload": {"precision": resolved.precision, "lora": lora_section(resolved),
+                        "onnx": {"dtype": resolved.manifest["specs"]["export"]["dtype"]}}}
 
 
 # --------------------------------------------------------------------------------------------- flavour shim
@@ -109,7 +109,7 @@ def test_flavour_features_are_feature_tested(rtx):
     assert not f["timing_cache"]  # a no-op in TensorRT-RTX: not offered as a feature
     assert not f["precision_flags"]  # strongly typed only: no FP16/BF16 builder flags
     assert "8.9" in rtx.compute_capabilities() and "9.0" not in rtx.compute_capabilities()
-    with pytest.raises(EngineError, match="--trt tensorrt"):
+    with pytest.raises(EngineError, match="--flavour tensorrt"):
         rtx.compute_capability_enum("9.0")
     with pytest.raises(EngineError, match="has no a tactic timing cache"):
         rtx.require("timing_cache")
@@ -190,10 +190,10 @@ def test_profiles_checked_against_export_and_inputs():
 def test_network_profiles_and_config_for_every_precision_and_mode(which, precision, request, rtx, tmp_path):
     onnx_dir = request.getfixturevalue(which)
     spec = _spec(precision=precision, opt_level=2, workspace_gib=1.5, weight_streaming=True)
-    plan, c = configure_from_onnx_dir(onnx_dir, spec, tmp_path)
+    resolved, c = configure_from_onnx_dir(onnx_dir, spec, tmp_path)
     trt = rtx.trt
     want = {"merged_bf16": "bf16", "separate_fp16": "fp16"}[which]
-    assert plan.precision == (precision or want)
+    assert resolved.precision == (precision or want)
     assert c.parser.num_errors == 0 and c.network.num_layers > 500
     # strongly typed: the precision is in the graph's own dtypes
     assert c.network.get_flag(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
@@ -211,10 +211,10 @@ def test_network_profiles_and_config_for_every_precision_and_mode(which, precisi
     mode = "separate" if which == "separate_fp16" else "merged"
     refittable = not (precision == "fp8" and mode == "merged")  # merged FP8 would reuse stale weight scales
     assert flags["REFIT_INDIVIDUAL"] == refittable and not flags["REFIT"]
-    assert plan.refit_names["mode"] == mode
+    assert resolved.refit_names["mode"] == mode
     if refittable:
-        assert all(c.network.are_weights_marked_refittable(n) for n in plan.refit_names["weights"])
-    lat = plan.profiles[0].input_shapes({"latents": [-1, 36, -1, -1, -1]})["latents"]
+        assert all(c.network.are_weights_marked_refittable(n) for n in resolved.refit_names["weights"])
+    lat = resolved.profiles[0].input_shapes({"latents": [-1, 36, -1, -1, -1]})["latents"]
     assert lat == ((1, 36, 1, 2, 2), (2, 36, 2, 4, 4), (2, 36, 3, 8, 8))
 
 
@@ -223,7 +223,7 @@ def test_refit_mapping_covers_every_lora_weight(merged_bf16, separate_fp16, rtx)
     parsed TensorRT network (mark_weights_refittable is False for names the network does not have)."""
     for onnx_dir, mode in ((separate_fp16, "separate"), (merged_bf16, "merged")):
         manifest, onnx_path = read_onnx_dir(onnx_dir)
-        plan = prepare(onnx_dir, _spec(), dry_run=True)
+        resolved = prepare(onnx_dir, _spec(), dry_run=True)
         lora = manifest["payload"]["lora"]
         if mode == "separate":
             named = [n for names in lora["initializers"].values() for n in names.values()]
@@ -231,9 +231,9 @@ def test_refit_mapping_covers_every_lora_weight(merged_bf16, separate_fp16, rtx)
         else:
             named = list(lora["merged_weights"].values())
             assert len(named) == 12 * 2
-        assert set(named) <= set(plan.refit_names["weights"])
+        assert set(named) <= set(resolved.refit_names["weights"])
         _, network, _, _ = parse_network(rtx, onnx_path)
-        assert mark_refittable(network, plan.refit_names["weights"]) == []
+        assert mark_refittable(network, resolved.refit_names["weights"]) == []
         assert mark_refittable(network, ["lora.blocks.0.attn1.to_q.C"]) == ["lora.blocks.0.attn1.to_q.C"]
 
 
@@ -319,11 +319,11 @@ def test_simulatable_rewrites_fp8_through_transpose():
                               opset_imports=[helper.make_opsetid("", 19)])
     model.ir_version = 10
     with pytest.raises(Exception, match="float8"):
-        ort_session(model)
+        calibration_session(model)
     sim, rewrites = make_simulatable(model)
     assert rewrites == 1 and [n.op_type for n in sim.graph.node].count("Identity") == 1
     xv = np.array([[0.1, -0.5, 1.0], [0.25, 0.75, -1.0]], np.float32)
-    got = ort_session(sim).run(None, {"x": xv})[0]
+    got = calibration_session(sim).run(None, {"x": xv})[0]
     import ml_dtypes
 
     xq = (xv / 0.01).astype(ml_dtypes.float8_e4m3fn).astype(np.float32) * 0.01
@@ -435,7 +435,7 @@ def test_build_refuses_bad_requests_before_work(merged_bf16, tmp_path):
 
 # --------------------------------------------------------------------------------------------- AOT build + cache
 def _wanrt(*args, **kw):
-    env = {**os.environ, "WANRT_CACHE": str(kw.pop("cache"))}
+    env = {**os.environ, "WANRT_CACHE_DIR": str(kw.pop("cache"))}
     return subprocess.run([sys.executable, "-m", "wanrt", *args], capture_output=True, text=True, env=env, check=False,
                           timeout=300)
 
@@ -469,7 +469,8 @@ def test_cli_aot_build_manifest_cache_and_load_checks(separate_fp16, tmp_path, r
     assert json.loads((out / "manifest.json").read_text())["created"] == m["created"]
     # ... and from the cache into a new directory
     r3 = _wanrt(*args[:3], str(tmp_path / "engine2"), *args[4:], cache=cache)
-    assert r3.returncode == 0 and (tmp_path / "engine2" / "engine.plan").read_bytes() == (out / "engine.plan").read_bytes()
+    assert r3.returncode == 0
+    assert (tmp_path / "engine2" / "engine.plan").read_bytes() == (out / "engine.plan").read_bytes()
     # a different request into an existing directory: refused, nothing overwritten
     r4 = _wanrt("build", str(separate_fp16), "-o", str(out), "--profile", "1x5x32x32", "--refit", "no",
                 cache=cache)
@@ -479,7 +480,7 @@ def test_cli_aot_build_manifest_cache_and_load_checks(separate_fp16, tmp_path, r
     check_plan_file(out, m, verify_hash=True)
     gpu = {"name": "NVIDIA RTX 4090", "compute_capability": "8.9"}
     check_compatibility(m, rtx.info(), gpu)
-    with pytest.raises(EngineError, match="another|built with TensorRT-RTX.*--trt rtx"):
+    with pytest.raises(EngineError, match="another|built with TensorRT-RTX.*--flavour rtx"):
         check_compatibility(m, {"flavour": "tensorrt", "version": "10.13.0", "label": "TensorRT 10.13.0"}, gpu)
     with pytest.raises(EngineError, match="only load in the version that built them"):
         check_compatibility(m, {**rtx.info(), "version": "1.6.0.1", "label": "TensorRT-RTX 1.6.0.1"}, gpu)
@@ -504,7 +505,7 @@ def test_cli_aot_build_manifest_cache_and_load_checks(separate_fp16, tmp_path, r
     with pytest.raises(EngineError, match="sha256 differs"):
         check_plan_file(out, m, verify_hash=True)
     assert len((out / "engine.plan").read_bytes()) == len(plan)
-    # a corrupt plan in the output dir is rebuilt only with --force
+    # a corrupt resolved in the output dir is rebuilt only with --force
     r5 = _wanrt(*args, cache=tmp_path / "other-cache")
     assert r5.returncode == 2 and "pass --force" in r5.stderr
 

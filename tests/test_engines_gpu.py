@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (torch.cuda)")
-
+from wanrt.engines.refit import refit_loaded_engine
 from wanrt.errors import BadInputError, EngineError, LoraError
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (torch.cuda)")
 
 SHAPE_PROFILE = "1x1x16x16:2x5x32x32:2x9x64x64"
 
@@ -104,13 +105,13 @@ def test_separate_refit_hot_swap_and_zero_padding(separate):
     with TRTEngine(d / "engine") as engine:
         out_a = engine(**feed).clone()
         lora_b = _lora(2, 7)  # rank 2 into the rank-4 engine: zero-padded
-        engine.refit(lora_b)
+        refit_loaded_engine(engine, lora_b)
         out_b = engine(**feed).clone()
         assert _rel(out_b, _eager("separate", "bf16", lora_b, feed)) < 3e-2
-        engine.refit(_lora(4, 0))
+        refit_loaded_engine(engine, _lora(4, 0))
         assert torch.equal(engine(**feed), out_a)
         with pytest.raises(LoraError, match="rebuild"):
-            engine.refit(_lora(8, 0))
+            refit_loaded_engine(engine, _lora(8, 0))
 
 
 def test_merged_refit_round_trip_is_exact_and_written(merged):
@@ -122,9 +123,9 @@ def test_merged_refit_round_trip_is_exact_and_written(merged):
     feed = _inputs()
     with TRTEngine(d / "engine-refit") as engine:
         out_a = engine(**feed).clone()
-        engine.refit(_lora(8, 1))
+        refit_loaded_engine(engine, _lora(8, 1))
         assert not torch.equal(engine(**feed), out_a)
-        engine.refit(_lora(4, 0))
+        refit_loaded_engine(engine, _lora(4, 0))
         assert torch.equal(engine(**feed), out_a)
     m = refit_engine_dir(d / "engine-refit", rank=8, seed=1)
     assert m["payload"]["lora"]["loaded"]["rank"] == 8 and m["payload"]["lora"]["history"]

@@ -338,7 +338,7 @@ def test_missing_file(tiny_model, tmp_path):
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
 def test_corrupt_safetensors(damage, tiny_model, tmp_path):
-    good = _comfy(tmp_path, lambda sd: None).read_bytes()
+    good = _comfy(tmp_path, lambda _: None).read_bytes()
     path = tmp_path / "c.safetensors"
     path.write_bytes({"truncate": good[: len(good) // 2], "garbage": b"\x00not safetensors" * 8, "empty": b""}[damage])
     with pytest.raises(LoraError, match="truncated or corrupt") as e:
@@ -348,7 +348,7 @@ def test_corrupt_safetensors(damage, tiny_model, tmp_path):
 
 @pytest.mark.parametrize("suffix", [".pt", ".ckpt", ".bin", ".pth"])
 def test_pickle_refused_unless_allowed(suffix, tiny_model, tmp_path):
-    sd = load_file(str(_comfy(tmp_path, lambda sd: None)))
+    sd = load_file(str(_comfy(tmp_path, lambda _: None)))
     path = tmp_path / f"lora{suffix}"
     torch.save(sd, path)
     with pytest.raises(LoraError, match="pickle") as e:
@@ -389,8 +389,8 @@ def test_zero_diff_keys_are_skipped(tiny_model, tmp_path):
 
 
 def test_save_refuses_dense_and_unknown_format(tiny_model, tmp_path):
-    lora = load_lora_file(_comfy(tmp_path, lambda sd: None), tiny_model)
+    lora = load_lora_file(_comfy(tmp_path, lambda _: None), tiny_model)
     with pytest.raises(LoraError, match="choose one of"):
         save_lora_file(lora, tmp_path / "x.safetensors", "lycoris")
     with pytest.raises(LoraError, match="dense"):
-        save_lora_file(dense_reference(tiny_model, lora), tmp_path / "x.safetensors", "diffusers")
+        save_lora_file(dense_reference(lora), tmp_path / "x.safetensors", "diffusers")

@@ -285,9 +285,9 @@ def test_converters_produce_torch_layouts():
 
 @pytest.fixture
 def empty_weight_env(tmp_path, monkeypatch):
-    monkeypatch.setenv("WANRT_WEIGHTS_DIR", str(tmp_path / "wanrt"))
+    monkeypatch.setenv("WANRT_CACHE_DIR", str(tmp_path / "wanrt"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("WANRT_WEIGHTS_DIR", raising=False)
     return tmp_path
 
 
@@ -313,16 +313,13 @@ def test_eval_without_weights_fails_with_one_line(empty_weight_env):
 
 
 def test_resolution_order(empty_weight_env, monkeypatch):
-    explicit, env_dir = empty_weight_env / "explicit", empty_weight_env / "wanrt"
-    for d in (explicit, env_dir):
-        d.mkdir()
-        (d / W.WEIGHT_FILES["i3d"]).write_bytes(b"")
-    assert W.resolve("i3d", explicit).source == "explicit"
-    assert W.resolve("i3d").source == "WANRT_WEIGHTS_DIR"
-    monkeypatch.delenv("WANRT_WEIGHTS_DIR")
-    cache = empty_weight_env / "xdg" / "wanrt" / "weights"
+    explicit = empty_weight_env / "explicit"
+    explicit.mkdir()
+    (explicit / W.WEIGHT_FILES["i3d"]).write_bytes(b"")
+    cache = empty_weight_env / "wanrt" / "weights"  # the one cache root: $WANRT_CACHE_DIR/weights
     cache.mkdir(parents=True)
     (cache / W.WEIGHT_FILES["i3d"]).write_bytes(b"")
+    assert W.resolve("i3d", explicit).source == "explicit"
     assert W.resolve("i3d") == W.ResolvedWeights("i3d", "cache", (cache / W.WEIGHT_FILES["i3d"],))
     with pytest.raises(W.MissingWeightsError, match="--weights"):
         W.resolve("lpips-alex", explicit)  # an explicit directory is not silently skipped

@@ -88,7 +88,7 @@ def test_lpips_from_the_torch_hub_cache(tmp_path, monkeypatch, references):
     torch.save(trunk, hub / "alexnet-owt-7be5be79.pth")
     torch.save({f"lin{k}.model.1.weight": state[f"lin{k}.weight"] for k in range(5)}, hub / "alex.pth")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv("WANRT_WEIGHTS_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("WANRT_CACHE_DIR", str(tmp_path / "empty"))
     hub_state, found = W.load_state_dict("lpips-alex")
     assert found.source == "torch-hub"
     model = lpips.LPIPS.from_state_dict(hub_state, "alex")

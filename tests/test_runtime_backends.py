@@ -49,13 +49,13 @@ def _rel(a, b):
 
 
 def test_registry_and_protocol(eager):
-    assert set(B.REGISTRY) == {"eager", "compile", "ort", "trt"}
+    assert set(B.REGISTRY) >= {"eager", "compile", "ort", "trt"}
     assert isinstance(eager, B.Backend)
     avail = B.available_backends("cpu")
     assert avail["eager"] is None and avail["ort"] is None
     with pytest.raises(BadInputError, match="choose one of"):
         B.create_backend("tensorflow")
-    with pytest.raises(BadInputError, match="--engine"):
+    with pytest.raises(BadInputError, match="--artifact"):
         B.create_backend("ort")
 
 
@@ -67,7 +67,7 @@ def test_missing_dependencies_are_clear(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(MissingDependencyError, match="NVIDIA GPU"):
         B.check_backend("trt", "cuda")
-    assert MissingDependencyError.exit_code == 3
+    assert "NVIDIA GPU" in B.available_backends("cuda")["trt"]  # listed as disabled with the reason, not raised
 
 
 def test_eager_matches_plain_transformer(eager, inputs):
@@ -125,7 +125,7 @@ def _png(path, h=40, w=56):
 @pytest.mark.parametrize("name", ["eager", "compile", "ort"])
 def test_tiny_pipeline_generates_video(name, request, tmp_path):
     from wanrt.runtime.generate import GenerateSpec, generate_video, load_image
-    from wanrt.runtime.pipeline import BackendTransformer, write_video
+    from wanrt.runtime.pipeline import BackendTransformer, encode_mp4
 
     backend = request.getfixturevalue({"eager": "eager", "compile": "compiled", "ort": "ort_backend"}[name])
     spec = GenerateSpec(prompt="a red fox in the snow", frames=5, height=32, width=32, steps=2, seed=3)
@@ -133,7 +133,7 @@ def test_tiny_pipeline_generates_video(name, request, tmp_path):
     assert frames.shape == (5, 32, 32, 3) and frames.dtype == np.float32
     assert 0.0 <= frames.min() <= frames.max() <= 1.0 and np.isfinite(frames).all()
     assert info["dit_calls"] == 4  # 2 steps x CFG
-    write_video(frames, tmp_path / "out.mp4")
+    encode_mp4(frames, tmp_path / "out.mp4")
     import imageio.v3 as iio
 
     video = iio.imread(tmp_path / "out.mp4")

@@ -33,6 +33,7 @@ def _rss_bytes() -> int:
 def run_one(name: str) -> dict:
     """In this process: export CONFIGS[name] with a synthetic rank-16 LoRA, sampling RSS per step."""
     from wanrt.console import StepProgress
+    from wanrt.engines.acceptance import tensorrt_acceptance
     from wanrt.export.api import LoraSpec, export_model
     from wanrt.export.model import ModelSpec
     from wanrt.export.onnx_export import ExportSpec
@@ -59,7 +60,8 @@ def run_one(name: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         manifest = export_model(ModelSpec(cfg["model"], layers=cfg["layers"]), LoraSpec(rank=16, mode=cfg["mode"]),
-                                ExportSpec(dtype=cfg["dtype"]), Path(tmp) / "out", progress=False)
+                                ExportSpec(dtype=cfg["dtype"]), Path(tmp) / "out", progress=False,
+                                acceptance=tensorrt_acceptance)
         wall = time.perf_counter() - t0
         files = {p.name: p.stat().st_size for p in (Path(tmp) / "out").iterdir()}
     state["stop"] = True

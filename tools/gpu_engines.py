@@ -50,12 +50,13 @@ def run(args) -> dict[str, Any]:
     from wanrt.engines.build import EngineSpec, build_engine_from_onnx_dir
     from wanrt.engines.flavour import gpu_info, installed_flavours, load_flavour
     from wanrt.engines.fp8 import Fp8Spec
-    from wanrt.engines.refit import base_weights_from_model, refit_weights
+    from wanrt.engines.refit import base_weights_from_model, refit_loaded_engine, refit_weights
     from wanrt.engines.runtime import TRTEngine
     from wanrt.export.api import LoraSpec, export_model
     from wanrt.export.lora import apply_lora, synthetic_lora
     from wanrt.export.model import DTYPES, ModelSpec, load_transformer, model_geometry
-    from wanrt.export.onnx_export import ExportSpec, ShapeRange, WanOnnxConfig
+    from wanrt.dit_io import DitIO, ShapeRange
+    from wanrt.export.onnx_export import ExportSpec
 
     from wanrt.artifacts import library_versions, machine_info
     from wanrt.options import parse_shape
@@ -70,9 +71,9 @@ def run(args) -> dict[str, Any]:
     results: dict[str, Any] = {"gpu": gpu, "machine": machine_info(), "versions": library_versions(),
                                "model": args.model, "layers": args.layers, "shape": str(shape), "rank": args.rank,
                                "installed_flavours": installed_flavours(), "runs": []}
-    flavour = load_flavour(args.trt)
+    flavour = load_flavour(args.flavour)
     results["flavour"] = flavour.info()
-    # With --trt rtx on Hopper / datacenter Blackwell every row records TensorRT-RTX's refusal as its error.
+    # With --flavour rtx on Hopper / datacenter Blackwell every row records TensorRT-RTX's refusal as its error.
     for mode in args.modes.split(","):
         for precision in args.precisions.split(","):
             dtype = "fp16" if precision == "fp16" else "bf16"
@@ -87,7 +88,7 @@ def run(args) -> dict[str, Any]:
                                  ExportSpec(dtype=dtype, validate=False, min_shape=shape, max_shape=shape),
                                  onnx_dir, force=True, progress=False)
                     row["export_s"] = time.perf_counter() - t
-                spec = EngineSpec(flavour=args.trt, precision=precision, profiles=(profile,), refit="yes",
+                spec = EngineSpec(flavour=args.flavour, precision=precision, profiles=(profile,), refit="yes",
                                   opt_level=args.opt_level, cache=False,
                                   fp8=Fp8Spec(calib=args.calib, keep_blocks=args.keep_blocks))
                 engine_dir = work / f"engine-{mode}-{precision}"
@@ -104,7 +105,7 @@ def run(args) -> dict[str, Any]:
                 # inputs and eager reference
                 base = load_transformer(model_spec)
                 geometry = model_geometry(base)
-                config = WanOnnxConfig(geometry, DTYPES[dtype], ShapeRange(shape, shape))
+                config = DitIO(geometry, DTYPES[dtype], ShapeRange(shape, shape))
                 feed = {k: v.cuda() for k, v in config.dummy_inputs(2, shape, seed=1).items()}
                 lora_a = synthetic_lora(base, args.rank, "all", seed=0)
                 lora_b = synthetic_lora(base, args.rank, "all", seed=1)
@@ -132,10 +133,10 @@ def run(args) -> dict[str, Any]:
                 refit_weights(manifest, lora_b, base_w)
                 row["refit_weights_cpu_s"] = time.perf_counter() - t
                 if p["lora"]["refit"]:
-                    swap = engine.refit(lora_b)
+                    swap = refit_loaded_engine(engine, lora_b)
                     row["refit_b"] = swap["timings"]
                     out_b = engine(**feed).clone()
-                    back = engine.refit(lora_a)
+                    back = refit_loaded_engine(engine, lora_a)
                     row["refit_a"] = back["timings"]
                     out_a2 = engine(**feed)
                     torch.cuda.synchronize()
@@ -162,7 +163,7 @@ def main(argv=None) -> None:
     ap.add_argument("--precisions", default="bf16,fp16,fp8")
     ap.add_argument("--modes", default="merged,separate")
     ap.add_argument("--rank", type=int, default=16)
-    ap.add_argument("--trt", default="auto", choices=("auto", "tensorrt", "rtx"))
+    ap.add_argument("--flavour", default="auto", choices=("auto", "tensorrt", "rtx"))
     ap.add_argument("--opt-level", type=int, default=None)
     ap.add_argument("--calib", type=int, default=8)
     ap.add_argument("--keep-blocks", default="1")

@@ -1,8 +1,16 @@
-"""What every wanrt output directory shares: atomic writes, the manifest schema, hashes and versions.
+"""What every wanrt output directory shares: the manifest schema, hashes and versions, and the ONE place for
+atomic writes, output-directory claiming, stale-temp sweeping, manifest-path confinement and the cache root.
 
 One manifest schema across export, engine and bench outputs (DESIGN.md): `kind`, `wanrt_version`, `created`,
 `command` (the argv that made it), `versions` (libraries), `specs` (the frozen dataclasses that describe how it was
 made) and a kind-specific `payload`. Loads check the manifest before touching weights.
+
+Writes: every file or directory wanrt produces is first written under a hidden temporary name beside its target,
+`.NAME.tmp-<pid>-<token>`, then renamed in one step (`atomic_output_dir`, `atomic_path`, `write_bytes_atomic`,
+`write_json`). Temporaries are created with the user's umask (not mkdtemp's 0700), removed on failure, SIGINT
+and SIGTERM, and swept by the next run when a SIGKILL left them (`sweep_stale_temps`: the owning pid is gone or is
+a newer process). An output directory is claimed with an exclusive lock (`claim_output_dir`), and `--force`
+replaces only a directory that is a wanrt artifact of the same kind; anything else is refused in one line.
 """
 
 from __future__ import annotations
@@ -10,18 +18,24 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import platform
+import re
+import secrets
 import shutil
+import signal
 import sys
-import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from wanrt import __version__
-from wanrt.errors import BadInputError
+from wanrt.errors import BadInputError, StorageError
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA = 1
@@ -115,12 +129,206 @@ def build_manifest(kind: str, specs: dict[str, Any], payload: dict[str, Any]) ->
     }
 
 
+# ------------------------------------------------------------------------------------------------ cache root
+
+CACHE_SUBDIRS = ("exports", "engines", "weights", "serve")
+# Variables older wanrt read for parts of the cache; ignored now (one root), with one warning so nobody is surprised.
+_RETIRED_CACHE_ENV = ("WANRT_CACHE", "WANRT_WEIGHTS_DIR")
+_warned_env: set[str] = set()
+
+
+def cache_root(sub: str | None = None) -> Path:
+    """The one cache root: `$WANRT_CACHE_DIR`, else `$XDG_CACHE_HOME/wanrt`, else `~/.cache/wanrt`; with `sub`, one of
+    its subfolders (exports/, engines/, weights/, serve/). Nothing is created here."""
+    for name in _RETIRED_CACHE_ENV:
+        if os.environ.get(name) and name not in _warned_env:
+            _warned_env.add(name)
+            print(f"warning: ${name} is no longer read; wanrt keeps every cache under $WANRT_CACHE_DIR "
+                  f"(default ~/.cache/wanrt)", file=sys.stderr)
+    env = os.environ.get("WANRT_CACHE_DIR")
+    if env:
+        root = Path(env).expanduser()
+    else:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "wanrt"
+    if sub is None:
+        return root
+    if sub not in CACHE_SUBDIRS:
+        raise ValueError(f"cache subfolder {sub!r} is not one of {CACHE_SUBDIRS}")
+    return root / sub
+
+
+# --------------------------------------------------------------------------------- temporaries and sweeping
+
+# `.NAME.tmp-<pid>-<token>` (work in progress) and `.NAME.old-<pid>-<token>` (a replaced artifact being deleted).
+# The pid lets the next run tell a dead writer's leftovers from a live writer's work; the token keeps names unique.
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<what>tmp|old)-(?P<pid>\d+)-(?P<token>[0-9a-f]{8})(\.[A-Za-z0-9]{1,8})?$")
+_live_temps: set[Path] = set()
+_live_lock = threading.Lock()
+_sigterm_installed = False
+_previous_sigterm: Any = None
+
+
+def _temp_sibling(target: Path, what: str = "tmp", suffix: str = "") -> Path:
+    return target.with_name(f".{target.name}.{what}-{os.getpid()}-{secrets.token_hex(4)}{suffix}")
+
+
+def _process_start_time(pid: int) -> float | None:
+    """Wall-clock start of `pid` from /proc (Linux), None where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as f:
+            btime = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+        return btime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _owner_alive(pid: int, temp_mtime: float) -> bool:
+    """True while the process that made a temporary may still be writing it: the pid exists and it started before
+    the temporary was last touched (a younger process under the same pid is a reuse, not the writer)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, another user's
+    started = _process_start_time(pid)
+    return started is None or started <= temp_mtime + 2.0  # btime has 1 s resolution
+
+
+def _remove(path: Path) -> None:
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, onerror=_make_writable_and_retry)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _make_writable_and_retry(func, path, _exc):
+    # read-only cache entries (0555 dirs) must be made writable by their owner before their files can go
+    try:
+        os.chmod(os.path.dirname(path), 0o700)
+        func(path)
+    except OSError:
+        pass
+
+
+def sweep_stale_temps(directory: str | os.PathLike) -> list[Path]:
+    """Remove wanrt temporaries in `directory` whose writer is gone (killed with SIGKILL, a crashed machine):
+    only names of wanrt's own pattern, only when the owning pid is dead or younger than the temporary.
+    Returns what was removed."""
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _TEMP_RE.match(entry.name)
+        if m is None:
+            continue
+        try:
+            mtime = entry.stat(follow_symlinks=False).st_mtime
+        except OSError:
+            continue
+        if not _owner_alive(int(m["pid"]), mtime):
+            _remove(Path(entry.path))
+            removed.append(Path(entry.path))
+    return removed
+
+
+def _on_sigterm(signum, frame):
+    """Remove this process's unfinished outputs, then die of SIGTERM as if wanrt had no handler (or hand over to
+    the handler that was there before ours)."""
+    with _live_lock:
+        live = list(_live_temps)
+    for p in live:
+        _remove(p)
+    if callable(_previous_sigterm):
+        _previous_sigterm(signum, frame)
+        return
+    if live:
+        print(f"wanrt: terminated; removed {len(live)} unfinished output(s)", file=sys.stderr)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _register_temp(path: Path) -> None:
+    global _sigterm_installed, _previous_sigterm
+    with _live_lock:
+        _live_temps.add(path)
+    # Python delivers signals to the main thread only, and only its handler can be replaced from there
+    if not _sigterm_installed and threading.current_thread() is threading.main_thread():
+        previous = signal.getsignal(signal.SIGTERM)
+        if previous is not signal.SIG_IGN:
+            _previous_sigterm = previous if callable(previous) else None
+            signal.signal(signal.SIGTERM, _on_sigterm)
+            _sigterm_installed = True
+
+
+def _unregister_temp(path: Path) -> None:
+    with _live_lock:
+        _live_temps.discard(path)
+
+
+# ---------------------------------------------------------------------------------------------- atomic files
+
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM}
+
+
+def storage_error(e: OSError, action: str) -> StorageError:
+    from wanrt.errors import os_error_line
+
+    return StorageError(os_error_line(e, action))
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, keep_suffix: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside `path` for a writer that takes a file name (safetensors, onnx, imageio); on
+    success it becomes `path` in one rename, on failure or signal it is removed. Created files get the umask.
+    `keep_suffix`: the temporary ends in path's suffix too (writers that pick the format from it: ffmpeg)."""
+    path = Path(path)
+    with _temporary(_temp_sibling(path, suffix=path.suffix if keep_suffix else ""), path) as tmp:
+        yield tmp
+        os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _temporary(tmp: Path, path: Path) -> Iterator[Path]:
+    """`tmp` (a file or directory that will become `path`) is removed on any exit that did not rename it, also on
+    SIGTERM (registered); an OSError of a full, read-only or failing disk becomes one StorageError line."""
+    _register_temp(tmp)
+    try:
+        yield tmp
+    except OSError as e:
+        if e.errno in _STORAGE_ERRNOS:
+            raise storage_error(e, f"writing {path}") from None
+        raise
+    finally:
+        if tmp.exists():
+            _remove(tmp)
+        _unregister_temp(tmp)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    write_bytes_atomic(path, text.encode())
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write JSON atomically (temp file + rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(to_jsonable(obj), indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=False) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------ manifests
 
 
 def read_manifest(directory: str | os.PathLike, kind: str | None = None) -> dict[str, Any]:
@@ -129,44 +337,178 @@ def read_manifest(directory: str | os.PathLike, kind: str | None = None) -> dict
         raise BadInputError(f"{directory}: no {MANIFEST_NAME}; not a wanrt artifact directory")
     try:
         manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BadInputError(f"{path}: corrupt manifest ({e})") from None
+    except OSError as e:
+        raise storage_error(e, "reading the manifest") from None
+    if not isinstance(manifest, dict):
+        raise BadInputError(f"{path}: corrupt manifest (a JSON {type(manifest).__name__}, not an object)")
     if manifest.get("schema") != MANIFEST_SCHEMA:
         raise BadInputError(f"{path}: manifest schema {manifest.get('schema')!r}, this wanrt reads {MANIFEST_SCHEMA}")
     if kind is not None and manifest.get("kind") != kind:
-        raise BadInputError(f"{directory}: a '{manifest.get('kind')}' artifact, expected '{kind}'")
+        raise BadInputError(f"{directory} holds an artifact of kind '{manifest.get('kind')}', expected '{kind}'")
+    if not isinstance(manifest.get("payload"), dict):
+        raise BadInputError(f"{path}: corrupt manifest ('payload' is {type(manifest.get('payload')).__name__}, "
+                            "not an object)")
     return manifest
 
 
-def check_output_dir(path: str | os.PathLike, force: bool) -> Path:
-    """Refuse an existing output directory unless force; call before any expensive work."""
+def confined_path(directory: str | os.PathLike, relpath: Any, what: str = "payload file") -> Path:
+    """The file a manifest names, guaranteed inside its artifact directory (symlinks resolved): a manifest is
+    input, and `../../etc/passwd` or an absolute path in it must not make wanrt open a file elsewhere."""
+    if not isinstance(relpath, str) or not relpath or "\x00" in relpath:
+        raise BadInputError(f"{Path(directory) / MANIFEST_NAME}: {what} must be a relative file name, got {relpath!r}")
+    base = Path(directory).resolve()
+    full = (base / relpath).resolve()
+    if Path(relpath).is_absolute() or (full != base and base not in full.parents):
+        raise BadInputError(f"{Path(directory) / MANIFEST_NAME}: {what} {relpath!r} points outside the artifact "
+                            f"directory; refusing to open it")
+    return full
+
+
+def artifact_kind(directory: str | os.PathLike) -> str | None:
+    """The kind of wanrt artifact `directory` is ('onnx', 'engine', 'bench', ...), None if it is not one.
+    A directory of per-rank exports (out/r4, out/r8) is the kind of its members."""
+    directory = Path(directory)
+    for name in (MANIFEST_NAME, "results.json"):  # results.json: bench outputs carry the manifest there
+        f = directory / name
+        if f.is_file():
+            try:
+                doc = json.loads(f.read_text())
+            except (OSError, ValueError):
+                return None
+            ok = isinstance(doc, dict) and doc.get("schema") == MANIFEST_SCHEMA and isinstance(doc.get("kind"), str)
+            return doc["kind"] if ok else None
+    try:
+        members = [e for e in directory.iterdir() if not e.name.startswith(".")]
+    except OSError:
+        return None
+    kinds = {artifact_kind(e) if e.is_dir() else None for e in members}
+    return kinds.pop() if len(kinds) == 1 and None not in kinds else None
+
+
+# ------------------------------------------------------------------------------------------ output directories
+
+
+def _nearest_existing(path: Path) -> Path:
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
+    """Fail now, before any work, if `path` (a file or directory to be created) cannot be written: its nearest
+    existing ancestor must be a directory where a file can be created (probed, since root ignores mode bits but
+    not a read-only mount)."""
     path = Path(path)
-    if path.exists() and not force:
-        raise BadInputError(f"output directory {path} exists; pass --force to replace it")
+    anc = _nearest_existing(path.parent if path.name else path)
+    if not anc.is_dir():
+        raise BadInputError(f"{what} {path}: {anc} is not a directory")
+    probe = _temp_sibling(anc / "probe")
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise BadInputError(f"{what} {path} cannot be written ({anc}: {e.strerror or e})") from None
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, force: bool, kind: str | None = None) -> Path:
+    """Refuse an output directory wanrt must not replace; call before any expensive work.
+
+    Without force an existing path is refused. With force, only a wanrt artifact of the same `kind` (any kind
+    when None) is replaced: a directory of the user's own files is never deleted. The current directory and its
+    ancestors are refused outright, and the location must be writable."""
+    path = Path(path)
+    resolved, cwd = path.resolve(), Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise BadInputError(f"output directory {path} is the current directory or holds it; choose a new "
+                            "directory for -o")
     if path.exists() and not path.is_dir():
         raise BadInputError(f"output path {path} exists and is not a directory")
+    if path.exists() and not force:
+        raise BadInputError(f"output directory {path} exists; pass --force to replace it")
+    if path.exists():
+        found = artifact_kind(path)
+        if found is None:
+            raise BadInputError(f"{path} exists and is not a wanrt artifact; --force replaces only wanrt's own "
+                                "outputs, so it is left untouched (remove it yourself or choose another -o)")
+        if kind is not None and found != kind:
+            raise BadInputError(f"{path} holds a wanrt '{found}' artifact, not '{kind}'; --force will not replace "
+                                "it with another kind")
+    check_writable(path, "output directory")
     return path
 
 
 @contextlib.contextmanager
-def atomic_output_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+def claim_output_dir(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on output `path` (`.NAME.lock` beside it) so that two wanrt processes never write the
+    same directory: the second gets one line and exit 2 instead of a silent last-writer-wins."""
+    path = Path(path)
+    lock = path.with_name(f".{path.name}.lock")
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o666)
+        except OSError as e:
+            raise BadInputError(f"output directory {path} cannot be claimed ({e.strerror or e})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            finally:
+                os.close(fd)
+            raise BadInputError(f"output directory {path} is being written by another wanrt process (pid {holder}); "
+                                "wait for it or choose another -o") from None
+        try:  # the holder before us may have unlinked the file it locked: then lock the new one
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    _register_temp(lock)  # a SIGTERM removes it with the temporaries (the kernel drops the lock itself)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        _unregister_temp(lock)
+        try:
+            os.unlink(lock)
+        except OSError:
+            pass
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_output_dir(path: str | os.PathLike, force: bool = False, kind: str | None = None) -> Iterator[Path]:
     """Yield a temporary directory beside `path`; on success it replaces `path` in one rename.
 
-    An interrupted or failed write leaves only a hidden `.name.tmp-*` directory that is removed on the way out,
-    never a directory that looks like a finished artifact.
+    The output is claimed (exclusive lock) for the whole write, stale temporaries of killed runs are swept first,
+    and an interrupted or failed write (exception, SIGINT, SIGTERM) leaves nothing behind, never a directory that
+    looks like a finished artifact. `force` and `kind` as in check_output_dir.
     """
-    path = check_output_dir(path, force)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    path = check_output_dir(path, force, kind)
     try:
-        yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise storage_error(e, f"creating {path.parent}") from None
+    with claim_output_dir(path):
+        path = check_output_dir(path, force, kind)  # again under the lock: another run may have finished since
+        sweep_stale_temps(path.parent)
+        with _temporary(_temp_sibling(path), path) as tmp:
+            os.mkdir(tmp, 0o777)  # not mkdtemp: its 0700 would make artifacts unreadable to a service account
+            yield tmp
+            if path.exists():
+                check_output_dir(path, force, kind)
+                old = _temp_sibling(path, "old")
+                _register_temp(old)
+                os.replace(path, old)
+                os.replace(tmp, path)
+                _remove(old)
+                _unregister_temp(old)
+            else:
+                os.replace(tmp, path)

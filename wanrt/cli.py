@@ -6,45 +6,100 @@ as disabled with the reason, and the rest of the CLI keeps working.
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
 import sys
+from pathlib import Path
 
 import click
+from click.utils import make_default_short_help
 
 from wanrt import __version__
-from wanrt.errors import WanrtError
+from wanrt.errors import MissingDependencyError, StorageError, WanrtError, os_error_line
+from wanrt.quiet import quiet_expected_notices
 
 # name -> (module, attribute). Keep in the order users meet them.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("wanrt.export.cli", "demo"),
     "export": ("wanrt.export.cli", "export"),
     "presets": ("wanrt.export.cli", "presets"),
+    "extract": ("wanrt.export.extract_cli", "extract"),
     "build": ("wanrt.engines.cli", "build"),
     "refit": ("wanrt.engines.cli", "refit"),
     "bench": ("wanrt.runtime.cli", "bench"),
     "generate": ("wanrt.runtime.cli", "generate"),
-    "serve": ("wanrt.runtime.cli", "serve"),
+    "serve": ("wanrt.runtime.serving.cli", "serve"),
+    "pack": ("wanrt.runtime.serving.cli", "pack"),
+    "verify": ("wanrt.runtime.serving.cli", "verify"),
     "eval": ("wanrt.runtime.metrics_cli", "eval_cmd"),
     "weights": ("wanrt.runtime.metrics_cli", "weights"),
 }
 
 
+# Optional dependencies a subcommand cannot work without, checked with importlib.util.find_spec before anything runs
+# (and before listing), so a missing one disables that subcommand with the reason instead of failing after the work.
+# name -> ((importable modules, any one suffices), what to install), ...
+REQUIRES: dict[str, tuple[tuple[tuple[str, ...], str], ...]] = {
+    "generate": ((("imageio",), "pip install 'wanrt[video]'"), (("imageio_ffmpeg",), "pip install 'wanrt[video]'")),
+    "build": ((("tensorrt", "tensorrt_rtx", "tensorrt_rtx_bindings", "openvino"),
+               "pip install 'wanrt[rtx]' (or [trt], or [openvino] for CPU engines)"),),
+    "serve": ((("ray",), "pip install 'wanrt[serve]'"), (("fastapi",), "pip install 'wanrt[serve]'"),
+              (("multipart", "python_multipart"), "pip install 'wanrt[serve]'"),
+              (("imageio_ffmpeg",), "pip install 'wanrt[serve]'")),
+}
+
+
+def missing_requirement(name: str) -> str | None:
+    """Why subcommand `name` cannot run here (a missing module and what to install), or None."""
+    for modules, install in REQUIRES.get(name, ()):
+        if not any(_importable(m) for m in modules):
+            return f"needs {' or '.join(modules)}: {install}"
+    return None
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package that fails to import, or a broken __spec__
+        return False
+
+
+def short_help(name: str) -> str:
+    """The first line of a subcommand's docstring, read from its source without importing it: importing the command
+    modules pulls in torch (seconds), and listing commands should take milliseconds."""
+    module, attr = SUBCOMMANDS[name]
+    try:
+        spec = importlib.util.find_spec(module)
+        tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    except (ImportError, ValueError, AttributeError, TypeError, OSError, SyntaxError):
+        return ""
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == attr:
+            return (ast.get_docstring(node) or "").strip().split("\n\n")[0].replace("\n", " ")
+    return ""
+
+
 def _disabled(name: str, reason: str) -> click.Command:
-    @click.command(name, help=f"(disabled: {reason})", context_settings={"ignore_unknown_options": True})
+    @click.command(name, help=f"(disabled: {reason})", add_help_option=False,
+                   context_settings={"ignore_unknown_options": True})
     @click.argument("args", nargs=-1, type=click.UNPROCESSED)
     def cmd(args):  # noqa: ARG001 - swallows whatever was typed
-        raise click.ClickException(f"'wanrt {name}' is disabled: {reason}")
+        raise MissingDependencyError(f"'wanrt {name}' is disabled: {reason}")
 
     return cmd
 
 
 class LazyGroup(click.Group):
-    def list_commands(self, ctx):
+    def list_commands(self, _ctx):
         return list(SUBCOMMANDS)
 
-    def get_command(self, ctx, name):
+    def get_command(self, _ctx, name):
         if name not in SUBCOMMANDS:
             return None
+        reason = missing_requirement(name)
+        if reason is not None:
+            return _disabled(name, reason)
         module, attr = SUBCOMMANDS[name]
         try:
             return getattr(importlib.import_module(module), attr)
@@ -53,12 +108,35 @@ class LazyGroup(click.Group):
         except AttributeError:
             return _disabled(name, f"{module} has no '{attr}' in this install")
 
+    def format_commands(self, _ctx, formatter):
+        """The command list without importing any command module (see short_help)."""
+        rows = []
+        width = formatter.width - 6 - max(len(n) for n in SUBCOMMANDS)
+        for name in SUBCOMMANDS:
+            reason = missing_requirement(name)
+            text = f"(disabled: {reason})" if reason else make_default_short_help(short_help(name), width)
+            rows.append((name, text))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except WanrtError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(e.exit_code)
+        except OSError as e:
+            # disk full, read-only mount, permission denied mid-work: the machine, not the input; one line, exit 4
+            click.echo(f"error: {os_error_line(e)}", err=True)
+            sys.exit(StorageError.exit_code)
+        except KeyboardInterrupt:
+            # Ctrl-C: temporaries are already removed on the way out (atomic writes); the shell's 128+SIGINT
+            click.echo("error: interrupted", err=True)
+            sys.exit(130)
+        except click.exceptions.NoArgsIsHelpError as e:
+            # `wanrt weights` alone asks for its help: print it as help, not squashed into an error line
+            click.echo(e.ctx.get_help())
+            sys.exit(0)
         except click.UsageError as e:
             # click's own format is four lines (usage, hint, blank, error); keep bad input to one line everywhere
             where = e.ctx.command_path if e.ctx is not None else "wanrt"
@@ -74,7 +152,8 @@ def cli():
 
 
 def main() -> None:
-    cli()
+    quiet_expected_notices()
+    cli(prog_name="wanrt")  # also under `python -m wanrt`, so usage lines and hints name the real command
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 err_console = Console(stderr=True)
-# Piped output (CI logs, `| tee`) would wrap tables at 80 columns; give them room.
-out_console = Console(width=None if sys.stdout.isatty() else 160)
+# Tables are designed for 80 columns; piped output (CI logs, `| tee`) gets rich's 80, a terminal its own width.
+out_console = Console()
 
 
 class StepProgress:
@@ -47,3 +47,8 @@ class StepProgress:
         self._finish_current()
         self._current, self._t0 = step, time.perf_counter()
         self._progress.update(self._task, description=f"{self.title}: {step}")
+
+    def detail(self, text: str) -> None:
+        """Say what the current step is doing (a sub-step such as "tracing"), without ending it."""
+        if self._current is not None:
+            self._progress.update(self._task, description=f"{self.title}: {self._current}: {text}")

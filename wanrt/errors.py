@@ -1,5 +1,10 @@
 """Typed errors. Every user-facing failure is a WanrtError: the CLI prints its message as one line on stderr
-and exits with its exit_code (2 for bad input), leaving nothing half-written."""
+and exits with its exit_code, leaving nothing half-written.
+
+Exit codes (documented in the README): 0 success; 1 an exported artifact failed validation against its reference;
+2 bad input (a file, option or path the user gave); 3 a missing optional dependency; 4 the machine or the network
+stopped the work (disk full, read-only file system, permission denied, I/O error, hub unreachable); 130 SIGINT;
+143 SIGTERM (temporaries removed first)."""
 
 
 class WanrtError(Exception):
@@ -51,3 +56,24 @@ class MissingDependencyError(WanrtError):
 
 class EngineError(WanrtError):
     """A TensorRT engine cannot be built, loaded or refit as asked."""
+
+
+class StorageError(WanrtError):
+    """The file system refused a write or read wanrt needed (ENOSPC, EROFS, EACCES, EIO): the input may be fine,
+    the machine is not. Distinct exit code so scripts can retry elsewhere instead of fixing their arguments."""
+
+    exit_code = 4
+
+
+class NetworkError(WanrtError):
+    """A remote (model hub, package index) could not be reached; nothing about the input is known to be wrong."""
+
+    exit_code = 4
+
+
+def os_error_line(e: OSError, action: str = "") -> str:
+    """One line for an OSError: what wanrt was doing, the path, and the system's reason (no traceback)."""
+    where = e.filename if getattr(e, "filename", None) else ""
+    reason = e.strerror or str(e) or type(e).__name__
+    parts = [p for p in (action, str(where) if where else "") if p]
+    return f"{': '.join(parts)}: {reason}" if parts else reason

@@ -19,6 +19,12 @@ VIDEO_EXTS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi"}
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
 
+def _first_line(e: BaseException) -> str:
+    """Decoders (PIL, imageio, ffmpeg) put several lines in one message; a bad input is one line."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
 def natural_key(path: Path) -> list:
     """frame_2.png before frame_10.png."""
     return [int(s) if s.isdigit() else s.lower() for s in re.split(r"(\d+)", path.name)]
@@ -51,7 +57,7 @@ def _read_frames_dir(path: Path, max_frames: int | None) -> np.ndarray:
         try:
             im = np.asarray(iio.imread(f))
         except Exception as e:  # noqa: BLE001 - any decoder failure is a bad input
-            raise BadInputError(f"{f}: cannot read image ({e})") from None
+            raise BadInputError(f"{f}: cannot read image ({_first_line(e)})") from None
         if im.dtype != np.uint8:
             raise BadInputError(f"{f}: {im.dtype} image; only 8-bit frames are supported")
         if im.ndim == 2:
@@ -80,8 +86,7 @@ def _read_video_file(path: Path, max_frames: int | None) -> np.ndarray:
                 break
         reader.close()
     except (OSError, RuntimeError, StopIteration) as e:
-        raise BadInputError(f"{path}: cannot decode video ({str(e).strip().splitlines()[-1] if str(e) else e!r})") \
-            from None
+        raise BadInputError(f"{path}: cannot decode video ({_first_line(e)})") from None
     if not frames:
         raise BadInputError(f"{path}: no frames decoded")
     return np.stack(frames)
@@ -99,10 +104,16 @@ def read_video(path: str | os.PathLike, max_frames: int | None = None) -> np.nda
     return _read_video_file(p, max_frames)
 
 
-def iter_videos(paths: list[Path], max_frames: int | None = None) -> Iterator[np.ndarray]:
-    """Read videos one at a time (a set of 81-frame 480p videos does not fit in memory at once)."""
+def iter_videos(paths: list[Path], max_frames: int | None = None,
+                min_frames: int | None = None) -> Iterator[np.ndarray]:
+    """Read videos one at a time (a set of 81-frame 480p videos does not fit in memory at once). `min_frames`:
+    a shorter video is refused here, where its file name is known."""
     for p in paths:
-        yield read_video(p, max_frames)
+        video = read_video(p, max_frames)
+        if min_frames is not None and len(video) < min_frames:
+            raise BadInputError(f"{p}: {len(video)} frames; FVD clips need at least {min_frames} "
+                                "(see --clip-len / --frame-step)")
+        yield video
 
 
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 16) -> None:

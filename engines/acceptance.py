@@ -1,20 +1,23 @@
-"""TensorRT acceptance of an exported ONNX: parse it, strongly typed, with whichever TensorRT flavour the engines
-package picks (`tensorrt` or `tensorrt_rtx`), and report the layer count and parser errors. Parsing needs no GPU."""
+"""TensorRT acceptance of an exported ONNX: parse it, strongly typed, with whichever TensorRT flavour is installed
+(`tensorrt` or `tensorrt_rtx`), and report the layer count and parser errors. Parsing needs no GPU.
+
+The export layer cannot import engines, so callers above it hand this function to `export_model(acceptance=...)`
+(the export CLI, the runtime's export for ort/trt backends); the export manifest records its report as `trt_parse`.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from wanrt.engines.build import parse_network
+from wanrt.engines.flavour import load_flavour
 from wanrt.errors import EngineError, MissingDependencyError
 
 
-def parse_onnx(path: Path, flavour: str = "auto") -> dict[str, Any]:
+def tensorrt_acceptance(path: Path, flavour: str = "auto") -> dict[str, Any]:
     """{"parsed": True/False, flavour, version, layers, errors, num_errors}, or {"parsed": None, "reason"} when no
     TensorRT flavour is installed (export works without one)."""
-    from wanrt.engines.build import parse_network
-    from wanrt.engines.flavour import load_flavour
-
     try:
         loaded = load_flavour(flavour)
     except MissingDependencyError as e:

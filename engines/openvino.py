@@ -1,0 +1,499 @@
+"""OpenVINO engines: the CPU (and Intel GPU) counterpart of a TensorRT plan, same manifest, cache and CLI.
+
+`wanrt build EXPORT --flavour openvino --precision fp32|bf16|int8` compiles an export directory's ONNX into an
+engine directory:
+
+    model.blob          CompiledModel.export_model(): the compiled graph for one device, precision and CPU
+    lora.safetensors    separate-mode exports only: the LoRA branch currently loaded (fed to the graph's LoRA
+                        Parameters); `wanrt refit` replaces this file, the blob stays as it is
+    manifest.json       kind "engine", payload.flavour "openvino": OpenVINO version, device, CPU model and ISA flags,
+                        precision hint and the nodes kept in fp32, int8 quantized nodes, ONNX sha256, LoRA section
+
+Loading (`OvEngine`) checks the manifest against the running OpenVINO and CPU before the blob is imported: a blob
+only loads in the OpenVINO version that compiled it, and a bf16/int8 blob uses ISA the CPU must have; each mismatch
+is one EngineError line that says to rebuild. Precision decisions (what stays fp32 under a bf16 hint, NNCF int8)
+live in engines/ov_precision.py.
+
+LoRA hot-swap: OpenVINO folds ONNX initializers into Constants. Before compiling, each `lora.<module>.A/B/bias`
+Constant is replaced by a Parameter of the same name, shape and type, so the branch weights are inputs of the
+compiled model: a swap is `set_tensor` on the infer request (no recompile), and the tensors stay bound across runs.
+Parameters rather than OpenVINO's stateful Variables (what openvino.genai's LoRA adapters use): they survive
+export_model/import_model unchanged, need no ReadValue/Assign ops, and NNCF leaves them alone (they are not weights
+it could compress), so the branch stays at the precision of its activations.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from wanrt.artifacts import (
+    atomic_output_dir,
+    build_manifest,
+    confined_path,
+    read_manifest,
+    sha256_file,
+    spec_hash,
+    write_json,
+)
+from wanrt.engines.onnx_dir import onnx_initializer_info, read_onnx_dir
+from wanrt.engines.lora_swap import SWAP_KIND, loaded_identity, swap_section, swap_weights
+from wanrt.errors import BadInputError, EngineError, MissingDependencyError
+
+FLAVOUR = "openvino"
+BLOB_NAME = "model.blob"
+TIME_BLOB_NAME = "time.blob"  # bf16/int8: the timestep embedding, compiled fp32 (engines/ov_precision.py)
+LORA_NAME = "lora.safetensors"
+PRECISIONS = ("fp32", "bf16", "int8")
+# The OpenVINO capability each precision needs (Core.get_property(device, "OPTIMIZATION_CAPABILITIES")).
+CAPABILITY = {"fp32": "FP32", "bf16": "BF16", "int8": "INT8"}
+# CPU flags recorded in the manifest: the ones OpenVINO's CPU kernels dispatch on for fp32/bf16/int8.
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+             "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
+# Bumped when a change here or in ov_precision.py changes what a build produces (part of the cache key).
+BUILD_REVISION = 3
+INSTALL_HINT = "pip install 'wanrt[openvino]' (openvino + nncf from PyPI)"
+
+
+def require_openvino():
+    """The openvino module, or MissingDependencyError naming the extra."""
+    try:
+        import openvino as ov
+    except ImportError as e:
+        raise MissingDependencyError(f"the openvino flavour needs OpenVINO ({e}); {INSTALL_HINT}") from None
+    return ov
+
+
+def openvino_version() -> str:
+    return require_openvino().__version__.split("-")[0]
+
+
+def cpu_info() -> dict[str, Any]:
+    """CPU model and the ISA flags that matter to OpenVINO's kernels (Linux /proc/cpuinfo)."""
+    model, flags = "unknown", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model == "unknown":
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return {"model": model, "isa": [f for f in ISA_FLAGS if f in flags]}
+
+
+def device_capabilities(core, device: str) -> list[str]:
+    try:
+        return [str(c) for c in core.get_property(device, "OPTIMIZATION_CAPABILITIES")]
+    except RuntimeError as e:
+        raise BadInputError(f"OpenVINO device {device!r} is not available here ({str(e).splitlines()[0][:100]}); "
+                            f"devices: {', '.join(core.available_devices)}") from None
+
+
+def check_precision_supported(core, device: str, precision: str) -> list[str]:
+    """EngineError when `device` cannot run `precision` natively; returns its capabilities."""
+    if precision not in PRECISIONS:
+        raise BadInputError(f"--precision {precision}: the openvino flavour builds {', '.join(PRECISIONS)}")
+    caps = device_capabilities(core, device)
+    if CAPABILITY[precision] not in caps:
+        raise EngineError(f"OpenVINO {device} has no {CAPABILITY[precision]} support on this machine "
+                          f"({cpu_info()['model']}; capabilities {', '.join(caps)}): build fp32, or build on a CPU "
+                          f"with {'avx512_bf16 or AMX' if precision == 'bf16' else 'VNNI or AMX'}")
+    return caps
+
+
+@dataclass(frozen=True)
+class OvEngineSpec:
+    """How an OpenVINO engine is compiled. Written into the manifest; its key fields are part of the cache key."""
+
+    precision: str = "fp32"  # fp32 | bf16 | int8
+    device: str = "CPU"  # an OpenVINO device name: CPU, GPU, GPU.1
+    keep_fp32: str = "wan"  # bf16/int8: which nodes stay fp32 (engines/ov_precision.KEEP_POLICIES)
+    int8: str = "weights"  # int8: NNCF weight compression ("weights") or static W8A8 ("w8a8", calibrated)
+    calib: int = 4  # w8a8: calibration samples
+    cache: bool = True
+    cache_dir: str | None = None
+
+    def key_fields(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"precision": self.precision, "device": self.device}
+        if self.precision != "fp32":
+            d["keep_fp32"] = self.keep_fp32
+        if self.precision == "int8":
+            d.update(int8=self.int8, calib=self.calib if self.int8 == "w8a8" else None)
+        return d
+
+
+# ------------------------------------------------------------------------------------------------ the graph
+def read_with_lora_inputs(core, onnx_path: Path, lora_names: list[str]):
+    """(ov.Model, {name: default numpy value}) with every LoRA Constant turned into a Parameter of the same name."""
+    from openvino import opset13 as ops
+
+    model = core.read_model(str(onnx_path))
+    wanted = set(lora_names)
+    params, defaults = [], {}
+    for op in model.get_ops():
+        name = op.get_friendly_name()
+        if name in wanted and op.get_type_name() == "Constant":
+            param = ops.parameter(op.get_output_partial_shape(0), op.get_output_element_type(0), name=name)
+            param.output(0).get_tensor().set_names({name})
+            defaults[name] = op.get_data().copy()
+            op.output(0).replace(param.output(0))
+            params.append(param)
+    missing = sorted(wanted - set(defaults))
+    if missing:
+        raise EngineError(f"OpenVINO's graph of {onnx_path.name} has no constant for {len(missing)} LoRA weights "
+                          f"(e.g. {missing[:2]}); re-export")
+    if params:
+        model.add_parameters(params)
+        model.validate_nodes_and_infer_types()
+    return model, defaults
+
+
+def compile_properties(precision: str, threads: int | None = None) -> dict[str, Any]:
+    """Compile-time properties: the inference precision hint (int8 runs its non-quantized ops in bf16 where the
+    CPU has it, like TensorRT's mixed FP8/BF16) and the thread count."""
+    props: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else "bf16",
+                             "PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        props["INFERENCE_NUM_THREADS"] = int(threads)
+    return props
+
+
+# ------------------------------------------------------------------------------------------------ build
+def _lora_section(export_manifest: dict[str, Any], onnx_path: Path) -> dict[str, Any] | None:
+    lora = export_manifest["payload"].get("lora") or {}
+    if not lora.get("enabled"):
+        return None
+    if lora.get("mode") != "separate":
+        loaded = {k: v for k, v in lora.items() if k not in ("initializers", "merged_weights", "retained_energy",
+                                                            "flops_per_token")}
+        return {"mode": lora.get("mode"), "refit": None, "modules": {}, "loaded": loaded,
+                "refittable_weights": {}, "history": []}
+    return swap_section(export_manifest, onnx_initializer_info(onnx_path))
+
+
+def engine_cache_key(spec: OvEngineSpec, onnx_sha: str, version: str, cpu: dict[str, Any]) -> str:
+    return spec_hash({"flavour": FLAVOUR, "revision": BUILD_REVISION, "spec": spec.key_fields(),
+                      "onnx_sha256": onnx_sha, "openvino": version,
+                      "cpu": cpu["model"], "isa": cpu["isa"]})
+
+
+def _cache(spec: OvEngineSpec):
+    from wanrt.artifacts import cache_root
+    from wanrt.engines.cache import EngineCache
+
+    return EngineCache(Path(spec.cache_dir) if spec.cache_dir else cache_root("engines")) if spec.cache else None
+
+
+def build_openvino_engine(onnx_dir: str | os.PathLike, spec: OvEngineSpec, out_dir: str | os.PathLike,
+                          force: bool = False, threads: int | None = None) -> dict[str, Any]:
+    """Compile an export directory for OpenVINO into `out_dir` (or reuse the same engine from the cache);
+    returns the engine manifest. Nothing is written unless the compile succeeds."""
+    from wanrt.engines import ov_precision
+
+    ov = require_openvino()
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    export_manifest, onnx_path = read_onnx_dir(onnx_dir)
+    if export_manifest["specs"].get("export", {}).get("dtype", "fp32") != "fp32":
+        raise BadInputError(f"{onnx_dir}: the openvino flavour compiles an fp32 export (precision comes from "
+                            f"--precision, like TensorRT's weakly typed mode); re-export with --dtype fp32")
+    core = ov.Core()
+    caps = check_precision_supported(core, spec.device, spec.precision)
+    cpu = cpu_info()
+    onnx_sha = sha256_file(onnx_path)  # the bytes compiled, not the recorded hash (a replaced file is a new engine)
+    key = engine_cache_key(spec, onnx_sha, openvino_version(), cpu)
+    existing = _same_engine(out_dir, key)
+    if existing is not None:
+        return existing
+    cache = _cache(spec)
+    if cache is not None:
+        hit = cache.fetch(key, out_dir, force=force)
+        if hit is not None:
+            return hit
+    section = _lora_section(export_manifest, onnx_path)
+    lora_names = list(section["refittable_weights"]) if section and section["refit"] else []
+    with atomic_output_dir(out_dir, force=force, kind="engine") as tmp:
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        model, defaults = read_with_lora_inputs(core, onnx_path, lora_names)
+        timings["read"] = time.perf_counter() - t
+        with tempfile.TemporaryDirectory(prefix="wanrt-ov-", dir=tmp) as work:
+            t = time.perf_counter()
+            model, time_model, precision_report = ov_precision.apply(model, spec, Path(work), defaults, core)
+            timings["precision"] = time.perf_counter() - t
+            t = time.perf_counter()
+            compiled = core.compile_model(model, spec.device, compile_properties(spec.precision, threads))
+            if time_model is not None:  # the timestep embedding, fp32 (engines/ov_precision.split_time_path)
+                time_blob = _blob(core.compile_model(time_model, spec.device, compile_properties("fp32", threads)))
+                (tmp / TIME_BLOB_NAME).write_bytes(time_blob)
+            timings["compile"] = time.perf_counter() - t
+            del model, time_model
+        blob = _blob(compiled)
+        (tmp / BLOB_NAME).write_bytes(blob)
+        time_file = tmp / TIME_BLOB_NAME
+        if defaults:
+            _save_lora(tmp / LORA_NAME, defaults)
+        payload = {
+            "flavour": FLAVOUR,
+            "engine": BLOB_NAME,
+            "plan_bytes": len(blob),
+            "plan_sha256": sha256_file(tmp / BLOB_NAME),
+            "lora_weights": LORA_NAME if defaults else None,
+            "time_engine": ({"file": TIME_BLOB_NAME, "bytes": time_file.stat().st_size,
+                             "sha256": sha256_file(time_file), "precision": "fp32"} if time_file.exists() else None),
+            "cache_key": key,
+            "openvino": {"version": openvino_version(), "device": spec.device, "capabilities": caps,
+                         "properties": {k: str(v) for k, v in compile_properties(spec.precision).items()}},
+            "cpu": cpu,
+            "precision": spec.precision,
+            "precision_report": precision_report,
+            "io": {i["name"]: i for i in export_manifest["payload"].get("inputs", [])},
+            "onnx": {"dir": str(Path(onnx_dir).resolve()), "sha256": onnx_sha, "dtype": "fp32",
+                     "geometry": export_manifest["payload"].get("geometry"),
+                     "shape_ranges": export_manifest["payload"].get("shape_ranges")},
+            "lora": section or {"mode": None, "refit": None, "modules": {}, "refittable_weights": {}},
+            "timings_s": {**timings, "total": time.perf_counter() - t0},
+        }
+        manifest = build_manifest("engine", {"engine": spec, "onnx": export_manifest.get("specs", {})}, payload)
+        write_json(tmp / "manifest.json", manifest)
+    if cache is not None:
+        cache.store(key, out_dir)
+    return manifest
+
+
+def _blob(compiled) -> bytes:
+    blob = compiled.export_model()
+    return blob.getvalue() if isinstance(blob, io.BytesIO) else bytes(blob)
+
+
+def _same_engine(out_dir: Path, key: str) -> dict[str, Any] | None:
+    from wanrt.engines.cache import plan_intact
+
+    if not (out_dir / "manifest.json").is_file():
+        return None
+    try:
+        existing = read_manifest(out_dir, kind="engine")
+    except BadInputError:
+        return None
+    if existing["payload"].get("cache_key") == key and plan_intact(out_dir, existing):
+        return existing
+    return None
+
+
+def _save_lora(path: Path, tensors: dict[str, Any]) -> None:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path))
+
+
+def _load_lora(path: Path) -> dict[str, Any]:
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types for a damaged file
+        raise EngineError(f"{path}: unreadable LoRA weights ({str(e).splitlines()[0][:100]}); rebuild or refit") \
+            from None
+
+
+# ------------------------------------------------------------------------------------------------ load
+def is_openvino_engine(directory: str | os.PathLike) -> bool:
+    try:
+        m = read_manifest(directory, kind="engine")
+    except BadInputError:
+        return False
+    return m["payload"].get("flavour") == FLAVOUR
+
+
+def load_openvino_manifest(engine_dir: str | os.PathLike) -> dict[str, Any]:
+    engine_dir = Path(engine_dir)
+    if not engine_dir.is_dir():
+        raise BadInputError(f"{engine_dir}: not an engine directory")
+    manifest = read_manifest(engine_dir, kind="engine")
+    p = manifest["payload"]
+    if p.get("flavour") != FLAVOUR:
+        raise BadInputError(f"{engine_dir}: a TensorRT engine, not an OpenVINO one (load it with backend 'trt')")
+    for k in ("engine", "plan_bytes", "openvino", "cpu", "precision", "lora"):
+        if k not in p:
+            raise EngineError(f"{engine_dir}/manifest.json lacks '{k}'; rebuild the engine")
+    return manifest
+
+
+def check_compatibility(manifest: dict[str, Any], version: str, cpu: dict[str, Any], device: str) -> None:
+    """EngineError (one line) when the blob was compiled by another OpenVINO or for a CPU this one is not."""
+    p = manifest["payload"]
+    built = p["openvino"]
+    if built.get("version") != version:
+        raise EngineError(f"this engine was compiled by OpenVINO {built.get('version')}; installed is {version}: "
+                          f"blobs load only in the version that compiled them; rebuild with `wanrt build "
+                          f"--flavour openvino`")
+    if built.get("device", "CPU") != device:
+        raise EngineError(f"this engine was compiled for OpenVINO device {built.get('device')}, asked to run on "
+                          f"{device}: rebuild for {device}")
+    if device.startswith("CPU"):
+        missing = sorted(set(p["cpu"].get("isa", [])) - set(cpu["isa"]))
+        if p["cpu"].get("model") != cpu["model"] or missing:
+            why = f"lacks {', '.join(missing)}" if missing else "is another model"
+            raise EngineError(f"this engine was compiled on {p['cpu'].get('model')}; this CPU ({cpu['model']}) "
+                              f"{why}: rebuild here with `wanrt build --flavour openvino`")
+
+
+def check_blob(engine_dir: Path, manifest: dict[str, Any], verify_hash: bool = False,
+               entry: dict[str, Any] | None = None) -> Path:
+    """The blob (or `entry`'s: the time engine) exists with the recorded size, and sha256 when asked."""
+    p = manifest["payload"]
+    name, size, sha = (p["engine"], p["plan_bytes"], p.get("plan_sha256")) if entry is None else \
+        (entry.get("file"), entry.get("bytes"), entry.get("sha256"))
+    blob = confined_path(engine_dir, name, "engine blob")
+    if not blob.is_file():
+        raise EngineError(f"{blob}: missing; rebuild with `wanrt build --flavour openvino`")
+    if blob.stat().st_size != size or (verify_hash and sha256_file(blob) != sha):
+        raise EngineError(f"{blob}: differs from the manifest (truncated or replaced); rebuild with `wanrt build`")
+    return blob
+
+
+class OvEngine:
+    """A loaded OpenVINO engine directory: `infer({name: numpy})` -> numpy prediction; `set_lora(LoraWeights)`
+    swaps a separate-mode LoRA in place (no recompile)."""
+
+    def __init__(self, engine_dir: str | os.PathLike, device: str | None = None, threads: int | None = None,
+                 verify_hash: bool = False):
+        ov = require_openvino()
+        self.dir = Path(engine_dir)
+        self.manifest = load_openvino_manifest(self.dir)
+        p = self.manifest["payload"]
+        self.device = device or p["openvino"].get("device", "CPU")
+        check_compatibility(self.manifest, openvino_version(), cpu_info(), self.device)
+        blob = check_blob(self.dir, self.manifest, verify_hash)
+        core = ov.Core()
+        # import_model must be given the compile-time precision hint again: without it OpenVINO 2026.4 applies the
+        # device default (bf16 on a BF16-capable CPU) to the imported fp32 graph (7% error on tiny, measured)
+        config = compile_properties(p["precision"], threads)
+        t0 = time.perf_counter()
+        self.compiled = _import_blob(core, blob, self.device, config)
+        self.time_compiled = None
+        if p.get("time_engine"):
+            time_blob = check_blob(self.dir, self.manifest, verify_hash, entry=p["time_engine"])
+            self.time_compiled = _import_blob(core, time_blob, self.device, compile_properties("fp32", threads))
+        self.load_s = time.perf_counter() - t0
+        self.request = self.compiled.create_infer_request()
+        self.time_request = self.time_compiled.create_infer_request() if self.time_compiled is not None else None
+        self.section = p["lora"]
+        self.lora_names = list(self.section.get("refittable_weights", {})) if self.section.get("refit") else []
+        self._lora_tensors: dict[str, Any] = {}
+        if self.lora_names:
+            stored = _load_lora(confined_path(self.dir, p.get("lora_weights") or LORA_NAME, "LoRA weights"))
+            self._bind_lora(stored)
+        self.threads = threads
+
+    def _bind_lora(self, tensors: dict[str, Any]) -> None:
+        import numpy as np
+        import openvino as ov
+
+        missing = [n for n in self.lora_names if n not in tensors]
+        if missing:
+            raise EngineError(f"{self.dir}: LoRA weights lack {missing[:2]}; refit or rebuild the engine")
+        held = {}
+        for name in self.lora_names:
+            arr = np.ascontiguousarray(tensors[name])
+            held[name] = arr  # the request reads this memory on every run: keep it alive
+            self.request.set_tensor(name, ov.Tensor(arr, shared_memory=True))
+        self._lora_tensors = held
+
+    def set_lora(self, lora, source: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Swap the LoRA branch (LoraWeights of the same module set, rank <= the engine's; None removes it)."""
+        if not self.lora_names:
+            swap_section(self.manifest_as_export(), {})  # raises the one-line reason
+        t0 = time.perf_counter()
+        weights = swap_weights(self.section, lora)
+        self._bind_lora({n: t.numpy() for n, t in weights.items()})
+        self.section["loaded"] = loaded_identity(lora, source)
+        return {"swap_s": time.perf_counter() - t0, "weights": len(weights), "loaded": self.section["loaded"]}
+
+    def lora_arrays(self) -> dict[str, Any]:
+        return dict(self._lora_tensors)
+
+    def manifest_as_export(self) -> dict[str, Any]:
+        """The lora part of the manifest in the export's shape (for swap_section's refusals)."""
+        s = self.section or {}
+        return {"payload": {"lora": {"enabled": bool(s.get("mode")), "mode": s.get("mode"),
+                                     "initializers": s.get("modules", {})}}}
+
+    def infer(self, feeds: dict[str, Any]):
+        """{input name: numpy array} -> prediction (numpy, a copy)."""
+        for name, value in feeds.items():
+            if name == "timestep" and self.time_request is not None:
+                self.time_request.set_tensor(name, _ov_tensor(value))
+                self.time_request.infer()
+                for i, out in enumerate(self.time_compiled.outputs):  # the fp32 time path feeds the main graph
+                    self.request.set_tensor(out.get_any_name(), self.time_request.get_output_tensor(i))
+            else:
+                self.request.set_tensor(name, _ov_tensor(value))
+        self.request.infer()
+        return self.request.get_output_tensor(0).data.copy()
+
+
+def _import_blob(core, blob: Path, device: str, config: dict[str, Any]):
+    try:
+        with open(blob, "rb") as f:
+            return core.import_model(io.BytesIO(f.read()), device, config)
+    except RuntimeError as e:
+        raise EngineError(f"{blob}: OpenVINO cannot import it ({str(e).splitlines()[0][:120]}); rebuild") from None
+
+
+def _ov_tensor(value):
+    import numpy as np
+    import openvino as ov
+
+    return ov.Tensor(np.ascontiguousarray(value), shared_memory=True)
+
+
+# ------------------------------------------------------------------------------------------------ refit
+def refit_openvino_engine_dir(engine_dir: str | os.PathLike, lora_file: str | None = None, rank: int | None = None,
+                              scale: float | None = None, seed: int | None = None, allow_pickle: bool = False,
+                              out_dir: str | os.PathLike | None = None, force: bool = False,
+                              model=None) -> dict[str, Any]:
+    """`wanrt refit` for OpenVINO engines: compute the new branch weights (same layout and refusals as TensorRT
+    refit), check them against the engine by loading it, and rewrite lora.safetensors + manifest atomically. The
+    compiled blob is copied as is: nothing is recompiled."""
+    from wanrt.engines.refit import load_base_model, resolve_new_lora
+
+    engine_dir = Path(engine_dir)
+    manifest = load_openvino_manifest(engine_dir)
+    section = manifest["payload"]["lora"]
+    if not section.get("mode"):
+        raise EngineError("this OpenVINO engine has no LoRA to swap; build it from an export with --rank/--lora "
+                          "--lora-mode separate")
+    if section.get("refit") != SWAP_KIND:
+        raise EngineError(f"this OpenVINO engine holds a {section.get('mode')} LoRA folded into its weights; only "
+                          f"separate-mode engines swap LoRAs: export with --lora-mode separate, or rebuild")
+    t0 = time.perf_counter()
+    model = model if model is not None else load_base_model(manifest)
+    lora = resolve_new_lora(manifest, model, lora_file, rank, scale, seed, allow_pickle=allow_pickle)
+    weights = swap_weights(section, lora)
+    t_weights = time.perf_counter() - t0
+    target = Path(out_dir) if out_dir is not None else engine_dir
+    in_place = target.resolve() == engine_dir.resolve()
+    with atomic_output_dir(target, force=force or in_place, kind="engine") as tmp:
+        for f in engine_dir.iterdir():
+            if f.is_file() and f.name not in ("manifest.json", LORA_NAME):
+                shutil.copy2(f, tmp / f.name)  # a copy, never a hard link: engines do not share inodes
+        _save_lora(tmp / LORA_NAME, {n: t.numpy() for n, t in weights.items()})
+        p = manifest["payload"]
+        p["lora_weights"] = LORA_NAME
+        p["lora"].setdefault("history", []).append({"at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                                    "previous": p["lora"].get("loaded")})
+        p["lora"]["loaded"] = loaded_identity(lora, {"file": lora_file} if lora_file else {"synthetic_rank": rank})
+        p.setdefault("refits", []).append({"weights_s": t_weights, "total_s": time.perf_counter() - t0,
+                                           "recompiled": False})
+        write_json(tmp / "manifest.json", manifest)
+    return read_manifest(target, kind="engine")

@@ -1,0 +1,208 @@
+"""Measurement primitives: clocks with device sync, latency statistics, matmul peak, interference probe,
+memory, relative error. No knowledge of sweeps or backends' kinds."""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import statistics
+import threading
+import time
+from typing import Any, Callable
+
+import torch
+
+from wanrt.errors import BadInputError
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def summarize(samples_s: list[float]) -> dict[str, Any]:
+    """Latency statistics in milliseconds: median, p90 (linear interpolation), mean, min, max, all samples."""
+    ms = sorted(s * 1e3 for s in samples_s)
+    if not ms:
+        return {"n": 0}
+    return {"n": len(ms), "median_ms": statistics.median(ms), "p90_ms": percentile(ms, 90),
+            "mean_ms": statistics.fmean(ms), "min_ms": ms[0], "max_ms": ms[-1],
+            "samples_ms": [round(s * 1e3, 4) for s in samples_s]}
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if len(sorted_values) == 1:
+        return sorted_values[0]
+    pos = (len(sorted_values) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def measure_matmul_peak(device: torch.device, dtype: torch.dtype, size: int | None = None,
+                        repeats: int = 5) -> dict[str, Any]:
+    """Achievable dense matmul throughput on this device and dtype (median of `repeats` timed [n,n]x[n,n])."""
+    n = size or (2048 if device.type == "cpu" else 8192)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+    with torch.inference_mode():
+        for _ in range(2):
+            torch.mm(a, b)
+        _sync(device)
+        times = []
+        for _ in range(repeats):
+            _sync(device)
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+    flops = 2.0 * n**3
+    med = statistics.median(times)
+    return {"dtype": str(dtype).replace("torch.", ""), "size": n, "repeats": repeats, "median_s": med,
+            "tflops": flops / med / 1e12, "samples_tflops": [flops / t / 1e12 for t in times],
+            "threads": torch.get_num_threads() if device.type == "cpu" else None}
+
+
+class LoadProbe:
+    """Detects other work on the machine: a fixed matmul timed before and after each point's timing. A point whose
+    probe runs `tolerance` x slower than the best probe seen (or whose p90/median exceeds it) is re-timed up to
+    `retries` times and, if still disturbed, flagged in the results."""
+
+    def __init__(self, device: torch.device, size: int = 768, tolerance: float = 1.5):
+        self.device, self.tolerance = device, tolerance
+        gen = torch.Generator().manual_seed(1)
+        self.a = torch.randn(size, size, generator=gen).to(device)
+        self.best = math.inf
+        self.measure()
+
+    def measure(self) -> float:
+        times = []
+        with torch.inference_mode():
+            for _ in range(3):
+                _sync(self.device)
+                t0 = time.perf_counter()
+                torch.mm(self.a, self.a)
+                _sync(self.device)
+                times.append(time.perf_counter() - t0)
+        t = statistics.median(times)
+        self.best = min(self.best, t)
+        return t
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class _RssSampler:
+    """Peak resident memory while a block runs (a thread reading /proc/self/statm every `interval` s)."""
+
+    def __init__(self, interval: float = 0.002):
+        self.interval, self.peak, self.start = interval, 0, 0
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        self.start = self.peak = _rss_bytes()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_bytes())
+            self._stop.wait(self.interval)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+
+def memory_in_use(device: torch.device) -> int:
+    """Bytes in use now: process RSS on CPU, device memory in use on CUDA (all allocators, ORT/TensorRT too)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        free, total = torch.cuda.mem_get_info(device)
+        return total - free
+    gc.collect()
+    return _rss_bytes()
+
+
+def measure_memory(backend, feed: tuple, device: torch.device, before_load: int | None = None) -> dict[str, Any]:
+    """Memory of a backend: what loading it took (`load_mb`, from `before_load` = memory_in_use() taken just before
+    its weights were built/loaded) plus the growth during its first, cold forward (`forward_mb`: activations,
+    workspaces, arenas; for `compile` also compilation). `peak_mb` = load_mb + forward_mb. Call it on the first
+    forward (warm-up), never inside the timed steps."""
+    if device.type == "cuda":
+        start = memory_in_use(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        backend(*feed)
+        torch.cuda.synchronize(device)
+        end = memory_in_use(device)
+        alloc0 = torch.cuda.memory_allocated(device)
+        out = {"kind": "cuda", "torch_peak_allocated_mb": torch.cuda.max_memory_allocated(device) / 2**20,
+               "torch_peak_reserved_mb": torch.cuda.max_memory_reserved(device) / 2**20,
+               "device_used_mb": end / 2**20,
+               "forward_mb": max(end - start, torch.cuda.max_memory_allocated(device) - alloc0, 0) / 2**20}
+    else:
+        with _RssSampler() as s:
+            backend(*feed)
+        out = {"kind": "cpu-rss", "process_rss_peak_mb": s.peak / 2**20, "forward_mb": (s.peak - s.start) / 2**20}
+        start = s.start
+    out["load_mb"] = max(start - before_load, 0) / 2**20 if before_load is not None else None
+    out["peak_mb"] = (out["load_mb"] or 0.0) + out["forward_mb"]
+    return out
+
+
+def time_backend(backend, feeds: list[tuple], warmup: int, repeats: int, device: torch.device,
+                 tick: Callable[[], None] | None = None, settle: float = 0.0) -> tuple[list[float], list[float]]:
+    """Timed forwards: `feeds` = [cond, uncond] input tuples; each step runs both. Returns (forward samples s,
+    step samples s = the sum of a step's two forwards). `settle`: idle seconds before each timed step, so worker
+    threads still spinning from the previous backend (ONNX Runtime's pool, OpenMP) never steal its cores."""
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for feed in feeds:
+                backend(*feed)
+        _sync(device)
+        fwd, steps = [], []
+        for _ in range(repeats):
+            if settle:
+                time.sleep(settle)
+            step = 0.0
+            for feed in feeds:
+                _sync(device)
+                t0 = time.perf_counter()
+                backend(*feed)
+                _sync(device)
+                dt = time.perf_counter() - t0
+                fwd.append(dt)
+                step += dt
+            steps.append(step)
+            if tick:
+                tick()
+    return fwd, steps
+
+
+def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref||_2 / ||ref||_2 in float64."""
+    out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
+    if out.shape != ref.shape:
+        raise BadInputError(f"output shape {tuple(out.shape)} differs from eager's {tuple(ref.shape)}")
+    if not torch.isfinite(out).all():
+        return math.inf
+    return float((out - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+def timing_record(fwd: list[float], steps: list[float], flops: dict, batch: int, peak_tflops: float):
+    f, s = summarize(fwd), summarize(steps)
+    tokens = flops["tokens"] * batch
+    med = f["median_ms"] / 1e3
+    tflops = flops["total"] / med / 1e12
+    return {"latency": {"forward": f, "step": s},
+            "tokens_per_s": {"forward": tokens / med, "step": tokens / (s["median_ms"] / 1e3)},
+            "tflops": tflops, "mfu": tflops / peak_tflops if peak_tflops else None}

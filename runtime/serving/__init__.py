@@ -1,0 +1,15 @@
+"""`wanrt serve`: prebuilt engines behind the OpenAI-compatible `/v1/videos` job API, on Ray Serve.
+
+    limits     Limits (every bound a request is checked against) and ApiError (the OpenAI error shape)
+    validate   request body -> VideoRequest / predict inputs, range-checked before anything is allocated
+    store      JobStore: durable jobs (SQLite index + atomically written files), recovery, TTL expiry
+    bundle     `wanrt pack` / `wanrt verify`: engines + LoRA library, sha256 of every file, confined paths
+    worker     VideoWorker: a bundle's engines, LoRA routing and swap, one job at a time (no Ray)
+    scheduler  Scheduler: the bounded queue, grouping by LoRA, dispatch, progress, cancel, metrics
+    app        the FastAPI app (auth, body caps, timeouts, routes) around a Scheduler
+    ray_app    the Ray Serve deployments (ingress + engine replicas) and cluster start-up
+    cli        `wanrt serve`, `wanrt pack`, `wanrt verify`
+
+The HTTP/validation/store layers import neither Ray nor torch, so they run (and are tested) in one process; Ray is
+only the transport between the ingress and the engine replicas.
+"""

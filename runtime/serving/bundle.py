@@ -1,0 +1,218 @@
+"""Prebuilt bundles: engines + a LoRA library in one directory whose manifest holds the sha256 of every file.
+
+    BUNDLE/manifest.json            kind "bundle": payload {name, engines, loras, files: {relpath: sha256}, sizes}
+    BUNDLE/engines/<name>/...       an export (ONNX, for ort/ov) or engine directory (TensorRT/OpenVINO), as built
+    BUNDLE/loras/<name>/<file>      a LoRA file (safetensors) [+ its adapter_config.json]
+
+An engine's name is the LoRA it serves when its LoRA is merged ("base" or any name when it has none); a
+separate-mode engine serves every LoRA of the library by swapping. `verify_bundle` checks that every path stays
+inside the bundle (no absolute paths, `..` or symlinks out), that every file matches its hash and no file was
+added, and that this machine can run each engine (ONNX Runtime, OpenVINO on a CPU, TensorRT on a GPU).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from wanrt.runtime.serving.catalog import Catalog, engine_info
+
+from wanrt.artifacts import (
+    MANIFEST_NAME,
+    atomic_output_dir,
+    build_manifest,
+    check_output_dir,
+    confined_path,
+    read_manifest,
+    sha256_file,
+    write_json,
+)
+from wanrt.errors import BadInputError
+
+BUNDLE_KIND = "bundle"
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+LORA_SUFFIXES = (".safetensors",)
+
+
+def _check_name(name: str, what: str) -> str:
+    if not NAME_RE.fullmatch(name):
+        raise BadInputError(f"{what} name {name!r}: use letters, digits, '.', '_' or '-' (at most 64, no leading "
+                            "punctuation)")
+    return name
+
+
+def _regular_files(directory: Path) -> list[Path]:
+    """Every file under `directory`; a symlink or special file is refused (a bundle carries bytes, not links)."""
+    out = []
+    for root, dirs, files in os.walk(directory):
+        for name in dirs + files:
+            p = Path(root) / name
+            if p.is_symlink():
+                raise BadInputError(f"{p}: a symlink; a bundle holds regular files only")
+        for name in files:
+            p = Path(root) / name
+            if not p.is_file():
+                raise BadInputError(f"{p}: not a regular file")
+            if not name.startswith("."):  # temp/lock files of an artifact writer are not part of it
+                out.append(p)
+    return sorted(out)
+
+
+def pack_bundle(out: str | os.PathLike, engines: list[tuple[str, str]], loras: list[tuple[str, str]],
+                name: str | None = None, force: bool = False,
+                say: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Copy engines (name, dir) and LoRA files (name, path) into a new bundle at `out`; returns its manifest."""
+    from wanrt.export.lora_formats import check_lora_source
+
+    say = say or (lambda _m: None)
+    if not engines:
+        raise BadInputError("pack needs at least one --engine NAME=DIR")
+    names = [_check_name(n, "engine") for n, _ in engines] + [_check_name(n, "LoRA") for n, _ in loras]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise BadInputError(f"name {dupes[0]!r} is used twice (engine and LoRA names share one namespace)")
+    checked = []
+    for ename, directory in engines:
+        manifest = read_manifest(directory)
+        if manifest.get("kind") not in ("onnx", "engine"):
+            raise BadInputError(f"{directory}: a '{manifest.get('kind')}' artifact; pack takes export (onnx) or "
+                                "engine directories")
+        checked.append((ename, Path(directory), manifest))
+    lora_sources = []
+    for lname, path in loras:
+        weights, config = check_lora_source(path)
+        if weights.suffix not in LORA_SUFFIXES:
+            raise BadInputError(f"--lora {lname}={path}: bundles carry safetensors LoRAs only")
+        lora_sources.append((lname, weights, config))
+    out = check_output_dir(out, force, kind=BUNDLE_KIND)
+    with atomic_output_dir(out, force=force, kind=BUNDLE_KIND) as tmp:
+        entries, lora_entries = [], []
+        for ename, directory, manifest in checked:
+            say(f"engine {ename}: {directory}")
+            for src in _regular_files(directory):
+                dst = tmp / "engines" / ename / src.relative_to(directory)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dst)
+            info = engine_info(ename, tmp / "engines" / ename, manifest)
+            entries.append({"name": ename, "path": f"engines/{ename}", "kind": manifest["kind"],
+                            "backend": info.backend, "lora_mode": info.lora_mode, "rank": info.rank})
+        for lname, weights, config in lora_sources:
+            say(f"LoRA {lname}: {weights}")
+            dst_dir = tmp / "loras" / lname
+            dst_dir.mkdir(parents=True)
+            shutil.copyfile(weights, dst_dir / weights.name)
+            if config is not None:
+                shutil.copyfile(config, dst_dir / config.name)
+            lora_entries.append({"name": lname, "path": f"loras/{lname}/{weights.name}",
+                                 "sha256": sha256_file(dst_dir / weights.name)})
+        files = {str(p.relative_to(tmp)): sha256_file(p) for p in _regular_files(tmp)}
+        sizes = {str(p.relative_to(tmp)): p.stat().st_size for p in _regular_files(tmp)}
+        manifest = build_manifest(BUNDLE_KIND, {"bundle": {"engines": [list(e) for e in engines],
+                                                          "loras": [list(x) for x in loras]}},
+                                  {"name": _check_name(name or Path(out).name, "bundle"), "engines": entries,
+                                   "loras": lora_entries, "files": files, "sizes": sizes})
+        write_json(tmp / MANIFEST_NAME, manifest)
+    return manifest
+
+
+# ------------------------------------------------------------------------------------------------ verify
+def _runtime_problem(backend: str) -> str | None:
+    """Why this machine cannot run an engine of `backend`, or None (the backend registry's own check: ONNX Runtime
+    installed, OpenVINO on this CPU, TensorRT with a GPU). Loading then checks the engine's manifest against the
+    exact runtime version."""
+    from wanrt.runtime.backends import check_backend
+
+    from wanrt.errors import WanrtError
+
+    device = "cuda" if backend == "trt" else "cpu"
+    try:
+        check_backend(backend, device)
+    except WanrtError as e:
+        return str(e)
+    return None
+
+
+def verify_bundle(bundle: str | os.PathLike, hashes: bool = True) -> dict[str, Any]:
+    """A report {"ok", "problems", "engines", "loras", "files"}; every problem is one line."""
+    bundle = Path(bundle)
+    manifest = read_manifest(bundle, kind=BUNDLE_KIND)
+    payload = manifest["payload"]
+    problems: list[str] = []
+    files = payload.get("files")
+    if not isinstance(files, dict) or not files:
+        raise BadInputError(f"{bundle / MANIFEST_NAME}: no file list; not a bundle written by `wanrt pack`")
+    for rel, want in sorted(files.items()):
+        try:
+            path = confined_path(bundle, rel, "bundle file")
+        except BadInputError as e:
+            problems.append(str(e))
+            continue
+        if (bundle / rel).is_symlink() or not path.is_file():
+            problems.append(f"{rel}: missing or not a regular file")
+        elif hashes and sha256_file(path) != want:
+            problems.append(f"{rel}: sha256 does not match the manifest (changed since `wanrt pack`)")
+    try:
+        on_disk = {str(p.relative_to(bundle)) for p in _regular_files(bundle)} - {MANIFEST_NAME}
+    except BadInputError as e:
+        problems.append(str(e))
+        on_disk = set()
+    for rel in sorted(on_disk - set(files)):
+        problems.append(f"{rel}: not in the manifest (added after `wanrt pack`)")
+    engines = []
+    for entry in payload.get("engines", []):
+        row = {"name": entry.get("name"), "backend": entry.get("backend"), "runtime": None}
+        try:
+            directory = confined_path(bundle, entry.get("path"), "engine directory")
+            inner = read_manifest(directory)
+            info = engine_info(entry["name"], directory, inner)
+            row.update(backend=info.backend, lora_mode=info.lora_mode, rank=info.rank)
+            row["runtime"] = _runtime_problem(info.backend)
+        except BadInputError as e:
+            problems.append(f"engine {entry.get('name')!r}: {e}")
+        engines.append(row)
+    for entry in payload.get("loras", []):
+        try:
+            confined_path(bundle, entry.get("path"), "LoRA file")
+        except BadInputError as e:
+            problems.append(f"LoRA {entry.get('name')!r}: {e}")
+    runnable = [e for e in engines if e["runtime"] is None]
+    if engines and not runnable:
+        problems.append("no engine of this bundle can run here: " + "; ".join(
+            f"{e['name']}: {e['runtime']}" for e in engines if e["runtime"]))
+    return {"ok": not problems, "problems": problems, "engines": engines,
+            "loras": [e.get("name") for e in payload.get("loras", [])], "files": len(files),
+            "bytes": sum((payload.get("sizes") or {}).values())}
+
+
+# ------------------------------------------------------------------------------------------------ load
+def load_catalog(path: str | os.PathLike, verify: bool = True, pipeline: str | None = None) -> Catalog:
+    """A bundle (verified unless told otherwise), or a single export/engine directory, as a Catalog."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    if manifest.get("kind") in ("onnx", "engine"):
+        name = _check_name(path.resolve().name if NAME_RE.fullmatch(path.resolve().name) else "engine", "engine")
+        info = engine_info(name, path.resolve(), manifest)
+        return Catalog(model=name, engines=[info], loras={}, pipeline=pipeline, bundle=None)
+    if manifest.get("kind") != BUNDLE_KIND:
+        raise BadInputError(f"{path}: a '{manifest.get('kind')}' artifact; serve takes a bundle (wanrt pack) or an "
+                            "export/engine directory")
+    if verify:
+        report = verify_bundle(path)
+        if report["problems"]:
+            more = f" (and {len(report['problems']) - 1} more; run `wanrt verify {path}`)" \
+                if len(report["problems"]) > 1 else ""
+            raise BadInputError(f"{path}: {report['problems'][0]}{more}")
+    payload = manifest["payload"]
+    engines = []
+    for entry in payload["engines"]:
+        directory = confined_path(path, entry["path"], "engine directory")
+        engines.append(engine_info(entry["name"], directory, read_manifest(directory)))
+    loras = {}
+    for entry in payload.get("loras", []):
+        loras[entry["name"]] = {"path": entry["path"], "sha256": entry.get("sha256"),
+                                "abspath": str(confined_path(path, entry["path"], "LoRA file"))}
+    return Catalog(model=payload["name"], engines=engines, loras=loras, pipeline=pipeline, bundle=str(path.resolve()))

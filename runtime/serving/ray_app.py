@@ -1,0 +1,200 @@
+"""The Ray Serve application: one ingress replica (FastAPI app, scheduler, job store) and N engine replicas.
+
+    HTTP -> Ray's proxy (head node) -> `api` (ingress: app.py + scheduler.py + store.py, on the node that runs
+    `wanrt serve`, so the store directory is local to it) -> `engine` replicas (worker.py), one job each at a time
+
+Requests reach an engine replica through a deployment handle with `multiplexed_model_id` = the job's LoRA: Ray
+routes a LoRA to a replica that already has it loaded, so separate-mode engines swap rarely, and progress events
+stream back (`stream=True`); cancelling the stream stops the job at its next DiT call.
+
+Loopback by default: a local Ray instance is started with every address on 127.0.0.1 (Ray takes the network
+interface's address unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 is set before it starts), and the HTTP proxy binds
+127.0.0.1 unless --host says otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from wanrt.runtime.serving.catalog import Catalog
+from wanrt.runtime.serving.limits import Limits
+
+BASE_MODEL_ID = "__base__"  # the multiplexed id of "no LoRA"
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    """How engine replicas are placed and scaled."""
+
+    min_replicas: int = 1
+    max_replicas: int = 1
+    num_cpus: float = 1.0  # Ray's CPU reservation per replica (0 lets replicas share a small machine)
+    num_gpus: float = 0.0  # 1 for TensorRT engines: one replica per GPU
+    threads: int | None = None  # torch / ONNX Runtime / OpenVINO threads inside a replica
+    max_replicas_per_node: int | None = None
+    max_engines: int = 2  # engines (merged LoRAs) kept loaded per replica
+    device: str = "cpu"
+
+    @property
+    def autoscaling(self) -> dict[str, Any] | None:
+        if self.min_replicas == self.max_replicas:
+            return None
+        return {"min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
+                "target_ongoing_requests": 1, "upscale_delay_s": 5, "downscale_delay_s": 120}
+
+
+def loopback_env() -> None:
+    """Before Ray starts: keep its node address on 127.0.0.1 and send no usage stats (a user's env wins)."""
+    for k, v in LOOPBACK_ENV.items():
+        os.environ.setdefault(k, v)
+
+
+class RayEngine:
+    """The scheduler's engine client over a Serve deployment handle."""
+
+    def __init__(self, handle, slots: int):
+        self.handle, self.slots = handle, slots
+
+    async def generate(self, request: dict[str, Any], image: bytes) -> AsyncIterator[dict[str, Any]]:
+        stream = self.handle.options(stream=True, multiplexed_model_id=request.get("lora") or BASE_MODEL_ID)
+        response = stream.generate.remote(request, image)
+        finished = False
+        try:
+            async for event in response:
+                yield event
+            finished = True
+        finally:
+            if not finished:
+                response.cancel()  # DELETE/timeout: the replica's job stops at its next DiT call
+
+    async def predict(self, request: dict[str, Any]) -> dict[str, Any]:
+        handle = self.handle.options(multiplexed_model_id=request.get("lora") or BASE_MODEL_ID)
+        return await handle.predict.remote(request)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "ray", "slots": self.slots}
+
+
+def _engine_deployment():
+    from ray import serve
+    from wanrt.runtime.serving.worker import VideoWorker, predict_safe, run_job
+
+    class EngineReplica:
+        def __init__(self, catalog: Catalog, spec: ReplicaSpec, verify: bool):
+            self.worker = VideoWorker(catalog, device=spec.device, threads=spec.threads,
+                                      max_engines=spec.max_engines, verify=verify)
+            for engine in catalog.engines[:spec.max_engines]:  # load before taking traffic, not on the first job
+                self.worker.backend(engine)
+
+        @serve.multiplexed(max_num_models_per_replica=4)
+        async def _lora(self, model_id: str) -> str:
+            return model_id  # the swap itself happens per job (worker.select_lora); this registers the id
+
+        async def generate(self, request: dict[str, Any], image: bytes):
+            await self._lora(serve.get_multiplexed_model_id() or BASE_MODEL_ID)
+            import ray
+
+            where = {"node": ray.get_runtime_context().get_node_id()[:12]}
+            async for event in run_job(self.worker, request, image, where):
+                yield event
+
+        async def predict(self, request: dict[str, Any]) -> dict[str, Any]:
+            await self._lora(serve.get_multiplexed_model_id() or BASE_MODEL_ID)
+            return await asyncio.get_running_loop().run_in_executor(None, predict_safe, self.worker, request)
+
+        def describe(self) -> dict[str, Any]:
+            return self.worker.describe()
+
+    return EngineReplica
+
+
+def _ingress_deployment():
+    from ray import serve
+    from wanrt.runtime.serving.app import Service, build_app
+    from wanrt.runtime.serving.scheduler import Scheduler
+    from wanrt.runtime.serving.store import JobStore
+
+    @serve.ingress()
+    class Api:
+        def __init__(self, engine, catalog: Catalog, limits: Limits, store: str, ttl_s: float, token: str | None,
+                     slots: int, poll_after_ms: int):
+            scheduler = Scheduler(JobStore(store, ttl_s=ttl_s), RayEngine(engine, slots), limits)
+            self.service = Service(catalog, limits, scheduler, token=token, poll_after_ms=poll_after_ms)
+
+        def __serve_build_asgi_app__(self):
+            return build_app(self.service)
+
+    return Api
+
+
+def build_application(catalog: Catalog, limits: Limits, replicas: ReplicaSpec, store: str, ttl_s: float,
+                      token: str | None, verify: bool = False, poll_after_ms: int = 500,
+                      graceful_shutdown_s: float = 5.0):
+    """The bound Serve application (ingress + engines), ready for `serve.run`."""
+    import ray
+    from ray import serve
+
+    engine_options: dict[str, Any] = {"num_cpus": replicas.num_cpus}
+    if replicas.num_gpus:
+        engine_options["num_gpus"] = replicas.num_gpus
+    engine_kwargs: dict[str, Any] = {"ray_actor_options": engine_options, "max_ongoing_requests": 1,
+                                     "graceful_shutdown_timeout_s": graceful_shutdown_s,
+                                     "health_check_period_s": 10, "health_check_timeout_s": 60}
+    if replicas.autoscaling:
+        engine_kwargs["autoscaling_config"] = replicas.autoscaling
+    else:
+        engine_kwargs["num_replicas"] = replicas.max_replicas
+    if replicas.max_replicas_per_node:
+        engine_kwargs["max_replicas_per_node"] = replicas.max_replicas_per_node
+    engine = serve.deployment(_engine_deployment(), name="engine", **engine_kwargs)
+    # the ingress owns the store directory: pin it to the node that runs `wanrt serve` (the store is local there)
+    here = ray.util.get_node_ip_address()
+    api = serve.deployment(_ingress_deployment(), name="api", num_replicas=1, max_ongoing_requests=1000,
+                           graceful_shutdown_timeout_s=graceful_shutdown_s,
+                           ray_actor_options={"num_cpus": 0, "resources": {f"node:{here}": 0.001}})
+    return api.bind(engine.bind(catalog, replicas, verify), catalog, limits, store, ttl_s, token,
+                    replicas.max_replicas, poll_after_ms)
+
+
+def start_ray(address: str | None, host: str, port: int, temp_dir: str | None = None,
+              num_cpus: int | None = None, quiet: bool = True) -> dict[str, Any]:
+    """Join `address`, or start a local Ray on 127.0.0.1; then Serve's HTTP proxy on host:port (head only).
+    `quiet=False` forwards the replicas' logs (errors included) to this process's terminal."""
+    if address is None:
+        loopback_env()
+    import ray
+    from ray import serve
+
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"address": address, "include_dashboard": False, "log_to_driver": not quiet,
+                                  "configure_logging": False}
+        if address is None:
+            kwargs.update(num_cpus=num_cpus, _node_ip_address="127.0.0.1")
+            if temp_dir:
+                kwargs["_temp_dir"] = temp_dir
+        ray.init(**kwargs)
+    serve.start(http_options={"host": host, "port": port}, proxy_location="HeadOnly")
+    return {"ray": ray.__version__, "nodes": len([n for n in ray.nodes() if n.get("Alive")]),
+            "resources": ray.cluster_resources()}
+
+
+def run_application(app, name: str = "wanrt") -> None:
+    from ray import serve
+
+    serve.run(app, name=name, route_prefix="/", blocking=False)
+
+
+def shutdown(stop_ray: bool = True) -> None:
+    import ray
+    from ray import serve
+
+    try:
+        serve.shutdown()
+    finally:
+        if stop_ray and ray.is_initialized():
+            ray.shutdown()

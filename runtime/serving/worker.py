@@ -1,0 +1,362 @@
+"""VideoWorker: a bundle's engines in one process, one job at a time (a Ray replica holds one; `--no-ray` too).
+
+A job runs exactly what `wanrt generate` runs (`generate_video` + `encode_mp4` on the same backend kind, image,
+GenerateSpec and tiny-pipeline seed), so the mp4 a server returns equals the CLI's for the same settings.
+
+LoRA per request: a merged engine serves its own LoRA; a separate-mode engine swaps the requested one in with
+`backend.set_lora(LoraWeights | None)` (ORT/OpenVINO weight swap, TensorRT refit) only when it differs from the one
+loaded, and the scheduler and Ray's multiplexed routing send same-LoRA jobs to the same replica so swaps stay rare.
+Progress (step i of N) and cancellation ride on the DiT calls: the pipeline calls the transformer once per step
+(twice with CFG), so a wrapper counts calls and stops the job at the next call once it is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from typing import Any
+
+from wanrt.runtime.serving.catalog import Catalog, EngineInfo
+from wanrt.runtime.serving.validate import PredictRequest, VideoRequest
+
+from wanrt.errors import WanrtError
+
+log = logging.getLogger("wanrt.serve")
+
+
+class JobCancelled(Exception):
+    """Raised inside the pipeline (at the next DiT call) once a job is cancelled or timed out."""
+
+
+class _Watched:
+    """A backend seen through a per-job hook on every forward (progress + cancellation); everything else is the
+    backend's own (config, dtype, device, shape_ranges, ...)."""
+
+    def __init__(self, backend):
+        self._backend = backend
+        self.on_forward: Callable[[], None] | None = None
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+    def forward(self, latents, timestep, text, image=None):
+        if self.on_forward is not None:
+            self.on_forward()
+        return self._backend.forward(latents, timestep, text, image)
+
+    __call__ = forward
+
+
+class _Lru(OrderedDict):
+    def __init__(self, size: int, on_evict: Callable[[Any], None] | None = None):
+        super().__init__()
+        self.size, self.on_evict = size, on_evict
+
+    def take(self, key, make: Callable[[], Any]):
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        value = self[key] = make()
+        while len(self) > self.size:
+            _, old = self.popitem(last=False)
+            if self.on_evict:
+                self.on_evict(old)
+        return value
+
+
+class VideoWorker:
+    def __init__(self, catalog: Catalog, device: str = "cpu", threads: int | None = None, max_engines: int = 2,
+                 verify: bool = False):
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.catalog, self.device, self.threads, self.verify = catalog, device, threads, verify
+        self._engines = {e.name: e for e in catalog.engines}
+        self._backends = _Lru(max_engines, on_evict=lambda w: w._backend.close())
+        self._pipes = _Lru(4)
+        self._loras = _Lru(8)
+        self._loaded: dict[str, tuple[str | None, float | None]] = {}  # engine -> (LoRA, scale) swapped in
+        self._base_models: dict[str, Any] = {}
+        self._lock = threading.Lock()  # one job at a time: a backend and its pipeline are not re-entrant
+        self.swaps = 0
+        self.forwards = 0  # DiT calls made by jobs (a cancelled job stops adding to it)
+
+    # ---------------------------------------------------------------------------------------------- loading
+    def backend(self, engine: EngineInfo) -> _Watched:
+        return self._backends.take(engine.name, lambda: _Watched(self._load_backend(engine)))
+
+    def _load_backend(self, engine: EngineInfo):
+        from wanrt.runtime import backends as B
+
+        if engine.backend == "eager":
+            from wanrt.export.model import ModelSpec
+
+            return B.backend_from_specs("eager", ModelSpec(engine.model_source), None, device=self.device)
+        options: dict[str, Any] = {"verify": self.verify}
+        if engine.backend in ("ort", "ov"):
+            options["threads"] = self.threads
+        device = self.device if engine.backend != "trt" or self.device.startswith("cuda") else "cuda"
+        return B.create_backend(engine.backend, artifact=engine.path, device=device, **options)
+
+    def _base_model(self, engine: EngineInfo):
+        """The transformer the engine was exported from, with its weights, loaded once."""
+        if engine.name not in self._base_models:
+            from wanrt.engines.refit import load_base_model
+
+            self._base_models[engine.name] = load_base_model(self._manifest(engine))
+        return self._base_models[engine.name]
+
+    def _skeleton(self, engine: EngineInfo):
+        """What a LoRA file resolves against: module names and shapes. For a preset that is the model built on the
+        meta device (no weights, no memory); a checkpoint is loaded for real (a 14B replica pays this once)."""
+        import torch
+
+        from wanrt.engines.refit import onnx_specs
+        from wanrt.export.model import load_transformer
+
+        manifest = self._manifest(engine)
+        model_spec, _ = onnx_specs(manifest)
+        if not model_spec.is_preset:
+            return self._base_model(engine)
+        with torch.device("meta"):
+            return load_transformer(replace(model_spec, dtype=manifest["payload"]["onnx"].get("dtype") or
+                                            model_spec.dtype))
+
+    def _manifest(self, engine: EngineInfo) -> dict[str, Any]:
+        """The engine's manifest in the engine layout (an export's own sections nested under `onnx`)."""
+        from wanrt.artifacts import read_manifest
+
+        manifest = read_manifest(engine.path)
+        if manifest.get("kind") == "onnx":
+            manifest = {"specs": {"onnx": manifest["specs"]}, "payload": {"onnx": manifest["payload"]}}
+        return manifest
+
+    def lora_weights(self, engine: EngineInfo, name: str, scale: float | None):
+        """LoraWeights of a library LoRA (or of the engine's own exported LoRA) for a swap."""
+        def make():
+            from wanrt.export.api import LoraSpec, resolve_lora
+
+            from wanrt.artifacts import read_manifest
+
+            if name in self.catalog.loras:
+                model = self._skeleton(engine)
+                spec = LoraSpec(file=self.catalog.loras[name]["abspath"], mode="separate",
+                                scale=1.0 if scale is None else scale)
+            else:  # the engine's own LoRA as exported (a synthetic one is scaled to the real weights' norms)
+                model = self._base_model(engine)
+                spec = LoraSpec(**read_manifest(engine.path)["specs"]["lora"])
+                spec = replace(spec, scale=spec.scale if scale is None else scale)
+            lora, _ = resolve_lora(model, spec)
+            return lora
+
+        return self._loras.take((engine.name, name, scale), make)
+
+    def select_lora(self, engine: EngineInfo, backend: _Watched, lora: str | None, scale: float | None) -> None:
+        """Swap `lora` into a separate-mode engine unless it is already loaded there."""
+        if not engine.swappable:
+            return
+        want = (lora, scale)
+        if self._loaded.get(engine.name, (engine.name, None)) == want:
+            return  # a fresh separate engine holds its own exported LoRA
+        set_lora = getattr(backend._backend, "set_lora", None)
+        if set_lora is None:
+            raise WanrtError(f"backend '{engine.backend}' cannot swap LoRAs in this install; pack merged engines "
+                             "per LoRA instead")
+        weights = None if lora is None else self.lora_weights(engine, lora, scale)
+        set_lora(weights)
+        self._loaded[engine.name] = want
+        self.swaps += 1
+
+    def pipeline(self, engine: EngineInfo, backend: _Watched, seed: int):
+        """The diffusers pipeline around `backend`. The tiny built-in pipeline's encoders are seeded by the
+        generation seed (as `wanrt generate` builds them), so it is cached per seed."""
+        from wanrt.runtime.pipeline import build_pipeline
+
+        key = (engine.name, seed if self.catalog.pipeline is None else None)
+        return self._pipes.take(key, lambda: build_pipeline(backend, checkpoint=self.catalog.pipeline, seed=seed))
+
+    # ---------------------------------------------------------------------------------------------- jobs
+    def generate(self, req: VideoRequest, image: bytes, progress: Callable[[int, int], None],
+                 cancelled: threading.Event) -> bytes:
+        """One job: image bytes + checked request -> mp4 bytes. Raises JobCancelled or a WanrtError."""
+        from PIL import Image
+        from wanrt.runtime.generate import GenerateSpec, generate_video
+        from wanrt.runtime.pipeline import encode_mp4
+
+        engine = self._engines[req.engine]
+        with self._lock:
+            backend = self.backend(engine)
+            self.select_lora(engine, backend, req.lora, req.lora_scale)
+            with Image.open(io.BytesIO(image)) as im:
+                picture = im.convert("RGB")
+            spec = GenerateSpec(prompt=req.prompt, negative_prompt=req.negative_prompt, frames=req.frames,
+                                height=req.height, width=req.width, steps=req.steps, guidance=req.guidance,
+                                seed=req.seed, fps=req.fps)
+            per_step = 2 if req.guidance > 1.0 else 1  # diffusers runs CFG as two transformer calls per step
+            calls = [0]
+
+            def on_forward():
+                if cancelled.is_set():
+                    raise JobCancelled()
+                if calls[0] % per_step == 0:
+                    progress(calls[0] // per_step, req.steps)
+                calls[0] += 1
+                self.forwards += 1
+
+            pipe = self.pipeline(engine, backend, req.seed)
+            backend.on_forward = on_forward
+            try:
+                frames, _ = generate_video(backend, picture, spec, pipe=pipe)
+            finally:
+                backend.on_forward = None
+            progress(req.steps, req.steps)
+        with tempfile.TemporaryDirectory(prefix="wanrt-job-") as tmp:
+            path = os.path.join(tmp, "video.mp4")
+            encode_mp4(frames, path, fps=spec.fps)
+            with open(path, "rb") as f:
+                return f.read()
+
+    def predict(self, req: PredictRequest) -> dict[str, Any] | bytes:
+        """One DiT forward on given (base64 .npy) or seeded inputs: stats JSON or the prediction as .npy."""
+        import base64
+
+        import numpy as np
+        import torch
+        from wanrt.runtime.serving.validate import predict_shapes
+
+        engine = self._engines[req.engine]
+        shapes = predict_shapes(engine, req.batch, req.frames, req.height, req.width)
+        gen = torch.Generator().manual_seed(req.seed)
+        tensors: dict[str, torch.Tensor] = {}
+        for name, shape in shapes.items():
+            if name in req.inputs:
+                arr = np.load(io.BytesIO(base64.b64decode(req.inputs[name])), allow_pickle=False)
+                if not np.isfinite(arr).all():
+                    raise _ClientError(f"inputs.{name} holds NaN or infinite values", "non_finite_input")
+                tensors[name] = torch.from_numpy(arr.astype(np.float32, copy=False))
+            elif name == "timestep":
+                tensors[name] = torch.full(shape, req.timestep)
+            else:
+                tensors[name] = torch.randn(shape, generator=gen)
+        with self._lock:
+            backend = self.backend(engine)
+            self.select_lora(engine, backend, req.lora, None)
+            t0 = time.perf_counter()
+            out = backend.forward(tensors["latents"], tensors["timestep"], tensors["text"], tensors.get("image"))
+            backend.synchronize()
+            latency = time.perf_counter() - t0
+        out = out.float().cpu()
+        if req.format == "npy":
+            buf = io.BytesIO()
+            np.save(buf, out.numpy(), allow_pickle=False)
+            return buf.getvalue()
+        finite = bool(torch.isfinite(out).all())
+
+        def stat(v):  # JSON has no NaN: a non-finite result says so (finite: false) instead
+            return float(v) if finite else None
+
+        return {"shape": list(out.shape), "dtype": str(backend.dtype).replace("torch.", ""), "finite": finite,
+                "mean": stat(out.mean()), "std": stat(out.std()), "min": stat(out.min()), "max": stat(out.max()),
+                "latency_ms": latency * 1e3, "engine": engine.name, "lora": req.lora}
+
+    def describe(self) -> dict[str, Any]:
+        return {"engines_loaded": list(self._backends), "loras_loaded": dict(self._loaded), "swaps": self.swaps,
+                "forwards": self.forwards, "busy": self._lock.locked(), "pid": os.getpid()}
+
+
+class _ClientError(WanrtError):
+    """A request the replica finds bad (e.g. NaN in given tensors): reported as the client's fault."""
+
+    def __init__(self, message: str, code: str):
+        super().__init__(message)
+        self.code = code
+
+
+def _error_codes():
+    from wanrt.errors import BadInputError, EngineError, LoraError, MissingDependencyError
+
+    return ((LoraError, "lora_error"), (EngineError, "engine_error"), (MissingDependencyError, "missing_dependency"),
+            (BadInputError, "invalid_request"))
+
+
+def failure(e: BaseException) -> dict[str, Any]:
+    """An exception from a job as the job's error record: WanrtErrors are their one line; others are bugs (logged
+    with the traceback here, reported as internal_error)."""
+    if isinstance(e, _ClientError):
+        return {"code": e.code, "message": str(e), "client": True}
+    if isinstance(e, WanrtError):
+        code = next((c for t, c in _error_codes() if isinstance(e, t)), "wanrt_error")
+        return {"code": code, "message": str(e).splitlines()[0] if str(e) else type(e).__name__}
+    log.exception("job failed with an unexpected error")
+    return {"code": "internal_error", "message": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+
+
+async def run_job(worker: VideoWorker, request: dict[str, Any], image: bytes,
+                  where: dict[str, Any] | None = None) -> AsyncIterator[dict[str, Any]]:
+    """A job as an async stream of events: {"step", "steps"} ..., then {"video": bytes} or {"error": {...}}.
+
+    The blocking pipeline runs in a thread; cancelling the consumer (DELETE, timeout, a Ray response cancel) sets
+    the job's event so the thread stops at its next DiT call instead of running to the end unseen."""
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue = asyncio.Queue()
+    cancelled = threading.Event()
+    req = VideoRequest.from_dict(request)
+
+    def progress(step: int, steps: int) -> None:
+        loop.call_soon_threadsafe(events.put_nowait, {"step": step, "steps": steps})
+
+    task = loop.run_in_executor(None, worker.generate, req, image, progress, cancelled)
+    try:
+        yield {"replica": {"pid": os.getpid(), **(where or {})}}
+        while True:
+            getter = asyncio.ensure_future(events.get())
+            done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+            if getter in done:
+                yield getter.result()
+                continue
+            getter.cancel()
+            break
+        while not events.empty():
+            yield events.get_nowait()
+        try:
+            yield {"video": task.result()}
+        except Exception as e:  # noqa: BLE001 - reported as the job's error, never as a crash of the stream
+            yield {"error": failure(e)}
+    finally:
+        if not task.done():
+            cancelled.set()  # the consumer went away: stop the pipeline at its next DiT call
+
+
+def predict_safe(worker: VideoWorker, request: dict[str, Any]) -> dict[str, Any]:
+    """{"result": stats dict | npy bytes} or {"error": {...}}: one shape across Ray and in-process calls."""
+    try:
+        return {"result": worker.predict(PredictRequest(**request))}
+    except Exception as e:  # noqa: BLE001 - see failure()
+        return {"error": failure(e)}
+
+
+class LocalEngine:
+    """The engine client for one in-process worker (`wanrt serve --no-ray`, and the tests of the HTTP layers)."""
+
+    slots = 1
+
+    def __init__(self, worker: VideoWorker):
+        self.worker = worker
+
+    def generate(self, request: dict[str, Any], image: bytes) -> AsyncIterator[dict[str, Any]]:
+        return run_job(self.worker, request, image)
+
+    async def predict(self, request: dict[str, Any]) -> dict[str, Any]:
+        return await asyncio.get_running_loop().run_in_executor(None, predict_safe, self.worker, request)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "local", **self.worker.describe()}

@@ -1,0 +1,139 @@
+"""Shared pieces of the serve tests: tiny artifacts built once per session, a bundle, a real HTTP server on
+127.0.0.1 in a thread, and the Ray environment that keeps every address on loopback."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+# Ray reads these when it starts: loopback node address, no token file, no usage report (see issue 13's facts).
+RAY_TEST_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
+                "RAY_USAGE_STATS_ENABLED": "0", "RAY_SERVE_LOG_TO_STDERR": "0"}
+LORA_A_SEED, LORA_B_SEED = 11, 22
+
+
+def _tiny():
+    from wanrt.export.model import ModelSpec
+
+    return ModelSpec("tiny", layers=1)  # one block: half the export time, the same code paths
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def png_bytes(width: int = 32, height: int = 32, seed: int = 0) -> bytes:
+    """A seeded RGB gradient + noise PNG (numpy + PIL only: no torch import for the HTTP-only tests)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    img = np.stack([x / max(width - 1, 1), y / max(height - 1, 1), 0.5 + 0.5 * np.sin((x + y) / 7.0)], -1)
+    img = np.clip(img * 0.8 + 0.2 * rng.random((height, width, 3)), 0, 1)
+    buf = io.BytesIO()
+    Image.fromarray((img * 255).astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _lora_file(path: Path, seed: int) -> Path:
+    from wanrt.export.lora import synthetic_lora
+    from wanrt.export.lora_formats import save_lora_file
+    from wanrt.export.model import load_transformer
+
+    return save_lora_file(synthetic_lora(load_transformer(_tiny()), 4, "all", seed), path)
+
+
+def _export(out: Path, lora_file: Path | None, mode: str) -> Path:
+    from wanrt.export.api import LoraSpec, export_model
+    from wanrt.export.onnx_export import ExportSpec
+
+    lora = LoraSpec(file=str(lora_file), mode=mode) if lora_file else LoraSpec(rank=4, mode=mode, seed=0)
+    export_model(_tiny(), lora, ExportSpec(validate=False), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def serve_artifacts(tmp_path_factory):
+    """Two LoRA files, a merged export of LoRA a, a separate-mode export (rank 4), and a bundle of them
+    (engines: `style-a` merged, `sep` separate; library: `style-b`). Built once per session (~20 s)."""
+    root = tmp_path_factory.mktemp("serve-artifacts")
+    lora_a = _lora_file(root / "style-a.safetensors", LORA_A_SEED)
+    lora_b = _lora_file(root / "style-b.safetensors", LORA_B_SEED)
+    merged_a = _export(root / "export-style-a", lora_a, "merged")
+    separate = _export(root / "export-sep", None, "separate")
+    from wanrt.runtime.serving.bundle import pack_bundle
+
+    bundle = root / "bundle"
+    pack_bundle(bundle, [("style-a", str(merged_a)), ("sep", str(separate))], [("style-b", str(lora_b))],
+                name="wan-tiny")
+    return {"root": root, "lora_a": lora_a, "lora_b": lora_b, "merged_a": merged_a, "separate": separate,
+            "bundle": bundle}
+
+
+class ThreadedServer:
+    """The FastAPI app under uvicorn on 127.0.0.1 in a thread: the real HTTP stack, one process."""
+
+    def __init__(self, app, port: int | None = None):
+        import uvicorn
+
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error",
+                                                    timeout_keep_alive=5, timeout_graceful_shutdown=2))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+
+def local_service(catalog, store_dir, limits=None, token=None, ttl_s=3600.0, worker=None):
+    """Service with the in-process engine: the same scheduler/store/app code as under Ray."""
+    from wanrt.runtime.serving.app import Service
+    from wanrt.runtime.serving.limits import Limits
+    from wanrt.runtime.serving.scheduler import Scheduler
+    from wanrt.runtime.serving.store import JobStore
+    from wanrt.runtime.serving.worker import LocalEngine, VideoWorker
+
+    limits = limits or Limits()
+    worker = worker or VideoWorker(catalog, threads=1)
+    scheduler = Scheduler(JobStore(store_dir, ttl_s=ttl_s), LocalEngine(worker), limits)
+    return Service(catalog, limits, scheduler, token=token, poll_after_ms=100)
+
+
+def wait_for(predicate, timeout: float = 60.0, every: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+def set_ray_env() -> Path:
+    """Call before `import ray` (Ray reads these at import): loopback, no auth token, and a short temp root of our
+    own (socket paths are length-limited; Ray never deletes session folders, the test module removes this one)."""
+    for k, v in RAY_TEST_ENV.items():
+        os.environ[k] = v
+    root = Path(os.environ.setdefault("RAY_TMPDIR", f"/tmp/wrt{os.getpid()}"))
+    (root / "ray").mkdir(parents=True, exist_ok=True)
+    return root
