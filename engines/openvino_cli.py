@@ -37,20 +37,26 @@ def ov_spec_from_kwargs(kw: dict[str, Any]):
 
 
 def ov_engine_table(rows: list[tuple[str, dict[str, Any]]], title: str = "wanrt build --flavour openvino") -> Table:
-    table = Table(title=title)
-    for col in ("engine", "OpenVINO", "device", "precision", "kept fp32", "int8 nodes", "blob MiB", "LoRA",
-                "seconds"):
-        table.add_column(col, justify="right" if col in ("blob MiB", "seconds", "int8 nodes") else "left")
+    """One row per engine, sized for 80 columns like the TensorRT table (the OpenVINO version and the int8 node
+    list are in the caption and in each manifest.json)."""
+    from rich import box
+
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
+    for col in ("engine", "device", "precision", "fp32 kept", "int8", "MiB", "LoRA", "s"):
+        table.add_column(col, justify="right" if col in ("MiB", "s", "int8") else "left")
+    versions = set()
     for out, m in rows:
         p = m["payload"]
+        versions.add(p["openvino"]["version"].split("-")[0])
         report = p.get("precision_report") or {}
         int8 = (report.get("int8") or {}).get("count")
         lora = p.get("lora") or {}
-        table.add_row(out, p["openvino"]["version"], p["openvino"]["device"], p["precision"],
+        table.add_row(out, p["openvino"]["device"], p["precision"],
                       ",".join(report.get("keep_fp32") or []) or "-", "-" if int8 is None else str(int8),
                       f"{p['plan_bytes'] / 2**20:.1f}",
                       f"{lora.get('mode') or '-'}{' (swap)' if lora.get('refit') else ''}",
                       f"{p['timings_s']['total']:.1f}")
+    table.caption = f"OpenVINO {', '.join(sorted(versions))}; int8: quantized MatMuls (list in manifest.json)"
     return table
 
 
