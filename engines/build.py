@@ -34,6 +34,7 @@ from wanrt.artifacts import atomic_output_dir, build_manifest, check_output_dir,
 from wanrt.engines.cache import EngineCache, plan_intact
 from wanrt.engines.engine_spec import ENGINE_KIND, PLAN_NAME, PRECISIONS, EngineSpec
 from wanrt.engines.fp8 import quantize_fp8
+from wanrt.engines.lora_swap import loaded_from_export
 from wanrt.engines.network import (Configured, build_serialized_engine, capturing_logger, configure, mark_refittable,
                                    network_io, parse_network)
 from wanrt.engines.onnx_dir import lora_refit_names, onnx_dtype, onnx_initializer_info, read_onnx_dir
@@ -181,8 +182,7 @@ def lora_section(resolved: ResolvedBuild) -> dict[str, Any]:
     refittable = {n: resolved.initializers[n] for n in resolved.refit_names["weights"]} if resolved.refit_kind else {}
     return {
         "mode": resolved.refit_names["mode"],
-        "loaded": {k: v for k, v in lora.items() if k not in ("initializers", "merged_weights", "retained_energy",
-                                                               "flops_per_token")},
+        "loaded": loaded_from_export(lora),
         "refit": resolved.refit_kind,  # None | individual | all
         "modules": resolved.refit_names["modules"],
         "refittable_weights": refittable,

@@ -25,6 +25,7 @@ from typing import Any
 from wanrt.artifacts import (
     _remove,
     atomic_output_dir,
+    cache_root,
     confined_path,
     read_manifest,
     sha256_file,
@@ -47,16 +48,23 @@ def plan_intact(directory: Path, manifest: dict[str, Any], hash_check: bool = Tr
     return not hash_check or sha256_file(plan) == p.get("plan_sha256")
 
 
-def onnx_content_sha256(onnx_path: Path, external: Iterable[Path] = ()) -> str:
+def onnx_content_sha256(onnx_path: Path, external: Iterable[Path] = (), onnx_sha: str | None = None) -> str:
     """One sha256 over the bytes of model.onnx and its external data files (name + length + bytes of each, so
-    moving bytes between files changes it too)."""
+    moving bytes between files changes it too). `onnx_sha`: model.onnx's sha256 when the caller has it already."""
     import hashlib
 
     h = hashlib.sha256()
-    for f in (Path(onnx_path), *sorted(Path(e) for e in external)):
+    onnx_path = Path(onnx_path)
+    for f in (onnx_path, *sorted(Path(e) for e in external)):
         h.update(f"{f.name}\0{f.stat().st_size}\0".encode())
-        h.update(bytes.fromhex(sha256_file(f)))
+        h.update(bytes.fromhex(onnx_sha if onnx_sha and f == onnx_path else sha256_file(f)))
     return h.hexdigest()
+
+
+def engine_cache_dir(spec: Any) -> Path:
+    """Where built engines are cached (TensorRT and OpenVINO): --cache-dir, else the one cache root's engines/
+    ($WANRT_CACHE_DIR)."""
+    return Path(spec.cache_dir) if spec.cache_dir else cache_root("engines")
 
 
 def copy_out(src: Path, dst: Path) -> None:

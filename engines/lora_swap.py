@@ -22,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from wanrt.engines.onnx_dir import lora_refit_names
 from wanrt.errors import EngineError
 
 SWAP_KIND = "swap"  # the `refit` value of a lora section whose weights are swapped as data (not TensorRT refit)
@@ -36,16 +37,16 @@ def swap_section(export_manifest: dict[str, Any], initializers: dict[str, dict[s
     if lora.get("mode") != "separate":
         raise EngineError(f"this artifact's LoRA is {lora.get('mode')} into the weights; hot-swap needs its own "
                           f"branch: export with --lora-mode separate (or rebuild for the new LoRA)")
-    modules = {m: dict(names) for m, names in lora.get("initializers", {}).items()}
-    names = [n for entry in modules.values() for n in entry.values()]
-    missing = [n for n in names if n not in initializers]
-    if missing:
-        raise EngineError(f"the manifest names {len(missing)} LoRA weights the graph does not hold (e.g. "
-                          f"{missing[:2]}); re-export")
-    loaded = {k: v for k, v in lora.items() if k not in ("initializers", "merged_weights", "retained_energy",
-                                                        "flops_per_token")}
-    return {"mode": "separate", "refit": SWAP_KIND, "modules": modules, "loaded": loaded,
-            "refittable_weights": {n: initializers[n] for n in names}, "history": []}
+    names = lora_refit_names(export_manifest, initializers)  # EngineError if the graph lacks a named weight
+    return {"mode": "separate", "refit": SWAP_KIND, "modules": names["modules"], "loaded": loaded_from_export(lora),
+            "refittable_weights": {n: initializers[n] for n in names["weights"]}, "history": []}
+
+
+def loaded_from_export(lora: dict[str, Any]) -> dict[str, Any]:
+    """What an engine manifest records of the LoRA its export carried (`loaded`): the export's lora section less
+    the per-weight names and costs."""
+    return {k: v for k, v in lora.items()
+            if k not in ("initializers", "merged_weights", "retained_energy", "flops_per_token")}
 
 
 def swap_weights(section: dict[str, Any], lora) -> dict[str, Any]:

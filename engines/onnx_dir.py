@@ -8,7 +8,8 @@ from typing import Any
 
 import onnx
 
-from wanrt.artifacts import confined_path, read_manifest
+from wanrt.artifacts import confined_path, read_manifest, sha256_file
+from wanrt.engines.cache import onnx_content_sha256
 from wanrt.errors import BadInputError, EngineError
 
 
@@ -25,6 +26,15 @@ def read_onnx_dir(onnx_dir: str | os.PathLike) -> tuple[dict[str, Any], Path]:
     if data and not confined_path(onnx_dir, data, "payload.external_data").is_file():
         raise BadInputError(f"{onnx_dir}: external weights {data} are missing")
     return manifest, path
+
+
+def export_digests(onnx_dir: str | os.PathLike, manifest: dict[str, Any], onnx_path: Path) -> tuple[str, str]:
+    """(sha256 of model.onnx, sha256 over model.onnx and its external data): what an engine manifest records, and
+    what its cache key hashes (the bytes that go in, never the sha256 the export manifest records)."""
+    data = manifest["payload"].get("external_data")
+    external = [confined_path(onnx_dir, data, "payload.external_data")] if data else []
+    onnx_sha = sha256_file(onnx_path)
+    return onnx_sha, onnx_content_sha256(onnx_path, external, onnx_sha=onnx_sha)
 
 
 def onnx_dtype(manifest: dict[str, Any]) -> str:

@@ -42,8 +42,8 @@ from wanrt.artifacts import (
     spec_hash,
     write_json,
 )
-from wanrt.engines.onnx_dir import onnx_initializer_info, read_onnx_dir
-from wanrt.engines.lora_swap import SWAP_KIND, loaded_identity, swap_section, swap_weights
+from wanrt.engines.onnx_dir import export_digests, onnx_initializer_info, read_onnx_dir
+from wanrt.engines.lora_swap import SWAP_KIND, loaded_from_export, loaded_identity, swap_section, swap_weights
 from wanrt.errors import BadInputError, EngineError, MissingDependencyError
 
 FLAVOUR = "openvino"
@@ -172,9 +172,7 @@ def _lora_section(export_manifest: dict[str, Any], onnx_path: Path) -> dict[str,
     if not lora.get("enabled"):
         return None
     if lora.get("mode") != "separate":
-        loaded = {k: v for k, v in lora.items() if k not in ("initializers", "merged_weights", "retained_energy",
-                                                            "flops_per_token")}
-        return {"mode": lora.get("mode"), "refit": None, "modules": {}, "loaded": loaded,
+        return {"mode": lora.get("mode"), "refit": None, "modules": {}, "loaded": loaded_from_export(lora),
                 "refittable_weights": {}, "history": []}
     return swap_section(export_manifest, onnx_initializer_info(onnx_path))
 
@@ -186,10 +184,9 @@ def engine_cache_key(spec: OvEngineSpec, onnx_sha: str, version: str, cpu: dict[
 
 
 def _cache(spec: OvEngineSpec):
-    from wanrt.artifacts import cache_root
-    from wanrt.engines.cache import EngineCache
+    from wanrt.engines.cache import EngineCache, engine_cache_dir
 
-    return EngineCache(Path(spec.cache_dir) if spec.cache_dir else cache_root("engines")) if spec.cache else None
+    return EngineCache(engine_cache_dir(spec)) if spec.cache else None
 
 
 def build_openvino_engine(onnx_dir: str | os.PathLike, spec: OvEngineSpec, out_dir: str | os.PathLike,
@@ -208,8 +205,9 @@ def build_openvino_engine(onnx_dir: str | os.PathLike, spec: OvEngineSpec, out_d
     core = ov.Core()
     caps = check_precision_supported(core, spec.device, spec.precision)
     cpu = cpu_info()
-    onnx_sha = sha256_file(onnx_path)  # the bytes compiled, not the recorded hash (a replaced file is a new engine)
-    key = engine_cache_key(spec, onnx_sha, openvino_version(), cpu)
+    # the bytes compiled (model.onnx and its external data), not the recorded hash: a replaced file is a new engine
+    onnx_sha, content_sha = export_digests(onnx_dir, export_manifest, onnx_path)
+    key = engine_cache_key(spec, content_sha, openvino_version(), cpu)
     existing = _same_engine(out_dir, key)
     if existing is not None:
         return existing
@@ -418,9 +416,6 @@ class OvEngine:
         self._bind_lora({n: t.numpy() for n, t in weights.items()})
         self.section["loaded"] = loaded_identity(lora, source)
         return {"swap_s": time.perf_counter() - t0, "weights": len(weights), "loaded": self.section["loaded"]}
-
-    def lora_arrays(self) -> dict[str, Any]:
-        return dict(self._lora_tensors)
 
     def manifest_as_export(self) -> dict[str, Any]:
         """The lora part of the manifest in the export's shape (for swap_section's refusals)."""

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wanrt.artifacts import cache_root, confined_path, sha256_file, spec_hash
-from wanrt.engines.cache import onnx_content_sha256
+from wanrt.artifacts import spec_hash
+from wanrt.engines.cache import engine_cache_dir  # noqa: F401 - re-exported: where a build looks engines up
 from wanrt.choices import Precision
 from wanrt.engines.engine_spec import PRECISIONS, EngineSpec
 from wanrt.engines.flavour import (MIN_CC, RTX_DEFAULT_TARGETS, Flavour, check_precision_supported, gpu_info,
                                    load_flavour)
-from wanrt.engines.onnx_dir import lora_refit_names, onnx_dtype, onnx_initializer_info, read_onnx_dir
+from wanrt.engines.onnx_dir import export_digests, lora_refit_names, onnx_dtype, onnx_initializer_info, read_onnx_dir
 from wanrt.engines.profiles import ProfileSpec, check_against_export, resolve_profiles
 from wanrt.errors import BadInputError, EngineError
 
@@ -91,13 +91,6 @@ def resolve_refit(spec: EngineSpec, refit_names: dict[str, Any], precision: str,
     return "all"
 
 
-def engine_cache_dir(spec: EngineSpec) -> Path:
-    """Where built engines are cached: --cache-dir, else the one cache root's engines/ ($WANRT_CACHE_DIR)."""
-    if spec.cache_dir:
-        return Path(spec.cache_dir)
-    return cache_root("engines")
-
-
 def compute_cache_key(spec: EngineSpec, onnx_sha: str, flavour: Flavour, targets: Sequence[str],
                       profiles: Sequence[ProfileSpec], gpu: dict[str, Any] | None, gpu_current: bool) -> str:
     return spec_hash({"spec": spec.key_fields(), "onnx_sha256": onnx_sha, "trt": flavour.info(),
@@ -149,9 +142,7 @@ def prepare(onnx_dir: str | os.PathLike, spec: EngineSpec, dry_run: bool = False
     refit_names = lora_refit_names(manifest, initializers)
     refit_kind = resolve_refit(spec, refit_names, precision, flavour, gpu, dry_run)
     # the key hashes the bytes that go in (model.onnx + external data), never the sha256 the manifest records
-    data = payload.get("external_data")
-    onnx_sha = sha256_file(onnx_path)
-    content = onnx_content_sha256(onnx_path, [confined_path(onnx_dir, data, "payload.external_data")] if data else [])
+    onnx_sha, content = export_digests(onnx_dir, manifest, onnx_path)
     key = compute_cache_key(spec, content, flavour, targets, profiles, gpu, gpu_current)
     return ResolvedBuild(spec, onnx_dir, onnx_path, manifest, precision, profiles, flavour, gpu, targets, gpu_current,
                      initializers, refit_names, refit_kind, onnx_sha, key)

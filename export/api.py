@@ -16,7 +16,7 @@ import torch
 from wanrt import lora_layout
 from wanrt.choices import LoraMode
 from wanrt.dit_io import DitIO, ShapeRange, VideoShape
-from wanrt.artifacts import atomic_output_dir, build_manifest, check_output_dir, sha256_file, spec_hash, write_json
+from wanrt.artifacts import atomic_output_dir, build_manifest, sha256_file, spec_hash, write_json
 from wanrt.console import StepProgress
 from wanrt.errors import BadInputError, LoraError
 from wanrt.memory import release_memory
@@ -138,8 +138,7 @@ def export_model(model_spec: ModelSpec, lora_spec: LoraSpec, export_spec: Export
                  acceptance: Acceptance | None = None) -> dict[str, Any]:
     """Export one (model, LoRA, mode) to `out_dir` atomically; returns the manifest. `acceptance`: a check of the
     saved graph by a consumer (wanrt.engines.acceptance.tensorrt_acceptance), recorded as `trt_parse`."""
-    out_dir = check_output_dir(out_dir, force, kind="onnx")
-    with atomic_output_dir(out_dir, force=force, kind="onnx") as tmp:
+    with atomic_output_dir(out_dir, force=force, kind="onnx") as tmp:  # refuses a bad out_dir before any work
         return _export_into(model_spec, lora_spec, export_spec, tmp, progress, acceptance)
 
 
@@ -147,9 +146,8 @@ def export_ranks(model_spec: ModelSpec, lora_spec: LoraSpec, export_spec: Export
                  out_dir: str | Path, force: bool = False, progress: bool | None = None,
                  acceptance: Acceptance | None = None) -> list[dict[str, Any]]:
     """One export per rank side by side (out_dir/r4, r8, ...): how the rank study is prepared. All or nothing."""
-    out_dir = check_output_dir(out_dir, force, kind="onnx")
     manifests = []
-    with atomic_output_dir(out_dir, force=force, kind="onnx") as tmp:
+    with atomic_output_dir(out_dir, force=force, kind="onnx") as tmp:  # refuses a bad out_dir before any work
         for rank in ranks:
             sub = tmp / f"r{rank}"
             sub.mkdir()

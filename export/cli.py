@@ -83,13 +83,11 @@ def _export_spec(kw):
 
 def _max_batch(text: str | None) -> int:
     """--batch N or LO..HI: the graph accepts batches up to the top of the range (default 2: CFG in one call)."""
+    from wanrt.engines.profiles import parse_range  # the one parser of --batch/--frames ranges
+
     if text is None:
         return 2
-    lo, _, hi = str(text).partition("..")
-    try:
-        lo_n, hi_n = int(lo), int(hi or lo)
-    except ValueError:
-        raise BadInputError(f"--batch {text!r}: expected N or LO..HI, e.g. 1..2") from None
+    lo_n, _, hi_n = parse_range(str(text), "--batch")
     if not 1 <= lo_n <= hi_n <= 2:
         raise BadInputError(f"--batch {text}: batches run from 1 to 2 (2 = CFG in one call)")
     return hi_n

@@ -20,7 +20,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 
-from wanrt.artifacts import cache_root, confined_path, read_manifest, sha256_file, spec_hash
+from wanrt.artifacts import artifact_kind, cache_root, confined_path, read_manifest, sha256_file, spec_hash
 from wanrt.engines import runtime as engine_runtime
 from wanrt.engines.acceptance import tensorrt_acceptance
 from wanrt.errors import BadInputError, EngineError, MissingDependencyError, WanrtError
@@ -455,7 +455,6 @@ class OvBackend(BackendBase):
     def __init__(self, artifact: str | Path, device: torch.device | str = "cpu", threads: int | None = None,
                  precision: str | None = None, ov_device: str | None = None, verify: bool = False):
         _require_openvino()
-        from wanrt.artifacts import artifact_kind, cache_root, spec_hash
         from wanrt.engines.openvino import OvEngine, OvEngineSpec, build_openvino_engine
 
         t0 = time.perf_counter()

@@ -37,13 +37,6 @@ def _single_rank(kw) -> int | None:
     return ranks[0] if ranks else None
 
 
-def _threads(threads):
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
 # ------------------------------------------------------------------------------------------------ bench
 def runs_table(results: dict) -> Table:
     """The terminal view of results.json, one row per (point, backend), sized for 80 columns (p90, memory and

@@ -174,13 +174,9 @@ def feeds_for(backend, shape: VideoShape, seed: int = 0) -> list[torch.Tensor]:
     return [f["latents"], f["timestep"], f["text"], f.get("image")]
 
 
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.float(), b.float()
-    return float((a - b).norm() / b.norm())
-
-
 # ------------------------------------------------------------------------------------------------ 2. backends
 def run_geometry(source, layers, shapes, threads, repeats, peaks) -> list[dict[str, Any]]:
+    from wanrt.runtime.bench.measure import rel_error
     from wanrt.runtime.flops import forward_flops
 
     backends = {}
@@ -200,13 +196,13 @@ def run_geometry(source, layers, shapes, threads, repeats, peaks) -> list[dict[s
                 t = time.perf_counter()
                 b(*feeds)
                 samples[label].append(time.perf_counter() - t)
-        latent = shape.latent
-        flops = forward_flops(dict(config), latent)["total"]
-        tokens = flops and forward_flops(dict(config), latent)["tokens"]
+        cost = forward_flops(dict(config), shape.latent)
+        flops = cost["total"]
+        tokens = flops and cost["tokens"]
         for label, (_b, precision) in backends.items():
             med = statistics.median(samples[label])
             peak = peaks.get(PEAK_OF[label], {}).get("tflops")
-            err = rel(outs[label], ref)
+            err = rel_error(outs[label], ref)
             engine = getattr(_b, "engine", None)  # OpenVINO: the compiled blob's size (int8 vs bf16 memory)
             blob_mib = engine.manifest["payload"]["plan_bytes"] / 2**20 if engine is not None else None
             rows.append({"geometry": f"{source}" + (f" --layers {layers}" if layers else ""), "shape": s,

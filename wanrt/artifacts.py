@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from wanrt import __version__
-from wanrt.errors import BadInputError, StorageError
+from wanrt.errors import BadInputError, StorageError, os_error_line
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA = 1
@@ -281,8 +281,6 @@ _STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.E
 
 
 def storage_error(e: OSError, action: str) -> StorageError:
-    from wanrt.errors import os_error_line
-
     return StorageError(os_error_line(e, action))
 
 

@@ -324,8 +324,12 @@ def build_app(service: Service) -> FastAPI:
         out = await sched.predict(req.to_dict())
         if "error" in out:
             err = out["error"]
-            status = 500 if err.get("code") == "internal_error" else 400
-            raise ApiError(status, err.get("message", ""), code=err.get("code"))
+            # the client's fault -> 400; a bug -> 500; the engine's own failure (load, LoRA file, missing
+            # dependency) -> 503, not a 400 that tells the client to change a request that was valid
+            code = err.get("code")
+            status = (400 if err.get("client") or code == "invalid_request" else 500 if code == "internal_error"
+                      else 503)
+            raise ApiError(status, err.get("message", ""), code=code)
         result = out["result"]
         if isinstance(result, bytes):
             return Response(result, media_type="application/octet-stream")

@@ -169,6 +169,10 @@ class Scheduler:
         except asyncio.TimeoutError:
             raise ApiError(504, f"the engine did not answer within {self.limits.predict_timeout_s:g} s",
                            code="timeout", type="server_error") from None
+        except Exception as e:  # noqa: BLE001 - the transport (a dead replica), as _run treats it: 503, not a bug
+            log.warning("predict: engine failure (%s)", e)
+            raise ApiError(503, f"the engine is unavailable ({type(e).__name__}); retry later",
+                           code="engine_unavailable", type="server_error", headers={"Retry-After": "1"}) from None
         finally:
             self._predicts -= 1
 

@@ -129,6 +129,15 @@ def count_tokens(text: str, catalog: Catalog) -> int:
     return len(tok(text, add_special_tokens=True).input_ids)
 
 
+def parse_lora(value: Any) -> str | None:
+    """A LoRA name (None: the base model); bounded, since an unknown name is echoed in the 404."""
+    if value in ("", None):
+        return None
+    if not isinstance(value, str) or len(value) > 128:
+        raise bad_request("lora must be a LoRA name (GET /v1/loras)", "lora")
+    return value
+
+
 # ------------------------------------------------------------------------------------------------ shapes
 def check_shape(engine: EngineInfo, frames: int, height: int, width: int, limits: Limits,
                 params: tuple[str, str] = ("frames", "size")) -> None:
@@ -174,11 +183,7 @@ def parse_video_request(fields: dict[str, Any], catalog: Catalog, limits: Limits
     if not isinstance(model, str) or model not in (catalog.model, "wanrt"):
         raise ApiError(404, f"model {str(model)[:80]!r} is not served here (this server serves "
                             f"{catalog.model!r})", param="model", code="model_not_found")
-    lora = fields.get("lora")
-    if lora in ("", None):
-        lora = None
-    elif not isinstance(lora, str) or len(lora) > 128:
-        raise bad_request("lora must be a LoRA name (GET /v1/loras)", "lora")
+    lora = parse_lora(fields.get("lora"))
     engine = catalog.route(lora)
     lora_scale = None
     if fields.get("lora_scale") not in (None, ""):
@@ -332,9 +337,7 @@ def parse_predict_request(body: dict[str, Any], catalog: Catalog, limits: Limits
     fmt = body.get("format", "stats")
     if fmt not in ("stats", "npy"):
         raise bad_request("format must be 'stats' or 'npy'", "format")
-    lora = body.get("lora") or None
-    if lora is not None and not isinstance(lora, str):
-        raise bad_request("lora must be a LoRA name", "lora")
+    lora = parse_lora(body.get("lora"))
     engine = catalog.route(lora)
     given = body.get("inputs") or {}
     if not isinstance(given, dict):

@@ -239,7 +239,11 @@ class VideoWorker:
         tensors: dict[str, torch.Tensor] = {}
         for name, shape in shapes.items():
             if name in req.inputs:
-                arr = np.load(io.BytesIO(base64.b64decode(req.inputs[name])), allow_pickle=False)
+                try:  # the header was checked at the ingress; the data (length, base64 tail) only here
+                    arr = np.load(io.BytesIO(base64.b64decode(req.inputs[name], validate=True)), allow_pickle=False)
+                except (ValueError, EOFError) as e:  # binascii.Error is a ValueError
+                    raise _ClientError(f"inputs.{name}: not a readable .npy array ({str(e)[:120]})",
+                                       "invalid_input") from None
                 if not np.isfinite(arr).all():
                     raise _ClientError(f"inputs.{name} holds NaN or infinite values", "non_finite_input")
                 tensors[name] = torch.from_numpy(arr.astype(np.float32, copy=False))
