@@ -30,7 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from wanrt.artifacts import atomic_output_dir, build_manifest, check_output_dir, read_manifest, sha256_file, write_json
+from wanrt.artifacts import (atomic_output_dir, build_manifest, check_output_dir, read_manifest, sha256_file,
+                             write_manifest)
 from wanrt.engines.cache import EngineCache, plan_intact
 from wanrt.engines.engine_spec import ENGINE_KIND, PLAN_NAME, PRECISIONS, EngineSpec
 from wanrt.engines.fp8 import quantize_fp8
@@ -121,7 +122,7 @@ def build_engine_from_onnx_dir(onnx_dir: str | os.PathLike, engine_spec: EngineS
                                      fp8_report=fp8_report, timings={**timings, "total": time.perf_counter() - t0})
         engine_manifest = build_manifest(ENGINE_KIND, {"engine": spec, "onnx": resolved.manifest.get("specs", {})},
                                          payload_out)
-        write_json(tmp / "manifest.json", engine_manifest)
+        write_manifest(tmp, engine_manifest)
     if cache is not None:
         cache.store(resolved.key, out_dir)
     return engine_manifest

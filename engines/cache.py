@@ -14,7 +14,6 @@ cache or a sibling output. A tampered or damaged entry is evicted with one line 
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import shutil
 import sys
@@ -31,7 +30,8 @@ from wanrt.artifacts import (
     sha256_file,
     write_json,
 )
-from wanrt.errors import BadInputError
+from wanrt.errors import BadInputError, WanrtError, os_error_line
+from wanrt.jsonio import read_json
 
 ENTRY_INDEX = "cache-entry.json"  # {key, files: {name: sha256}}; stays in the cache, not copied out
 _FICLONE = 0x40049409  # linux/fs.h: share the blocks copy-on-write (btrfs, xfs); a plain copy elsewhere
@@ -59,6 +59,12 @@ def onnx_content_sha256(onnx_path: Path, external: Iterable[Path] = (), onnx_sha
         h.update(f"{f.name}\0{f.stat().st_size}\0".encode())
         h.update(bytes.fromhex(onnx_sha if onnx_sha and f == onnx_path else sha256_file(f)))
     return h.hexdigest()
+
+
+def engine_cache_from_root(cache_root_option: str | os.PathLike | None) -> str | None:
+    """`--cache-dir ROOT` is the cache root in every subcommand (exports/, engines/, ...): the engine cache of
+    every flavour is ROOT/engines. None: the default root's (engine_cache_dir)."""
+    return str(Path(cache_root_option) / "engines") if cache_root_option else None
 
 
 def engine_cache_dir(spec: Any) -> Path:
@@ -94,11 +100,11 @@ class EngineCache:
         """(manifest, "") for an intact entry, (None, why) otherwise."""
         entry = self.path(key)
         try:
-            index = json.loads((entry / ENTRY_INDEX).read_text())
+            index = read_json(entry / ENTRY_INDEX)  # bounded: size, depth, regular files only
             files = index["files"]
             if index.get("key") != key or not isinstance(files, dict) or "manifest.json" not in files:
                 return None, "its index does not describe it"
-        except (OSError, ValueError, KeyError, TypeError):
+        except (WanrtError, KeyError, TypeError):
             return None, f"no readable {ENTRY_INDEX}"
         present = {f.name for f in entry.iterdir() if f.is_file()} - {ENTRY_INDEX}
         if present != set(files):
@@ -123,8 +129,12 @@ class EngineCache:
             return None
         manifest, why = self._verify(key)
         if manifest is None:
+            try:
+                self.evict(key)
+            except (OSError, WanrtError):  # a read-only cache: the entry stays, unused; the build goes on
+                _warn(f"engine cache entry {self.path(key)} failed verification ({why}); not used, rebuilding")
+                return None
             _warn(f"engine cache entry {self.path(key)} failed verification ({why}); evicted, rebuilding")
-            self.evict(key)
         return manifest
 
     def fetch(self, key: str, out_dir: Path, force: bool = False) -> dict[str, Any] | None:
@@ -140,10 +150,11 @@ class EngineCache:
         return manifest
 
     def store(self, key: str, engine_dir: Path) -> None:
-        """Best effort: a full disk or read-only cache never fails a build."""
-        if self.lookup(key) is not None:
-            return
+        """Best effort: the engine at engine_dir is complete already, so a full disk or a read-only cache never
+        fails a build: one warning line, exit 0."""
         try:
+            if self.lookup(key) is not None:
+                return
             self.root.mkdir(parents=True, exist_ok=True)
             with atomic_output_dir(self.path(key), force=True, kind="engine") as tmp:
                 files = {}
@@ -156,5 +167,6 @@ class EngineCache:
                 for f in tmp.iterdir():
                     os.chmod(f, 0o444)
                 os.chmod(tmp, 0o555)
-        except (OSError, BadInputError):
-            pass
+        except (OSError, WanrtError) as e:  # StorageError (ENOSPC, EROFS) from the atomic write, or the OSError
+            why = os_error_line(e) if isinstance(e, OSError) else str(e)
+            _warn(f"engine not cached in {self.root} ({why}); the engine in {engine_dir} is complete")

@@ -16,27 +16,31 @@ from wanrt.choices import Flavour, Precision
 from wanrt.console import out_console
 from wanrt.errors import BadInputError
 from wanrt.flags import deprecated_option
-from wanrt.options import SEED, option_group
+from wanrt.options import FINITE_FLOAT, SEED, FiniteFloat, SectionedCommand, option_group
 
 PRECISION_CHOICES = Precision.values()  # int8: openvino flavour
 
 
-engine_options = option_group(
+_engine_core = option_group(
     click.option("--flavour", "flavour", type=click.Choice(Flavour.values()), default="auto", show_default=True,
                  help="Engine flavour: datacenter `tensorrt`, TensorRT for RTX (`rtx`), or whichever fits."),
     deprecated_option("--trt", "--flavour", "flavour", type=click.Choice(Flavour.values())),
     click.option("--precision", type=click.Choice(PRECISION_CHOICES), default=None,
                  help="Engine precision. fp16/bf16/fp32 must match the ONNX dtype (strongly typed); fp8 quantizes "
                       "the ONNX (Q/DQ) first. Default: the ONNX's dtype (bf16 for Wan).  [default: ONNX dtype]"),
+    deprecated_option("--trt-precision", "--precision", "precision", type=click.Choice(PRECISION_CHOICES)),
     click.option("--profile", "profiles", multiple=True,
                  help="Optimization profile: 480p, 480p-portrait, 720p, 720p-portrait, export (the ONNX's whole "
                       "range), or MIN:OPT:MAX with each BxFRAMESxHxW. Repeat for several.  [default: export]"),
     click.option("--frames", default=None, help="Pixel frames for presets: 17..81 (opt = max), 17..49..81, or 81."),
     click.option("--batch", default=None, help="Batch N or range LO..HI, e.g. 1..2 (CFG): the engine profile's "
                  "batch (with --profile presets); on export also the largest batch the graph takes.  [default: 1..2]"),
+    # beside --batch, so every subcommand that takes --batch LO..HI (export, build) takes the old spelling
+    deprecated_option("--max-batch", "--batch 1..N", "batch", type=click.IntRange(1, 2), convert=lambda n: f"1..{n}"),
     click.option("--opt-level", type=click.IntRange(0, 5), default=None,
                  help="Builder optimization level (TensorRT default 3)."),
-    click.option("--workspace", "workspace_gib", type=float, default=None, help="Workspace limit in GiB."),
+    click.option("--workspace", "workspace_gib", type=FiniteFloat(0, min_open=True), default=None,
+                 help="Workspace limit in GiB."),
     click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
                  help="Timing cache file, read and updated across builds (datacenter TensorRT; TensorRT-RTX "
                       "compiles just in time and keeps a runtime cache instead)."),
@@ -46,6 +50,10 @@ engine_options = option_group(
                  help="Make the LoRA weights refittable (auto: when the ONNX has a LoRA and a GPU builds)."),
     click.option("--compute-capability", "compute_capability", default=None,
                  help="TensorRT-RTX targets, comma list (8.9,12.0). Default: this GPU, or RTX's portable set."),
+    section="Engine",
+)
+
+_fp8_options = option_group(
     click.option("--calib", type=click.IntRange(1), default=8, show_default=True,
                  help="FP8: number of calibration samples."),
     click.option("--calib-data", type=click.Path(exists=True), default=None,
@@ -55,23 +63,37 @@ engine_options = option_group(
                  help="FP8: blocks kept in high precision: N = first and last N, or a list 0,1,39."),
     click.option("--fp8-backend", type=click.Choice(["auto", "modelopt", "wanrt"]), default="auto",
                  show_default=True, help="FP8 Q/DQ by NVIDIA ModelOpt or wanrt's own pass."),
-    click.option("--fp8-tolerance", type=float, default=0.1, show_default=True,
+    click.option("--fp8-tolerance", type=FiniteFloat(0, min_open=True), default=0.1, show_default=True,
                  help="FP8: largest relative error per output accepted in the ONNX Runtime check."),
     click.option("--no-fp8-check", is_flag=True, help="FP8: skip the ONNX Runtime numerics check."),
+    section="FP8 (--precision fp8)",
+)
+
+_openvino_options = option_group(
     click.option("--ov-device", "ov_device", default="CPU", show_default=True,
                  help="openvino flavour: the OpenVINO device (CPU, GPU, GPU.1)."),
     click.option("--keep-fp32", "keep_fp32", type=click.Choice(["wan", "wan+residual", "wan+norms", "none"]),
                  default="wan", show_default=True,
                  help="openvino bf16/int8: what stays fp32 (wan: the timestep embedding, as Wan keeps it)."),
+    section="OpenVINO (--flavour openvino)",
+)
+
+_cache_options = option_group(
     click.option("--no-cache", is_flag=True, help="Do not reuse or store engines in the engine cache."),
     click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
                  help="Cache root; engines go to CACHE_DIR/engines (default: $WANRT_CACHE_DIR or ~/.cache/wanrt)."),
+    deprecated_option("--artifacts", "--cache-dir", "cache_dir", type=click.Path(file_okay=False)),
+    section="Engine cache",
 )
+
+# the option group `wanrt export --engine` reuses, in sections for --help
+engine_options = option_group(_engine_core, _fp8_options, _openvino_options, _cache_options)
 
 
 def engine_spec_from_kwargs(kw: dict[str, Any]):
     """click kwargs of engine_options -> EngineSpec."""
     from wanrt.engines.build import EngineSpec
+    from wanrt.engines.cache import engine_cache_from_root
     from wanrt.engines.fp8 import Fp8Spec
 
     ccs = tuple(c.strip() for c in (kw.get("compute_capability") or "").split(",") if c.strip())
@@ -87,8 +109,7 @@ def engine_spec_from_kwargs(kw: dict[str, Any]):
                       workspace_gib=kw["workspace_gib"], timing_cache=kw["timing_cache"],
                       weight_streaming=kw["weight_streaming"], refit=kw["refit"], compute_capabilities=ccs, fp8=fp8,
                       cache=not kw["no_cache"],
-                      # --cache-dir is the cache root in every subcommand; the engine cache is its engines/ folder
-                      cache_dir=str(Path(kw["cache_dir"]) / "engines") if kw.get("cache_dir") else None)
+                      cache_dir=engine_cache_from_root(kw.get("cache_dir")))
 
 
 def engine_table(rows: list[tuple[str, dict[str, Any]]], title: str = "wanrt build") -> Table:
@@ -129,23 +150,27 @@ def _predict_build(resolved, spec) -> str:
     return f"builds on {where}; not refittable{why}"
 
 
-@click.command()
+@click.command(cls=SectionedCommand)
 @click.argument("onnx_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
-              help="Engine directory (engine.plan + manifest.json).  [default: ONNX_DIR/engine]")
-@click.option("--force", is_flag=True, help="Replace an existing engine directory that holds another engine.")
-@click.option("--dry-run", is_flag=True, help="Parse and configure (profiles, flags, FP8 Q/DQ) without building.")
-@click.option("--progress/--no-progress", default=None, help="TensorRT build progress bars (default: on a terminal).")
+@option_group(
+    click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
+                 help="Engine directory (engine.plan + manifest.json).  [default: ONNX_DIR/engine]"),
+    click.option("--force", is_flag=True, help="Replace an existing engine directory that holds another engine."),
+    click.option("--dry-run", is_flag=True, help="Parse and configure (profiles, flags, FP8 Q/DQ) without building."),
+    click.option("--progress/--no-progress", default=None,
+                 help="TensorRT build progress bars (default: on a terminal)."),
+    section="Output")
 @engine_options
 def build(onnx_dir, output, force, dry_run, progress, **kw):
-    """Build a TensorRT engine from a `wanrt export` directory (same engine asked twice: reused, not rebuilt).
+    """Build a TensorRT or OpenVINO engine from a `wanrt export` directory (asked twice: reused, not rebuilt).
 
     \b
     Examples:
-      wanrt build out/r16 -o out/r16.engine                     # precision from the ONNX, its whole shape range
-      wanrt build out/wan --profile 480p --frames 17..81         # batch 1..2 (CFG), 480x832
+      wanrt build out/r16 -o out/r16.engine   # the ONNX's precision and shapes
+      wanrt build out/wan --profile 480p --frames 17..81   # batch 1..2, 480x832
       wanrt build out/wan --precision fp8 --calib 16 --keep-blocks 2
-      wanrt build out/sep --flavour rtx --compute-capability 8.9,12.0 # ahead of time, no GPU
+      wanrt build out/sep --flavour rtx --compute-capability 8.9,12.0
+      wanrt build out/r16 --flavour openvino --precision bf16   # CPU engine
     """
     from dataclasses import replace
 
@@ -187,8 +212,9 @@ def build(onnx_dir, output, force, dry_run, progress, **kw):
               help="New LoRA file (diffusers/peft, ComfyUI/Kijai or musubi/kohya safetensors).")
 @click.option("--rank", type=click.IntRange(1), default=None,
               help="Synthetic LoRA of this rank (no --lora), or SVD re-rank of --lora.")
-@click.option("--lora-scale", type=float, default=None, help="LoRA strength (default: the export's).")
+@click.option("--lora-scale", type=FINITE_FLOAT, default=None, help="LoRA strength (default: the export's).")
 @click.option("--seed", type=SEED, default=None, help="Seed of a synthetic LoRA (default: the export's).")
+@deprecated_option("--lora-seed", "--seed", "seed", type=SEED)
 @click.option("--allow-pickle", is_flag=True, help="Allow .pt/.ckpt/.bin LoRA files.")
 @click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
               help="Write the refit engine here instead of replacing ENGINE_DIR.")
@@ -199,8 +225,10 @@ def refit(engine_dir, lora_file, rank, lora_scale, seed, allow_pickle, output, f
     """Swap the LoRA of a refittable engine without rebuilding it.
 
     \b
-    separate-mode engines: only the LoRA A/B weights are refit; same targets, rank <= the engine's (zero-padded).
-    merged-mode engines: W = original base + new delta (never cumulative: A -> B -> A returns exactly to A).
+    separate-mode engines: only the LoRA A/B weights are refit; same targets,
+      rank <= the engine's (zero-padded).
+    merged-mode engines: W = original base + new delta (never cumulative:
+      A -> B -> A returns exactly to A).
     """
     from wanrt.engines.refit import prepare_refit, refit_engine_dir
 

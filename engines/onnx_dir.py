@@ -8,7 +8,7 @@ from typing import Any
 
 import onnx
 
-from wanrt.artifacts import confined_path, read_manifest, sha256_file
+from wanrt.artifacts import check_artifact_files, confined_path, read_manifest, sha256_file
 from wanrt.engines.cache import onnx_content_sha256
 from wanrt.errors import BadInputError, EngineError
 
@@ -25,6 +25,7 @@ def read_onnx_dir(onnx_dir: str | os.PathLike) -> tuple[dict[str, Any], Path]:
     data = manifest["payload"].get("external_data")
     if data and not confined_path(onnx_dir, data, "payload.external_data").is_file():
         raise BadInputError(f"{onnx_dir}: external weights {data} are missing")
+    check_artifact_files(onnx_dir, manifest)  # a model.onnx or external data swapped under the manifest is refused
     return manifest, path
 
 

@@ -35,12 +35,14 @@ from typing import Any
 
 from wanrt.artifacts import (
     atomic_output_dir,
+    atomic_path,
     build_manifest,
+    check_artifact_files,
     confined_path,
     read_manifest,
     sha256_file,
     spec_hash,
-    write_json,
+    write_manifest,
 )
 from wanrt.engines.onnx_dir import export_digests, onnx_initializer_info, read_onnx_dir
 from wanrt.engines.lora_swap import SWAP_KIND, loaded_from_export, loaded_identity, swap_section, swap_weights
@@ -89,24 +91,51 @@ def cpu_info() -> dict[str, Any]:
     return {"model": model, "isa": [f for f in ISA_FLAGS if f in flags]}
 
 
+# Narrows (never widens) what OpenVINO reports, e.g. FP32,INT8: how a test or a user sees, on a CPU with BF16,
+# exactly what wanrt does on one without (build, bench and tools refuse or skip bf16 with the same line).
+CAPABILITIES_ENV = "WANRT_OV_CAPABILITIES"
+
+
 def device_capabilities(core, device: str) -> list[str]:
+    """OpenVINO's OPTIMIZATION_CAPABILITIES of `device`, narrowed by $WANRT_OV_CAPABILITIES: the one reader every
+    precision decision goes through (build, the ov backend, bench, tools/bench_cpu_engines, the tests)."""
     try:
-        return [str(c) for c in core.get_property(device, "OPTIMIZATION_CAPABILITIES")]
+        caps = [str(c) for c in core.get_property(device, "OPTIMIZATION_CAPABILITIES")]
     except RuntimeError as e:
         raise BadInputError(f"OpenVINO device {device!r} is not available here ({str(e).splitlines()[0][:100]}); "
                             f"devices: {', '.join(core.available_devices)}") from None
+    limit = os.environ.get(CAPABILITIES_ENV)
+    if limit is not None:
+        allowed = {c.strip().upper() for c in limit.split(",") if c.strip()}
+        caps = [c for c in caps if c.upper() in allowed]
+    return caps
+
+
+def precision_refusal(core, device: str, precision: str) -> str | None:
+    """None when `device` runs `precision` natively, else the one-line reason naming what it offers."""
+    if precision not in PRECISIONS:
+        raise BadInputError(f"--precision {precision}: the openvino flavour builds {', '.join(PRECISIONS)}")
+    caps = device_capabilities(core, device)
+    if CAPABILITY[precision] in caps:
+        return None
+    offered = [p for p in PRECISIONS if CAPABILITY[p] in caps]
+    return (f"OpenVINO {device} has no {CAPABILITY[precision]} support on this machine ({cpu_info()['model']}; "
+            f"capabilities {', '.join(caps) or 'none'}): use --precision {' or '.join(offered) or 'fp32'}, or run on "
+            f"a CPU with {'avx512_bf16 or AMX' if precision == 'bf16' else 'VNNI or AMX'}")
+
+
+def supported_precisions(device: str = "CPU") -> dict[str, str | None]:
+    """{precision: None if `device` runs it, else why not}, for callers that measure what the machine has."""
+    core = require_openvino().Core()
+    return {p: precision_refusal(core, device, p) for p in PRECISIONS}
 
 
 def check_precision_supported(core, device: str, precision: str) -> list[str]:
     """EngineError when `device` cannot run `precision` natively; returns its capabilities."""
-    if precision not in PRECISIONS:
-        raise BadInputError(f"--precision {precision}: the openvino flavour builds {', '.join(PRECISIONS)}")
-    caps = device_capabilities(core, device)
-    if CAPABILITY[precision] not in caps:
-        raise EngineError(f"OpenVINO {device} has no {CAPABILITY[precision]} support on this machine "
-                          f"({cpu_info()['model']}; capabilities {', '.join(caps)}): build fp32, or build on a CPU "
-                          f"with {'avx512_bf16 or AMX' if precision == 'bf16' else 'VNNI or AMX'}")
-    return caps
+    why = precision_refusal(core, device, precision)
+    if why is not None:
+        raise EngineError(why)
+    return device_capabilities(core, device)
 
 
 @dataclass(frozen=True)
@@ -135,7 +164,11 @@ def read_with_lora_inputs(core, onnx_path: Path, lora_names: list[str]):
     """(ov.Model, {name: default numpy value}) with every LoRA Constant turned into a Parameter of the same name."""
     from openvino import opset13 as ops
 
-    model = core.read_model(str(onnx_path))
+    try:
+        model = core.read_model(str(onnx_path))
+    except RuntimeError as e:  # a damaged or foreign file: OpenVINO's parser says why in its first line
+        raise BadInputError(f"{onnx_path}: OpenVINO cannot read it ({_first_line(e)}); re-export it with "
+                            f"`wanrt export`") from None
     wanted = set(lora_names)
     params, defaults = [], {}
     for op in model.get_ops():
@@ -261,7 +294,7 @@ def build_openvino_engine(onnx_dir: str | os.PathLike, spec: OvEngineSpec, out_d
             "timings_s": {**timings, "total": time.perf_counter() - t0},
         }
         manifest = build_manifest("engine", {"engine": spec, "onnx": export_manifest.get("specs", {})}, payload)
-        write_json(tmp / "manifest.json", manifest)
+        write_manifest(tmp, manifest)
     if cache is not None:
         cache.store(key, out_dir)
     return manifest
@@ -290,7 +323,8 @@ def _save_lora(path: Path, tensors: dict[str, Any]) -> None:
     import numpy as np
     from safetensors.numpy import save_file
 
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path))
+    with atomic_path(path) as tmp:  # the one file writer: the user's umask, not safetensors' 0600
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp))
 
 
 def _load_lora(path: Path) -> dict[str, Any]:
@@ -323,6 +357,7 @@ def load_openvino_manifest(engine_dir: str | os.PathLike) -> dict[str, Any]:
     for k in ("engine", "plan_bytes", "openvino", "cpu", "precision", "lora"):
         if k not in p:
             raise EngineError(f"{engine_dir}/manifest.json lacks '{k}'; rebuild the engine")
+    check_artifact_files(engine_dir, manifest)  # blob and LoRA weights as built, before OpenVINO reads them
     return manifest
 
 
@@ -347,7 +382,8 @@ def check_compatibility(manifest: dict[str, Any], version: str, cpu: dict[str, A
 
 def check_blob(engine_dir: Path, manifest: dict[str, Any], verify_hash: bool = False,
                entry: dict[str, Any] | None = None) -> Path:
-    """The blob (or `entry`'s: the time engine) exists with the recorded size, and sha256 when asked."""
+    """The blob (or `entry`'s: the time engine) exists with the recorded size, and sha256 when asked (every load
+    checks the sha256 of what the manifest lists already: load_openvino_manifest)."""
     p = manifest["payload"]
     name, size, sha = (p["engine"], p["plan_bytes"], p.get("plan_sha256")) if entry is None else \
         (entry.get("file"), entry.get("bytes"), entry.get("sha256"))
@@ -383,6 +419,7 @@ class OvEngine:
             time_blob = check_blob(self.dir, self.manifest, verify_hash, entry=p["time_engine"])
             self.time_compiled = _import_blob(core, time_blob, self.device, compile_properties("fp32", threads))
         self.load_s = time.perf_counter() - t0
+        _check_inputs(self.dir, self.manifest, self.compiled, self.time_compiled)
         self.request = self.compiled.create_infer_request()
         self.time_request = self.time_compiled.create_infer_request() if self.time_compiled is not None else None
         self.section = p["lora"]
@@ -433,8 +470,33 @@ class OvEngine:
                     self.request.set_tensor(out.get_any_name(), self.time_request.get_output_tensor(i))
             else:
                 self.request.set_tensor(name, _ov_tensor(value))
-        self.request.infer()
+        try:
+            self.request.infer()
+        except RuntimeError as e:  # e.g. a shape outside what the engine was compiled for
+            raise EngineError(f"{self.dir}: OpenVINO inference failed ({_first_line(e)})") from None
         return self.request.get_output_tensor(0).data.copy()
+
+
+def _first_line(e: BaseException) -> str:
+    """OpenVINO's reason without its C++ source locations ("Exception from src/...:" lines)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    said = [ln for ln in lines if not ln.startswith(("Exception from ", "Check '"))] or lines
+    return (said[0] if said else type(e).__name__)[:160]
+
+
+def _check_inputs(engine_dir: Path, manifest: dict[str, Any], compiled, time_compiled) -> None:
+    """The imported graph takes the inputs its manifest names (video inputs, LoRA weights, the time engine's
+    outputs): a manifest edited or copied from another engine is refused at load, not at the first inference."""
+    p = manifest["payload"]
+    names = {n for i in compiled.inputs for n in i.get_names()}
+    wanted = set(p.get("io") or {}) | set((p.get("lora") or {}).get("refittable_weights") or {}
+                                          if (p.get("lora") or {}).get("refit") else ())
+    if time_compiled is not None:
+        wanted = (wanted - {"timestep"}) | {n for o in time_compiled.outputs for n in o.get_names()}
+    missing = sorted(wanted - names)
+    if missing:
+        raise EngineError(f"{engine_dir}: the blob does not take inputs its manifest names ({', '.join(missing[:3])}"
+                          f"{', ...' if len(missing) > 3 else ''}); rebuild with `wanrt build --flavour openvino`")
 
 
 def _import_blob(core, blob: Path, device: str, config: dict[str, Any]):
@@ -460,7 +522,7 @@ def refit_openvino_engine_dir(engine_dir: str | os.PathLike, lora_file: str | No
     """`wanrt refit` for OpenVINO engines: compute the new branch weights (same layout and refusals as TensorRT
     refit), check them against the engine by loading it, and rewrite lora.safetensors + manifest atomically. The
     compiled blob is copied as is: nothing is recompiled."""
-    from wanrt.engines.refit import load_base_model, resolve_new_lora
+    from wanrt.engines.refit import check_new_lora, load_base_model, resolve_new_lora
 
     engine_dir = Path(engine_dir)
     manifest = load_openvino_manifest(engine_dir)
@@ -471,6 +533,7 @@ def refit_openvino_engine_dir(engine_dir: str | os.PathLike, lora_file: str | No
     if section.get("refit") != SWAP_KIND:
         raise EngineError(f"this OpenVINO engine holds a {section.get('mode')} LoRA folded into its weights; only "
                           f"separate-mode engines swap LoRAs: export with --lora-mode separate, or rebuild")
+    check_new_lora(lora_file, rank, scale, allow_pickle, out_dir, engine_dir, force)  # as TensorRT: before the model
     t0 = time.perf_counter()
     model = model if model is not None else load_base_model(manifest)
     lora = resolve_new_lora(manifest, model, lora_file, rank, scale, seed, allow_pickle=allow_pickle)
@@ -490,5 +553,5 @@ def refit_openvino_engine_dir(engine_dir: str | os.PathLike, lora_file: str | No
         p["lora"]["loaded"] = loaded_identity(lora, {"file": lora_file} if lora_file else {"synthetic_rank": rank})
         p.setdefault("refits", []).append({"weights_s": t_weights, "total_s": time.perf_counter() - t0,
                                            "recompiled": False})
-        write_json(tmp / "manifest.json", manifest)
+        write_manifest(tmp, manifest)
     return read_manifest(target, kind="engine")

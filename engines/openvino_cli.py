@@ -20,6 +20,7 @@ TRT_ONLY = {"profiles": (), "frames": None, "opt_level": None, "workspace_gib": 
 
 
 def ov_spec_from_kwargs(kw: dict[str, Any]):
+    from wanrt.engines.cache import engine_cache_from_root
     from wanrt.engines.openvino import PRECISIONS, OvEngineSpec
 
     used = [k for k, default in TRT_ONLY.items() if kw.get(k) not in (default, None, (), False)]
@@ -33,7 +34,7 @@ def ov_spec_from_kwargs(kw: dict[str, Any]):
                             f"(fp8 is TensorRT's; int8 is its CPU counterpart here)")
     return OvEngineSpec(precision=precision, device=kw.get("ov_device") or "CPU",
                         keep_fp32=kw.get("keep_fp32") or "wan", cache=not kw.get("no_cache"),
-                        cache_dir=kw.get("cache_dir"))
+                        cache_dir=engine_cache_from_root(kw.get("cache_dir")))
 
 
 def ov_engine_table(rows: list[tuple[str, dict[str, Any]]], title: str = "wanrt build --flavour openvino") -> Table:

@@ -25,11 +25,12 @@ from typing import Any
 import torch
 
 from wanrt import lora_layout
-from wanrt.artifacts import atomic_output_dir, confined_path, read_manifest, sha256_file, write_json
+from wanrt.artifacts import (atomic_output_dir, check_output_dir, confined_path, read_manifest, sha256_file,
+                             write_manifest)
 from wanrt.engines.runtime import TRTEngine, load_engine_manifest, trt_weights_dtype
 from wanrt.errors import BadInputError, EngineError, LoraError
 from wanrt.export.api import LoraSpec, resolve_lora
-from wanrt.export.lora_formats import check_lora_source
+from wanrt.export.lora_formats import check_lora_exists, check_lora_source
 from wanrt.export.model import ModelSpec, load_transformer
 
 
@@ -78,14 +79,32 @@ def load_base_model(manifest: dict[str, Any]):
     return load_transformer(replace(model_spec, dtype=dtype))
 
 
+def check_new_lora(lora_file: str | None, rank: int | None, scale: float | None, allow_pickle: bool = False,
+                   out_dir: str | os.PathLike | None = None, engine_dir: str | os.PathLike | None = None,
+                   force: bool = False) -> None:
+    """Every refit input checked before the base model loads (minutes on 14B) or anything is written; shared by
+    the TensorRT refit and the OpenVINO swap: a LoRA source (the whole validation pass: tensors, dtypes, finite
+    values), a finite scale, and an `-o` directory that may be written."""
+    import math
+
+    if lora_file is None and rank is None:
+        raise BadInputError("refit needs --lora FILE or --rank N (synthetic)")
+    if scale is not None and not math.isfinite(scale):
+        raise LoraError(f"--lora-scale {scale!r}: must be a finite number")
+    if lora_file is not None:
+        check_lora_source(lora_file, allow_pickle)  # a missing file or peft directory first, in its one wording
+    if out_dir is not None and Path(out_dir).resolve() != Path(engine_dir or out_dir).resolve():
+        check_output_dir(out_dir, force, kind="engine")
+
+
 def resolve_new_lora(manifest: dict[str, Any], model, lora_file: str | None = None, rank: int | None = None,
                      scale: float | None = None, seed: int | None = None, targets: str | None = None,
                      allow_pickle: bool = False):
     """A LoRA file (optionally re-ranked to `rank`) or a synthetic one of `rank`, on the engine's targets."""
     if lora_file is None and rank is None:
         raise BadInputError("refit needs --lora FILE or --rank N (synthetic)")
-    if lora_file is not None and not Path(lora_file).exists():  # a file or a peft adapter directory
-        raise LoraError(f"LoRA file {lora_file} does not exist")
+    if lora_file is not None:  # the cheap check; check_new_lora does them all
+        check_lora_exists(lora_file)
     _, old = onnx_specs(manifest)
     spec = replace(old, file=lora_file, rank=rank, targets=targets or old.targets,
                    mode=manifest["payload"]["lora"]["mode"], scale=old.scale if scale is None else scale,
@@ -187,12 +206,18 @@ def _merged_weights(section: dict[str, Any], lora_modules: dict[str, Any], lora_
 
 
 def check_weights_against_manifest(manifest: dict[str, Any], weights: dict[str, Any]) -> None:
+    """The last gate before new weights reach an engine (TensorRT refit, the ORT/OpenVINO swap, a server's swap):
+    names and shapes the engine has, and finite values in the engine's dtype (a large scale or alpha overflows
+    fp16/bf16 even when every input was finite)."""
     info = manifest["payload"]["lora"]["refittable_weights"]
     for name, t in weights.items():
         if name not in info:
             raise EngineError(f"{name} is not a refittable weight of this engine")
         if list(t.shape) != list(info[name]["shape"]):
             raise EngineError(f"{name}: new weights {list(t.shape)}, the engine has {info[name]['shape']}")
+        if not bool(torch.isfinite(t).all()):
+            raise LoraError(f"{name}: the new LoRA weights are not finite in {info[name]['dtype']} (NaN in the "
+                            f"LoRA, or its scale/alpha overflows); nothing was changed")
 
 
 # --------------------------------------------------------------------------------------------- TensorRT (GPU)
@@ -277,12 +302,13 @@ def lora_identity(lora, source: dict[str, Any] | None = None) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------- engine directory
 def prepare_refit(engine_dir: str | os.PathLike, lora_file: str | None = None, rank: int | None = None,
                   scale: float | None = None, seed: int | None = None, allow_pickle: bool = False,
-                  model=None) -> tuple[dict[str, Any], dict[str, Any], Any]:
-    """CPU half of a refit: (manifest, new weights, LoRA). Every refusal happens here."""
+                  model=None, out_dir: str | os.PathLike | None = None,
+                  force: bool = False) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """CPU half of a refit: (manifest, new weights, LoRA). Every refusal happens here, the input checks before
+    the base model loads."""
     manifest = load_engine_manifest(engine_dir)
     section = engine_lora(manifest)
-    if lora_file is not None:  # the whole LoRA validation pass before the base model loads (minutes on 14B)
-        check_lora_source(lora_file, allow_pickle)
+    check_new_lora(lora_file, rank, scale, allow_pickle, out_dir, engine_dir, force)
     model = model if model is not None else load_base_model(manifest)
     lora = resolve_new_lora(manifest, model, lora_file, rank, scale, seed, allow_pickle=allow_pickle)
     base = None
@@ -300,7 +326,8 @@ def refit_engine_dir(engine_dir: str | os.PathLike, lora_file: str | None = None
     """Refit an engine directory with a new LoRA and write it back (or to out_dir) atomically; returns the new
     manifest. A failure leaves the directory as it was."""
     engine_dir = Path(engine_dir)
-    manifest, weights, lora = prepare_refit(engine_dir, lora_file, rank, scale, seed, allow_pickle)
+    manifest, weights, lora = prepare_refit(engine_dir, lora_file, rank, scale, seed, allow_pickle, out_dir=out_dir,
+                                            force=force)
     t0 = time.perf_counter()
     engine = TRTEngine(engine_dir, runtime_cache=None)
     onnx_dir = manifest["payload"]["onnx"].get("dir")
@@ -308,9 +335,6 @@ def refit_engine_dir(engine_dir: str | os.PathLike, lora_file: str | None = None
     timings = apply_refit(engine.flavour, engine.engine, weights, onnx_path)
     plan = engine.engine.serialize()
     target = Path(out_dir) if out_dir is not None else engine_dir
-    in_place = target.resolve() == engine_dir.resolve()
-    if not in_place and target.exists() and not force:
-        raise BadInputError(f"output directory {target} exists; pass --force to replace it")
     with atomic_output_dir(target, force=True, kind="engine") as tmp:
         plan_path = confined_path(tmp, manifest["payload"]["engine"], "payload.engine")
         with open(plan_path, "wb") as f:
@@ -327,6 +351,6 @@ def refit_engine_dir(engine_dir: str | os.PathLike, lora_file: str | None = None
         p["plan_sha256"] = sha256_file(plan_path)
         p["cache_key"] = f"{p['cache_key']}-refit-{sha256_file(plan_path)[:12]}"  # no longer the built content
         p.setdefault("refits", []).append({**timings, "total_s": time.perf_counter() - t0})
-        write_json(tmp / "manifest.json", manifest)
+        write_manifest(tmp, manifest)
     del engine, plan
     return read_manifest(target, kind="engine")

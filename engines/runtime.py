@@ -23,7 +23,7 @@ from wanrt.engines.flavour import (
 )
 from wanrt.engines.profiles import ProfileSpec, select_profile
 
-from wanrt.artifacts import confined_path, read_manifest, sha256_file, write_bytes_atomic
+from wanrt.artifacts import check_artifact_files, confined_path, read_manifest, sha256_file, write_bytes_atomic
 from wanrt.errors import BadInputError, EngineError
 
 RUNTIME_CACHE_NAME = "runtime.cache"
@@ -38,6 +38,7 @@ def load_engine_manifest(engine_dir: str | os.PathLike) -> dict[str, Any]:
     for key in ("engine", "plan_bytes", "trt", "targets", "profiles", "io"):
         if key not in manifest.get("payload", {}):
             raise EngineError(f"{engine_dir}/manifest.json lacks '{key}'; rebuild the engine")
+    check_artifact_files(engine_dir, manifest)  # the plan (and all it lists) as built, before it is deserialized
     return manifest
 
 

@@ -16,7 +16,7 @@ import torch
 from wanrt import lora_layout
 from wanrt.choices import LoraMode
 from wanrt.dit_io import DitIO, ShapeRange, VideoShape
-from wanrt.artifacts import atomic_output_dir, build_manifest, sha256_file, spec_hash, write_json
+from wanrt.artifacts import atomic_output_dir, build_manifest, sha256_file, spec_hash, write_manifest
 from wanrt.console import StepProgress
 from wanrt.errors import BadInputError, LoraError
 from wanrt.memory import release_memory
@@ -135,11 +135,12 @@ def _lora_payload(lora: LoraWeights | None, spec: LoraSpec, model, energy) -> di
 
 def export_model(model_spec: ModelSpec, lora_spec: LoraSpec, export_spec: ExportSpec, out_dir: str | Path,
                  force: bool = False, progress: bool | None = None,
-                 acceptance: Acceptance | None = None) -> dict[str, Any]:
+                 acceptance: Acceptance | None = None, say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Export one (model, LoRA, mode) to `out_dir` atomically; returns the manifest. `acceptance`: a check of the
-    saved graph by a consumer (wanrt.engines.acceptance.tensorrt_acceptance), recorded as `trt_parse`."""
+    saved graph by a consumer (wanrt.engines.acceptance.tensorrt_acceptance), recorded as `trt_parse`. `say`: gets
+    a line per step where no progress bar shows."""
     with atomic_output_dir(out_dir, force=force, kind="onnx") as tmp:  # refuses a bad out_dir before any work
-        return _export_into(model_spec, lora_spec, export_spec, tmp, progress, acceptance)
+        return _export_into(model_spec, lora_spec, export_spec, tmp, progress, acceptance, say)
 
 
 def export_ranks(model_spec: ModelSpec, lora_spec: LoraSpec, export_spec: ExportSpec, ranks: list[int],
@@ -157,14 +158,15 @@ def export_ranks(model_spec: ModelSpec, lora_spec: LoraSpec, export_spec: Export
 
 
 def _export_into(model_spec: ModelSpec, lora_spec: LoraSpec, export_spec: ExportSpec, directory: Path,
-                 progress: bool | None, acceptance: Acceptance | None) -> dict[str, Any]:
+                 progress: bool | None, acceptance: Acceptance | None,
+                 say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The export's six steps into `directory` (numbered below), then the manifest. Kept as one function on
     purpose: the order of loads and frees is what bounds peak memory on the 14B geometry."""
     steps = ["load model", "LoRA", "reference outputs", "trace + save ONNX", "validate", "TensorRT parse"]
     model_spec = replace(model_spec, dtype=export_spec.dtype)
     t_start = time.perf_counter()
     shapes = _shape_range(model_spec, export_spec)  # before any load: a range the model cannot take is bad input
-    with StepProgress(f"export {model_spec.source}", steps, enabled=progress) as step:
+    with StepProgress(f"export {model_spec.source}", steps, enabled=progress, say=say) as step:
         # 1. model
         step("load model")
         model = load_transformer(model_spec)
@@ -217,7 +219,7 @@ def _export_into(model_spec: ModelSpec, lora_spec: LoraSpec, export_spec: Export
     if model_spec.is_preset:
         payload["model_config_hash"] = spec_hash(preset_config(model_spec))
     manifest = build_manifest("onnx", specs, payload)
-    write_json(directory / "manifest.json", manifest)
+    write_manifest(directory, manifest)  # last: it lists every file written above
     return manifest
 
 

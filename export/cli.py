@@ -9,12 +9,11 @@ import click
 from rich.table import Table
 
 from wanrt.console import err_console, out_console
-from wanrt.engines.acceptance import tensorrt_acceptance
 from wanrt.engines.cli import engine_options
 from wanrt.errors import BadInputError
-from wanrt.flags import deprecated_option, deprecation_line
-from wanrt.options import (dtype_option, lora_options, lora_spec_from_kwargs, model_options, model_spec_from_kwargs,
-                           parse_int_list, parse_shape)
+from wanrt.flags import deprecation_line
+from wanrt.options import (SectionedCommand, dtype_option, lora_options, lora_spec_from_kwargs, model_options,
+                           model_spec_from_kwargs, option_group, parse_int_list, parse_shape)
 
 
 def summary_table(rows: list[tuple[str, dict]], title: str = "wanrt export") -> Table:
@@ -44,17 +43,15 @@ def summary_table(rows: list[tuple[str, dict]], title: str = "wanrt export") -> 
     return table
 
 
-def _export_options(f):
-    f = click.option("--no-validate", is_flag=True, help="Skip ONNX Runtime parity checks (not recommended).")(f)
-    f = click.option("--force", is_flag=True, help="Replace an existing output directory.")(f)
-    f = deprecated_option("--max-batch", "--batch 1..N", "batch", type=click.IntRange(1, 2),
-                          convert=lambda n: f"1..{n}")(f)
-    f = click.option("--max-shape", default=None, help="Largest video FRAMESxHxW the graph accepts (pixels).")(f)
-    f = click.option("--min-shape", default=None, help="Smallest video FRAMESxHxW the graph accepts (pixels).")(f)
-    f = click.option("--opset", type=int, default=None,
-                     help="ONNX opset (default 23: fused Attention/RMSNorm; 18 where TensorRT-RTX is installed and "
-                          "there is no GPU, since its CPU-only builder cannot compile 23).")(f)
-    return f
+_export_options = option_group(
+    click.option("--opset", type=click.IntRange(7), default=None,
+                 help="ONNX opset (default 23: fused Attention/RMSNorm; 18 where TensorRT-RTX is installed and "
+                      "there is no GPU, since its CPU-only builder cannot compile 23)."),
+    click.option("--min-shape", default=None, help="Smallest video FRAMESxHxW the graph accepts (pixels)."),
+    click.option("--max-shape", default=None, help="Largest video FRAMESxHxW the graph accepts (pixels)."),
+    click.option("--no-validate", is_flag=True, help="Skip ONNX Runtime parity checks (not recommended)."),
+    section="Graph and validation",
+)
 
 
 def _export_spec(kw):
@@ -135,29 +132,34 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-@click.command()
+@click.command(cls=SectionedCommand)
 @model_options
-@lora_options
 @dtype_option
+@lora_options
+@option_group(click.option("--ranks", default=None, help="Several LoRA ranks: one export per rank, OUTPUT/r4, "
+                           "OUTPUT/r8, ... (--ranks 16 is --rank 16)."), section="LoRA")
+@option_group(
+    click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
+                 help="Output directory.  [default: wanrt-out/<model>-<lora>-<mode>-<dtype>, printed]"),
+    click.option("--force", is_flag=True, help="Replace an existing output directory."),
+    section="Output")
 @_export_options
-@click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
-              help="Output directory.  [default: wanrt-out/<model>-<lora>-<mode>-<dtype>, printed]")
-@click.option("--ranks", default=None, help="Several LoRA ranks: one export per rank, OUTPUT/r4, OUTPUT/r8, ... "
-              "(--ranks 16 is --rank 16).")
-@click.option("--engine", is_flag=True, help="Also build a TensorRT engine from each export (OUTPUT/engine); "
-              "the engine options below apply.")
+@option_group(click.option("--engine", is_flag=True, help="Also build an engine from each export (OUTPUT/engine) "
+                           "with the options below."), section="Engine")
 @engine_options
 def export(**kw):
     """Export the Wan DiT (+ LoRA) to validated ONNX: OUTPUT/model.onnx and manifest.json.
 
     \b
     Examples:
-      wanrt export --rank 16 -o out/r16                       # tiny preset, synthetic rank-16 LoRA, merged
-      wanrt export --ranks 4,8,16 --lora-mode separate -o out # out/r4, out/r8, out/r16
-      wanrt export --model wan2.1-i2v-14b --layers 2 --dtype bf16 --rank 16 -o out/slice
-      wanrt export --rank 16 --engine -o out/trt              # + OUTPUT/engine (TensorRT)
+      wanrt export --rank 16 -o out/r16   # tiny preset, rank-16 LoRA, merged
+      wanrt export --ranks 4,8,16 --lora-mode separate -o out   # out/r4 ...
+      wanrt export --model wan2.1-i2v-14b --layers 2 --dtype bf16 --rank 16 \\
+          -o out/slice
+      wanrt export --rank 16 --engine -o out/trt   # + OUTPUT/engine
     """
     from wanrt.artifacts import check_output_dir
+    from wanrt.engines.acceptance import tensorrt_acceptance
     from wanrt.export.api import export_model, export_ranks
 
     if kw["rank"] is not None and "," in str(kw["rank"]):
@@ -213,10 +215,11 @@ def export_engine_table(rows: list[tuple[str, dict]], engines: list[dict]) -> Ta
 @click.command()
 @click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
               help="Where to write the two exports (default: a new temporary directory).")
-@click.option("--rank", type=int, default=16, show_default=True)
+@click.option("--rank", type=click.IntRange(1), default=16, show_default=True, help="LoRA rank.")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 def demo(output, rank, force):
     """Export the tiny preset with a rank-16 LoRA merged and separate, validate both, print a summary."""
+    from wanrt.engines.acceptance import tensorrt_acceptance
     from wanrt.export.api import LoraSpec, export_model
     from wanrt.export.model import ModelSpec
     from wanrt.export.onnx_export import ExportSpec
@@ -225,10 +228,13 @@ def demo(output, rank, force):
     with tempfile.TemporaryDirectory(prefix="wanrt-demo-") as tmp:
         out = Path(output) if output else Path(tmp)
         rows = []
-        for mode in ("merged", "separate"):
+        say = lambda m: err_console.print(m, highlight=False, soft_wrap=True)  # noqa: E731 - one line per stage
+        for i, mode in enumerate(("merged", "separate"), 1):
             target = out / mode
+            # a line per stage: the two exports take a minute or more, and a silent minute looks like a hang
+            say(f"demo {i}/2: tiny preset, rank-{rank} LoRA {mode} -> {target}")
             rows.append((mode, export_model(ModelSpec("tiny"), LoraSpec(rank=rank, mode=mode), ExportSpec(),
-                                            target, force=force, acceptance=tensorrt_acceptance)))
+                                            target, force=force, acceptance=tensorrt_acceptance, say=say)))
         out_console.print(summary_table(rows, title=f"wanrt demo: tiny preset, rank-{rank} LoRA"))
     out_console.print(f"exports in {out}" if output else "exports removed (temporary); `wanrt demo -o DIR` keeps them",
                       highlight=False)

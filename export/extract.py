@@ -166,11 +166,11 @@ def extract_lora(model: nn.Module, base, finetuned, spec: ExtractSpec,
     t0 = time.perf_counter()
     for i, name in enumerate(targets):
         layer = linears[name]
-        delta = finetuned.get(f"{name}.weight").float() - base.get(f"{name}.weight").float()
+        delta = _delta(base, finetuned, f"{name}.weight")
         energy = float(delta.double().pow(2).sum())
         diff_b = None
         if layer.bias is not None:
-            db = finetuned.get(f"{name}.bias").float() - base.get(f"{name}.bias").float()
+            db = _delta(base, finetuned, f"{name}.bias")
             diff_b = db if bool(db.ne(0).any()) else None
         record: dict[str, Any] = {"shape": list(layer.weight.shape), "delta_energy": energy,
                                   "has_diff_b": diff_b is not None}
@@ -218,6 +218,16 @@ def extract_lora(model: nn.Module, base, finetuned, spec: ExtractSpec,
     return Extraction(loras=loras, modules=modules, others=others, diffs=diffs, totals=totals)
 
 
+def _delta(base, finetuned, name: str) -> torch.Tensor:
+    """fine-tune minus base of one parameter in fp32. The checkpoint readers refuse NaN/Inf inputs; this refuses a
+    difference of finite values that overflows fp32, so no SVD, energy or report ever sees a non-finite number."""
+    d = finetuned.get(name).float() - base.get(name).float()
+    if not bool(torch.isfinite(d).all()):
+        raise BadInputError(f"{name}: the fine-tune minus the base is not finite in float32 (weights near the "
+                            "float32 range); not a fine-tune of this base")
+    return d
+
+
 def _other_changes(model, base, finetuned, targets: set[str], linears: set[str], keep: bool):
     """Parameters outside the target Linears that the fine-tune changed: reported, and (keep) the non-Linear ones
     returned as full deltas."""
@@ -226,7 +236,7 @@ def _other_changes(model, base, finetuned, targets: set[str], linears: set[str],
         owner = name.rsplit(".", 1)[0]
         if owner in targets:
             continue
-        d = finetuned.get(name).float() - base.get(name).float()
+        d = _delta(base, finetuned, name)
         e = float(d.double().pow(2).sum())
         if e == 0.0:
             continue
@@ -234,7 +244,8 @@ def _other_changes(model, base, finetuned, targets: set[str], linears: set[str],
         ref = float(base.get(name).float().norm())
         kind = _kind(name, linears)
         others.append({"name": name, "shape": list(p.shape), "kind": kind, "delta_energy": e,
-                       "relative_delta": math.sqrt(e) / ref if ref else math.inf,
+                       # a parameter whose base is all zeros has no relative size: null (JSON has no Infinity)
+                       "relative_delta": math.sqrt(e) / ref if ref else None,
                        "kept_as_diff": keep and owner not in linears})
         if keep and owner not in linears:
             diffs[name] = d
@@ -262,7 +273,7 @@ def open_base(model_spec) -> tuple[nn.Module, Any]:
             if not 1 <= model_spec.layers <= len(model.blocks):
                 raise BadInputError(f"--layers {model_spec.layers}: the model has {len(model.blocks)} blocks")
             model.blocks = nn.ModuleList(list(model.blocks)[: model_spec.layers])
-        reader = CheckpointWeights(root)
+        reader = CheckpointWeights(root, option="--model")
         check_geometry(model, reader, sliced=model_spec.layers is not None)
         return model, reader
     model = load_transformer(model_spec)
@@ -273,7 +284,7 @@ def extract_to_dir(model_spec, spec: ExtractSpec, out_dir: str | Path, force: bo
                    say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """`wanrt extract`: every check before any work, then one LoRA file per rank and manifest.json, written
     atomically (nothing is left behind on failure)."""
-    from wanrt.artifacts import atomic_output_dir, build_manifest, check_output_dir, sha256_file, write_json
+    from wanrt.artifacts import atomic_output_dir, build_manifest, check_output_dir, sha256_file, write_manifest
     from wanrt.export.finetuned import open_finetuned
     from wanrt.export.lora_formats import FORMATS, save_lora_file
 
@@ -303,7 +314,7 @@ def extract_to_dir(model_spec, spec: ExtractSpec, out_dir: str | Path, force: bo
                    "modules": result.modules, "not_low_rank": result.others,
                    "synthetic": bool(finetuned.describe().get("synthetic"))}
         manifest = build_manifest(EXTRACT_KIND, {"model": model_spec, "extract": spec}, payload)
-        write_json(tmp / "manifest.json", manifest)
+        write_manifest(tmp, manifest)
     return manifest
 
 

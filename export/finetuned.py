@@ -19,7 +19,6 @@ equally bad; real fine-tune deltas are not like that. Every report that uses it 
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import zlib
@@ -30,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Protocol
 import torch
 from torch import nn
 
-from wanrt.errors import ModelSourceError
+from wanrt.errors import BadInputError, ModelSourceError
 from wanrt.export.lora import SYNTHETIC_RELATIVE_NORM
 
 if TYPE_CHECKING:
@@ -146,14 +145,18 @@ def _files_of(path: Path) -> tuple[list[Path], Path]:
             raise ModelSourceError(f"{path}: no .safetensors weights{what}")
         return files, path
     if path.name.endswith(".index.json"):
-        try:
-            weight_map = json.loads(path.read_text())["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ModelSourceError(f"{path}: unreadable shard index ({type(e).__name__}: {e})") from None
         from wanrt.artifacts import confined_path
+        from wanrt.jsonio import read_json
 
-        # a shard name is a path read from a file: never outside the checkpoint's directory
-        files = sorted({confined_path(path.parent, f, "shard") for f in weight_map.values()})
+        try:
+            weight_map = read_json(path)["weight_map"]  # bounded: size and depth
+            shards = set(weight_map.values())
+        except BadInputError as e:
+            raise ModelSourceError(f"unreadable shard index: {e}") from None
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ModelSourceError(f"{path}: unreadable shard index ({type(e).__name__}: {e})") from None
+        # a shard name is a path read from a file: never outside the checkpoint's directory (the index is named)
+        files = sorted({confined_path(path.parent, f, "shard", source=path) for f in shards})
         missing = [f.name for f in files if not f.is_file()]
         if missing:
             raise ModelSourceError(f"{path}: shard {missing[0]} is missing ({len(missing)} of {len(files)})")
@@ -165,15 +168,25 @@ def _files_of(path: Path) -> tuple[list[Path], Path]:
     return [path], path
 
 
-class CheckpointWeights:
-    """A checkpoint on disk, read one tensor at a time (safetensors `safe_open`), under diffusers names."""
+# What a checkpoint's weights may be (safetensors header names): real floating point that torch computes in. An
+# int8/fp8 tensor needs the quantization scales its writer kept elsewhere, a complex one loses its imaginary part
+# in the float cast; either would be "extracted" into a LoRA of garbage.
+FLOAT_STORAGE = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
 
-    def __init__(self, source: str | Path):
+
+class CheckpointWeights:
+    """A checkpoint on disk, read one tensor at a time (safetensors `safe_open`), under diffusers names. Every
+    tensor is checked as it is read: floating point (all dtypes, from the header, when opened) and finite (on
+    `get`), so a bad value is one line naming the tensor, never a NaN carried into an SVD, a LoRA or a report.
+    `option`: the flag the checkpoint came from (for the messages)."""
+
+    def __init__(self, source: str | Path, option: str = "--finetuned"):
         from safetensors import safe_open
 
+        self.option = option
         path = Path(source).expanduser()
         if not path.exists():
-            raise ModelSourceError(f"--finetuned {source}: no such file or directory")
+            raise ModelSourceError(f"{option} {source}: no such file or directory")
         self.files, self.path = _files_of(path)
         self._handles = {}
         keys: dict[str, Path] = {}
@@ -204,6 +217,11 @@ class CheckpointWeights:
             self.layout = "diffusers"
             self._key = {k: k for k in keys}
         self._file = {name: keys[key] for name, key in self._key.items()}
+        for name in self._key:
+            dtype = self._slice(name).get_dtype()
+            if dtype not in FLOAT_STORAGE:
+                raise ModelSourceError(f"{option} {self.path.name}: tensor {self._key[name]!r} is {dtype}; weights "
+                                       f"must be {', '.join(FLOAT_STORAGE.values())} (dequantize it first)")
 
     def names(self) -> list[str]:
         return list(self._key)
@@ -215,7 +233,12 @@ class CheckpointWeights:
         return tuple(self._slice(name).get_shape())
 
     def get(self, name: str) -> torch.Tensor:
-        return self._handles[self._file[name]].get_tensor(self._key[name])
+        t = self._handles[self._file[name]].get_tensor(self._key[name])
+        if not bool(torch.isfinite(t).all()):
+            kind = "NaN" if bool(torch.isnan(t).any()) else "Inf"
+            raise ModelSourceError(f"{self.option} {self.path.name}: tensor {self._key[name]!r} contains {kind} "
+                                   f"values")
+        return t
 
     def dtypes(self) -> list[str]:
         return sorted({str(self._slice(n).get_dtype()).lower() for n in self._key})
@@ -358,9 +381,7 @@ def load_finetuned_into(model: nn.Module, reader: WeightReader) -> dict[str, Any
     (so `_keep_in_fp32_modules` stay fp32 as load_transformer left them). Returns what changed."""
     changed, total = 0, 0
     for name, p in model.named_parameters():
-        t = reader.get(name)
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise ModelSourceError(f"the fine-tune's {name} contains NaN or Inf values")
+        t = reader.get(name)  # a checkpoint reader refuses NaN/Inf as it reads (CheckpointWeights.get)
         total += 1
         if not torch.equal(t.to(p.dtype), p.data):
             changed += 1

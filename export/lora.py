@@ -24,15 +24,7 @@ import torch.nn.functional as F
 from wanrt import lora_layout
 from wanrt.choices import LoraMode
 from wanrt.errors import LoraError
-
-# Target groups: the Linear layers of each Wan block a LoRA may adapt (suffixes after "blocks.N.").
-TARGET_GROUPS: dict[str, tuple[str, ...]] = {
-    "self-attn": ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0"),
-    "cross-attn": ("attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0"),
-    "image-kv": ("attn2.add_k_proj", "attn2.add_v_proj"),
-    "ffn": ("ffn.net.0.proj", "ffn.net.2"),
-}
-TARGET_GROUPS["all"] = tuple(s for g in ("self-attn", "cross-attn", "image-kv", "ffn") for s in TARGET_GROUPS[g])
+from wanrt.export.targets import TARGET_GROUPS  # re-exported: its torch-free home lets the CLI name the groups
 
 # Synthetic deltas are scaled to this fraction of the base weight's Frobenius norm: the size of a trained
 # style/motion LoRA's update, large enough that a missing or wrong branch shows in every parity check.

@@ -35,7 +35,6 @@ Decisions:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -51,7 +50,9 @@ from torch import nn
 from wanrt.export.lora import LoraModule, LoraWeights, check_fits, linear_modules
 
 from wanrt.artifacts import atomic_path, sha256_file, write_text_atomic
-from wanrt.errors import LoraError
+from wanrt import jsonio
+from wanrt.errors import BadInputError, LoraError, WanrtError
+from wanrt.jsonio import read_json
 
 log = logging.getLogger(__name__)
 
@@ -169,10 +170,15 @@ def _first_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
+def check_lora_exists(path: str | os.PathLike) -> None:
+    """The one wording of a missing LoRA source (a file or a peft adapter directory), for every command."""
+    if not Path(path).expanduser().exists():
+        raise LoraError(f"LoRA file not found: {path}")
+
+
 def _locate(path: Path) -> tuple[Path, Path | None]:
     """The weights file and an adapter_config.json (peft) if there is one."""
-    if not path.exists():
-        raise LoraError(f"LoRA file not found: {path}")
+    check_lora_exists(path)
     if path.is_dir():
         for name in PEFT_WEIGHT_NAMES:
             if (path / name).is_file():
@@ -232,15 +238,15 @@ def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
 def _peft_config(metadata: dict[str, str], config_path: Path | None) -> dict[str, Any] | None:
     if config_path is not None:
         try:
-            return json.loads(config_path.read_text())
-        except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
-            raise LoraError(f"{config_path}: unreadable adapter_config.json: {_first_line(e)}") from None
+            return read_json(config_path)  # bounded: size, depth, regular files only
+        except WanrtError as e:
+            raise LoraError(f"unreadable adapter_config.json: {_first_line(e)}") from None
     raw = metadata.get(METADATA_KEY)
     if not raw:
         return None
     try:
-        cfg = json.loads(raw)
-    except ValueError:
+        cfg = jsonio.loads(raw, f"metadata {METADATA_KEY}")  # bounded: 100k-deep metadata is no RecursionError
+    except BadInputError:
         log.warning("ignoring unparsable %s metadata", METADATA_KEY)
         return None
     if not isinstance(cfg, dict):
@@ -638,11 +644,12 @@ def save_lora_file(lora: LoraWeights, path: str | os.PathLike, format: str = "di
     metadata = {"format": "pt"}
     if format in ("diffusers", "peft"):
         cfg = peft_config_dict(lora)
-        metadata[METADATA_KEY] = json.dumps(cfg, indent=2, sort_keys=True)
+        metadata[METADATA_KEY] = jsonio.dumps(cfg, f"metadata {METADATA_KEY}", indent=2, sort_keys=True)
     if format == "peft":
         path.mkdir(parents=True, exist_ok=True)
         _atomic_save(sd, path / "adapter_model.safetensors", metadata)
-        write_text_atomic(path / "adapter_config.json", json.dumps(cfg, indent=2, sort_keys=True))
+        write_text_atomic(path / "adapter_config.json", jsonio.dumps(cfg, "adapter_config.json", indent=2,
+                                                                     sort_keys=True))
         return path / "adapter_model.safetensors"
     _atomic_save(sd, path, metadata)
     return path

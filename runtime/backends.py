@@ -20,7 +20,8 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 
-from wanrt.artifacts import artifact_kind, cache_root, confined_path, read_manifest, sha256_file, spec_hash
+from wanrt.artifacts import (artifact_kind, cache_root, check_artifact_files, confined_path, read_manifest,
+                             spec_hash, writable_cache)
 from wanrt.engines import runtime as engine_runtime
 from wanrt.engines.acceptance import tensorrt_acceptance
 from wanrt.errors import BadInputError, EngineError, MissingDependencyError, WanrtError
@@ -301,8 +302,9 @@ class OrtBackend(BackendBase):
         self.setup["swap_session_s"] = time.perf_counter() - t0
 
 
-def load_onnx_artifact(directory: Path, verify: bool = False) -> tuple[dict[str, Any], Path]:
-    """Check an export directory's manifest (kind onnx) before touching weights; optionally its sha256."""
+def load_onnx_artifact(directory: Path, verify: bool = False) -> tuple[dict[str, Any], Path]:  # noqa: ARG001
+    """Check an export directory's manifest (kind onnx) and the sha256 of every file it lists before touching
+    weights. `verify` is kept for callers; the check no longer depends on it."""
     if not directory.is_dir():
         raise BadInputError(f"{directory}: not a directory (want an export directory with model.onnx)")
     manifest = read_manifest(directory, kind="onnx")
@@ -313,11 +315,8 @@ def load_onnx_artifact(directory: Path, verify: bool = False) -> tuple[dict[str,
     external = payload.get("external_data")
     if external and not confined_path(directory, external, "payload.external_data").is_file():
         raise BadInputError(f"{directory / str(external)}: external data file missing")
-    if verify and payload.get("sha256"):
-        want = payload["sha256"]
-        want = want.get("model.onnx", want.get(onnx_path.name)) if isinstance(want, dict) else want
-        if want and sha256_file(onnx_path) != want:
-            raise BadInputError(f"{onnx_path}: sha256 does not match the manifest (file changed since export)")
+    # always, not only with verify: what runs is what the manifest describes (hashed once per process)
+    check_artifact_files(directory, manifest)
     return manifest, onnx_path
 
 
@@ -465,7 +464,10 @@ class OvBackend(BackendBase):
         build_s = None
         if artifact_kind(artifact) == "onnx":  # compile the export once, reuse it from the engine cache after
             spec = OvEngineSpec(precision=precision or "fp32", device=ov_device or "CPU")
-            engine_dir = cache_root("engines") / f"ov-{spec_hash(str(artifact.resolve()), spec.key_fields())}"
+            name = f"ov-{spec_hash(str(artifact.resolve()), spec.key_fields())}"
+            engine_dir = cache_root("engines") / name
+            if not (engine_dir / "manifest.json").is_file():  # a read-only cache still serves what it holds
+                engine_dir = writable_cache("engines") / name
             build_openvino_engine(artifact, spec, engine_dir, force=True, threads=threads)
             build_s = time.perf_counter() - t0
         else:
@@ -640,6 +642,7 @@ def backend_from_specs(name: str, model_spec=None, lora_spec=None, engine: str |
         key = spec_hash(model_spec, lora_spec)
         engine = (cache_dir or cache_root()) / "exports" / key
         if not (Path(engine) / "manifest.json").is_file():
+            engine = writable_cache("exports", cache_dir) / key  # read-only cache: a temporary, with a warning
             say(f"exporting {model_spec.source} to ONNX ({engine})")
             _, export_s = export_artifact(model_spec, lora_spec, Path(engine), force=True)
     backend = create_backend(name, artifact=engine, device=device, threads=threads)  # ort, or ov (fp32)

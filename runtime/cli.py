@@ -13,8 +13,9 @@ from wanrt.console import err_console, out_console
 from wanrt.errors import BadInputError
 from wanrt.export.presets import PRESETS
 from wanrt.flags import deprecated_option, deprecation_line
-from wanrt.options import (SEED, backend_option, device_options, lora_options, lora_spec_from_kwargs, model_options,
-                           model_spec_from_kwargs, parse_int_list, run_dtype_option)
+from wanrt.options import (FINITE_FLOAT, SEED, FiniteFloat, backend_option, device_options, lora_options,
+                           lora_spec_from_kwargs, model_options, model_spec_from_kwargs, parse_int_list,
+                           run_dtype_option)
 
 BACKEND_CHOICES = Backend.values()
 
@@ -93,7 +94,7 @@ def runs_table(results: dict) -> Table:
 @click.option("--warmup", type=click.IntRange(0), default=2, show_default=True, help="Untimed steps first.")
 @click.option("--interleave/--no-interleave", default=True, show_default=True,
               help="Time a point's backends step by step in turn (fair under drifting machine load).")
-@click.option("--settle", type=click.FloatRange(0), default=None,
+@click.option("--settle", type=FiniteFloat(0), default=None,
               help="Idle seconds before each timed step (default 0.1 on CPU: ONNX Runtime's and OpenMP's threads "
                    "spin for tens of ms after a run and would slow the next backend; 0 on GPU).")
 @click.option("--retries", type=click.IntRange(0), default=2, show_default=True,
@@ -101,20 +102,19 @@ def runs_table(results: dict) -> Table:
 @device_options
 @click.option("--input-seed", type=SEED, default=0, show_default=True,
               help="Seed of the inputs (latents, text, image) and of the quality videos' noise.")
-@deprecated_option("--lora-seed", "--seed", "seed", type=SEED)
 @click.option("--video-quality/--no-video-quality", default=False, show_default=True,
               help="Also generate videos with each backend and compare PSNR/SSIM/LPIPS (+FVD) with eager.")
 @click.option("--video-shape", default=None, help="FRAMESxHxW of the quality videos (default: --shape).")
 @click.option("--video-steps", type=click.IntRange(1), default=2, show_default=True)
 @click.option("--video-seeds", type=click.IntRange(1), default=1, show_default=True,
               help="Videos per backend and point (FVD needs >= 2 per set).")
-@click.option("--gate-fp32", type=float, default=1e-4, show_default=True, help="Max relative error, fp32.")
-@click.option("--gate-bf16", type=float, default=1e-2, show_default=True)
-@click.option("--gate-fp16", type=float, default=1e-2, show_default=True)
-@click.option("--gate-fp8", type=float, default=5e-2, show_default=True,
+@click.option("--gate-fp32", type=FiniteFloat(0), default=1e-4, show_default=True, help="Max relative error, fp32.")
+@click.option("--gate-bf16", type=FiniteFloat(0), default=1e-2, show_default=True)
+@click.option("--gate-fp16", type=FiniteFloat(0), default=1e-2, show_default=True)
+@click.option("--gate-fp8", type=FiniteFloat(0), default=5e-2, show_default=True,
               help="Max relative error, fp8 (TensorRT) and int8 (OpenVINO, the CPU's counterpart).")
-@click.option("--gate-psnr", type=float, default=35.0, show_default=True, help="Min per-frame PSNR (dB).")
-@click.option("--gate-lpips", type=float, default=0.02, show_default=True, help="Max per-frame LPIPS.")
+@click.option("--gate-psnr", type=FiniteFloat(0), default=35.0, show_default=True, help="Min per-frame PSNR (dB).")
+@click.option("--gate-lpips", type=FiniteFloat(0), default=0.02, show_default=True, help="Max per-frame LPIPS.")
 @click.option("--reference", type=click.Choice(["eager", "finetuned"]), default="eager", show_default=True,
               help="eager: every backend against eager fp32 of the same weights (engine parity). finetuned: every "
                    "LoRA rank against the full fine-tune --finetuned, the LoRAs extracted from it (rank vs full).")
@@ -122,7 +122,7 @@ def runs_table(results: dict) -> Table:
               help="A real full fine-tune: the reference of --reference finetuned, and the `full` row instead of a "
                    "dense delta. A diffusers dir, .safetensors (sharded or ComfyUI-style), or synthetic[:EXPONENT] "
                    "(a power-law-spectrum fine-tune of --model).")
-@click.option("--gate-finetuned", type=float, default=1e-2, show_default=True,
+@click.option("--gate-finetuned", type=FiniteFloat(0), default=1e-2, show_default=True,
               help="--reference finetuned: max relative error of a rank against the full fine-tune.")
 @click.option("--artifact", "artifact", type=click.Path(file_okay=False), default=None,
               help="A prebuilt ONNX export (ort) or engine directory (trt) to time (single point only).")
@@ -138,20 +138,23 @@ def runs_table(results: dict) -> Table:
               help="Cache root for the per-point exports/engines (default: $WANRT_CACHE_DIR or ~/.cache/wanrt).")
 @deprecated_option("--artifacts", "--cache-dir", "cache_dir", type=click.Path(file_okay=False))
 @click.option("--keep-artifacts", is_flag=True, help="Keep the exports/engines made by this run.")
-@click.option("-o", "--output", type=click.Path(file_okay=False), default="bench-results", show_default=True,
-              help="Output directory: results.json, report.md, *.png.")
+@click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
+              help="Output directory: results.json, report.md, *.png.  [default: bench-results/MODEL-BACKENDS-"
+                   "PRECISION-HASH, one per set of flags: another bench never collides, the same one + --resume "
+                   "finds it]")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 @click.option("--resume", is_flag=True, help="Finish an interrupted run in OUTPUT (same command, plus --resume).")
 def bench(**kw):
     """Benchmark backends over LoRA ranks x modes x targets, at equal quality against eager fp32.
 
-    A plain run is a short sweep of the tiny preset (ranks 4,16, merged and separate; about 5 minutes on a busy
+    A plain run is a short sweep of the tiny preset (ranks 4,16, merged and separate; 12.5 minutes on a busy
     2-core CPU); --study runs the rank study on `small` (about 16 minutes). A line per finished run goes to stderr;
     OUTPUT/results.json and report.md are rewritten after every point, so Ctrl-C keeps what is done and --resume
     finishes it. At the end: latency/tokens-per-second plots (schema of results.json: docs/bench.md).
     """
     from wanrt.artifacts import command_line
     from wanrt.runtime.bench import BenchSpec, QualityGates, run_bench
+    from wanrt.runtime.bench.spec import default_output
     from wanrt.options import parse_shape
 
     shape = parse_shape(kw["shape"], "--shape")
@@ -173,6 +176,7 @@ def bench(**kw):
         compile_mode=kw["compile_mode"], engine_dir=kw["artifact"], interleave=kw["interleave"],
         retries=kw["retries"], settle_s=kw["settle"], peak_size=kw["peak_size"], reference=kw["reference"],
         finetuned=kw["finetuned"])
+    kw["output"] = kw["output"] or default_output(spec)
     results = run_bench(spec, out_dir=kw["output"], force=kw["force"],
                         artifacts_dir=Path(kw["cache_dir"]) if kw["cache_dir"] else None,
                         keep_artifacts=kw["keep_artifacts"], console=err_console, command=command_line(),
@@ -229,7 +233,8 @@ def _bench_sweep(kw) -> dict:
 # 17 frames: the shortest video `wanrt eval` can also score with FVD (16-frame clips)
 @click.option("--shape", default="17x32x32", show_default=True, help="FRAMESxHEIGHTxWIDTH in pixels.")
 @click.option("--steps", type=click.IntRange(1), default=2, show_default=True)
-@click.option("--guidance", type=float, default=5.0, show_default=True)
+@click.option("--guidance", type=FINITE_FLOAT, default=5.0, show_default=True,
+              help="Classifier-free guidance scale.")
 @click.option("--noise-seed", type=SEED, default=0, show_default=True, help="Seed of the initial noise.")
 @click.option("--fps", type=click.IntRange(1), default=16, show_default=True)
 @device_options

@@ -50,6 +50,19 @@ def _too_short_for_fvd(paths, least: int):
     return None
 
 
+FVD_MIN_CLIPS = 2  # a covariance needs two samples per set (frechet.gaussian_stats)
+
+
+def _fvd_clip_count(paths, config) -> int:
+    """Clips a set gives FVD, counted only as far as FVD_MIN_CLIPS: every video long enough gives at least one,
+    so only a lone video with --clip-stride is read whole to count its windows."""
+    from wanrt.runtime.metrics import frechet, videos
+
+    if len(paths) >= FVD_MIN_CLIPS or config.clip_stride is None:
+        return len(paths)
+    return sum(len(frechet.clip_starts(len(videos.read_video(p)), config)) for p in paths)
+
+
 def _mean(values):
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else None
@@ -70,14 +83,14 @@ def _mean(values):
 @click.option("--no-fvd", is_flag=True, help="Skip FVD.")
 @click.option("--resize", type=click.Choice(["bilinear", "bilinear-tf1", "center-crop"]), default="bilinear",
               show_default=True, help="How frames reach I3D's 224x224.")
-@click.option("--clip-len", type=int, default=16, show_default=True)
-@click.option("--frame-step", type=int, default=1, show_default=True)
-@click.option("--clip-start", type=int, default=0, show_default=True)
-@click.option("--clip-stride", type=int, default=None,
+@click.option("--clip-len", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--frame-step", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--clip-start", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--clip-stride", type=click.IntRange(1), default=None,
               help="Sliding clips with this stride (default: one clip per video).")
-@click.option("--max-clips-per-video", type=int, default=None)
+@click.option("--max-clips-per-video", type=click.IntRange(1), default=None)
 @click.option("--biased-cov", is_flag=True, help="Covariance over N instead of N-1.")
-@click.option("--batch-size", type=int, default=4, show_default=True, help="Clips per I3D forward.")
+@click.option("--batch-size", type=click.IntRange(1), default=4, show_default=True, help="Clips per I3D forward.")
 @click.option("--device", default="cpu", show_default=True, help="Where I3D runs: cpu, cuda, cuda:1, ...")
 def eval_cmd(ref_dir, gen_dir, floor_dir, weights, json_out, lpips_net, no_lpips, no_fvd, resize, clip_len, frame_step,
              clip_start, clip_stride, max_clips_per_video, biased_cov, batch_size, device):
@@ -100,14 +113,16 @@ def eval_cmd(ref_dir, gen_dir, floor_dir, weights, json_out, lpips_net, no_lpips
         raise BadInputError(f"--device {device}: not a torch device (cpu, cuda, cuda:1, ...)") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise BadInputError(f"--device {device}: CUDA is not available in this torch")
+    if json_out is not None and json_out.parent and not json_out.parent.is_dir():  # before minutes of metrics
+        raise BadInputError(f"--json {json_out}: folder {json_out.parent} does not exist")
     ref_paths, gen_paths = videos.list_videos(ref_dir), videos.list_videos(gen_dir)
     floor_paths = videos.list_videos(floor_dir) if floor_dir else None
-    # Missing weights fail here, before any decoding.
+    # Missing or altered weights (sha256 against weights.json) fail here, before any decoding.
     used_weights = {}
     if not no_fvd:
-        used_weights["i3d"] = W.resolve("i3d", weights)
+        used_weights["i3d"] = W.resolve_checked("i3d", weights)
     if not no_lpips:
-        used_weights[f"lpips-{lpips_net}"] = W.resolve(f"lpips-{lpips_net}", weights)
+        used_weights[f"lpips-{lpips_net}"] = W.resolve_checked(f"lpips-{lpips_net}", weights)
 
     result: dict = {"ref": str(ref_dir), "gen": str(gen_dir), "n_ref": len(ref_paths), "n_gen": len(gen_paths),
                     "weights": {k: {"source": r.source, "paths": [str(p) for p in r.paths]}
@@ -141,10 +156,16 @@ def eval_cmd(ref_dir, gen_dir, floor_dir, weights, json_out, lpips_net, no_lpips
         need = config.frames_needed()
         least = config.clip_start + config.span  # a shorter video is named in the error (iter_videos)
         short = _too_short_for_fvd(ref_paths + gen_paths, least)
+        clips = (_fvd_clip_count(ref_paths, config), _fvd_clip_count(gen_paths, config)) if short is None else None
+    # report what could be computed (PSNR/SSIM/LPIPS above) and how to get FVD, instead of failing after them
     if not no_fvd and short is not None:
-        # report what could be computed (PSNR/SSIM/LPIPS above) and how to get FVD, instead of failing after them
         result["fvd"] = {"skipped": f"{short[0].name} has {short[1]} frames; FVD clips need {least} "
                                     f"(generate with --shape {(least + 2) // 4 * 4 + 1}xHxW, or lower --clip-len)"}
+    elif not no_fvd and min(clips) < FVD_MIN_CLIPS:
+        result["fvd"] = {"skipped": f"FVD compares two sets of clips and needs at least {FVD_MIN_CLIPS} per set, "
+                                    f"here {clips[0]} reference and {clips[1]} generated: put N >= 2 videos in "
+                                    f"each folder (generate with --noise-seed 0, 1, ...), or cut several clips per "
+                                    f"video with --clip-stride 1"}
     elif not no_fvd:
         res = frechet.fvd(videos.iter_videos(ref_paths, need, least), videos.iter_videos(gen_paths, need, least),
                           config, floor_videos=videos.iter_videos(floor_paths, need, least) if floor_paths else None,
@@ -165,7 +186,7 @@ def eval_cmd(ref_dir, gen_dir, floor_dir, weights, json_out, lpips_net, no_lpips
     else:
         table.add_row("PSNR / SSIM / LPIPS", "-", f"not paired: {result['unpaired_reason']}")
     if not no_fvd and "skipped" in result["fvd"]:
-        table.add_row("FVD", "-", f"skipped: {result['fvd']['skipped']}")
+        table.add_row("FVD", "-", "skipped (why, and how to get it: below)")
     elif not no_fvd:
         fv = result["fvd"]
         table.add_row("FVD", _fmt(fv["fvd"], "{:.2f}"),
@@ -174,6 +195,8 @@ def eval_cmd(ref_dir, gen_dir, floor_dir, weights, json_out, lpips_net, no_lpips
                       None: "set too small for a floor"}[fv["floor_kind"]]
         table.add_row("FVD noise floor", _fmt(fv["noise_floor"], "{:.2f}"), floor_note)
     Console().print(table)
+    if not no_fvd and "skipped" in result["fvd"]:  # one unwrapped line: a table cell would break it up
+        Console().print(f"FVD skipped: {result['fvd']['skipped']}", soft_wrap=True, highlight=False)
     few = result.get("fvd", {}).get("n_gen_clips")
     if few is not None and few < FVD_SMALL_SAMPLE:
         # FVD is a distance between two Gaussians fitted to 400-dim features: with a few clips the covariances are
@@ -183,8 +206,6 @@ def eval_cmd(ref_dir, gen_dir, floor_dir, weights, json_out, lpips_net, no_lpips
                   soft_wrap=True)
 
     if json_out is not None:
-        if json_out.parent and not json_out.parent.exists():
-            raise BadInputError(f"--json {json_out}: folder {json_out.parent} does not exist")
         write_json(json_out, _finite({"kind": "eval", **result, "machine": machine_info(),
                                       "versions": library_versions()}))
         err.print(f"wrote {json_out}")

@@ -18,6 +18,7 @@ UniPC flow scheduler. Nothing is downloaded, so `wanrt generate` runs end to end
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from typing import Any
 
@@ -230,11 +231,19 @@ def encode_mp4(frames, path, fps: int = 16) -> None:
     pad_h, pad_w = h % 2, w % 2
     if pad_h or pad_w:
         data = np.pad(data, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    # imageio-ffmpeg starts ffmpeg with preexec_fn=os.setpgrp unless this is set: Python code run between fork and
+    # exec in a threaded process (a Ray replica, torch's pools) can deadlock or abort the child, and the new
+    # process group hides ffmpeg from whoever stops ours. Without it, Popen takes its vfork/exec path.
+    os.environ.setdefault("IMAGEIO_FFMPEG_NO_PREVENT_SIGINT", "1")
     writer = imageio.get_writer(str(path), format="FFMPEG", mode="I", fps=fps, codec="libx264",
                                 pixelformat="yuv420p", macro_block_size=1, ffmpeg_log_level="error",
                                 output_params=["-movflags", "+faststart"])
     try:
         for frame in data:
             writer.append_data(frame)
-    finally:
-        writer.close()
+    except BaseException:
+        # interrupted (Ctrl-C also reaches ffmpeg now): the interruption is the error to report, not the broken pipe
+        with contextlib.suppress(Exception):
+            writer.close()
+        raise
+    writer.close()

@@ -4,6 +4,7 @@ GPU execution lives in test_engines_gpu.py."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -425,7 +426,12 @@ def test_build_refuses_bad_requests_before_work(merged_bf16, tmp_path):
     broken.mkdir()
     (broken / "manifest.json").write_bytes((merged_bf16 / "manifest.json").read_bytes())
     (broken / "model.onnx").write_bytes(b"not an onnx model")
-    with pytest.raises(BadInputError, match="not a readable ONNX model"):
+    with pytest.raises(BadInputError, match="truncated or replaced"):  # the manifest lists other bytes
+        configure_from_onnx_dir(broken, _spec(refit="no"))
+    manifest = json.loads((broken / "manifest.json").read_text())
+    manifest["contents"]["model.onnx"] = {"bytes": 17, "sha256": hashlib.sha256(b"not an onnx model").hexdigest()}
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BadInputError, match="not a readable ONNX model"):  # listed, yet not ONNX
         configure_from_onnx_dir(broken, _spec(refit="no"))
     _, network_path = read_onnx_dir(broken)
     with pytest.raises(EngineError, match="cannot parse model.onnx: 1 error"):
@@ -499,7 +505,7 @@ def test_cli_aot_build_manifest_cache_and_load_checks(separate_fp16, tmp_path, r
     (out / "engine.plan").write_bytes(plan[: len(plan) // 2])
     with pytest.raises(EngineError, match="truncated"):
         check_plan_file(out, m)
-    with pytest.raises(EngineError):
+    with pytest.raises(BadInputError, match="truncated or replaced"):  # the load-time artifact check, first
         TRTEngine(out)
     (out / "engine.plan").write_bytes(plan[:100] + bytes([plan[100] ^ 0xFF]) + plan[101:])
     with pytest.raises(EngineError, match="sha256 differs"):

@@ -323,8 +323,8 @@ def test_resolution_order(empty_weight_env, monkeypatch):
     assert W.resolve("i3d") == W.ResolvedWeights("i3d", "cache", (cache / W.WEIGHT_FILES["i3d"],))
     with pytest.raises(W.MissingWeightsError, match="--weights"):
         W.resolve("lpips-alex", explicit)  # an explicit directory is not silently skipped
-    with pytest.raises(BadInputError, match="cannot be loaded"):
-        W.load_state_dict("i3d")  # the empty stand-in file is refused with one clear line
+    with pytest.raises(BadInputError, match="records no sha256.*wanrt weights fetch"):
+        W.load_state_dict("i3d")  # the stand-in file, which no weights.json vouches for, is refused in one line
 
 
 # ----------------------------------------------------------------------------------------- video reading

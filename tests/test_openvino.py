@@ -26,7 +26,7 @@ from wanrt.engines.openvino import (
     openvino_version,
     require_openvino,
 )
-from wanrt.errors import EngineError, LoraError, MissingDependencyError
+from wanrt.errors import EngineError, LoraError, MissingDependencyError, WanrtError
 
 SHAPE = VideoShape(9, 48, 64)
 
@@ -117,12 +117,31 @@ def test_manifest_mismatch_is_one_line(ov_art):
         OvEngine(out)
     path.write_text(good)
     (out / "model.blob").write_bytes(b"x")  # truncated blob: refused before OpenVINO sees it
-    with pytest.raises(EngineError, match="truncated or replaced"):
+    with pytest.raises(WanrtError, match="truncated or replaced"):
         OvEngine(out)
 
 
 # ------------------------------------------------------------------------------------------------ precision
+def _lacks(precision):
+    """wanrt's own reading of this CPU (engines/openvino.device_capabilities): the reason it cannot run
+    `precision`, or None. A CPU without BF16 (AVX2-only) or VNNI tests the refusal instead of the gate."""
+    from wanrt.engines.openvino import supported_precisions
+
+    return supported_precisions()[precision]
+
+
+def _refused(ov_art, precision, why):
+    out = ov_art["root"] / f"refused-{precision}"
+    with pytest.raises(EngineError) as e:
+        build_openvino_engine(ov_art["sep4"], OvEngineSpec(precision=precision, cache=False), out)
+    assert str(e.value) == why and "\n" not in why and not out.exists()
+
+
 def test_bf16_meets_the_bf16_gate(ov_art):
+    why = _lacks("bf16")
+    if why is not None:
+        _refused(ov_art, "bf16", why)
+        return
     out, m = _build(ov_art, "bf16")
     assert m["payload"]["time_engine"]["precision"] == "fp32"  # Wan's keep-in-fp32 time path, cut out
     err = _rel(OvEngine(out).infer(ov_art["feeds"]), ov_art["ref"])
@@ -130,6 +149,10 @@ def test_bf16_meets_the_bf16_gate(ov_art):
 
 
 def test_int8_meets_its_gate_and_lists_quantized_nodes(ov_art):
+    why = _lacks("int8")
+    if why is not None:
+        _refused(ov_art, "int8", why)
+        return
     out, m = _build(ov_art, "int8")
     int8 = m["payload"]["precision_report"]["int8"]
     assert int8["count"] == len(int8["quantized_nodes"]) > 0

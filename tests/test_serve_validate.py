@@ -174,12 +174,14 @@ def test_pack_verify_and_tampering(tmp_path):
 
     save_file({"transformer.blocks.0.attn1.to_q.lora_A.weight": np.zeros((4, 24), np.float32)}, str(lora))
     bundle = tmp_path / "b"
-    pack_bundle(bundle, [("base", str(export))], [("style", str(lora))], name="wan-tiny")
+    with pytest.raises(BadInputError, match="no engine of this bundle can swap"):  # tests/test_trust2_refit.py
+        pack_bundle(bundle, [("base", str(export))], [("style", str(lora))], name="wan-tiny")
+    pack_bundle(bundle, [("base", str(export))], [], name="wan-tiny")
     report = verify_bundle(bundle)
     assert report["ok"], report["problems"]
     assert report["engines"][0]["backend"] == "ort" and report["engines"][0]["runtime"] is None
     cat = load_catalog(bundle)
-    assert cat.model == "wan-tiny" and cat.route(None).name == "base" and "style" in cat.loras
+    assert cat.model == "wan-tiny" and cat.route(None).name == "base"
     with pytest.raises(BadInputError, match="exists"):
         pack_bundle(bundle, [("base", str(export))], [])
     with pytest.raises(BadInputError, match="twice"):

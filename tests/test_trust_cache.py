@@ -54,7 +54,7 @@ def test_peft_directory_is_a_lora_source(peft_export):
     adapter = m["specs"]["lora"]["file"]
     lora = resolve_new_lora(engine_manifest, load_transformer(ModelSpec("tiny")), lora_file=adapter)
     assert lora.rank == 4 and len(lora.modules) == 24
-    with pytest.raises(BadInputError, match="does not exist"):
+    with pytest.raises(BadInputError, match="LoRA file not found"):
         resolve_new_lora(engine_manifest, None, lora_file=str(peft_export / "missing"))
 
 
@@ -76,6 +76,13 @@ def test_cache_key_hashes_the_onnx_bytes_not_the_recorded_sha256(peft_export, tm
     w.raw_data = bytes(raw)
     onnx.save(model, str(other / "model.onnx"))
     assert json.loads((other / "manifest.json").read_text()) == json.loads((peft_export / "manifest.json").read_text())
+    # issue 16: the edited graph no longer even reaches the key: every load checks the manifest's sha256
+    with pytest.raises(BadInputError, match="model.onnx: sha256 does not match"):
+        prepare(other, spec)
+    m = json.loads((other / "manifest.json").read_text())  # re-sealed by hand: a new input, so a new key
+    m["contents"]["model.onnx"] = {"bytes": (other / "model.onnx").stat().st_size,
+                                   "sha256": sha256_file(other / "model.onnx")}
+    (other / "manifest.json").write_text(json.dumps(m))
     a, b = prepare(peft_export, spec), prepare(other, spec)
     assert a.key != b.key
     assert b.onnx_sha == sha256_file(other / "model.onnx") != a.onnx_sha

@@ -29,9 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from wanrt.artifacts import cache_root, library_versions, machine_info, spec_hash
 from wanrt.dit_io import DitIO, ShapeRange, VideoShape
@@ -61,78 +59,31 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def _timed(fn, repeats: int, warmup: int = 1) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
-
-
 # ------------------------------------------------------------------------------------------------ 1. peaks
-def measure_peaks(m: int, k: int, n: int, repeats: int = 5) -> dict[str, dict[str, Any]]:
-    """Matmul rates of the kernels the backends run, and the copy bandwidth."""
-    import onnxruntime as ort
-    import openvino as ov
-    from onnx import TensorProto, helper, numpy_helper
+def measure_peaks(m: int, k: int, n: int, skipped: dict[str, str], repeats: int = 5) -> dict[str, dict[str, Any]]:
+    """Matmul rates of the kernels the backends run (runtime/bench/peaks.py, as `wanrt bench` measures them), and
+    the copy bandwidth. OpenVINO precisions in `skipped` (the CPU lacks them) are not measured."""
+    from wanrt.runtime.bench.peaks import measure_bandwidth, measure_kernel
 
-    gen = torch.Generator().manual_seed(0)
-    x, w = torch.randn(m, k, generator=gen), torch.randn(n, k, generator=gen)
-    flops = 2.0 * m * k * n
-    out: dict[str, dict[str, Any]] = {}
-
-    def record(name, times, ops=flops):
-        med = statistics.median(times)
-        out[name] = {"tflops": ops / med / 1e12, "median_s": med, "shape": [m, k, n]}
-
-    with torch.inference_mode():
-        record("F.linear fp32", _timed(lambda: F.linear(x, w), repeats))
-        xb, wb = x.bfloat16(), w.bfloat16()
-        record("F.linear bf16", _timed(lambda: F.linear(xb, wb), repeats))
-        record("a @ b bf16", _timed(lambda: xb @ wb.T, repeats))
-        xi, wi = torch.randint(-127, 127, (m, k), dtype=torch.int8), torch.randint(-127, 127, (k, n), dtype=torch.int8)
-        try:
-            record("torch._int_mm int8", _timed(lambda: torch._int_mm(xi, wi), repeats))
-        except RuntimeError as e:
-            out["torch._int_mm int8"] = {"error": str(e).splitlines()[0]}
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = torch.get_num_threads()
-    for name, a_type, b_arr, op in (("ORT MatMul fp32", TensorProto.FLOAT, w.T.contiguous().numpy(), "MatMul"),
-                                    ("ORT MatMulInteger u8s8", TensorProto.UINT8, wi.numpy(), "MatMulInteger")):
-        out_type = TensorProto.FLOAT if op == "MatMul" else TensorProto.INT32
-        graph = helper.make_graph([helper.make_node(op, ["a", "b"], ["y"])], "peak",
-                                  [helper.make_tensor_value_info("a", a_type, [m, k])],
-                                  [helper.make_tensor_value_info("y", out_type, [m, n])],
-                                  [numpy_helper.from_array(b_arr, "b")])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        a = x.numpy() if op == "MatMul" else np.random.default_rng(0).integers(0, 255, (m, k), dtype=np.uint8)
-        record(name, _timed(lambda s=sess, a=a: s.run(None, {"a": a}), repeats))
-    core = ov.Core()
-    for precision in ("fp32", "bf16", "int8"):
-        from openvino import opset13 as ops
-
-        param = ops.parameter([m, k], ov.Type.f32, name="x")
-        mm = ops.matmul(param, ops.constant(w.numpy()), False, True)
-        model = ov.Model([ops.result(mm)], [param])
-        if precision == "int8":
-            import nncf
-
-            model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_SYM)
-        hint = "f32" if precision == "fp32" else "bf16"
-        req = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint,
-                                                "INFERENCE_NUM_THREADS": torch.get_num_threads()}
-                                 ).create_infer_request()
-        xn = x.numpy()
-        record(f"OpenVINO FC {precision}", _timed(lambda r=req, v=xn: r.infer({"x": v}), repeats))
-    src = torch.empty(64 * 2**20, dtype=torch.float32)  # 256 MiB
-    dst = torch.empty_like(src)
-    times = _timed(lambda: dst.copy_(src), repeats)
-    out["bandwidth"] = {"gbps": 2 * src.numel() * 4 / min(times) / 1e9, "bytes": 2 * src.numel() * 4}
+    kernels = ["F.linear fp32", "F.linear bf16", "torch._int_mm int8", "ORT MatMul fp32", "ORT MatMulInteger u8s8",
+               *(PEAK_OF[label] for label, kind, _ in BACKENDS if kind == "ov" and label not in skipped)]
+    out = {name: measure_kernel(name, m, k, n, repeats=repeats) for name in kernels}
+    out["bandwidth"] = measure_bandwidth(repeats)
     return out
+
+
+def skipped_backends() -> dict[str, str]:
+    """{backend label: why} for the OpenVINO precisions this CPU lacks, as wanrt reads its capabilities
+    (engines/openvino.supported_precisions, narrowed by $WANRT_OV_CAPABILITIES)."""
+    from wanrt.engines.openvino import supported_precisions
+
+    refused = supported_precisions()
+    return {label: refused[precision] for label, kind, precision in BACKENDS if kind == "ov" and refused[precision]}
+
+
+def sweep_precision(skipped: dict[str, str]) -> str:
+    """The OpenVINO precision of the paired and rank sections: bf16, or fp32 on a CPU without it."""
+    return "bf16" if "ov bf16" not in skipped else "fp32"
 
 
 # ------------------------------------------------------------------------------------------------ artifacts
@@ -175,12 +126,14 @@ def feeds_for(backend, shape: VideoShape, seed: int = 0) -> list[torch.Tensor]:
 
 
 # ------------------------------------------------------------------------------------------------ 2. backends
-def run_geometry(source, layers, shapes, threads, repeats, peaks) -> list[dict[str, Any]]:
+def run_geometry(source, layers, shapes, threads, repeats, peaks, skipped) -> list[dict[str, Any]]:
     from wanrt.runtime.bench.measure import rel_error
     from wanrt.runtime.flops import forward_flops
 
     backends = {}
     for label, kind, precision in BACKENDS:
+        if label in skipped:
+            continue
         log(f"{source} layers={layers}: {label}")
         backends[label] = (make_backend(kind, precision, source, layers, threads), precision)
     config = backends["eager fp32"][0].config
@@ -228,12 +181,13 @@ def bootstrap_ci(values: list[float], n: int = 2000, seed: int = 0) -> tuple[flo
     return means[int(0.025 * n)], means[int(0.975 * n) - 1]
 
 
-def paired_overhead(source, layers, shape_s, threads, pairs: tuple[int, int], rank: int = 16) -> dict[str, Any]:
-    """Separate vs merged (OpenVINO bf16), same inputs, alternating order, until CI half-width <= 1 point."""
+def paired_overhead(source, layers, shape_s, threads, pairs: tuple[int, int], precision: str,
+                    rank: int = 16) -> dict[str, Any]:
+    """Separate vs merged (OpenVINO `precision`), same inputs, alternating order, until CI half-width <= 1 point."""
     from wanrt.runtime.flops import forward_flops
 
-    merged = make_backend("ov", "bf16", source, layers, threads, rank, "merged")
-    sep = make_backend("ov", "bf16", source, layers, threads, rank, "separate")
+    merged = make_backend("ov", precision, source, layers, threads, rank, "merged")
+    sep = make_backend("ov", precision, source, layers, threads, rank, "separate")
     shape = VideoShape(*map(int, shape_s.split("x")))
     feeds = feeds_for(merged, shape)
     merged(*feeds), sep(*feeds)
@@ -266,7 +220,7 @@ def paired_overhead(source, layers, shape_s, threads, pairs: tuple[int, int], ra
     swap = {"swap_s": statistics.median(swaps), "build_s": build["total"], "compile_s": build["compile"],
             "speedup_vs_build": build["total"] / statistics.median(swaps)}
     merged.close(), sep.close()
-    return {"geometry": source, "shape": shape_s, "rank": rank, "backend": "ov bf16", "pairs": len(ratios),
+    return {"geometry": source, "shape": shape_s, "rank": rank, "backend": f"ov {precision}", "pairs": len(ratios),
             "mean_overhead": statistics.fmean(ratios), "ci95": list(ci), "half_width": (ci[1] - ci[0]) / 2,
             "reached_1pt": (ci[1] - ci[0]) / 2 <= 0.01, "flop_share": fl["lora_share"], "swap": swap,
             "seconds": time.perf_counter() - t_start}
@@ -283,9 +237,10 @@ def fit_exponent(xs: list[float], ys: list[float]) -> float | None:
     return sum((p[0] - mx) * (p[1] - my) for p in pts) / den if den else None
 
 
-def token_sweep(source, layers, shapes, threads, repeats) -> dict[str, Any]:
+def token_sweep(source, layers, shapes, threads, repeats, skipped) -> dict[str, Any]:
     backends = {label: make_backend(kind, precision, source, layers, threads)
-                for label, kind, precision in BACKENDS if label in ("eager fp32", "ov fp32", "ov bf16")}
+                for label, kind, precision in BACKENDS
+                if label in ("eager fp32", "ov fp32", "ov bf16") and label not in skipped}
     rows = []
     for s in shapes:
         shape = VideoShape(*map(int, s.split("x")))
@@ -308,13 +263,13 @@ def token_sweep(source, layers, shapes, threads, repeats) -> dict[str, Any]:
     return {"geometry": source, "rows": rows, "exponent": fits}
 
 
-def rank_sweep(source, layers, shape_s, ranks, threads, repeats) -> dict[str, Any]:
+def rank_sweep(source, layers, shape_s, ranks, threads, repeats, precision: str) -> dict[str, Any]:
     shape = VideoShape(*map(int, shape_s.split("x")))
-    backends = {"merged r16": make_backend("ov", "bf16", source, layers, threads, 16, "merged")}
+    backends = {"merged r16": make_backend("ov", precision, source, layers, threads, 16, "merged")}
     for r in ranks:
-        backends[f"separate r{r}"] = make_backend("ov", "bf16", source, layers, threads, r, "separate")
+        backends[f"separate r{r}"] = make_backend("ov", precision, source, layers, threads, r, "separate")
     # the same branch on the cross-attention projections only (the rank study's other target set)
-    backends["separate r16 cross-attn"] = make_backend("ov", "bf16", source, layers, threads, 16, "separate",
+    backends["separate r16 cross-attn"] = make_backend("ov", precision, source, layers, threads, 16, "separate",
                                                        "cross-attn")
     feeds = feeds_for(backends["merged r16"], shape)
     samples = {k: [] for k in backends}
@@ -329,7 +284,7 @@ def rank_sweep(source, layers, shape_s, ranks, threads, repeats) -> dict[str, An
     for b in backends.values():
         b.close()
     over = {r: med[f"separate r{r}"] - med["merged r16"] for r in ranks}
-    return {"geometry": source, "shape": shape_s, "backend": "ov bf16", "median_s": med, "overhead_s": over,
+    return {"geometry": source, "shape": shape_s, "backend": f"ov {precision}", "median_s": med, "overhead_s": over,
             "exponent_latency": fit_exponent(list(ranks), [med[f"separate r{r}"] for r in ranks]),
             "exponent_overhead": fit_exponent(list(ranks), [over[r] for r in ranks])}
 
@@ -379,7 +334,9 @@ def render(results: dict[str, Any]) -> str:
          f"{results['machine'].get('cpu_count')} CPUs, threads {results['threads']}; load average at start "
          f"{results['load_average']}; OpenVINO {results['versions'].get('openvino')}, torch "
          f"{results['versions'].get('torch')}, ONNX Runtime {results['versions'].get('onnxruntime')}.  ",
-         f"Wall time {results['seconds']:.0f} s. {results.get('note', '')}", "", "## Peaks (same run)", "",
+         f"Wall time {results['seconds']:.0f} s. {results.get('note', '')}", ""]
+    L += [f"Skipped: **{k}**: {v}" for k, v in results.get("skipped", {}).items()]
+    L += ["", "## Peaks (same run)", "",
          "| kernel | TFLOP/s (TOP/s) |", "|---|---|"]
     for k, v in results["peaks"].items():
         if "tflops" in v:
@@ -399,7 +356,7 @@ def render(results: dict[str, Any]) -> str:
                  f"{'pass' if r['passes_gate'] else 'FAIL'} ({r['gate']:g}) | {mfu} | "
                  f"{'-' if r.get('engine_mib') is None else format(r['engine_mib'], '.1f')} |")
     p = results["paired"]
-    L += ["", "## Separate vs merged LoRA (paired, OpenVINO bf16)", "",
+    L += ["", f"## Separate vs merged LoRA (paired, OpenVINO {p['backend'].split()[-1]})", "",
           f"{p['geometry']} {p['shape']}, rank {p['rank']}: overhead {100 * p['mean_overhead']:.1f}% "
           f"(95% CI {100 * p['ci95'][0]:.1f}..{100 * p['ci95'][1]:.1f}%, {p['pairs']} pairs; +/-1 point "
           f"{'reached' if p['reached_1pt'] else 'NOT reached'}); FLOP share of the branches "
@@ -416,7 +373,8 @@ def render(results: dict[str, Any]) -> str:
         L.append(f"| {s} | {rs[0]['tokens']} | " + " | ".join(f"{r['median_s'] * 1e3:.1f} ms" for r in rs) + " |")
     L.append("| fitted exponent | | " + " | ".join(f"{v:.2f}" if v else "-" for v in t["exponent"].values()) + " |")
     rk = results["ranks"]
-    L += ["", f"## Latency vs LoRA rank ({rk['geometry']} {rk['shape']}, OpenVINO bf16, separate)", "",
+    L += ["", f"## Latency vs LoRA rank ({rk['geometry']} {rk['shape']}, OpenVINO {rk['backend'].split()[-1]}, "
+               "separate)", "",
           "| variant | ms | overhead vs merged |", "|---|---|---|"]
     for k, v in rk["median_s"].items():
         over = v - rk["median_s"]["merged r16"]
@@ -501,18 +459,22 @@ def main(argv=None) -> int:
                                                     *(argv if argv is not None else sys.argv[1:])]),
                                "machine": machine_info(), "load_average": list(os.getloadavg()),
                                "versions": {**library_versions(), "openvino": ov.__version__}}
+    skipped = results["skipped"] = skipped_backends()
+    for label, why in skipped.items():  # measured what the CPU has; says what it skipped
+        log(f"skipping {label}: {why}")
+    precision = sweep_precision(skipped)
     log("peaks")
-    results["peaks"] = measure_peaks(*cfg["peak_mkn"])
+    results["peaks"] = measure_peaks(*cfg["peak_mkn"], skipped)
     results["backends"] = []
     for source, layers, shapes in cfg["geometries"]:
         repeats = cfg.get("repeats_by_geometry", {}).get(source, cfg["repeats"])
-        results["backends"] += run_geometry(source, layers, shapes, args.threads, repeats, results["peaks"])
+        results["backends"] += run_geometry(source, layers, shapes, args.threads, repeats, results["peaks"], skipped)
     log("paired separate vs merged")
-    results["paired"] = paired_overhead(*cfg["pair_point"], args.threads, cfg["pairs"])
+    results["paired"] = paired_overhead(*cfg["pair_point"], args.threads, cfg["pairs"], precision)
     log("token sweep")
-    results["tokens"] = token_sweep(*cfg["token_shapes"], args.threads, cfg["repeats"])
+    results["tokens"] = token_sweep(*cfg["token_shapes"], args.threads, cfg["repeats"], skipped)
     log("rank sweep")
-    results["ranks"] = rank_sweep(*cfg["rank_point"], cfg["ranks"], args.threads, cfg["repeats"])
+    results["ranks"] = rank_sweep(*cfg["rank_point"], cfg["ranks"], args.threads, cfg["repeats"], precision)
     results["cost_model"] = validate_cost_model(results["backends"], results["peaks"])
     results["gpu_prediction"] = real_geometry_prediction()
     results["load_average_end"] = list(os.getloadavg())

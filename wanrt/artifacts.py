@@ -9,8 +9,13 @@ Writes: every file or directory wanrt produces is first written under a hidden t
 `.NAME.tmp-<pid>-<token>`, then renamed in one step (`atomic_output_dir`, `atomic_path`, `write_bytes_atomic`,
 `write_json`). Temporaries are created with the user's umask (not mkdtemp's 0700), removed on failure, SIGINT
 and SIGTERM, and swept by the next run when a SIGKILL left them (`sweep_stale_temps`: the owning pid is gone or is
-a newer process). An output directory is claimed with an exclusive lock (`claim_output_dir`), and `--force`
-replaces only a directory that is a wanrt artifact of the same kind; anything else is refused in one line.
+a newer process). An output directory is claimed with an exclusive lock (`claim_output_dir`; a SIGKILLed
+holder's lock file is swept), and `--force` replaces only a wanrt artifact of the same kind holding nothing its
+manifest does not list (`foreign_entries`: dot-names are the user's too); anything else is refused in one line.
+
+Sealing and loading: `write_manifest`, every writer's last step, lists every file of the artifact with its size
+and sha256 (`contents`); `load_artifact` / `check_artifact_files` check them before an artifact is run. Manifests
+are read through the one bounded JSON reader (wanrt.jsonio).
 """
 
 from __future__ import annotations
@@ -21,13 +26,13 @@ import datetime as _dt
 import errno
 import fcntl
 import hashlib
-import json
 import os
 import platform
 import re
 import secrets
 import shutil
 import signal
+import stat
 import sys
 import threading
 from collections.abc import Iterator
@@ -36,17 +41,40 @@ from typing import Any
 
 from wanrt import __version__
 from wanrt.errors import BadInputError, StorageError, os_error_line
+from wanrt.jsonio import dumps, open_regular, read_json
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA = 1
 
 
+# file identity -> (size, mtime_ns, ctime_ns) and sha256: any write, truncation or replacement moves one of them
+# (ctime cannot be set back from user space), so a file is hashed once per process however often it is loaded
+_digests: dict[tuple[int, int], tuple[tuple[int, int, int], str]] = {}
+_digests_lock = threading.Lock()
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+    """sha256 of a regular file; a FIFO, device or socket is refused (BadInputError) without blocking on it.
+    Remembered per file identity, so checking an artifact on every load costs one read per process."""
+    fd = open_regular(path)
+    try:
+        st = os.fstat(fd)
+        key, stamp = (st.st_dev, st.st_ino), (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        with _digests_lock:
+            hit = _digests.get(key)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        h = hashlib.sha256()
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            while block := f.read(chunk):
+                h.update(block)
+        after = os.fstat(fd)
+        if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == stamp:  # not written to while we read
+            with _digests_lock:
+                _digests[key] = (stamp, h.hexdigest())
+        return h.hexdigest()
+    finally:
+        os.close(fd)
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -66,7 +94,7 @@ def to_jsonable(obj: Any) -> Any:
 
 def spec_hash(*specs: Any) -> str:
     """A stable short hash of specs (cache keys, config identity)."""
-    blob = json.dumps([to_jsonable(s) for s in specs], sort_keys=True, separators=(",", ":"))
+    blob = dumps([to_jsonable(s) for s in specs], "spec", sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -157,11 +185,44 @@ def cache_root(sub: str | None = None) -> Path:
     return root / sub
 
 
+_scratch: dict[str, Path] = {}
+
+
+def writable_cache(sub: str, root: Path | None = None) -> Path:
+    """`root/sub` (default: cache_root(sub)) when wanrt can write there; else, with one warning line, a private
+    folder removed at exit. A cache is an optimisation: a read-only or unwritable one means working without it
+    (StorageError, exit 4, only when no temporary folder can be made either), never bad input."""
+    path = Path(root) / sub if root is not None else cache_root(sub)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = _temp_sibling(path / "probe")
+        probe.mkdir()
+        probe.rmdir()
+        return path
+    except OSError as e:
+        why = os_error_line(e)
+    if sub not in _scratch:
+        import atexit
+        import tempfile
+
+        try:
+            _scratch[sub] = Path(tempfile.mkdtemp(prefix=f"wanrt-{sub}-"))
+        except OSError as e:
+            raise StorageError(f"cache {path} cannot be written ({why}) and no temporary folder can be made "
+                               f"({os_error_line(e)})") from None
+        atexit.register(shutil.rmtree, _scratch[sub], True)
+        if len(_scratch) == 1:  # one line per run, however many of the cache's folders are needed
+            print(f"warning: cache {path.parent} cannot be written ({why}); working without it this run "
+                  f"(nothing is kept)", file=sys.stderr)
+    return _scratch[sub]
+
+
 # --------------------------------------------------------------------------------- temporaries and sweeping
 
 # `.NAME.tmp-<pid>-<token>` (work in progress) and `.NAME.old-<pid>-<token>` (a replaced artifact being deleted).
 # The pid lets the next run tell a dead writer's leftovers from a live writer's work; the token keeps names unique.
 _TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<what>tmp|old)-(?P<pid>\d+)-(?P<token>[0-9a-f]{8})(\.[A-Za-z0-9]{1,8})?$")
+_LOCK_RE = re.compile(r"^\.(?P<name>.+)\.lock$")  # claim_output_dir's `.NAME.lock`
 _live_temps: set[Path] = set()
 _live_lock = threading.Lock()
 _sigterm_installed = False
@@ -228,6 +289,9 @@ def sweep_stale_temps(directory: str | os.PathLike) -> list[Path]:
     except OSError:
         return removed
     for entry in entries:
+        if _LOCK_RE.match(entry.name):
+            _sweep_lock(Path(entry.path), removed)
+            continue
         m = _TEMP_RE.match(entry.name)
         if m is None:
             continue
@@ -239,6 +303,27 @@ def sweep_stale_temps(directory: str | os.PathLike) -> list[Path]:
             _remove(Path(entry.path))
             removed.append(Path(entry.path))
     return removed
+
+
+def _sweep_lock(lock: Path, removed: list[Path]) -> None:
+    """Remove a `.NAME.lock` that no process holds (its writer was SIGKILLed: the kernel dropped the flock, the
+    file stayed). Taken with flock first, so a live holder's lock is never touched; a claimer that opened the file
+    just before the unlink notices the changed inode and locks the new one (claim_output_dir)."""
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or os.fstat(fd).st_size > 32:
+            return  # not a lock wanrt wrote (a pid)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.fstat(fd).st_ino == os.stat(lock).st_ino:
+            os.unlink(lock)
+            removed.append(lock)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _on_sigterm(signum, frame):
@@ -292,7 +377,32 @@ def atomic_path(path: str | os.PathLike, keep_suffix: bool = False) -> Iterator[
     path = Path(path)
     with _temporary(_temp_sibling(path, suffix=path.suffix if keep_suffix else ""), path) as tmp:
         yield tmp
+        _apply_umask(tmp)
         os.replace(tmp, path)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask sets it, racing other threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _apply_umask(path: Path) -> None:
+    """A file a library created with its own mode (safetensors writes 0600) gets the mode every other output has:
+    0666 less the umask."""
+    try:
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, 0o666 & ~_umask())
+    except OSError:
+        pass
 
 
 @contextlib.contextmanager
@@ -321,9 +431,10 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     write_bytes_atomic(path, text.encode())
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON atomically (temp file + rename)."""
-    write_text_atomic(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=False) + "\n")
+def write_json(path: str | os.PathLike, obj: Any, allow_nan: bool = False) -> None:
+    """Write JSON atomically (temp file + rename); NaN/Infinity are refused in one line before anything is written
+    (they are not JSON, and other parsers reject the whole file). `allow_nan`: see jsonio.dumps."""
+    write_text_atomic(path, dumps(to_jsonable(obj), str(path), allow_nan, indent=2, sort_keys=False) + "\n")
 
 
 # ------------------------------------------------------------------------------------------------ manifests
@@ -334,11 +445,9 @@ def read_manifest(directory: str | os.PathLike, kind: str | None = None) -> dict
     if not path.is_file():
         raise BadInputError(f"{directory}: no {MANIFEST_NAME}; not a wanrt artifact directory")
     try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BadInputError(f"{path}: corrupt manifest ({e})") from None
-    except OSError as e:
-        raise storage_error(e, "reading the manifest") from None
+        manifest = read_json(path)  # bounded: size, depth, regular files only
+    except BadInputError as e:
+        raise BadInputError(f"corrupt manifest: {e}") from None
     if not isinstance(manifest, dict):
         raise BadInputError(f"{path}: corrupt manifest (a JSON {type(manifest).__name__}, not an object)")
     if manifest.get("schema") != MANIFEST_SCHEMA:
@@ -348,40 +457,196 @@ def read_manifest(directory: str | os.PathLike, kind: str | None = None) -> dict
     if not isinstance(manifest.get("payload"), dict):
         raise BadInputError(f"{path}: corrupt manifest ('payload' is {type(manifest.get('payload')).__name__}, "
                             "not an object)")
+    if CONTENTS_KEY in manifest and not _contents_ok(manifest[CONTENTS_KEY]):
+        raise BadInputError(f"{path}: corrupt manifest ('{CONTENTS_KEY}' is not {{file: {{bytes, sha256}}}})")
     return manifest
 
 
-def confined_path(directory: str | os.PathLike, relpath: Any, what: str = "payload file") -> Path:
+# ------------------------------------------------------------------------------------- sealing and checking
+
+# The manifest's own list of what its directory holds, {relpath: {"bytes", "sha256"}}: written last by
+# `write_manifest` (every writer's final step), it is what makes a file wanrt's (the "is this ours" rule of
+# `foreign_entries`) and what every load checks (`check_artifact_files`).
+CONTENTS_KEY = "contents"
+
+
+def _contents_ok(contents: Any) -> bool:
+    return isinstance(contents, dict) and all(
+        isinstance(k, str) and isinstance(v, dict) and isinstance(v.get("bytes"), int)
+        and isinstance(v.get("sha256"), str) for k, v in contents.items())
+
+
+def _is_wanrt_scratch(name: str, siblings: set[str] | frozenset[str] = frozenset()) -> bool:
+    """wanrt's own temporaries (`.NAME.tmp-<pid>-<token>`, `.NAME.old-...`) and the lock of a sibling output
+    (`.NAME.lock` beside NAME); a `.x.lock` of the user's with no `x` beside it is the user's."""
+    m = _LOCK_RE.match(name)
+    return bool(_TEMP_RE.match(name) or (m and m["name"] in siblings))
+
+
+def write_manifest(directory: str | os.PathLike, manifest: dict[str, Any], name: str = MANIFEST_NAME,
+                   allow_nan: bool = False) -> None:
+    """Write `directory`/`name` with `contents`: every file under `directory` (dot-names included) with its size
+    and sha256. Call it last, when everything else is written: what it does not list is not wanrt's."""
+    directory = Path(directory)
+    contents = {}
+    for root, dirs, files in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if not _is_wanrt_scratch(d))
+        for f in sorted(files):
+            p = Path(root) / f
+            rel = p.relative_to(directory).as_posix()
+            if rel == name or _is_wanrt_scratch(f) or p.is_symlink():
+                continue
+            contents[rel] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+    manifest[CONTENTS_KEY] = contents
+    write_json(directory / name, manifest, allow_nan)
+
+
+def _listed_paths(manifest: dict[str, Any]) -> set[str]:
+    """The relative paths a manifest lists: its `contents`; for a manifest written before `contents` existed, the
+    relative names its payload holds (model.onnx, engine.plan, a bundle's file list)."""
+    contents = manifest.get(CONTENTS_KEY)
+    if isinstance(contents, dict):
+        return set(contents)
+    names: set[str] = set()
+    stack: list[Any] = [manifest.get("payload")]
+    while stack and len(names) < 100_000:
+        v = stack.pop()
+        if isinstance(v, dict):
+            names.update(k for k in v if isinstance(k, str))
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, str):
+            names.add(v)
+    return {n for n in names if n and not n.startswith("/") and ".." not in Path(n).parts}
+
+
+def _manifest_doc(directory: Path) -> dict[str, Any] | None:
+    """The manifest of an artifact directory (manifest.json, or a bench's results.json), None if it has none or
+    it is not one."""
+    for name in (MANIFEST_NAME, "results.json"):  # results.json: bench outputs carry the manifest there
+        f = directory / name
+        if f.is_file():
+            try:
+                doc = read_json(f)
+            except (BadInputError, StorageError):
+                return None
+            ok = isinstance(doc, dict) and doc.get("schema") == MANIFEST_SCHEMA and isinstance(doc.get("kind"), str)
+            return {**doc, "_name": name} if ok else None
+    return None
+
+
+def foreign_entries(directory: str | os.PathLike, limit: int = 3) -> list[str]:
+    """The entries of an artifact directory that are the user's, not wanrt's (at most `limit`). One rule: every
+    entry, dot-names included, is the user's unless the artifact's manifest lists it; only the manifest itself and
+    wanrt's temporaries and locks are wanrt's without being listed. A directory without a manifest is wanrt's only
+    as a folder of artifacts (export --rank 4,8: r4/, r8/). Symlinks are never followed."""
+    directory = Path(directory)
+    doc = _manifest_doc(directory)
+    found: list[str] = []
+    if doc is None:
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError:
+            return ["(unreadable)"]
+        names = {e.name for e in entries}
+        for e in entries:
+            if _is_wanrt_scratch(e.name, names):
+                continue
+            if not e.is_dir(follow_symlinks=False) or _manifest_doc(Path(e.path)) is None:
+                found.append(e.name)
+            else:
+                found += [f"{e.name}/{x}" for x in foreign_entries(e.path, limit - len(found))]
+            if len(found) >= limit:
+                break
+        return found[:limit]
+    listed = _listed_paths(doc)
+    prefixes = {p for rel in listed for p in Path(rel).parents if str(p) != "."}
+    stack = [(directory, "")]
+    while stack and len(found) < limit:
+        d, prefix = stack.pop()
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError:
+            found.append(prefix or "(unreadable)")
+            continue
+        names = {e.name for e in entries}
+        for e in entries:
+            rel = f"{prefix}{e.name}"
+            if (not prefix and e.name == doc["_name"]) or _is_wanrt_scratch(e.name, names):
+                continue
+            if e.is_dir(follow_symlinks=False) and Path(rel) in prefixes:
+                stack.append((Path(e.path), f"{rel}/"))
+            elif rel not in listed or e.is_dir(follow_symlinks=False):
+                found.append(rel)
+    return found[:limit]
+
+
+def check_artifact_files(directory: str | os.PathLike, manifest: dict[str, Any]) -> None:
+    """Before an artifact is used: every file its manifest lists has the recorded size and sha256 (a swapped
+    model.onnx, external data or plan is refused in one line). A manifest from before `contents` has its main
+    file's recorded sha256 checked. Hashes are remembered per file identity, so this costs one read per process."""
+    directory = Path(directory)
+    contents = manifest.get(CONTENTS_KEY)
+    if not isinstance(contents, dict):
+        p = manifest.get("payload") or {}
+        main = {"onnx": (p.get("onnx", "model.onnx"), p.get("sha256")),
+                "engine": (p.get("engine"), p.get("plan_sha256"))}.get(manifest.get("kind"))
+        contents = {main[0]: {"sha256": main[1]}} if main and isinstance(main[1], str) else {}
+    for rel, want in contents.items():
+        path = confined_path(directory, rel, "listed file")
+        what = f"{directory / rel}"
+        try:
+            st = path.lstat()
+        except OSError:
+            raise BadInputError(f"{what}: missing (its manifest lists it); the artifact is incomplete") from None
+        if want.get("bytes") is not None and st.st_size != want["bytes"]:
+            raise BadInputError(f"{what}: {st.st_size} bytes, its manifest says {want['bytes']} (truncated or "
+                                "replaced); refusing to run it, re-create the artifact")
+        if sha256_file(path) != want.get("sha256"):
+            raise BadInputError(f"{what}: sha256 does not match its manifest (changed or replaced since it was "
+                                "written); refusing to run it, re-create the artifact")
+
+
+def load_artifact(directory: str | os.PathLike, kind: str | None = None) -> dict[str, Any]:
+    """The manifest of an artifact about to be run, after `check_artifact_files`: the one load-time check."""
+    manifest = read_manifest(directory, kind)
+    check_artifact_files(directory, manifest)
+    return manifest
+
+
+def confined_path(directory: str | os.PathLike, relpath: Any, what: str = "payload file",
+                  source: str | os.PathLike | None = None) -> Path:
     """The file a manifest names, guaranteed inside its artifact directory (symlinks resolved): a manifest is
-    input, and `../../etc/passwd` or an absolute path in it must not make wanrt open a file elsewhere."""
+    input, and `../../etc/passwd` or an absolute path in it must not make wanrt open a file elsewhere. `source`:
+    the file that named it, for the error line (default: the directory's manifest.json)."""
+    source = source if source is not None else Path(directory) / MANIFEST_NAME
     if not isinstance(relpath, str) or not relpath or "\x00" in relpath:
-        raise BadInputError(f"{Path(directory) / MANIFEST_NAME}: {what} must be a relative file name, got {relpath!r}")
+        raise BadInputError(f"{source}: {what} must be a relative file name, got {relpath!r}")
     base = Path(directory).resolve()
     full = (base / relpath).resolve()
     if Path(relpath).is_absolute() or (full != base and base not in full.parents):
-        raise BadInputError(f"{Path(directory) / MANIFEST_NAME}: {what} {relpath!r} points outside the artifact "
-                            f"directory; refusing to open it")
+        raise BadInputError(f"{source}: {what} {relpath!r} points outside the artifact directory {Path(directory)}; "
+                            "refusing to open it")
     return full
 
 
 def artifact_kind(directory: str | os.PathLike) -> str | None:
     """The kind of wanrt artifact `directory` is ('onnx', 'engine', 'bench', ...), None if it is not one.
-    A directory of per-rank exports (out/r4, out/r8) is the kind of its members."""
+    A directory of per-rank exports (out/r4, out/r8) is the kind of its members; any other entry in it, dot-names
+    included (wanrt's own temporaries and locks excepted), makes it not an artifact."""
     directory = Path(directory)
-    for name in (MANIFEST_NAME, "results.json"):  # results.json: bench outputs carry the manifest there
-        f = directory / name
-        if f.is_file():
-            try:
-                doc = json.loads(f.read_text())
-            except (OSError, ValueError):
-                return None
-            ok = isinstance(doc, dict) and doc.get("schema") == MANIFEST_SCHEMA and isinstance(doc.get("kind"), str)
-            return doc["kind"] if ok else None
+    doc = _manifest_doc(directory)
+    if doc is not None:
+        return doc["kind"]
+    if any((directory / n).is_file() for n in (MANIFEST_NAME, "results.json")):
+        return None  # a manifest that is not one
     try:
-        members = [e for e in directory.iterdir() if not e.name.startswith(".")]
+        names = {e.name for e in directory.iterdir()}
     except OSError:
         return None
-    kinds = {artifact_kind(e) if e.is_dir() else None for e in members}
+    members = [directory / n for n in names if not _is_wanrt_scratch(n, names)]
+    kinds = {artifact_kind(e) if e.is_dir() and not e.is_symlink() else None for e in members}
     return kinds.pop() if len(kinds) == 1 and None not in kinds else None
 
 
@@ -436,6 +701,11 @@ def check_output_dir(path: str | os.PathLike, force: bool, kind: str | None = No
         if kind is not None and found != kind:
             raise BadInputError(f"{path} holds a wanrt '{found}' artifact, not '{kind}'; --force will not replace "
                                 "it with another kind")
+        foreign = foreign_entries(path)
+        if foreign:
+            raise BadInputError(f"{path} holds {', '.join(repr(f) for f in foreign)}, which its manifest does not "
+                                "list; --force replaces only wanrt's own files, so nothing was touched (move them "
+                                "out or choose another -o)")
     check_writable(path, "output directory")
     return path
 

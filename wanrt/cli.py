@@ -7,8 +7,10 @@ as disabled with the reason, and the rest of the CLI keeps working.
 from __future__ import annotations
 
 import ast
+import copy
 import importlib
 import importlib.util
+import inspect
 import sys
 from pathlib import Path
 
@@ -90,6 +92,27 @@ def _disabled(name: str, reason: str) -> click.Command:
     return cmd
 
 
+class _NeedsExtra:
+    """Mixed into a subcommand whose extra is missing: `--help` still shows its real options (with the extra to
+    install on top), and anything else is refused before parsing, in one line (exit 3), as the README promises."""
+
+    missing_reason = ""
+
+    def parse_args(self, ctx, args):
+        if not any(a in ctx.help_option_names for a in args):
+            raise MissingDependencyError(f"'wanrt {self.name}' is disabled: {self.missing_reason}")
+        return super().parse_args(ctx, args)
+
+
+def _needs_extra(cmd: click.Command, reason: str) -> click.Command:
+    """A copy of `cmd` (the original stays as imported) that says `reason` in its help and refuses to run."""
+    needs = copy.copy(cmd)
+    needs.__class__ = type(f"NeedsExtra{type(cmd).__name__}", (_NeedsExtra, type(cmd)), {})
+    needs.missing_reason = reason
+    needs.help = f"(disabled here: {reason})\n\n{inspect.cleandoc(cmd.help or '')}"
+    return needs
+
+
 class LazyGroup(click.Group):
     def list_commands(self, _ctx):
         return list(SUBCOMMANDS)
@@ -97,16 +120,17 @@ class LazyGroup(click.Group):
     def get_command(self, _ctx, name):
         if name not in SUBCOMMANDS:
             return None
-        reason = missing_requirement(name)
-        if reason is not None:
-            return _disabled(name, reason)
         module, attr = SUBCOMMANDS[name]
         try:
-            return getattr(importlib.import_module(module), attr)
+            # command modules import their heavy and optional libraries inside the commands, so this works (and
+            # `--help` is instant) whether or not the subcommand's extra is installed
+            cmd = getattr(importlib.import_module(module), attr)
         except ImportError as e:
             return _disabled(name, f"{e}; install the extra that provides it (see README)")
         except AttributeError:
             return _disabled(name, f"{module} has no '{attr}' in this install")
+        reason = missing_requirement(name)
+        return cmd if reason is None else _needs_extra(cmd, reason)
 
     def format_commands(self, _ctx, formatter):
         """The command list without importing any command module (see short_help)."""

@@ -16,8 +16,11 @@ out_console = Console()
 class StepProgress:
     """A progress bar over the named steps of one long job (load, trace, validate, ...), with per-step times."""
 
-    def __init__(self, title: str, steps: list[str], enabled: bool | None = None):
+    def __init__(self, title: str, steps: list[str], enabled: bool | None = None, say=None):
         self.steps, self.title = steps, title
+        # without a bar (not a terminal, or disabled) `say` still gets one line per step, so a long job that a
+        # newcomer pipes or runs in CI is never silent for minutes
+        self._say = say
         self.times: dict[str, float] = {}
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
         self._progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
@@ -47,6 +50,8 @@ class StepProgress:
         self._finish_current()
         self._current, self._t0 = step, time.perf_counter()
         self._progress.update(self._task, description=f"{self.title}: {step}")
+        if self._say is not None and not self.enabled:
+            self._say(f"{self.title}: {step} ({len(self.times) + 1}/{len(self.steps)})")
 
     def detail(self, text: str) -> None:
         """Say what the current step is doing (a sub-step such as "tracing"), without ending it."""

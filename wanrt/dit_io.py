@@ -18,54 +18,16 @@ from typing import Any, Mapping
 import torch
 
 from wanrt.errors import BadInputError
+# torch-free so the CLI can use them at import time; re-exported here as part of the contract
+from wanrt.video_shape import VAE_STRIDE, VideoShape, check_video_shape, parse_video_shape  # noqa: F401
 
 # Fixed by the real encoders: UMT5 text is padded to 512 tokens (diffusers' I2V attention hard-codes it) and the
 # CLIP ViT-H image encoder yields 257 tokens (256 patches + class token).
 TEXT_TOKENS = 512
 IMAGE_TOKENS = 257
-VAE_STRIDE = (4, 8, 8)  # frames, height, width: pixel frames are 4k+1; sizes are multiples of 16 (8 x patch 2)
 
 INPUT_NAMES = ("latents", "timestep", "text", "image")
 OUTPUT_NAMES = ("prediction",)
-
-
-@dataclass(frozen=True)
-class VideoShape:
-    """A video request in pixel space: `frames` = 4k+1, `height`/`width` multiples of 16."""
-
-    frames: int
-    height: int
-    width: int
-
-    @property
-    def latent(self) -> tuple[int, int, int]:
-        return ((self.frames - 1) // VAE_STRIDE[0] + 1, self.height // VAE_STRIDE[1], self.width // VAE_STRIDE[2])
-
-    def tokens(self, patch: tuple[int, int, int] = (1, 2, 2)) -> int:
-        f, h, w = self.latent
-        return (f // patch[0]) * (h // patch[1]) * (w // patch[2])
-
-    def __str__(self) -> str:
-        return f"{self.frames}x{self.height}x{self.width}"
-
-
-def check_video_shape(frames: int, height: int, width: int) -> VideoShape:
-    """Pixel-space request -> VideoShape, refusing what the VAE/patching cannot represent."""
-    if frames < 1 or (frames - 1) % VAE_STRIDE[0]:
-        raise BadInputError(f"frames {frames}: must be 4k+1 (1, 5, 9, ..., 81) for the Wan VAE's temporal stride 4")
-    for name, v in (("height", height), ("width", width)):
-        if v < 16 or v % 16:
-            raise BadInputError(f"{name} {v}: must be a positive multiple of 16 (VAE stride 8 x patch 2)")
-    return VideoShape(frames, height, width)
-
-
-def parse_video_shape(text: str, what: str) -> VideoShape:
-    """'FRAMESxHEIGHTxWIDTH' in pixels (e.g. 81x480x832) -> a checked VideoShape; `what` names the flag."""
-    try:
-        frames, height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise BadInputError(f"{what} {text!r}: expected FRAMESxHEIGHTxWIDTH, e.g. 81x480x832") from None
-    return check_video_shape(frames, height, width)
 
 
 def check_latent_range(shape: VideoShape, latent_ranges: Mapping[str, Any] | None) -> None:

@@ -48,6 +48,7 @@ DEPRECATED: dict[str, str] = {
     "--lora-seed": "--seed",
     "--trt-precision": "--precision",
     "--engine DIR": "--artifact DIR",
+    "serve --engine DIR": "serve DIR",
     "--artifacts": "--cache-dir",
     "weights fetch --cache-dir DIR": "--weights DIR",
     "--rank 4,8,16 (export)": "--ranks 4,8,16",

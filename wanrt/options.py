@@ -8,23 +8,79 @@ from typing import Callable
 import click
 
 from wanrt.errors import BadInputError
-from wanrt.export.lora import TARGET_GROUPS
+# nothing here may import torch: every subcommand's options are declared at import, and `--help` must stay instant
 from wanrt.choices import Backend, Dtype, LoraMode
-from wanrt.dit_io import VideoShape, parse_video_shape
 from wanrt.export.presets import PRESETS
+from wanrt.export.targets import TARGET_GROUPS
+from wanrt.flags import deprecated_option
+from wanrt.video_shape import VideoShape, parse_video_shape
 
 # Seeds every generator accepts (torch.Generator overflows past 2^63, numpy past 2^32): one line, exit 2 beyond.
 SEED = click.IntRange(0, 2**32 - 1)
 
 
-def option_group(*decorators: Callable) -> Callable:
-    """Several click options as one decorator (an argument group shared by subcommands)."""
+class FiniteFloat(click.ParamType):
+    """A float option that refuses nan/inf (click's FLOAT takes them): a non-finite guidance or LoRA scale runs to
+    the end and writes a video or engine of NaNs. The one float type every command's float options use; optional
+    bounds are inclusive unless `min_open`/`max_open`."""
+
+    name = "float"
+
+    def __init__(self, min: float | None = None, max: float | None = None, *,
+                 min_open: bool = False, max_open: bool = False):
+        self.min, self.max, self.min_open, self.max_open = min, max, min_open, max_open
+
+    def convert(self, value, param, ctx):
+        import math
+
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(v):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if self.min is not None and (v < self.min or (self.min_open and v == self.min)):
+            self.fail(f"{v:g} must be {'>' if self.min_open else '>='} {self.min:g}", param, ctx)
+        if self.max is not None and (v > self.max or (self.max_open and v == self.max)):
+            self.fail(f"{v:g} must be {'<' if self.max_open else '<='} {self.max:g}", param, ctx)
+        return v
+
+    def __repr__(self) -> str:
+        return f"FiniteFloat({self.min}, {self.max})"
+
+
+# any finite float (nan/inf refused); FiniteFloat(min=...) for a bounded one
+FINITE_FLOAT = FiniteFloat()
+
+
+def option_group(*decorators: Callable, section: str | None = None) -> Callable:
+    """Several click options as one decorator (an argument group shared by subcommands). With `section`, `--help` of
+    a SectionedCommand lists them under that heading (an inner group's own section wins)."""
     def apply(f):
+        before = {id(p) for p in getattr(f, "__click_params__", ())}
         for d in reversed(decorators):
             f = d(f)
+        for p in getattr(f, "__click_params__", ()):
+            if id(p) not in before and section and not getattr(p, "help_section", None):
+                p.help_section = section
         return f
 
     return apply
+
+
+class SectionedCommand(click.Command):
+    """`--help` with the options under headings (Polygraphy's argument groups): one flat list of 45 options tells a
+    newcomer nothing. Sections come in the order of their first option; untagged options (and --help) go last."""
+
+    def format_options(self, ctx, formatter):
+        sections: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                sections.setdefault(getattr(param, "help_section", None) or "Other options", []).append(record)
+        for name in sorted(sections, key=lambda n: n == "Other options"):
+            with formatter.section(name):
+                formatter.write_dl(sections[name])
 
 
 def parse_int_list(text: str | None, what: str = "--rank") -> list[int] | None:
@@ -51,8 +107,11 @@ model_options = option_group(
     click.option("--model", "model", default="tiny", show_default=True,
                  help=f"Preset ({', '.join(PRESETS)}), a local diffusers checkpoint directory, or a hub id "
                       "(e.g. Wan-AI/Wan2.1-I2V-14B-480P-Diffusers)."),
-    click.option("--layers", type=int, default=None, help="Keep only the first N transformer blocks."),
+    click.option("--layers", type=click.IntRange(1), default=None, help="Keep only the first N transformer blocks."),
     click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of preset weights and synthetic LoRAs."),
+    # the old spelling lives with the flag it became, so every subcommand that takes --seed takes it (README)
+    deprecated_option("--lora-seed", "--seed", "seed", type=SEED),
+    section="Model",
 )
 
 lora_options = option_group(
@@ -66,25 +125,30 @@ lora_options = option_group(
                       "',' or '+' (a union)."),
     click.option("--lora-mode", type=click.Choice(LoraMode.values()), default="merged", show_default=True,
                  help="merged: folded into W; separate: its own branch in the graph; full: dense delta reference."),
-    click.option("--lora-scale", type=float, default=1.0, show_default=True),
+    click.option("--lora-scale", type=FINITE_FLOAT, default=1.0, show_default=True, help="LoRA strength."),
     click.option("--allow-pickle", is_flag=True, help="Allow .pt/.ckpt/.bin LoRA files (loaded weights_only)."),
     click.option("--finetuned", default=None,
                  help="With --lora-mode full: a real full fine-tune instead of a dense delta (diffusers dir, sharded "
                       "or single .safetensors, ComfyUI checkpoint; or synthetic[:EXPONENT]). See 'wanrt extract'."),
+    section="LoRA",
 )
 
-dtype_option = click.option("--dtype", type=click.Choice(Dtype.values()), default=None,
-                            help="Export precision (bf16 is what Wan is trained in).  [default: fp32; bf16 with "
-                                 "--engine]")
+dtype_option = option_group(
+    click.option("--dtype", type=click.Choice(Dtype.values()), default=None,
+                 help="Export precision (bf16 is what Wan is trained in).  [default: fp32; bf16 with --engine]"),
+    section="Model")
 
 # the model dtype of subcommands that run the model (bench, generate): fp32 unless asked
-run_dtype_option = click.option("--dtype", type=click.Choice(Dtype.values()), default="fp32", show_default=True,
-                                help="dtype of the model weights (and of the exports made on the way).")
+run_dtype_option = option_group(
+    click.option("--dtype", type=click.Choice(Dtype.values()), default="fp32", show_default=True,
+                 help="dtype of the model weights (and of the exports made on the way)."),
+    section="Model")
 
 # where the model runs, for every subcommand that runs it
 device_options = option_group(
     click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N]."),
-    click.option("--threads", type=int, default=None, help="CPU threads for torch and the runtimes."),
+    click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for torch and the runtimes."),
+    section="Device",
 )
 
 

@@ -26,8 +26,8 @@ Modules, one concern each (imports run down this list, never up):
     run        run_bench: the sweep, the results document and its files
 """
 
-from wanrt.runtime.bench.measure import (LoadProbe, measure_matmul_peak, measure_memory, memory_in_use, percentile,
-                                         rel_error, summarize, time_backend, timing_record)
+from wanrt.runtime.bench.measure import (LoadProbe, measure_memory, memory_in_use, percentile, rel_error, summarize,
+                                         time_backend, timing_record)
 from wanrt.runtime.bench.plots import write_plots
 from wanrt.runtime.bench.point import BenchSession, PointContext, make_backend, run_point
 from wanrt.runtime.bench.report import render_report
@@ -42,7 +42,7 @@ from wanrt.runtime.bench.video import DEFAULT_PROMPT, VideoQuality, bench_image
 __all__ = [
     "DEFAULT_PROMPT", "MODES", "RESULTS_SCHEMA", "BenchArtifacts", "BenchSession", "BenchSpec", "BenchUi", "LoadProbe",
     "PointContext", "QualityGates", "SweepPoint", "VideoQuality", "bench_image", "make_backend", "make_inputs",
-    "measure_matmul_peak", "measure_memory", "memory_in_use", "percentile", "rel_error", "render_report", "run_bench",
+    "measure_memory", "memory_in_use", "percentile", "rel_error", "render_report", "run_bench",
     "run_point", "summarize", "summarize_runs", "sweep_points", "time_backend", "timing_record", "write_plots",
     "write_results",
 ]

@@ -1,5 +1,5 @@
-"""Measurement primitives: clocks with device sync, latency statistics, matmul peak, interference probe,
-memory, relative error. No knowledge of sweeps or backends' kinds."""
+"""Measurement primitives: clocks with device sync, latency statistics, interference probe, memory, relative
+error (kernel peaks: peaks.py). No knowledge of sweeps or backends' kinds."""
 
 from __future__ import annotations
 
@@ -36,31 +36,6 @@ def percentile(sorted_values: list[float], q: float) -> float:
     pos = (len(sorted_values) - 1) * q / 100.0
     lo, hi = math.floor(pos), math.ceil(pos)
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
-
-
-def measure_matmul_peak(device: torch.device, dtype: torch.dtype, size: int | None = None,
-                        repeats: int = 5) -> dict[str, Any]:
-    """Achievable dense matmul throughput on this device and dtype (median of `repeats` timed [n,n]x[n,n])."""
-    n = size or (2048 if device.type == "cpu" else 8192)
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
-    b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
-    with torch.inference_mode():
-        for _ in range(2):
-            torch.mm(a, b)
-        _sync(device)
-        times = []
-        for _ in range(repeats):
-            _sync(device)
-            t0 = time.perf_counter()
-            torch.mm(a, b)
-            _sync(device)
-            times.append(time.perf_counter() - t0)
-    flops = 2.0 * n**3
-    med = statistics.median(times)
-    return {"dtype": str(dtype).replace("torch.", ""), "size": n, "repeats": repeats, "median_s": med,
-            "tflops": flops / med / 1e12, "samples_tflops": [flops / t / 1e12 for t in times],
-            "threads": torch.get_num_threads() if device.type == "cpu" else None}
 
 
 class LoadProbe:

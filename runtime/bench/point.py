@@ -36,8 +36,8 @@ class BenchSession:
     model_spec: Any  # ModelSpec of the timed backends (bench dtype)
     artifacts: BenchArtifacts
     export_range: tuple[Any, Any]  # (min, max) VideoShape of the exports; (None, None) = the preset's own
-    disabled: dict[str, str]  # backend -> why it is off on this machine
-    peak_tflops: float  # matmul peak measured at the start (MFU until the end peak is in)
+    peak_kernels: dict[str, str]  # backend -> the kernel its MFU is taken against (runtime/bench/peaks.py)
+    peaks: dict[str, float | None]  # kernel -> TFLOP/s measured at the start (MFU until the end peaks are in)
     ui: BenchUi
     probe: LoadProbe
     video: VideoQuality | None = None
@@ -93,9 +93,6 @@ def _create_backends(ctx: PointContext) -> list[dict[str, Any]]:
                "backend": name, "dtype": ctx.spec.dtype, "batch": ctx.spec.batch, "tokens": flops["tokens"],
                "flops": {k: flops[k] for k in ("total", "base", "lora", "lora_share")}, "lora": ctx.lora_summary}
         runs.append(run)
-        if name in s.disabled:
-            run.update(status="disabled", reason=s.disabled[name])
-            continue
         s.ui.status(f"{point.label}: preparing {name}")
         try:
             backend, artifact, setup = make_backend(ctx, name)
@@ -173,7 +170,9 @@ def _finish_point(ctx: PointContext, samples: dict[int, tuple[list[float], list[
         try:
             if run.get("status") != "failed" and id(run) in samples:
                 fwd, steps = samples[id(run)]
-                run.update(timing_record(fwd, steps, ctx.flops, ctx.spec.batch, s.peak_tflops))
+                kernel = s.peak_kernels[run["backend"]]
+                run.update(timing_record(fwd, steps, ctx.flops, ctx.spec.batch, s.peaks.get(kernel)),
+                           peak_kernel=kernel)
                 run["setup_s"] = {**run.get("setup_s", {}), **backend.setup}
                 run["backend_info"] = backend.describe()
                 run["quality"] = _quality(ctx, run["backend"], backend)
@@ -249,9 +248,8 @@ def make_backend(ctx: PointContext, name: str) -> tuple[Any, Path | None, dict[s
         return B.create_backend("ort", artifact=artifact, device=device), owned, setup
     if name == "ov":  # compiled from the export into the engine cache, at --precision (default fp32)
         setup["_mem_before"] = memory_in_use(device)
-        precision = spec.trt_precision if spec.trt_precision in ("fp32", "bf16", "int8") else "fp32"
         return B.create_backend("ov", artifact=artifact, device=device, threads=spec.threads,
-                                precision=precision), owned, setup
+                                precision=spec.precision_of("ov")), owned, setup
     if not spec.engine_dir:
         onnx_dir = artifact
         artifact, seconds = artifacts.engine(onnx_dir, spec)

@@ -28,7 +28,7 @@ def render_report(results: dict[str, Any]) -> str:
 
 
 def _header(results: dict[str, Any]) -> list[str]:
-    """Command, machine, versions, shape, protocol, matmul peak, gates, disabled backends."""
+    """Command, machine, versions, shape, protocol, kernel peaks, gates."""
     p = results["payload"]
     spec = results["specs"]["bench"]
     m = results.get("machine", {})
@@ -53,15 +53,17 @@ def _header(results: dict[str, Any]) -> list[str]:
               f" s idle before each step; median / p90; mem MB = "
               + ("resident" if p["device"] == "cpu" else "device")
               + " memory taken by loading the backend + growth during its first forward",
-              f"- matmul peak ({p['peak']['start']['dtype']}, n={p['peak']['start']['size']}): "
-              f"{p['peak']['start']['tflops'] * 1e3:.1f} GFLOP/s at start, "
-              + (f"{p['peak']['end']['tflops'] * 1e3:.1f} at end" if "end" in p["peak"] else "end not measured yet")
-              + f"; MFU uses {p['peak']['tflops'] * 1e3:.1f}",
+              "- MFU: against the peak of each backend's own matmul kernel, measured in this run (GFLOP/s, the "
+              "higher of start/end): " + "; ".join(_peak_text(k, v) for k, v in p["peak"]["kernels"].items()),
               "- equal-quality gates: rel. error " + ", ".join(f"{k} <= {v:g}" for k, v in spec["gates"]["rel_err"])
               + f"; video PSNR >= {spec['gates']['psnr_db']:g} dB, LPIPS <= {spec['gates']['lpips']:g}", ""]
-    if p.get("backends_disabled"):
-        lines += ["Disabled backends:", ""] + [f"- {k}: {v}" for k, v in p["backends_disabled"].items()] + [""]
     return lines
+
+
+def _peak_text(kernel: str, peak: dict[str, Any]) -> str:
+    if not peak.get("tflops"):
+        return f"{kernel} not measurable here ({peak.get('error', '?')})"
+    return f"{kernel} {peak['tflops'] * 1e3:.1f}" + ("" if "end" in peak else " (end not measured yet)")
 
 
 def _point_tables(runs: list[dict[str, Any]]) -> list[str]:

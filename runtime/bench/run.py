@@ -11,14 +11,16 @@ from typing import Any, Callable
 
 import torch
 
-from wanrt.artifacts import atomic_output_dir, cache_root, build_manifest, check_output_dir, to_jsonable, write_json
-from wanrt.errors import BadInputError, MissingDependencyError, WanrtError
+from wanrt.artifacts import atomic_output_dir, build_manifest, cache_root, check_output_dir, to_jsonable, write_manifest
+from wanrt.errors import BadInputError, WanrtError
+from wanrt.jsonio import read_json
 from wanrt.export.api import CHECKPOINT_MAX, CHECKPOINT_MIN
-from wanrt.export.model import DTYPES, ModelSpec
+from wanrt.export.model import ModelSpec
 from wanrt.dit_io import DitIO, VideoShape
 from wanrt.runtime import backends as B
 from wanrt.runtime.bench.finetuned import FinetunedReference, check_reference_spec, write_pareto
-from wanrt.runtime.bench.measure import LoadProbe, measure_matmul_peak
+from wanrt.runtime.bench.measure import LoadProbe
+from wanrt.runtime.bench.peaks import kernel_for, measure_kernel
 from wanrt.runtime.bench.plots import write_plots
 from wanrt.runtime.bench.point import BenchSession, PointContext, run_point
 from wanrt.runtime.bench.report import render_report
@@ -57,7 +59,7 @@ def run_bench(spec: BenchSpec, out_dir: str | Path | None = None, force: bool = 
     shape = spec.shape()
     check_reference_spec(spec)
     points = sweep_points(spec)
-    disabled = _disabled_backends(spec, device)
+    _check_backends(spec, device)
     if spec.engine_dir and len(points) > 1:
         raise BadInputError("--artifact serves one sweep point; drop the --ranks/--lora-modes sweeps or --artifact")
     finished = {r["point"] for r in done}
@@ -71,19 +73,20 @@ def run_bench(spec: BenchSpec, out_dir: str | Path | None = None, force: bool = 
 
     ui = BenchUi(console, progress, total=len(todo) * len(spec.backends) * spec.repeats, points=len(points),
                  done=len(points) - len(todo))
-    peak_start = measure_matmul_peak(device, _peak_dtype(spec, device), spec.peak_size)
+    kernels = {name: kernel_for(name, spec.precision_of(name), device) for name in spec.backends}
+    peak = {"method": "median of timed [n,k]x[k,n] products (n=k) in the kernel each backend runs, at the bench's "
+                      "threads; the higher of start/end", "kernels": _kernel_peaks(kernels, device, spec.peak_size)}
     session = BenchSession(spec=spec, device=device, model_spec=model_base, artifacts=artifacts,
-                           export_range=export_range, disabled=disabled, peak_tflops=peak_start["tflops"], ui=ui,
+                           export_range=export_range, peak_kernels=kernels,
+                           peaks={k: v["tflops"] for k, v in peak["kernels"].items()}, ui=ui,
                            probe=LoadProbe(device), video=VideoQuality(spec, vshape) if spec.video_quality else None)
     if spec.reference == "finetuned":  # the full fine-tune and the LoRAs extracted from it (issue 11)
         session.finetuned = FinetunedReference(session, shape)
     t_start = time.perf_counter()
     runs: list[dict[str, Any]] = list(done)
-    peak = {"start": peak_start, "tflops": peak_start["tflops"],
-            "method": "median of timed torch.mm [n,n]x[n,n] at the bench's threads; the higher of start/end"}
 
     def document(complete: bool, fvd=None) -> dict[str, Any]:
-        results = _results_document(spec, shape, device, peak, disabled, runs, fvd, time.perf_counter() - t_start,
+        results = _results_document(spec, shape, device, peak, runs, fvd, time.perf_counter() - t_start,
                                     complete, command, total_points=len(points))
         if session.finetuned is not None:
             results["payload"]["finetuned"] = session.finetuned.payload(runs)
@@ -91,11 +94,15 @@ def run_bench(spec: BenchSpec, out_dir: str | Path | None = None, force: bool = 
 
     ui.plan(len(todo), len(points) - len(todo))
     fvd = _sweep(session, todo, len(points), shape, runs, document, out_dir)
-    peak_end = measure_matmul_peak(device, _peak_dtype(spec, device), spec.peak_size)
-    peak.update(end=peak_end, tflops=max(peak_start["tflops"], peak_end["tflops"]))
-    for run in runs:  # MFU against the run's best peak measurement
+    for name, end in _kernel_peaks(kernels, device, spec.peak_size).items():
+        entry = peak["kernels"][name]
+        entry["end"] = end
+        entry["tflops"] = max((t for t in (entry["tflops"], end["tflops"]) if t), default=None)
+    for run in runs:  # MFU against the best peak of the run's own kernel
         if run.get("status") == "ok":
-            run["mfu"] = run["tflops"] / peak["tflops"] if peak["tflops"] else None
+            run["peak_kernel"] = kernels.get(run["backend"], run.get("peak_kernel"))
+            best = peak["kernels"].get(run["peak_kernel"], {}).get("tflops")
+            run["mfu"] = run["tflops"] / best if best else None
     results = document(True, fvd)
     if out_dir is not None:
         write_results(results, out_dir, force=True)
@@ -133,7 +140,7 @@ def _sweep(session: BenchSession, todo: list[SweepPoint], total: int, shape, run
         raise BenchInterrupted("interrupted before the first point finished; nothing was written") from None
 
 
-def _results_document(spec, shape, device, peak, disabled, runs, fvd, wall_s, complete, command,
+def _results_document(spec, shape, device, peak, runs, fvd, wall_s, complete, command,
                       total_points) -> dict[str, Any]:
     payload = {
         "schema": RESULTS_SCHEMA,
@@ -145,7 +152,6 @@ def _results_document(spec, shape, device, peak, disabled, runs, fvd, wall_s, co
         "threads": torch.get_num_threads() if device.type == "cpu" else None,
         "device": str(device),
         "peak": peak,
-        "backends_disabled": disabled,
         "runs": runs,
         "fvd": fvd,
         "summary": summarize_runs(runs),
@@ -159,15 +165,13 @@ def _results_document(spec, shape, device, peak, disabled, runs, fvd, wall_s, co
 
 def resumable_runs(out_dir: str | Path, spec: BenchSpec) -> list[dict[str, Any]]:
     """The finished runs of an interrupted bench in out_dir, after checking it was the same sweep."""
-    import json
-
     path = Path(out_dir) / "results.json"
     if not path.is_file():
         raise BadInputError(f"--resume: {path} does not exist (nothing to resume; drop --resume)")
     try:
-        results = json.loads(path.read_text())
+        results = read_json(path)  # bounded: size, depth, regular files only
         payload, old = results["payload"], results["specs"]["bench"]
-    except (ValueError, KeyError, TypeError):
+    except (WanrtError, KeyError, TypeError):
         raise BadInputError(f"--resume: {path} is not a wanrt bench results file") from None
     if payload.get("complete", True):
         raise BadInputError(f"--resume: {path} is a finished run; nothing to resume")
@@ -185,25 +189,38 @@ def resumable_runs(out_dir: str | Path, spec: BenchSpec) -> list[dict[str, Any]]
 def write_results(results: dict[str, Any], out_dir: str | Path, force: bool, plots: bool = True) -> None:
     """results.json, report.md and (plots=True) the plots, written together (temp dir + rename)."""
     with atomic_output_dir(out_dir, force=force, kind="bench") as tmp:
-        write_json(tmp / "results.json", results)
         (tmp / "report.md").write_text(render_report(results))
         if plots:
             write_plots(results, tmp)
             write_pareto(results, tmp)
+        # last: it lists the report and plots; Infinity is a measured PSNR (identical frames) the report reads back
+        write_manifest(tmp, dict(results), name="results.json", allow_nan=True)
 
 
-def _disabled_backends(spec: BenchSpec, device: torch.device) -> dict[str, str]:
-    """backend -> why it cannot run here (missing dependency, no GPU); an unknown name is bad input."""
+def _check_backends(spec: BenchSpec, device: torch.device) -> None:
+    """Every backend asked for runs here at its precision, or the bench is refused before any work, in one line:
+    an unknown name or a precision the CPU lacks (exit 2), a missing extra, GPU or CUDA build (exit 3)."""
     for name in spec.backends:
         if name not in B.REGISTRY:
             raise BadInputError(f"--backends {name!r}: choose from {', '.join(B.REGISTRY)}")
-    disabled = {}
     for name in spec.backends:
-        try:
-            B.check_backend(name, device)
-        except MissingDependencyError as e:
-            disabled[name] = str(e)
-    return disabled
+        B.check_backend(name, device)
+    if "ov" in spec.backends:
+        from wanrt.engines.openvino import supported_precisions
+
+        why = supported_precisions()[spec.precision_of("ov")]
+        if why is not None:
+            raise BadInputError(f"--backends ov: {why}")
+
+
+def _kernel_peaks(kernels: dict[str, str], device: torch.device, size: int | None) -> dict[str, dict[str, Any]]:
+    """{kernel: its measurement} for the kernels the backends run (runtime/bench/peaks.py)."""
+    n = size or (2048 if device.type == "cpu" else 8192)
+    out = {}
+    for k in sorted(set(kernels.values())):
+        out[k] = measure_kernel(k, n, n, n, device)
+        out[k].setdefault("tflops", None)  # {"error": ...}: this machine cannot run it; MFU is then left out
+    return out
 
 
 def _point_context(session: BenchSession, point: SweepPoint, shape) -> PointContext:
@@ -248,9 +265,3 @@ def _export_range(model_spec, shapes) -> tuple[Any, Any]:
 
     lo, hi = bound(min, base_lo), bound(max, base_hi)
     return lo, hi
-
-
-def _peak_dtype(spec: BenchSpec, device: torch.device) -> torch.dtype:
-    if device.type == "cpu":
-        return torch.float32
-    return DTYPES.get(spec.dtype, torch.bfloat16)

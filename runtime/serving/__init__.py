@@ -2,6 +2,7 @@
 
     limits     Limits (every bound a request is checked against) and ApiError (the OpenAI error shape)
     validate   request body -> VideoRequest / predict inputs, range-checked before anything is allocated
+    bodies     JSON / multipart bodies -> fields, every name and text checked (wanrt.text) before a job exists
     store      JobStore: durable jobs (SQLite index + atomically written files), recovery, TTL expiry
     bundle     `wanrt pack` / `wanrt verify`: engines + LoRA library, sha256 of every file, confined paths
     worker     VideoWorker: a bundle's engines, LoRA routing and swap, one job at a time (no Ray)

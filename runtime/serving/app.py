@@ -7,18 +7,18 @@
     DELETE /v1/videos/{id}            cancels a queued/running job and deletes it and its output
     GET    /v1/loras                  the LoRA library and which engine serves each
     POST   /v1/predict                one DiT forward (engine testing)
-    GET    /healthz, GET /metrics     liveness; Prometheus text
+    GET    /healthz, GET /metrics     readiness (200 ok; 503 starting | degraded, with the problems); Prometheus text
 
 Two ASGI layers run before any route: `Guard` (bearer token, body size from Content-Length or counted while a
 chunked body streams in, a deadline for the whole body: a slow or lying sender gets 408/413 instead of pinning a
-worker) and the error handlers (every failure is {"error": {message, type, param, code}}; 500 only for bugs).
+worker) and the error handlers (every failure is {"error": {message, type, param, code}}; 500 only for bugs; a
+store that cannot write is 507 (full) or 503, with Retry-After). Responses are ASCII JSON, so no stored text can
+make one unencodable.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hmac
 import json
 import logging
@@ -32,9 +32,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from wanrt.runtime.serving.bodies import read_video_body
 from wanrt.runtime.serving.catalog import Catalog
 from wanrt.runtime.serving.limits import ApiError, Limits, bad_request
 from wanrt.runtime.serving.scheduler import Scheduler
+from wanrt.runtime.serving.store import StoreUnavailable
 from wanrt.runtime.serving.validate import (
     check_image,
     parse_json_object,
@@ -157,8 +159,15 @@ async def _send_error(send, err: ApiError) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class AsciiJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped: valid for any str, a lone surrogate from an older store included."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 def error_response(err: ApiError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+    return AsciiJSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
 
 # ------------------------------------------------------------------------------------------------ objects
@@ -181,49 +190,6 @@ def video_object(row: dict[str, Any]) -> dict[str, Any]:
                       "run_s": row["run_s"], "replica": json.loads(row["replica"]) if row["replica"] else None}}
 
 
-def _image_from_json(value: Any) -> bytes:
-    """JSON bodies carry the image as a data URL (or {"image_url": data URL}); nothing is fetched from the
-    network."""
-    if isinstance(value, dict):
-        value = value.get("image_url")
-    if not isinstance(value, str) or not value.startswith("data:") or ";base64," not in value[:64]:
-        raise bad_request("input_reference in a JSON body must be a data:image/...;base64 URL (or upload it as "
-                          "multipart); URLs are not fetched", "input_reference", "invalid_image")
-    try:
-        return base64.b64decode(value.split(",", 1)[1], validate=True)
-    except (binascii.Error, ValueError):
-        raise bad_request("input_reference: invalid base64", "input_reference", "invalid_image") from None
-
-
-async def read_video_body(request: Request, limits: Limits) -> tuple[dict[str, Any], bytes | None]:
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype == "multipart/form-data":
-        from starlette.formparsers import MultiPartException
-
-        try:
-            form = await request.form(max_files=1, max_fields=32, max_part_size=limits.max_prompt_bytes * 2)
-        except MultiPartException as e:
-            raise bad_request(f"invalid multipart body: {e.message}", None, "invalid_multipart") from None
-        fields: dict[str, Any] = {}
-        image = None
-        for key, value in form.multi_items():
-            if key in fields or (key == "input_reference" and image is not None):
-                raise bad_request(f"{key} is given twice", key)
-            if key == "input_reference" and not isinstance(value, str):
-                image = await value.read(limits.max_image_bytes + 1)
-            else:
-                fields[key] = value if isinstance(value, str) else None
-        if "input_reference" in fields:
-            image = _image_from_json(fields.pop("input_reference"))
-        return fields, image
-    if ctype == "application/json":
-        body = parse_json_object(await request.body(), limits)
-        image = _image_from_json(body.pop("input_reference")) if "input_reference" in body else None
-        return body, image
-    raise ApiError(415, f"Content-Type {ctype or '(none)'}: send multipart/form-data or application/json",
-                   code="unsupported_media_type")
-
-
 # ------------------------------------------------------------------------------------------------ the app
 def build_app(service: Service) -> FastAPI:
     @asynccontextmanager
@@ -232,7 +198,8 @@ def build_app(service: Service) -> FastAPI:
         yield
         await service.stop()
 
-    app = FastAPI(title="wanrt", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="wanrt", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None,
+                  default_response_class=AsciiJSONResponse)
     sched, limits, catalog = service.scheduler, service.limits, service.catalog
 
     @app.exception_handler(ApiError)
@@ -249,6 +216,13 @@ def build_app(service: Service) -> FastAPI:
     async def _http(_request, err: StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code)
         return error_response(ApiError(err.status_code, str(err.detail), code=code))
+
+    @app.exception_handler(StoreUnavailable)
+    async def _storage(_request, err: StoreUnavailable):
+        # recorded by the scheduler where it was raised; the client may retry once the store writes again
+        return error_response(ApiError(507 if err.full else 503, f"the server cannot store this now ({err}); "
+                                       "retry later", code="insufficient_storage" if err.full else "storage_error",
+                                       headers={"Retry-After": str(sched.storage_retry_after_s())}))
 
     @app.exception_handler(Exception)
     async def _bug(_request, err: Exception):
@@ -272,7 +246,7 @@ def build_app(service: Service) -> FastAPI:
                               "image", "input_reference", "missing_required_parameter")
         await asyncio.to_thread(check_image, image, limits)
         row = sched.submit(req, image)
-        return JSONResponse(video_object(row), headers={"openai-poll-after-ms": str(service.poll_after_ms)})
+        return AsciiJSONResponse(video_object(row), headers={"openai-poll-after-ms": str(service.poll_after_ms)})
 
     @app.get("/v1/videos")
     async def list_videos(after: str | None = None, limit: int = 20, order: str = "desc"):
@@ -292,7 +266,7 @@ def build_app(service: Service) -> FastAPI:
         obj = video_object(job_or_404(video_id))
         headers = {"openai-poll-after-ms": str(service.poll_after_ms)} if obj["status"] in ("queued",
                                                                                             "in_progress") else {}
-        return JSONResponse(obj, headers=headers)
+        return AsciiJSONResponse(obj, headers=headers)
 
     @app.get("/v1/videos/{video_id}/content")
     async def get_content(video_id: str, variant: str = "video"):
@@ -338,12 +312,16 @@ def build_app(service: Service) -> FastAPI:
     @app.get("/healthz")
     async def healthz():
         await service.start()
-        return {"status": "ok", "model": catalog.model, "queue_depth": sched.queue_depth, "running": sched.running,
-                "slots": sched.engine.slots, "recovered": sched.recovered}
+        health = sched.health()
+        body = {"status": health["status"], "model": catalog.model, "queue_depth": sched.queue_depth,
+                "running": sched.running, "slots": sched.engine.slots, "expected_wait_s": round(health["wait_s"], 3),
+                "problems": health["problems"], "recovered": sched.recovered}
+        # 503 until the engine is warm and while degraded: a load balancer sends nothing that would be refused
+        return AsciiJSONResponse(body, status_code=200 if health["status"] == "ok" else 503)
 
     @app.get("/metrics")
     async def metrics():
-        text = sched.metrics.render(sched.queue_depth, sched.running, sched.store.counts())
+        text = sched.metrics.render(sched.queue_depth, sched.running, sched.store.counts(), sched.health())
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     wrapped = Guard(app, service)

@@ -20,16 +20,19 @@ from pathlib import Path
 from typing import Any
 
 from wanrt.runtime.serving.catalog import Catalog, engine_info
+from wanrt.runtime.serving.fit import check_library_fits
 
 from wanrt.artifacts import (
+    CONTENTS_KEY,
     MANIFEST_NAME,
     atomic_output_dir,
     build_manifest,
+    check_artifact_files,
     check_output_dir,
     confined_path,
     read_manifest,
     sha256_file,
-    write_json,
+    write_manifest,
 )
 from wanrt.errors import BadInputError
 
@@ -46,7 +49,8 @@ def _check_name(name: str, what: str) -> str:
 
 
 def _regular_files(directory: Path) -> list[Path]:
-    """Every file under `directory`; a symlink or special file is refused (a bundle carries bytes, not links)."""
+    """Every file under `directory`, dot-names included; a symlink or special file is refused (a bundle carries
+    bytes, not links). Never opens anything."""
     out = []
     for root, dirs, files in os.walk(directory):
         for name in dirs + files:
@@ -57,9 +61,20 @@ def _regular_files(directory: Path) -> list[Path]:
             p = Path(root) / name
             if not p.is_file():
                 raise BadInputError(f"{p}: not a regular file")
-            if not name.startswith("."):  # temp/lock files of an artifact writer are not part of it
-                out.append(p)
+            out.append(p)
     return sorted(out)
+
+
+def _artifact_files(directory: Path, manifest: dict[str, Any]) -> list[Path]:
+    """What pack copies of an export/engine: its manifest and exactly the files the manifest lists (after checking
+    their sha256), never a `.env` or `.git/` of the user's that sits beside them. A manifest from before wanrt
+    listed its files: its non-dot files."""
+    contents = manifest.get(CONTENTS_KEY)
+    if isinstance(contents, dict):
+        check_artifact_files(directory, manifest)
+        return sorted([directory / MANIFEST_NAME, *(directory / rel for rel in contents)])
+    return [p for p in _regular_files(directory) if not any(part.startswith(".") for part in
+                                                            p.relative_to(directory).parts)]
 
 
 def pack_bundle(out: str | os.PathLike, engines: list[tuple[str, str]], loras: list[tuple[str, str]],
@@ -88,12 +103,14 @@ def pack_bundle(out: str | os.PathLike, engines: list[tuple[str, str]], loras: l
         if weights.suffix not in LORA_SUFFIXES:
             raise BadInputError(f"--lora {lname}={path}: bundles carry safetensors LoRAs only")
         lora_sources.append((lname, weights, config))
+    # a library LoRA the serving engine cannot take would fail every request naming it: refused now instead
+    check_library_fits(checked, [(lname, Path(path)) for lname, path in loras])
     out = check_output_dir(out, force, kind=BUNDLE_KIND)
     with atomic_output_dir(out, force=force, kind=BUNDLE_KIND) as tmp:
         entries, lora_entries = [], []
         for ename, directory, manifest in checked:
             say(f"engine {ename}: {directory}")
-            for src in _regular_files(directory):
+            for src in _artifact_files(directory, manifest):
                 dst = tmp / "engines" / ename / src.relative_to(directory)
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src, dst)
@@ -115,7 +132,7 @@ def pack_bundle(out: str | os.PathLike, engines: list[tuple[str, str]], loras: l
                                                           "loras": [list(x) for x in loras]}},
                                   {"name": _check_name(name or Path(out).name, "bundle"), "engines": entries,
                                    "loras": lora_entries, "files": files, "sizes": sizes})
-        write_json(tmp / MANIFEST_NAME, manifest)
+        write_manifest(tmp, manifest)
     return manifest
 
 
@@ -136,56 +153,122 @@ def _runtime_problem(backend: str) -> str | None:
     return None
 
 
+_SHA_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def _bundle_payload(bundle: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The bundle payload with every field of the type `wanrt pack` writes; anything else is one line (a manifest
+    is input: a list where an object belongs must not become a traceback)."""
+    p = manifest["payload"]
+    where = bundle / MANIFEST_NAME
+
+    def bad(what: str) -> BadInputError:
+        return BadInputError(f"{where}: malformed bundle manifest ({what}); not a bundle written by `wanrt pack`")
+
+    files, sizes = p.get("files"), p.get("sizes", {})
+    if not isinstance(files, dict) or not files:
+        raise bad("no file list")
+    if not all(isinstance(k, str) and isinstance(v, str) and _SHA_RE.fullmatch(v) for k, v in files.items()):
+        raise bad("'files' must map relative paths to sha256 hex digests")
+    if not isinstance(sizes, dict) or not all(isinstance(k, str) and type(v) is int and v >= 0
+                                              for k, v in sizes.items()):
+        raise bad("'sizes' must map relative paths to byte counts")
+    if not isinstance(p.get("name"), str):
+        raise bad("'name' must be a string")
+    for key in ("engines", "loras"):
+        entries = p.get(key, [])
+        if not isinstance(entries, list) or not all(
+                isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("path"), str)
+                for e in entries):
+            raise bad(f"'{key}' must be a list of {{name, path}} objects")
+    return p
+
+
+def _engine_info(name: str, directory: Path, manifest: dict[str, Any]):
+    """catalog.engine_info on a manifest that is input: a field of the wrong type is one line, not a traceback."""
+    try:
+        return engine_info(name, directory, manifest)
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as e:
+        raise BadInputError(f"{directory / MANIFEST_NAME}: malformed manifest ({type(e).__name__}: "
+                            f"{str(e)[:100]})") from None
+
+
+def _walk_bundle(bundle: Path, problems: list[str]) -> set[str]:
+    """Every regular file under the bundle (dot-names included), by lstat only: a symlink is not followed and a
+    FIFO, socket or device is a finding, never opened (opening a FIFO blocks forever)."""
+    found: set[str] = set()
+    stack = [bundle]
+    while stack:
+        d = stack.pop()
+        try:
+            entries = list(os.scandir(d))
+        except OSError as e:
+            problems.append(f"{d.relative_to(bundle)}: unreadable ({e.strerror or e})")
+            continue
+        for e in entries:
+            rel = Path(e.path).relative_to(bundle).as_posix()
+            if e.is_symlink():
+                problems.append(f"{rel}: a symlink; a bundle holds regular files only")
+            elif e.is_dir(follow_symlinks=False):
+                stack.append(Path(e.path))
+            elif e.is_file(follow_symlinks=False):
+                found.add(rel)
+            else:
+                problems.append(f"{rel}: not a regular file (a FIFO, socket or device); a bundle holds files only")
+    return found
+
+
 def verify_bundle(bundle: str | os.PathLike, hashes: bool = True) -> dict[str, Any]:
-    """A report {"ok", "problems", "engines", "loras", "files"}; every problem is one line."""
+    """A report {"ok", "problems", "engines", "loras", "files", "bytes", "hashes"}; every problem is one line. A
+    bundle is exactly its manifest: a file it does not list (dot-names included) is a problem, like a missing or
+    changed one. Nothing but regular files is opened, and the manifest is read within jsonio's bounds."""
     bundle = Path(bundle)
     manifest = read_manifest(bundle, kind=BUNDLE_KIND)
-    payload = manifest["payload"]
+    payload = _bundle_payload(bundle, manifest)
+    files, sizes = payload["files"], payload.get("sizes", {})
     problems: list[str] = []
-    files = payload.get("files")
-    if not isinstance(files, dict) or not files:
-        raise BadInputError(f"{bundle / MANIFEST_NAME}: no file list; not a bundle written by `wanrt pack`")
+    on_disk = _walk_bundle(bundle, problems) - {MANIFEST_NAME}
     for rel, want in sorted(files.items()):
         try:
             path = confined_path(bundle, rel, "bundle file")
         except BadInputError as e:
             problems.append(str(e))
             continue
-        if (bundle / rel).is_symlink() or not path.is_file():
-            problems.append(f"{rel}: missing or not a regular file")
+        if rel not in on_disk:
+            if not any(p.startswith(f"{rel}:") for p in problems):
+                problems.append(f"{rel}: missing or not a regular file")
+            continue
+        size = path.stat().st_size
+        if rel in sizes and size != sizes[rel]:  # no need to read a file whose size already differs
+            problems.append(f"{rel}: {'sha256 does not match the manifest: ' if hashes else ''}{size} bytes, "
+                            f"packed {sizes[rel]} (changed since `wanrt pack`)")
         elif hashes and sha256_file(path) != want:
             problems.append(f"{rel}: sha256 does not match the manifest (changed since `wanrt pack`)")
-    try:
-        on_disk = {str(p.relative_to(bundle)) for p in _regular_files(bundle)} - {MANIFEST_NAME}
-    except BadInputError as e:
-        problems.append(str(e))
-        on_disk = set()
     for rel in sorted(on_disk - set(files)):
         problems.append(f"{rel}: not in the manifest (added after `wanrt pack`)")
     engines = []
     for entry in payload.get("engines", []):
-        row = {"name": entry.get("name"), "backend": entry.get("backend"), "runtime": None}
+        row = {"name": entry["name"], "backend": entry.get("backend"), "runtime": None}
         try:
-            directory = confined_path(bundle, entry.get("path"), "engine directory")
-            inner = read_manifest(directory)
-            info = engine_info(entry["name"], directory, inner)
+            directory = confined_path(bundle, entry["path"], "engine directory")
+            info = _engine_info(entry["name"], directory, read_manifest(directory))
             row.update(backend=info.backend, lora_mode=info.lora_mode, rank=info.rank)
             row["runtime"] = _runtime_problem(info.backend)
         except BadInputError as e:
-            problems.append(f"engine {entry.get('name')!r}: {e}")
+            problems.append(f"engine {entry['name']!r}: {e}")
         engines.append(row)
     for entry in payload.get("loras", []):
         try:
-            confined_path(bundle, entry.get("path"), "LoRA file")
+            confined_path(bundle, entry["path"], "LoRA file")
         except BadInputError as e:
-            problems.append(f"LoRA {entry.get('name')!r}: {e}")
+            problems.append(f"LoRA {entry['name']!r}: {e}")
     runnable = [e for e in engines if e["runtime"] is None]
     if engines and not runnable:
         problems.append("no engine of this bundle can run here: " + "; ".join(
             f"{e['name']}: {e['runtime']}" for e in engines if e["runtime"]))
-    return {"ok": not problems, "problems": problems, "engines": engines,
-            "loras": [e.get("name") for e in payload.get("loras", [])], "files": len(files),
-            "bytes": sum((payload.get("sizes") or {}).values())}
+    return {"ok": not problems, "problems": problems, "engines": engines, "hashes": hashes,
+            "loras": [e["name"] for e in payload.get("loras", [])], "files": len(files),
+            "bytes": sum(sizes.values())}
 
 
 # ------------------------------------------------------------------------------------------------ load
@@ -195,7 +278,8 @@ def load_catalog(path: str | os.PathLike, verify: bool = True, pipeline: str | N
     manifest = read_manifest(path)
     if manifest.get("kind") in ("onnx", "engine"):
         name = _check_name(path.resolve().name if NAME_RE.fullmatch(path.resolve().name) else "engine", "engine")
-        info = engine_info(name, path.resolve(), manifest)
+        check_artifact_files(path, manifest)  # at start-up, not at the first request
+        info = _engine_info(name, path.resolve(), manifest)
         return Catalog(model=name, engines=[info], loras={}, pipeline=pipeline, bundle=None)
     if manifest.get("kind") != BUNDLE_KIND:
         raise BadInputError(f"{path}: a '{manifest.get('kind')}' artifact; serve takes a bundle (wanrt pack) or an "
@@ -206,11 +290,11 @@ def load_catalog(path: str | os.PathLike, verify: bool = True, pipeline: str | N
             more = f" (and {len(report['problems']) - 1} more; run `wanrt verify {path}`)" \
                 if len(report["problems"]) > 1 else ""
             raise BadInputError(f"{path}: {report['problems'][0]}{more}")
-    payload = manifest["payload"]
+    payload = _bundle_payload(path, manifest)
     engines = []
-    for entry in payload["engines"]:
+    for entry in payload.get("engines", []):
         directory = confined_path(path, entry["path"], "engine directory")
-        engines.append(engine_info(entry["name"], directory, read_manifest(directory)))
+        engines.append(_engine_info(entry["name"], directory, read_manifest(directory)))
     loras = {}
     for entry in payload.get("loras", []):
         loras[entry["name"]] = {"path": entry["path"], "sha256": entry.get("sha256"),

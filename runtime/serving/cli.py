@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import signal
+import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -14,6 +15,7 @@ import click
 from wanrt.console import err_console, out_console
 from wanrt.errors import BadInputError
 from wanrt.flags import deprecated_option
+from wanrt.options import FiniteFloat  # FloatRange takes nan and inf
 
 
 def _pairs(values: tuple[str, ...], flag: str) -> list[tuple[str, str]]:
@@ -78,17 +80,23 @@ def verify(bundle, no_hashes):
         table.add_row(str(e["name"]), str(e.get("backend")), str(e.get("lora_mode") or "-"), str(e.get("rank") or "-"),
                       "yes" if e["runtime"] is None else f"[red]no: {e['runtime']}[/red]")
     out_console.print(table)
-    if report["problems"]:
-        for p in report["problems"][1:]:
-            err_console.print(f"[red]{p}[/red]")
-        raise BadInputError(f"{bundle}: {report['problems'][0]}"
-                            + (f" ({len(report['problems'])} problems)" if len(report["problems"]) > 1 else ""))
-    out_console.print("ok: hashes match, paths confined" + ("" if not no_hashes else " (hashes not checked)"))
+    problems = report["problems"]
+    if problems:
+        shown = 20  # a bundle of 100k added files must not print 100k lines
+        for p in problems[1:shown]:
+            err_console.print(p, style="red", markup=False, highlight=False)  # a file name may hold [brackets]
+        if len(problems) > shown:
+            err_console.print(f"[red]... and {len(problems) - shown} more[/red]")
+        raise BadInputError(f"{bundle}: {problems[0]}" + (f" ({len(problems)} problems)" if len(problems) > 1 else ""))
+    out_console.print("ok: paths confined, sizes match; hashes not checked (--no-hashes)" if no_hashes
+                      else "ok: hashes match, paths confined")
 
 
 # ------------------------------------------------------------------------------------------------ serve
 @click.command()
 @click.argument("source", required=False, type=click.Path(file_okay=False, exists=True))
+# the README's old spelling (`serve --engine DIR`): the directory is the SOURCE argument now
+@deprecated_option("--engine", "serve DIR", "source", type=click.Path(file_okay=False, exists=True))
 @click.option("--backend", type=click.Choice(["auto", "ort", "ov", "trt", "eager"]), default="auto",
               show_default=True, help="auto: what each engine was built for (ONNX -> ort). 'ov' runs ONNX exports "
                                       "with OpenVINO; 'eager' serves --model without a bundle.")
@@ -105,22 +113,22 @@ def verify(bundle, no_hashes):
               help="Engine replicas (default: 1 on CPU, one per GPU for TensorRT).")
 @click.option("--min-replicas", type=click.IntRange(0), default=None, help="Autoscaling lower bound.")
 @click.option("--max-replicas", type=click.IntRange(1), default=None, help="Autoscaling upper bound.")
-@click.option("--replica-cpus", type=click.FloatRange(0), default=1.0, show_default=True,
+@click.option("--replica-cpus", type=FiniteFloat(0), default=1.0, show_default=True,
               help="CPUs Ray reserves per CPU replica (0 lets replicas share a small machine).")
 @click.option("--max-replicas-per-node", type=click.IntRange(1), default=None)
 @click.option("--threads", type=click.IntRange(1), default=None, help="Threads per replica (torch/ORT/OpenVINO).")
 @click.option("--store", type=click.Path(file_okay=False), default=None,
               help="Job store (SQLite + files) [default: $WANRT_CACHE_DIR/serve/jobs].")
-@click.option("--ttl-hours", type=click.FloatRange(min=0.001), default=24.0, show_default=True,
+@click.option("--ttl-hours", type=FiniteFloat(min=0.001), default=24.0, show_default=True,
               help="Ended jobs and their videos are deleted after this.")
 @click.option("--max-queue", type=click.IntRange(1), default=64, show_default=True,
               help="Queued jobs before 429 + Retry-After.")
-@click.option("--max-body-mb", type=click.FloatRange(0.01), default=16.0, show_default=True)
+@click.option("--max-body-mb", type=FiniteFloat(0.01), default=16.0, show_default=True)
 @click.option("--max-frames", type=click.IntRange(1), default=81, show_default=True)
 @click.option("--max-pixels", type=click.IntRange(256), default=1280 * 720, show_default=True,
               help="Cap on height x width (on top of the engine profile; the only bound for eager).")
 @click.option("--max-steps", type=click.IntRange(1), default=50, show_default=True)
-@click.option("--job-timeout", type=click.FloatRange(1), default=3600.0, show_default=True, help="Seconds per job.")
+@click.option("--job-timeout", type=FiniteFloat(1), default=3600.0, show_default=True, help="Seconds per job.")
 @click.option("--no-verify", is_flag=True, help="Skip the bundle's sha256 check at start-up.")
 def serve(**kw):
     """Serve a bundle (or one export/engine directory) on Ray Serve: the OpenAI-compatible /v1/videos job API.
@@ -202,13 +210,38 @@ def _replica_spec(kw, catalog):
                        max_replicas_per_node=kw["max_replicas_per_node"], device="cuda" if gpu else "cpu")
 
 
-def _stop_on_signal() -> threading.Event:
-    """SIGINT/SIGTERM set the returned event. Installed before Ray starts, so a signal during start-up (or SIGINT
-    to a background process, which starts with SIGINT ignored) still stops the server cleanly."""
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    return stop
+class _Stop:
+    """SIGINT/SIGTERM set `event` and remember which came first; `exit()` then leaves the way the README's exit
+    table says (130 / 143) after the caller has shut everything down.
+
+    Installed before Ray starts, so a signal during start-up (or SIGINT to a background process, which starts with
+    SIGINT ignored) still stops the server cleanly, and again right after `ray.init`: Ray replaces SIGTERM's
+    handler with its own (a C++ stack dump, then `sys.exit(15)` in the middle of whatever the driver was doing,
+    which left Serve's replicas and Ray's agents running and sometimes aborted: exit 134)."""
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.signum: int | None = None
+        self.install()
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, _frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+        self.event.set()  # a second signal during the shutdown changes nothing: it is already under way
+
+    def exit(self) -> None:
+        if self.signum == signal.SIGINT:
+            raise KeyboardInterrupt  # the CLI's one line and 130
+        if self.signum == signal.SIGTERM:
+            err_console.print("stopped (SIGTERM)")
+            sys.stdout.flush()
+            sys.stderr.flush()
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # die of it, as every wanrt command does: the shell's 143
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _serve_on_ray(kw, catalog, limits, store: Path) -> None:
@@ -216,25 +249,29 @@ def _serve_on_ray(kw, catalog, limits, store: Path) -> None:
     from wanrt.runtime.serving.store import JobStore
 
     JobStore(store).close()  # in use by another server? one line now, not a replica failing inside Ray later
-    stop = _stop_on_signal()
-    info = ray_app.start_ray(kw["address"], kw["host"], kw["port"], quiet=False)
+    stop = _Stop()
     try:
+        info = ray_app.start_ray(kw["address"], kw["host"], kw["port"], quiet=False, limits=limits,
+                                 after_init=stop.install)
         replicas = _replica_spec(kw, catalog)
         app = ray_app.build_application(catalog, limits, replicas, str(store.resolve()), kw["ttl_hours"] * 3600,
                                         kw["token"], verify=False)
-        ray_app.run_application(app)
-        err_console.print(f"serving '{catalog.model}' on http://{kw['host']}:{kw['port']}/v1/videos (Ray "
-                          f"{info['ray']}, {info['nodes']} node(s), {replicas.min_replicas}-{replicas.max_replicas} "
-                          f"engine replica(s)); store {store}; Ctrl-C stops")
-        while not stop.wait(1.0):
+        if not stop.event.is_set():
+            ray_app.run_application(app)
+            err_console.print(f"serving '{catalog.model}' on http://{kw['host']}:{kw['port']}/v1/videos (Ray "
+                              f"{info['ray']}, {info['nodes']} node(s), {replicas.min_replicas}-"
+                              f"{replicas.max_replicas} engine replica(s)); store {store}; Ctrl-C stops")
+        while not stop.event.wait(1.0):
             pass
     finally:
         ray_app.shutdown(stop_ray=kw["address"] is None)
+    stop.exit()
 
 
 def _serve_in_process(kw, catalog, limits, store: Path) -> None:
     import uvicorn
     from wanrt.runtime.serving.app import Service, build_app
+    from wanrt.runtime.serving.front import Front, free_loopback_port
     from wanrt.runtime.serving.scheduler import Scheduler
     from wanrt.runtime.serving.store import JobStore
     from wanrt.runtime.serving.worker import LocalEngine, VideoWorker
@@ -247,5 +284,12 @@ def _serve_in_process(kw, catalog, limits, store: Path) -> None:
     err_console.print(f"serving '{catalog.model}' on http://{kw['host']}:{kw['port']}/v1/videos (one process, no "
                       f"Ray); store {store}; Ctrl-C stops")
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    uvicorn.run(app, host=kw["host"], port=kw["port"], log_level="warning", timeout_keep_alive=5, backlog=2048,
-                timeout_graceful_shutdown=5)
+    # the same bounded front as under Ray: uvicorn's parsers take any head size and time, like Ray's proxy
+    front = Front(kw["host"], kw["port"], free_loopback_port(), limits)
+    front.start()
+    try:
+        # uvicorn stops on SIGINT/SIGTERM and then raises the signal again: 130 / 143 as the README says
+        uvicorn.run(app, host="127.0.0.1", port=front.upstream_port, log_level="warning",
+                    timeout_keep_alive=limits.keep_alive_s, backlog=2048, timeout_graceful_shutdown=5)
+    finally:
+        front.stop()

@@ -30,6 +30,14 @@ class Limits:
     job_timeout_s: float = 3600.0  # one job's run on a replica; past it the job fails with a reason
     predict_timeout_s: float = 120.0
     max_json_depth: int = 16  # nested JSON beyond this is refused before parsing
+    max_key_bytes: int = 64  # a parameter or form field name (every name and text passes wanrt.text's rule)
+    # the request head, checked by front.py before Ray's proxy (or uvicorn) parses it: request line + headers,
+    # header lines, and the time from connect to the blank line (slow header senders get 408 and are dropped)
+    max_header_bytes: int = 64 * 2**10
+    max_headers: int = 100
+    header_timeout_s: float = 10.0
+    max_connections: int = 1024  # open client connections; beyond it 503 + Retry-After (bounds the front's memory)
+    keep_alive_s: int = 5  # the proxy's idle keep-alive (its clients are the front's one-request connections)
 
     def describe(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,7 +64,7 @@ class ApiError(Exception):
 _ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "invalid_request_error",
                 408: "timeout_error", 409: "invalid_request_error", 411: "invalid_request_error",
                 413: "invalid_request_error", 415: "invalid_request_error", 429: "rate_limit_error",
-                503: "server_error"}
+                503: "server_error", 507: "server_error"}
 
 
 def bad_request(message: str, param: str | None = None, code: str = "invalid_value") -> ApiError:

@@ -1,30 +1,35 @@
 """The Ray Serve application: one ingress replica (FastAPI app, scheduler, job store) and N engine replicas.
 
-    HTTP -> Ray's proxy (head node) -> `api` (ingress: app.py + scheduler.py + store.py, on the node that runs
-    `wanrt serve`, so the store directory is local to it) -> `engine` replicas (worker.py), one job each at a time
+    HTTP -> front (front.py: request-head bounds) -> Ray's proxy (head node, loopback) -> `api` (ingress: app.py +
+    scheduler.py + store.py, on the node that runs `wanrt serve`, so the store directory is local to it)
+    -> `engine` replicas (worker.py), one job each at a time
 
 Requests reach an engine replica through a deployment handle with `multiplexed_model_id` = the job's LoRA: Ray
 routes a LoRA to a replica that already has it loaded, so separate-mode engines swap rarely, and progress events
 stream back (`stream=True`); cancelling the stream stops the job at its next DiT call.
 
 Loopback by default: a local Ray instance is started with every address on 127.0.0.1 (Ray takes the network
-interface's address unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 is set before it starts), and the HTTP proxy binds
-127.0.0.1 unless --host says otherwise.
+interface's address unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 is set before it starts), the front binds 127.0.0.1
+unless --host says otherwise, and the HTTP proxy behind it only ever binds 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from wanrt.errors import BadInputError
 from wanrt.runtime.serving.catalog import Catalog
+from wanrt.runtime.serving.front import Front, free_loopback_port
 from wanrt.runtime.serving.limits import Limits
 
 BASE_MODEL_ID = "__base__"  # the multiplexed id of "no LoRA"
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+_front: Front | None = None  # the running front of this process's server (start_ray -> shutdown)
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,10 @@ class RayEngine:
         handle = self.handle.options(multiplexed_model_id=request.get("lora") or BASE_MODEL_ID)
         return await handle.predict.remote(request)
 
+    async def warm(self) -> float:
+        """Answered by a replica only once its __init__ (the warm-up job) is done: Ray routes to no replica before."""
+        return await self.handle.warm.remote()
+
     def describe(self) -> dict[str, Any]:
         return {"kind": "ray", "slots": self.slots}
 
@@ -88,8 +97,11 @@ def _engine_deployment():
         def __init__(self, catalog: Catalog, spec: ReplicaSpec, verify: bool):
             self.worker = VideoWorker(catalog, device=spec.device, threads=spec.threads,
                                       max_engines=spec.max_engines, verify=verify)
-            for engine in catalog.engines[:spec.max_engines]:  # load before taking traffic, not on the first job
-                self.worker.backend(engine)
+            # loaded and one warm-up job run before Ray routes traffic here (not on the first client's job)
+            self.warm_s = self.worker.warm()
+
+        def warm(self) -> float:
+            return self.warm_s
 
         @serve.multiplexed(max_num_models_per_replica=4)
         async def _lora(self, model_id: str) -> str:
@@ -162,14 +174,19 @@ def build_application(catalog: Catalog, limits: Limits, replicas: ReplicaSpec, s
 
 
 def start_ray(address: str | None, host: str, port: int, temp_dir: str | None = None,
-              num_cpus: int | None = None, quiet: bool = True) -> dict[str, Any]:
-    """Join `address`, or start a local Ray on 127.0.0.1; then Serve's HTTP proxy on host:port (head only).
-    `quiet=False` forwards the replicas' logs (errors included) to this process's terminal."""
+              num_cpus: int | None = None, quiet: bool = True, limits: Limits | None = None,
+              after_init: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Join `address`, or start a local Ray on 127.0.0.1; then Serve's HTTP proxy on a loopback port of the head
+    node and wanrt's bounded front (front.py) on host:port before it. `quiet=False` forwards the replicas' logs
+    (errors included) to this process's terminal. `after_init` runs right after `ray.init` (which replaces the
+    SIGTERM handler: the caller puts its own back)."""
+    global _front
     if address is None:
         loopback_env()
     import ray
     from ray import serve
 
+    limits = limits or Limits()
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"address": address, "include_dashboard": False, "log_to_driver": not quiet,
                                   "configure_logging": False}
@@ -178,9 +195,33 @@ def start_ray(address: str | None, host: str, port: int, temp_dir: str | None = 
             if temp_dir:
                 kwargs["_temp_dir"] = temp_dir
         ray.init(**kwargs)
-    serve.start(http_options={"host": host, "port": port}, proxy_location="HeadOnly")
+    if after_init is not None:
+        after_init()
+    if address is not None and not _on_head_node():
+        raise BadInputError("run `wanrt serve` on the Ray head node: Serve's HTTP proxy runs there, behind wanrt's "
+                            "request-head limits on --host/--port")
+    front = Front(host, port, free_loopback_port(), limits)
+    front.start()  # binds host:port now: a port in use is one line before Serve starts anything
+    try:
+        # the proxy's own bounds from the same Limits: idle keep-alive, and an end-to-end backstop above the app's
+        # body and predict deadlines (the app answers those itself, in the OpenAI error shape)
+        serve.start(http_options={"host": "127.0.0.1", "port": front.upstream_port,
+                                  "keep_alive_timeout_s": limits.keep_alive_s,
+                                  "request_timeout_s": limits.body_timeout_s + limits.predict_timeout_s + 60},
+                    proxy_location="HeadOnly")
+    except BaseException:
+        front.stop()
+        raise
+    _front = front
     return {"ray": ray.__version__, "nodes": len([n for n in ray.nodes() if n.get("Alive")]),
             "resources": ray.cluster_resources()}
+
+
+def _on_head_node() -> bool:
+    import ray
+
+    here = ray.get_runtime_context().get_node_id()
+    return any(n.get("NodeID") == here and "node:__internal_head__" in n.get("Resources", {}) for n in ray.nodes())
 
 
 def run_application(app, name: str = "wanrt") -> None:
@@ -190,11 +231,40 @@ def run_application(app, name: str = "wanrt") -> None:
 
 
 def shutdown(stop_ray: bool = True) -> None:
+    """The front first (no new requests), then Serve (replicas drain), then Ray: each layer stops before the one
+    it runs on, so no task fails for a missing raylet."""
+    global _front
     import ray
     from ray import serve
 
+    started = _descendants() if stop_ray else []
     try:
+        if _front is not None:
+            _front.stop()
+            _front = None
         serve.shutdown()
     finally:
         if stop_ray and ray.is_initialized():
+            started += _descendants()  # replicas restarted during the drain
             ray.shutdown()
+        _reap(started)
+
+
+def _descendants() -> list:
+    import psutil
+
+    return psutil.Process().children(recursive=True)
+
+
+def _reap(procs: list, grace_s: float = 5.0) -> None:
+    """End what this process started and `ray.shutdown` left behind (Ray's agents outlive their raylet and ignore
+    SIGTERM; a replica's ffmpeg): only the processes seen as our descendants, matched by pid and start time, so
+    a reused pid is never touched; SIGKILL after `grace_s`."""
+    import psutil
+
+    alive = [p for p in procs if p.is_running()]  # is_running compares the start time too
+    _, alive = psutil.wait_procs(alive, timeout=grace_s)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(alive, timeout=grace_s)

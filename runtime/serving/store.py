@@ -8,10 +8,15 @@ Order of writes makes a crash at any point recoverable: the image is on disk bef
 committed, the mp4 is renamed into place before the row says `completed`. `recover()` at start-up turns every job
 a dead server left `in_progress` back into `queued` (or `failed` with the reason once it has been tried
 `max_attempts` times), so no accepted job is lost silently. Ended jobs expire after a TTL (`expire()`).
+
+A store that cannot write (full disk, quota, read-only or failing device) raises `StoreUnavailable` (a
+StorageError: one line, `full` set for ENOSPC/EDQUOT/SQLITE_FULL) from every write, with nothing half-written left
+behind: the caller decides whether to refuse (a submission) or keep the write for later (a finished job).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -22,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from wanrt.artifacts import atomic_path, sweep_stale_temps
+from wanrt.errors import StorageError, os_error_line
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -43,18 +49,48 @@ CREATE TABLE IF NOT EXISTS jobs (
     replica TEXT                       -- where it ran (node, pid) as JSON
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
+CREATE TABLE IF NOT EXISTS probe (k INTEGER PRIMARY KEY, t REAL);  -- a write that tests the disk (probe())
 """
 ACTIVE = ("queued", "in_progress")
 ENDED = ("completed", "failed")
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+# SQLite's errors that mean the disk, not the SQL: the names (3.11+) or, before, the messages they print
+_SQLITE_STORAGE = ("SQLITE_FULL", "SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CANTOPEN")
+_SQLITE_STORAGE_TEXT = ("disk is full", "disk i/o error", "readonly database", "unable to open")
+
+
+class StoreUnavailable(StorageError):
+    """The job store could not write; `full`: for lack of space (clients are told 507, else 503)."""
+
+    def __init__(self, message: str, full: bool):
+        super().__init__(message)
+        self.full = full
 
 
 def write_atomic(path: Path, data: bytes) -> None:
     """wanrt's temp-then-rename (readers see the old file or the whole new one), with an fsync of the data before
     the rename: a job the store calls completed must survive a power cut, not only a process crash."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with atomic_path(path) as tmp:
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as e:  # caught here, where the errno is still known (the temp file is removed)
+                raise StoreUnavailable(os_error_line(e, f"writing {path}"), full=e.errno in _FULL_ERRNOS) from None
+    except StoreUnavailable:
+        raise
+    except (StorageError, OSError) as e:  # the rename into place
+        raise StoreUnavailable(str(e) if isinstance(e, StorageError) else os_error_line(e, f"writing {path}"),
+                               full=False) from None
+
+
+def _sqlite_storage_error(e: sqlite3.Error) -> StoreUnavailable | None:
+    name = getattr(e, "sqlite_errorname", "")
+    if name.startswith(_SQLITE_STORAGE) or any(t in str(e).lower() for t in _SQLITE_STORAGE_TEXT):
+        return StoreUnavailable(f"job store database: {e}", full=name == "SQLITE_FULL" or "full" in str(e))
+    return None
 
 
 class JobStore:
@@ -101,21 +137,42 @@ class JobStore:
 
     def _exec(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
         with self._lock:
-            return self._db.execute(sql, args)
+            try:
+                return self._db.execute(sql, args)
+            except sqlite3.Error as e:
+                err = _sqlite_storage_error(e)
+                if err is None:
+                    raise
+                raise err from None
 
     # ---------------------------------------------------------------------------------------------- writes
     def add(self, request: dict[str, Any], image: bytes, lora: str | None) -> dict[str, Any]:
         job_id = "video_" + secrets.token_hex(12)
         write_atomic(self.image_path(job_id), image)
-        self._exec("INSERT INTO jobs (id, created_at, status, request, lora, steps) VALUES (?, ?, 'queued', ?, ?, ?)",
-                   (job_id, time.time(), json.dumps(request), lora, int(request.get("steps", 0))))
+        try:
+            self._exec("INSERT INTO jobs (id, created_at, status, request, lora, steps) VALUES (?, ?, 'queued', ?, ?, "
+                       "?)", (job_id, time.time(), json.dumps(request), lora, int(request.get("steps", 0))))
+        except BaseException:
+            self.image_path(job_id).unlink(missing_ok=True)  # not accepted: leave nothing of it behind
+            raise
         return self.get(job_id)
 
     def start(self, job_id: str) -> bool:
-        """queued -> in_progress (False if it was deleted or already taken)."""
+        """queued -> in_progress (False if it was deleted). An `in_progress` row is taken too: the one server of
+        this store (see _claim_store) runs it again after a run whose end could not be written (a full disk)."""
         cur = self._exec("UPDATE jobs SET status='in_progress', started_at=?, attempts=attempts+1, step=0 "
-                         "WHERE id=? AND status='queued'", (time.time(), job_id))
+                         "WHERE id=? AND status IN ('queued', 'in_progress')", (time.time(), job_id))
         return cur.rowcount == 1
+
+    def probe(self, nbytes: int = 4096) -> None:
+        """A real write of `nbytes` (file, fsynced, then removed) and of one database row: raises
+        StoreUnavailable while the disk cannot take a write that size."""
+        path = self.root / "videos" / ".probe"
+        try:
+            write_atomic(path, b"\0" * max(1, nbytes))
+        finally:
+            path.unlink(missing_ok=True)
+        self._exec("INSERT OR REPLACE INTO probe (k, t) VALUES (1, ?)", (time.time(),))
 
     def progress(self, job_id: str, step: int, steps: int) -> None:
         self._exec("UPDATE jobs SET step=?, steps=? WHERE id=? AND status='in_progress'", (step, steps, job_id))
@@ -128,8 +185,12 @@ class JobStore:
             return False
         write_atomic(self.video_path(job_id), video)
         now = time.time()
-        cur = self._exec("UPDATE jobs SET status='completed', step=steps, completed_at=?, expires_at=?, run_s=? "
-                         "WHERE id=? AND status='in_progress'", (now, now + self.ttl_s, run_s, job_id))
+        try:
+            cur = self._exec("UPDATE jobs SET status='completed', step=steps, completed_at=?, expires_at=?, run_s=? "
+                             "WHERE id=? AND status='in_progress'", (now, now + self.ttl_s, run_s, job_id))
+        except StoreUnavailable:
+            self.video_path(job_id).unlink(missing_ok=True)  # the row does not say completed: no file either
+            raise
         if cur.rowcount != 1:
             self.video_path(job_id).unlink(missing_ok=True)
             return False

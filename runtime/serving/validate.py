@@ -21,6 +21,8 @@ from typing import Any
 from wanrt.runtime.serving.catalog import Catalog, EngineInfo
 from wanrt.runtime.serving.limits import ApiError, Limits, bad_request
 
+from wanrt.text import printable, text_problem
+
 VIDEO_FIELDS = {"prompt", "negative_prompt", "model", "seconds", "size", "input_reference", "lora", "lora_scale",
                 "steps", "guidance", "seed", "frames", "fps"}
 PREDICT_FIELDS = {"frames", "height", "width", "batch", "seed", "timestep", "format", "inputs", "lora"}
@@ -103,8 +105,9 @@ def parse_text(name: str, value: Any, limits: Limits, required: bool = False, ca
     size = len(value.encode("utf-8", "surrogatepass"))
     if size > limits.max_prompt_bytes:
         raise bad_request(f"{name} is {size} bytes; the limit is {limits.max_prompt_bytes}", name, "too_long")
-    if "\x00" in value:
-        raise bad_request(f"{name} contains a NUL character", name)
+    problem, _ = text_problem(value, limits.max_prompt_bytes)
+    if problem is not None:
+        raise bad_request(f"{name} {problem}", name, "invalid_text")
     if catalog is not None:
         tokens = count_tokens(value, catalog)
         if tokens > limits.max_prompt_tokens:
@@ -281,7 +284,30 @@ def parse_json_object(raw: bytes, limits: Limits) -> dict[str, Any]:
         raise bad_request(f"invalid JSON: {str(e)[:160]}", None, "invalid_json") from None
     if not isinstance(obj, dict):
         raise bad_request("the body must be a JSON object", None, "invalid_json")
+    check_json_text(obj, limits)
     return obj
+
+
+def check_json_text(obj: Any, limits: Limits) -> None:
+    """Every key and string value of a parsed body, at any depth, passes wanrt.text's rule (a lone surrogate from
+    a "\\ud800" escape, control characters, oversized keys): 400 naming where, before any field is read. Iterative;
+    the depth is bounded before parsing anyway."""
+    stack: list[tuple[Any, str]] = [(obj, "")]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                where = f"{path}.{printable(key)}" if path else printable(key)
+                problem, _ = text_problem(key, limits.max_key_bytes, multiline=False)
+                if problem is not None:
+                    raise bad_request(f"parameter name {where!r} {problem}", where, "invalid_text")
+                stack.append((value, where))
+        elif isinstance(node, list):
+            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(node))
+        elif isinstance(node, str):
+            problem, _ = text_problem(node, limits.max_body_bytes)
+            if problem is not None:
+                raise bad_request(f"{path} {problem}", path, "invalid_text")
 
 
 # ------------------------------------------------------------------------------------------------ predict
@@ -339,7 +365,8 @@ def parse_predict_request(body: dict[str, Any], catalog: Catalog, limits: Limits
         raise bad_request("format must be 'stats' or 'npy'", "format")
     lora = parse_lora(body.get("lora"))
     engine = catalog.route(lora)
-    given = body.get("inputs") or {}
+    given = body.get("inputs")
+    given = {} if given is None else given  # [] or "" is a wrong type, not "no inputs"
     if not isinstance(given, dict):
         raise bad_request("inputs must be an object of base64 .npy arrays", "inputs")
     unknown = sorted(set(given) - {"latents", "timestep", "text", "image"})

@@ -13,6 +13,7 @@ Progress (step i of N) and cancellation ride on the DiT calls: the pipeline call
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import os
@@ -89,6 +90,7 @@ class VideoWorker:
         self._lock = threading.Lock()  # one job at a time: a backend and its pipeline are not re-entrant
         self.swaps = 0
         self.forwards = 0  # DiT calls made by jobs (a cancelled job stops adding to it)
+        self.warm_s: float | None = None  # the warm-up job's seconds, once it ran
 
     # ---------------------------------------------------------------------------------------------- loading
     def backend(self, engine: EngineInfo) -> _Watched:
@@ -186,14 +188,19 @@ class VideoWorker:
 
     # ---------------------------------------------------------------------------------------------- jobs
     def generate(self, req: VideoRequest, image: bytes, progress: Callable[[int, int], None],
-                 cancelled: threading.Event) -> bytes:
-        """One job: image bytes + checked request -> mp4 bytes. Raises JobCancelled or a WanrtError."""
+                 cancelled: threading.Event, on_start: Callable[[], None] | None = None) -> bytes:
+        """One job: image bytes + checked request -> mp4 bytes. Raises JobCancelled or a WanrtError. `on_start`
+        is called once the job has this worker (the previous job has stopped): its run time starts there."""
         from PIL import Image
         from wanrt.runtime.generate import GenerateSpec, generate_video
         from wanrt.runtime.pipeline import encode_mp4
 
         engine = self._engines[req.engine]
         with self._lock:
+            if cancelled.is_set():  # given up while it waited for the worker
+                raise JobCancelled()
+            if on_start is not None:
+                on_start()
             backend = self.backend(engine)
             self.select_lora(engine, backend, req.lora, req.lora_scale)
             with Image.open(io.BytesIO(image)) as im:
@@ -218,6 +225,8 @@ class VideoWorker:
                 frames, _ = generate_video(backend, picture, spec, pipe=pipe)
             finally:
                 backend.on_forward = None
+            if cancelled.is_set():  # cancelled during the last step or the VAE decode: do not encode
+                raise JobCancelled()
             progress(req.steps, req.steps)
         with tempfile.TemporaryDirectory(prefix="wanrt-job-") as tmp:
             path = os.path.join(tmp, "video.mp4")
@@ -272,9 +281,30 @@ class VideoWorker:
                 "mean": stat(out.mean()), "std": stat(out.std()), "min": stat(out.min()), "max": stat(out.max()),
                 "latency_ms": latency * 1e3, "engine": engine.name, "lora": req.lora}
 
+    def warm(self) -> float:
+        """Load the engines this worker keeps and run one 1-step job at the first engine's default shape and
+        seed 0 (the API's default), so no client's job pays the start-up (pipeline build, first-call allocations).
+        Returns that job's seconds: the first measure of a job's time."""
+        from PIL import Image
+
+        for engine in self.catalog.engines[:self._backends.size]:
+            self.backend(engine)
+        engine = self.catalog.engines[0]
+        frames, height, width = engine.default_shape
+        buf = io.BytesIO()
+        Image.new("RGB", (width, height), (128, 128, 128)).save(buf, format="PNG")
+        req = VideoRequest(prompt="warm-up", negative_prompt="", model=self.catalog.model, engine=engine.name,
+                           lora=engine.name if engine.swappable else None, lora_scale=None, frames=frames,
+                           height=height, width=width, steps=1, guidance=5.0, seed=0, fps=16,
+                           seconds=f"{frames / 16:g}", size=f"{width}x{height}")
+        t0 = time.perf_counter()
+        self.generate(req, buf.getvalue(), lambda _step, _steps: None, threading.Event())
+        self.warm_s = time.perf_counter() - t0
+        return self.warm_s
+
     def describe(self) -> dict[str, Any]:
         return {"engines_loaded": list(self._backends), "loras_loaded": dict(self._loaded), "swaps": self.swaps,
-                "forwards": self.forwards, "busy": self._lock.locked(), "pid": os.getpid()}
+                "forwards": self.forwards, "busy": self._lock.locked(), "warm_s": self.warm_s, "pid": os.getpid()}
 
 
 class _ClientError(WanrtError):
@@ -306,10 +336,12 @@ def failure(e: BaseException) -> dict[str, Any]:
 
 async def run_job(worker: VideoWorker, request: dict[str, Any], image: bytes,
                   where: dict[str, Any] | None = None) -> AsyncIterator[dict[str, Any]]:
-    """A job as an async stream of events: {"step", "steps"} ..., then {"video": bytes} or {"error": {...}}.
+    """A job as an async stream of events: {"replica": {pid, ...}} once the worker takes it, {"step", "steps"} ...,
+    then {"video": bytes} or {"error": {...}}.
 
     The blocking pipeline runs in a thread; cancelling the consumer (DELETE, timeout, a Ray response cancel) sets
-    the job's event so the thread stops at its next DiT call instead of running to the end unseen."""
+    the job's event so the thread stops at its next DiT call instead of running to the end unseen, and the stream
+    ends only once it has stopped."""
     loop = asyncio.get_running_loop()
     events: asyncio.Queue = asyncio.Queue()
     cancelled = threading.Event()
@@ -318,9 +350,11 @@ async def run_job(worker: VideoWorker, request: dict[str, Any], image: bytes,
     def progress(step: int, steps: int) -> None:
         loop.call_soon_threadsafe(events.put_nowait, {"step": step, "steps": steps})
 
-    task = loop.run_in_executor(None, worker.generate, req, image, progress, cancelled)
+    def started() -> None:
+        loop.call_soon_threadsafe(events.put_nowait, {"replica": {"pid": os.getpid(), **(where or {})}})
+
+    task = loop.run_in_executor(None, worker.generate, req, image, progress, cancelled, started)
     try:
-        yield {"replica": {"pid": os.getpid(), **(where or {})}}
         while True:
             getter = asyncio.ensure_future(events.get())
             done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
@@ -338,6 +372,10 @@ async def run_job(worker: VideoWorker, request: dict[str, Any], image: bytes,
     finally:
         if not task.done():
             cancelled.set()  # the consumer went away: stop the pipeline at its next DiT call
+            # and return only once it has stopped: the engine is free when the caller hears the job ended, so the
+            # next job neither waits behind a timed-out one unseen nor has its clock run meanwhile
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(task)
 
 
 def predict_safe(worker: VideoWorker, request: dict[str, Any]) -> dict[str, Any]:
@@ -358,6 +396,9 @@ class LocalEngine:
 
     def generate(self, request: dict[str, Any], image: bytes) -> AsyncIterator[dict[str, Any]]:
         return run_job(self.worker, request, image)
+
+    async def warm(self) -> float:
+        return await asyncio.get_running_loop().run_in_executor(None, self.worker.warm)
 
     async def predict(self, request: dict[str, Any]) -> dict[str, Any]:
         return await asyncio.get_running_loop().run_in_executor(None, predict_safe, self.worker, request)
