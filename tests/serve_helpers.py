@@ -110,7 +110,7 @@ def local_service(catalog, store_dir, limits=None, token=None, ttl_s=3600.0, wor
     from wanrt.runtime.serving.app import Service
     from wanrt.runtime.serving.limits import Limits
     from wanrt.runtime.serving.scheduler import Scheduler
-    from wanrt.runtime.serving.store import JobStore
+    from wanrt.runtime.serving.job_store import JobStore
     from wanrt.runtime.serving.worker import LocalEngine, VideoWorker
 
     limits = limits or Limits()

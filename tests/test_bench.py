@@ -130,7 +130,7 @@ def test_failed_gate_is_flagged(tmp_path, cache_dir):
 def test_bench_cli(tmp_path, cache_dir, monkeypatch):
     from click.testing import CliRunner
 
-    from wanrt.cli import cli
+    from wanrt.commands.main import cli
 
     monkeypatch.setenv("WANRT_CACHE_DIR", str(cache_dir))
     out = tmp_path / "cli"

@@ -106,7 +106,7 @@ def test_disturbed_runs_are_marked_in_table_and_report(interrupted):
     from rich.console import Console
 
     from wanrt.runtime.bench.report import render_report
-    from wanrt.runtime.cli import runs_table
+    from wanrt.commands.bench import runs_table
 
     results = json.loads((interrupted["out"] / "results.json").read_text())
     runs = results["payload"]["runs"]

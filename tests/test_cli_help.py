@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from wanrt import cli
+from wanrt.commands import main as cli
 
 # A meta-path finder that makes imageio look uninstalled (as in the README's demo environment, without [video]).
 _NO_IMAGEIO = """
@@ -30,7 +30,7 @@ def test_help_lists_commands_without_importing_torch():
     code = """
 import sys, time
 t0 = time.perf_counter()
-from wanrt.cli import cli
+from wanrt.commands.main import cli
 try:
     cli(["--help"])
 except SystemExit:
@@ -55,7 +55,7 @@ def test_every_subcommand_has_a_listed_summary():
 
 
 def test_missing_optional_dependency_disables_the_subcommand_before_work():
-    prelude = _NO_IMAGEIO + "from wanrt.cli import main\nsys.argv = ['wanrt'] + sys.argv[1:]\nmain()\n"
+    prelude = _NO_IMAGEIO + "from wanrt.commands.main import main\nsys.argv = ['wanrt'] + sys.argv[1:]\nmain()\n"
     listing = _run(prelude, "--help")
     assert listing.returncode == 0, listing.stderr
     line = next(ln for ln in listing.stdout.splitlines() if ln.strip().startswith("generate"))

@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 import pytest
 
-from wanrt import cli
-from wanrt.flags import VOCABULARY
+from wanrt.commands import main as cli
+from wanrt.commands.flags import VOCABULARY
 
 
 def _commands() -> dict[str, click.Command]:
@@ -95,7 +95,7 @@ def test_new_spellings(capfd, tmp_path):
 
 
 def _sweep(args: list[str]) -> tuple[dict, dict]:
-    from wanrt.runtime.cli import _bench_sweep, bench
+    from wanrt.commands.bench import _bench_sweep, bench
 
     with bench.make_context("bench", list(args)) as ctx:
         params = dict(ctx.params)
@@ -123,7 +123,7 @@ def test_bench_sweep_defaults_study_and_target_sets(capfd):
 
 
 def test_export_targets_accept_the_bench_join():
-    from wanrt.options import lora_spec_from_kwargs
+    from wanrt.commands.options import lora_spec_from_kwargs
 
     kw = {"lora_file": None, "targets": "self-attn+ffn", "lora_mode": "merged", "lora_scale": 1.0, "seed": 0,
           "allow_pickle": False}
@@ -131,7 +131,7 @@ def test_export_targets_accept_the_bench_join():
 
 
 def test_export_default_output_names_the_export():
-    from wanrt.export.cli import default_output
+    from wanrt.commands.export import default_output
 
     kw = {"model": "tiny", "layers": None, "rank": "16", "ranks": None, "lora_file": None, "lora_mode": "merged",
           "dtype": None}

@@ -106,7 +106,7 @@ def test_choices_parse_and_feed_the_cli():
         LoraMode.parse("fused", "--lora-mode", LoraError)
     from click.testing import CliRunner
 
-    from wanrt.cli import cli
+    from wanrt.commands.main import cli
 
     res = CliRunner().invoke(cli, ["generate", "--backend", "tensorflow", "--image", "x.png"])
     assert res.exit_code == 2 and all(b in res.output for b in Backend.values())

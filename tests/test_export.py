@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from wanrt.artifacts import sha256_file
-from wanrt.cli import cli
+from wanrt.commands.main import cli
 from wanrt.errors import LoraError, ModelSourceError
 from wanrt.export.api import LoraSpec, export_model, resolve_lora
 from wanrt.export.lora import (TARGET_GROUPS, apply_lora, dense_reference, rerank, resolve_targets, synthetic_lora)

@@ -157,7 +157,7 @@ def test_full_mode_loads_the_finetune_through_the_model_path(saved_finetune):
 
 
 def _cli(args, tmp_path):
-    from wanrt.cli import cli
+    from wanrt.commands.main import cli
 
     return CliRunner().invoke(cli, ["extract", *args, "-o", str(tmp_path / "out")])
 

@@ -1,11 +1,13 @@
-"""The house's one-way arrows, read from the source: core (wanrt/) <- export <- engines <- runtime <- CLI.
+"""The house's one-way arrows, read from the source: core (wanrt/) <- export <- engines <- runtime <- commands.
 
-Every `import` of a wanrt module, at module level or inside a function, is an arrow. A module's layer comes from its
-path alone, so files added later are checked without editing this test:
-  cli      wanrt/cli.py, wanrt/options.py, wanrt/__main__.py, any */cli.py or *_cli.py
-  runtime  runtime/**      engines  engines/**      export  export/**      core  every other wanrt/*.py
+Every `import` of a wanrt module, at module level or inside a function, is an arrow. A module's layer is its folder,
+nothing else, so files added later are checked without editing this test:
+  commands  commands/** (every click module)     runtime  runtime/**     engines  engines/**     export  export/**
+  core      wanrt/** (wanrt/__main__.py, the interpreter's `python -m wanrt` entry, sits above every layer)
 tools/ and tests/ sit above everything and are not checked. No arrow may point to a higher layer, and the module
-graph has no cycle (a package's __init__ importing its own submodules is not an arrow back).
+graph has no cycle (a package's __init__ importing its own submodules is not an arrow back). Beside the arrows:
+the torch-free modules never import torch, no `click.Choice([...])` literal outside the commands, and engine
+flavour names only inside engines/.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ else:  # pragma: no cover
     tomllib = pytest.importorskip("tomli")
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = ("core", "export", "engines", "runtime", "cli")
+LAYERS = ("core", "export", "engines", "runtime", "commands")
 RANK = {name: i for i, name in enumerate(LAYERS)}
-CLI_MODULES = {"wanrt.cli", "wanrt.options", "wanrt.__main__"}
+ENTRY_POINTS = {"wanrt.__main__"}  # `python -m wanrt`: above every layer by what it is, not where it sits
 UNCHECKED = ("wanrt.tools", "wanrt.tests")
 
 
@@ -53,10 +55,10 @@ def modules() -> dict[str, Path]:
 
 
 def layer(module: str) -> str:
-    last = module.rsplit(".", 1)[-1]
-    if module in CLI_MODULES or last == "cli" or last.endswith("_cli"):
-        return "cli"
-    for name in ("export", "engines", "runtime"):
+    """The module's folder: wanrt.<folder>.* for the four upper layers, core for everything else in wanrt/."""
+    if module in ENTRY_POINTS:
+        return "commands"
+    for name in ("export", "engines", "runtime", "commands"):
         if module == f"wanrt.{name}" or module.startswith(f"wanrt.{name}."):
             return name
     return "core"
@@ -90,9 +92,12 @@ def graph() -> tuple[dict[str, Path], dict[str, list[tuple[str, int]]]]:
 
 def test_the_layer_map_sees_the_house():
     mods = modules()
-    assert layer("wanrt.runtime.metrics_cli") == layer("wanrt.engines.cli") == layer("wanrt.options") == "cli"
+    assert {layer("wanrt.commands.eval"), layer("wanrt.commands.build"), layer("wanrt.commands.options")} == {"commands"}
     assert layer("wanrt.dit_io") == "core" and layer("wanrt.runtime.bench.run") == "runtime"
-    for expected in ("wanrt.cli", "wanrt.dit_io", "wanrt.export.api", "wanrt.engines.build", "wanrt.runtime.backends"):
+    # a name no longer decides: a `cli.py` outside commands/ is in its folder's layer (and so may not import up)
+    assert layer("wanrt.runtime.serving.cli") == "runtime" and layer("wanrt.export.extract_cli") == "export"
+    for expected in ("wanrt.commands.main", "wanrt.dit_io", "wanrt.export.api", "wanrt.engines.build",
+                     "wanrt.runtime.backends"):
         assert expected in mods, expected
     assert {layer(m) for m in mods} == set(LAYERS)
 
@@ -159,3 +164,100 @@ def test_backend_names_are_the_registry():
     from wanrt.runtime.backends import REGISTRY
 
     assert set(Backend.values()) == set(REGISTRY)
+
+
+# ---------------------------------------------------------------------------------------------- beside the arrows
+# Modules that the torch-free serving process and the manifests' readers load: importing any of them must not load
+# torch (the serving layer starts in ~1 s and reads the I/O contract instead of copying it).
+TORCH_FREE = ("wanrt.manifests", "wanrt.video_shape", "wanrt.jsonio", "wanrt.text", "wanrt.errors",
+              "wanrt.runtime.serving.app", "wanrt.runtime.serving.requests", "wanrt.runtime.serving.front",
+              "wanrt.runtime.serving.bodies", "wanrt.runtime.serving.job_store", "wanrt.runtime.serving.scheduler",
+              "wanrt.runtime.serving.limits")
+HEAVY = ("torch", "diffusers", "onnx", "onnxruntime", "transformers")
+# the names of engine flavours and of the backends they bring: spelled only inside engines/ (the registry hands
+# them to everyone else)
+FLAVOUR_NAMES = {"tensorrt", "rtx", "openvino", "ov", "trt"}
+
+
+def load_time_imports(path: Path) -> set[str]:
+    """Top-level names of every module imported when the file is imported (function bodies excluded)."""
+    out: set[str] = set()
+    stack = list(ast.parse(path.read_text(encoding="utf-8"), str(path)).body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            out |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        stack.extend(ast.iter_child_nodes(node))
+    return out
+
+
+def heavy_reached(start: str, load_imports: dict[str, set[str]]) -> list[str]:
+    """'a -> b -> torch' for every heavy library the module loads, following wanrt modules at load time."""
+    seen, queue, found = {start}, [(start, [start])], []
+    while queue:
+        mod, via = queue.pop(0)
+        for target in sorted(load_imports.get(mod, ())):
+            if target.split(".")[0] in HEAVY:
+                found.append(" -> ".join([*via, target]))
+            elif target in load_imports and target not in seen:
+                seen.add(target)
+                queue.append((target, [*via, target]))
+    return found
+
+
+def test_torch_free_modules_never_load_torch():
+    mods = modules()
+    load_imports = {m: load_time_imports(p) for m, p in mods.items()}
+    missing = [m for m in TORCH_FREE if m not in mods]
+    assert not missing, f"listed torch-free but not in the tree: {missing}"
+    reached = [chain for m in TORCH_FREE for chain in heavy_reached(m, load_imports)]
+    assert not reached, "torch-free modules that load a heavy library:\n" + "\n".join(reached)
+
+
+def test_torch_free_check_can_fail():
+    """A planted `import torch` two modules down is found, with its path."""
+    planted = {"wanrt.manifests": {"wanrt.video_shape"}, "wanrt.video_shape": {"wanrt.helper"},
+               "wanrt.helper": {"torch.nn"}}
+    assert heavy_reached("wanrt.manifests", planted) == ["wanrt.manifests -> wanrt.video_shape -> wanrt.helper "
+                                                         "-> torch.nn"]
+
+
+def choice_literals(source: str) -> list[int]:
+    """Lines of `click.Choice([...])` / `click.Choice((...))` literals: choices come from one vocabulary."""
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "Choice"
+                and node.args and isinstance(node.args[0], (ast.List, ast.Tuple))):
+            out.append(node.lineno)
+    return out
+
+
+def flavour_literals(source: str) -> list[int]:
+    """Lines of string constants that are a flavour or flavour-backend name (docstrings are prose, not code)."""
+    tree = ast.parse(source)
+    docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                  if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and n.body
+                  and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+    return [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+            and n.value in FLAVOUR_NAMES and id(n) not in docstrings]
+
+
+def test_no_choice_literals_outside_commands_and_no_flavour_names_outside_engines():
+    choices, flavours = [], []
+    for m, path in modules().items():
+        source = path.read_text(encoding="utf-8")
+        if layer(m) != "commands":
+            choices += [f"{path.relative_to(ROOT)}:{ln}" for ln in choice_literals(source)]
+        if layer(m) != "engines":
+            flavours += [f"{path.relative_to(ROOT)}:{ln}" for ln in flavour_literals(source)]
+    assert not choices, "click.Choice literals outside commands/:\n" + "\n".join(choices)
+    assert not flavours, "flavour names outside engines/ (ask the registry):\n" + "\n".join(flavours)
+
+
+def test_literal_checks_can_fail():
+    assert choice_literals('import click\nx = click.Choice(["a", "b"])\n') == [2]
+    assert flavour_literals('"""openvino is prose here"""\nif name == "ov":\n    pass\n') == [2]

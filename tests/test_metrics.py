@@ -298,7 +298,7 @@ def test_missing_weights_error_names_the_fetch_command(empty_weight_env):
 
 
 def test_eval_without_weights_fails_with_one_line(empty_weight_env):
-    from wanrt.cli import cli
+    from wanrt.commands.main import cli
 
     d = empty_weight_env / "set" / "clip0"
     d.mkdir(parents=True)

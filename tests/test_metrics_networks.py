@@ -129,7 +129,7 @@ def test_fvd_of_a_set_with_itself_is_zero_and_grows_with_noise():
 def test_eval_cli_end_to_end(tmp_path):
     _need("i3d")
     _need("lpips-alex")
-    from wanrt.cli import cli
+    from wanrt.commands.main import cli
 
     ref = _small_videos(3, seed=10)
     rs = np.random.RandomState(11)

@@ -16,7 +16,7 @@ pytest.importorskip("openvino")
 from click.testing import CliRunner
 
 from wanrt.artifacts import sha256_file
-from wanrt.cli import cli
+from wanrt.commands.main import cli
 from wanrt.dit_io import DitIO, ShapeRange, VideoShape
 from wanrt.engines.openvino import (
     OvEngine,

@@ -164,7 +164,7 @@ def test_drop_in_keeps_pipeline_parts(eager):
 def test_generate_cli(tmp_path, cache_dir, monkeypatch):
     from click.testing import CliRunner
 
-    from wanrt.cli import cli
+    from wanrt.commands.main import cli
 
     monkeypatch.setenv("WANRT_CACHE_DIR", str(cache_dir))
     png = _png(tmp_path / "in.png")

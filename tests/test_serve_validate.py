@@ -11,8 +11,8 @@ import pytest
 from wanrt.errors import BadInputError
 from wanrt.runtime.serving.catalog import Catalog, EngineInfo
 from wanrt.runtime.serving.limits import ApiError, Limits
-from wanrt.runtime.serving.store import JobStore
-from wanrt.runtime.serving.validate import (check_image, parse_json_object, parse_predict_request,
+from wanrt.runtime.serving.job_store import JobStore
+from wanrt.runtime.serving.requests import (check_image, parse_json_object, parse_predict_request,
                                             parse_video_request)
 
 from tests.serve_helpers import png_bytes
@@ -232,7 +232,7 @@ def test_scheduler_groups_by_lora_without_starving(tmp_path):
 def test_cli_pack_verify_and_serve_refusals(tmp_path):
     from click.testing import CliRunner
 
-    from wanrt.cli import cli as main
+    from wanrt.commands.main import cli as main
 
     export = tmp_path / "export"
     export.mkdir()

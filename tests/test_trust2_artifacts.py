@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from wanrt.artifacts import check_output_dir, read_manifest, write_json
-from wanrt.cli import cli as main
+from wanrt.commands.main import cli as main
 from wanrt.errors import BadInputError
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from wanrt.cli import cli
+from wanrt.commands.main import cli
 
 QUICK = ["bench", "--model", "tiny", "--ranks", "1", "--lora-modes", "merged", "--no-base", "--repeats", "1",
          "--warmup", "0", "--retries", "0", "--settle", "0", "--peak-size", "64"]

@@ -14,8 +14,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from wanrt import cli as wcli
-from wanrt.options import FiniteFloat
+from wanrt.commands import main as wcli
+from wanrt.commands.options import FiniteFloat
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 HEAVY = ("torch", "onnx", "onnxruntime", "diffusers", "transformers", "ray", "openvino")
@@ -30,7 +30,7 @@ def _run(code: str, *args: str) -> subprocess.CompletedProcess:
 # (sys.modules), not a timing assertion.
 _ALL_HELP = """
 import json, sys
-from wanrt.cli import SUBCOMMANDS, cli
+from wanrt.commands.main import SUBCOMMANDS, cli
 out = {}
 for name in SUBCOMMANDS:
     for args in ([name, "--help"], [name, "--no-such-flag"]):
@@ -64,7 +64,7 @@ class _Hide:
             raise ModuleNotFoundError(name)
         return None
 sys.meta_path.insert(0, _Hide())
-from wanrt.cli import main
+from wanrt.commands.main import main
 sys.argv = ["wanrt"] + sys.argv[1:]
 main()
 """
@@ -161,7 +161,7 @@ def _visible(path: str, flag: str) -> bool:
 
 
 def test_readme_lists_every_old_spelling_the_code_keeps():
-    from wanrt.flags import DEPRECATED
+    from wanrt.commands.flags import DEPRECATED
 
     listed = {old.split()[0] for _, old, _ in _old_spellings()}
     for old in DEPRECATED:
@@ -211,7 +211,7 @@ def test_every_number_option_is_bounded_or_finite():
     wrote a video of NaNs): every float option is the one FiniteFloat type."""
     for where, p in _all_params():
         if isinstance(p.type, click.types.FloatParamType) or p.type is click.FLOAT:
-            pytest.fail(f"{where} {p.opts}: a float that accepts nan/inf; use wanrt.options.FiniteFloat")
+            pytest.fail(f"{where} {p.opts}: a float that accepts nan/inf; use wanrt.commands.options.FiniteFloat")
         if type(p.type) is click.types.IntParamType and not p.is_flag:
             pytest.fail(f"{where} {p.opts}: an integer without a range; use click.IntRange")
     assert any(isinstance(p.type, FiniteFloat) for _, p in _all_params())

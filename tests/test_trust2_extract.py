@@ -27,7 +27,7 @@ def _save(state: dict[str, torch.Tensor], path: Path) -> Path:
 
 
 def _extract(finetuned: str, out: Path):
-    from wanrt.cli import cli
+    from wanrt.commands.main import cli
 
     return CliRunner().invoke(cli, ["extract", "--model", "tiny", "--finetuned", finetuned, "--rank", "2",
                                     "-o", str(out)])

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from wanrt.artifacts import sha256_file
-from wanrt.cli import cli
+from wanrt.commands.main import cli
 from wanrt.runtime.metrics import weights as W
 
 

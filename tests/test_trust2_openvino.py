@@ -18,7 +18,7 @@ pytest.importorskip("openvino")
 
 from click.testing import CliRunner
 
-from wanrt.cli import cli
+from wanrt.commands.main import cli
 
 NO_BF16 = {"WANRT_OV_CAPABILITIES": "FP32,INT8"}  # what OpenVINO reports on an AVX2-only Zen 2
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from wanrt.cli import cli
+from wanrt.commands.main import cli
 from wanrt.errors import LoraError
 
 

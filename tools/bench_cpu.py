@@ -33,7 +33,7 @@ BACKENDS = ("eager", "ort")
 @click.option("--prefix", default="cpu", show_default=True)
 def main(repeats, warmup, threads, video_shape, out_dir, prefix):
     from wanrt.artifacts import write_json
-    from wanrt.options import parse_shape
+    from wanrt.parse import parse_shape
     from wanrt.runtime.bench import BenchSpec, run_bench
 
     vs = parse_shape(video_shape, "--video-shape")

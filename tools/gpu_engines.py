@@ -59,7 +59,7 @@ def run(args) -> dict[str, Any]:
     from wanrt.export.onnx_export import ExportSpec
 
     from wanrt.artifacts import library_versions, machine_info
-    from wanrt.options import parse_shape
+    from wanrt.parse import parse_shape
 
     gpu = gpu_info()
     if gpu is None:

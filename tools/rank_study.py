@@ -73,7 +73,7 @@ class LoadSampler:
               help="Re-render the report and plots of an earlier run's JSON (no measurement).")
 def main(repeats, warmup, shape, threads, finetuned, out_dir, prefix, model, ranks, from_json):
     from wanrt.artifacts import write_json
-    from wanrt.options import parse_int_list, parse_shape
+    from wanrt.parse import parse_int_list, parse_shape
     from wanrt.runtime.bench import BenchSpec, run_bench
 
     if from_json:
@@ -108,7 +108,7 @@ def main(repeats, warmup, shape, threads, finetuned, out_dir, prefix, model, ran
 
 def _render(results: dict, out: Path, prefix: str, equivalent: str, ml: dict) -> None:
     """rank-report.md and the PNGs from a results document."""
-    from wanrt.runtime.bench.finetuned import write_pareto
+    from wanrt.runtime.bench.vs_finetuned import write_pareto
     from wanrt.runtime.bench.plots import write_plots
     from wanrt.runtime.bench.report import render_report
 

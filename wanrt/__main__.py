@@ -1,3 +1,3 @@
-from wanrt.cli import main
+from wanrt.commands.main import main
 
 main()

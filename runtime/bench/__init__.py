@@ -34,7 +34,7 @@ from wanrt.runtime.bench.report import render_report
 from wanrt.runtime.bench.run import run_bench, write_results
 from wanrt.runtime.bench.spec import (MODES, RESULTS_SCHEMA, BenchSpec, QualityGates, SweepPoint, make_inputs,
                                       sweep_points)
-from wanrt.runtime.bench.store import BenchArtifacts
+from wanrt.runtime.bench.sweep_store import BenchArtifacts
 from wanrt.runtime.bench.summary import summarize_runs
 from wanrt.runtime.bench.ui import BenchUi
 from wanrt.runtime.bench.video import DEFAULT_PROMPT, VideoQuality, bench_image

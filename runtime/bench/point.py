@@ -20,7 +20,7 @@ from wanrt.runtime import backends as B
 from wanrt.runtime.bench.measure import (LoadProbe, measure_memory, memory_in_use, percentile, rel_error,
                                          time_backend, timing_record)
 from wanrt.runtime.bench.spec import BenchSpec, SweepPoint
-from wanrt.runtime.bench.store import BenchArtifacts
+from wanrt.runtime.bench.sweep_store import BenchArtifacts
 from wanrt.runtime.bench.ui import BenchUi
 from wanrt.runtime.bench.video import VideoQuality
 

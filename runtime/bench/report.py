@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from wanrt.runtime.bench.finetuned import render_finetuned_section
+from wanrt.runtime.bench.vs_finetuned import render_finetuned_section
 
 
 def fmt(v, digits=1, pct=False):

@@ -18,14 +18,14 @@ from wanrt.export.api import CHECKPOINT_MAX, CHECKPOINT_MIN
 from wanrt.export.model import ModelSpec
 from wanrt.dit_io import DitIO, VideoShape
 from wanrt.runtime import backends as B
-from wanrt.runtime.bench.finetuned import FinetunedReference, check_reference_spec, write_pareto
+from wanrt.runtime.bench.vs_finetuned import FinetunedReference, check_reference_spec, write_pareto
 from wanrt.runtime.bench.measure import LoadProbe
 from wanrt.runtime.bench.peaks import kernel_for, measure_kernel
 from wanrt.runtime.bench.plots import write_plots
 from wanrt.runtime.bench.point import BenchSession, PointContext, run_point
 from wanrt.runtime.bench.report import render_report
 from wanrt.runtime.bench.spec import RESULTS_SCHEMA, BenchSpec, SweepPoint, make_inputs, sweep_points
-from wanrt.runtime.bench.store import BenchArtifacts
+from wanrt.runtime.bench.sweep_store import BenchArtifacts
 from wanrt.runtime.bench.summary import summarize_runs
 from wanrt.runtime.bench.ui import BenchUi
 from wanrt.runtime.bench.video import VideoQuality

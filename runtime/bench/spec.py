@@ -79,7 +79,7 @@ class BenchSpec:
     interleave: bool = True  # time the point's backends step by step in turn (fair under drifting load)
     retries: int = 2  # re-time a point disturbed by other work on the machine (LoadProbe)
     settle_s: float | None = None  # idle before each timed step (None: 0.1 s on CPU, 0 on GPU); see time_backend
-    # issue 11 (runtime/bench/finetuned.py): "finetuned" compares every point with the full fine-tune `finetuned`
+    # issue 11 (runtime/bench/vs_finetuned.py): "finetuned" compares every point with the full fine-tune `finetuned`
     # (a checkpoint or synthetic[:EXPONENT]) and sweeps LoRAs extracted from it instead of synthetic ones
     reference: str = "eager"
     finetuned: str | None = None

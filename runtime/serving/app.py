@@ -36,8 +36,8 @@ from wanrt.runtime.serving.bodies import read_video_body
 from wanrt.runtime.serving.catalog import Catalog
 from wanrt.runtime.serving.limits import ApiError, Limits, bad_request
 from wanrt.runtime.serving.scheduler import Scheduler
-from wanrt.runtime.serving.store import StoreUnavailable
-from wanrt.runtime.serving.validate import (
+from wanrt.runtime.serving.job_store import StoreUnavailable
+from wanrt.runtime.serving.requests import (
     check_image,
     parse_json_object,
     parse_predict_request,

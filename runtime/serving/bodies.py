@@ -15,7 +15,7 @@ from typing import Any
 
 from starlette.requests import Request
 from wanrt.runtime.serving.limits import ApiError, Limits, bad_request
-from wanrt.runtime.serving.validate import parse_json_object
+from wanrt.runtime.serving.requests import parse_json_object
 
 from wanrt.errors import BadInputError
 from wanrt.text import check_text, printable

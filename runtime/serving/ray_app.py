@@ -129,7 +129,7 @@ def _ingress_deployment():
     from ray import serve
     from wanrt.runtime.serving.app import Service, build_app
     from wanrt.runtime.serving.scheduler import Scheduler
-    from wanrt.runtime.serving.store import JobStore
+    from wanrt.runtime.serving.job_store import JobStore
 
     @serve.ingress()
     class Api:

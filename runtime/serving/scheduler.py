@@ -27,8 +27,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 from wanrt.runtime.serving.limits import ApiError, Limits
-from wanrt.runtime.serving.store import JobStore, StoreUnavailable
-from wanrt.runtime.serving.validate import VideoRequest
+from wanrt.runtime.serving.job_store import JobStore, StoreUnavailable
+from wanrt.runtime.serving.requests import VideoRequest
 
 log = logging.getLogger("wanrt.serve")
 

@@ -26,7 +26,7 @@ from dataclasses import replace
 from typing import Any
 
 from wanrt.runtime.serving.catalog import Catalog, EngineInfo
-from wanrt.runtime.serving.validate import PredictRequest, VideoRequest
+from wanrt.runtime.serving.requests import PredictRequest, VideoRequest
 
 from wanrt.errors import WanrtError
 
@@ -240,7 +240,7 @@ class VideoWorker:
 
         import numpy as np
         import torch
-        from wanrt.runtime.serving.validate import predict_shapes
+        from wanrt.runtime.serving.requests import predict_shapes
 
         engine = self._engines[req.engine]
         shapes = predict_shapes(engine, req.batch, req.frames, req.height, req.width)

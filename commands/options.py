@@ -7,13 +7,11 @@ from typing import Callable
 
 import click
 
-from wanrt.errors import BadInputError
 # nothing here may import torch: every subcommand's options are declared at import, and `--help` must stay instant
 from wanrt.choices import Backend, Dtype, LoraMode
 from wanrt.export.presets import PRESETS
 from wanrt.export.targets import TARGET_GROUPS
-from wanrt.flags import deprecated_option
-from wanrt.video_shape import VideoShape, parse_video_shape
+from wanrt.commands.flags import deprecated_option
 
 # Seeds every generator accepts (torch.Generator overflows past 2^63, numpy past 2^32): one line, exit 2 beyond.
 SEED = click.IntRange(0, 2**32 - 1)
@@ -81,26 +79,6 @@ class SectionedCommand(click.Command):
         for name in sorted(sections, key=lambda n: n == "Other options"):
             with formatter.section(name):
                 formatter.write_dl(sections[name])
-
-
-def parse_int_list(text: str | None, what: str = "--rank") -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        values = [int(v) for v in str(text).split(",") if v.strip()]
-    except ValueError:
-        raise BadInputError(f"{what} {text!r}: expected an integer or a comma list like 4,8,16") from None
-    if not values:
-        raise BadInputError(f"{what} is empty")
-    for v in values:
-        if v <= 0:
-            raise BadInputError(f"{what} {v}: must be a positive integer")
-    return values
-
-
-def parse_shape(text: str | None, what: str) -> VideoShape | None:
-    """'FRAMESxHEIGHTxWIDTH' in pixels, e.g. 81x480x832."""
-    return None if text is None else parse_video_shape(text, what)
 
 
 model_options = option_group(

@@ -14,8 +14,8 @@ import click
 
 from wanrt.console import err_console, out_console
 from wanrt.errors import BadInputError
-from wanrt.flags import deprecated_option
-from wanrt.options import FiniteFloat  # FloatRange takes nan and inf
+from wanrt.commands.flags import deprecated_option
+from wanrt.commands.options import FiniteFloat  # FloatRange takes nan and inf
 
 
 def _pairs(values: tuple[str, ...], flag: str) -> list[tuple[str, str]]:
@@ -246,7 +246,7 @@ class _Stop:
 
 def _serve_on_ray(kw, catalog, limits, store: Path) -> None:
     from wanrt.runtime.serving import ray_app
-    from wanrt.runtime.serving.store import JobStore
+    from wanrt.runtime.serving.job_store import JobStore
 
     JobStore(store).close()  # in use by another server? one line now, not a replica failing inside Ray later
     stop = _Stop()
@@ -273,7 +273,7 @@ def _serve_in_process(kw, catalog, limits, store: Path) -> None:
     from wanrt.runtime.serving.app import Service, build_app
     from wanrt.runtime.serving.front import Front, free_loopback_port
     from wanrt.runtime.serving.scheduler import Scheduler
-    from wanrt.runtime.serving.store import JobStore
+    from wanrt.runtime.serving.job_store import JobStore
     from wanrt.runtime.serving.worker import LocalEngine, VideoWorker
 
     worker = VideoWorker(catalog, threads=kw["threads"], verify=False)

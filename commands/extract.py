@@ -8,7 +8,8 @@ from rich.table import Table
 from wanrt.choices import Dtype
 from wanrt.console import err_console, out_console
 from wanrt.export.targets import TARGET_GROUPS  # torch-free: `extract --help` imports no torch
-from wanrt.options import model_options, model_spec_from_kwargs, parse_int_list
+from wanrt.commands.options import model_options, model_spec_from_kwargs
+from wanrt.parse import parse_int_list
 
 
 def extract_table(manifest: dict) -> Table:

@@ -23,19 +23,19 @@ from wanrt.quiet import quiet_expected_notices
 
 # name -> (module, attribute). Keep in the order users meet them.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("wanrt.export.cli", "demo"),
-    "export": ("wanrt.export.cli", "export"),
-    "presets": ("wanrt.export.cli", "presets"),
-    "extract": ("wanrt.export.extract_cli", "extract"),
-    "build": ("wanrt.engines.cli", "build"),
-    "refit": ("wanrt.engines.cli", "refit"),
-    "bench": ("wanrt.runtime.cli", "bench"),
-    "generate": ("wanrt.runtime.cli", "generate"),
-    "serve": ("wanrt.runtime.serving.cli", "serve"),
-    "pack": ("wanrt.runtime.serving.cli", "pack"),
-    "verify": ("wanrt.runtime.serving.cli", "verify"),
-    "eval": ("wanrt.runtime.metrics_cli", "eval_cmd"),
-    "weights": ("wanrt.runtime.metrics_cli", "weights"),
+    "demo": ("wanrt.commands.export", "demo"),
+    "export": ("wanrt.commands.export", "export"),
+    "presets": ("wanrt.commands.export", "presets"),
+    "extract": ("wanrt.commands.extract", "extract"),
+    "build": ("wanrt.commands.build", "build"),
+    "refit": ("wanrt.commands.build", "refit"),
+    "bench": ("wanrt.commands.bench", "bench"),
+    "generate": ("wanrt.commands.generate", "generate"),
+    "serve": ("wanrt.commands.serve", "serve"),
+    "pack": ("wanrt.commands.serve", "pack"),
+    "verify": ("wanrt.commands.serve", "verify"),
+    "eval": ("wanrt.commands.eval", "eval_cmd"),
+    "weights": ("wanrt.commands.eval", "weights"),
 }
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from wanrt.errors import BadInputError
-from wanrt.flags import deprecated_option
+from wanrt.commands.flags import deprecated_option
 
 FLOAT = "{:.4f}"
 

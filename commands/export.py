@@ -9,11 +9,12 @@ import click
 from rich.table import Table
 
 from wanrt.console import err_console, out_console
-from wanrt.engines.cli import engine_options
+from wanrt.commands.build import engine_options
 from wanrt.errors import BadInputError
-from wanrt.flags import deprecation_line
-from wanrt.options import (SectionedCommand, dtype_option, lora_options, lora_spec_from_kwargs, model_options,
-                           model_spec_from_kwargs, option_group, parse_int_list, parse_shape)
+from wanrt.commands.flags import deprecation_line
+from wanrt.commands.options import (SectionedCommand, dtype_option, lora_options, lora_spec_from_kwargs,
+                                    model_options, model_spec_from_kwargs, option_group)
+from wanrt.parse import parse_int_list, parse_shape
 
 
 def summary_table(rows: list[tuple[str, dict]], title: str = "wanrt export") -> Table:
@@ -185,7 +186,7 @@ def export(**kw):
     built = None
     if kw["engine"]:
         from wanrt.engines.build import build_engine_from_onnx_dir
-        from wanrt.engines.cli import engine_spec_from_kwargs
+        from wanrt.commands.build import engine_spec_from_kwargs
 
         spec = engine_spec_from_kwargs(kw)
         built = [build_engine_from_onnx_dir(d, spec, Path(d) / "engine", force=kw["force"]) for d, _ in rows]

@@ -1,4 +1,4 @@
-"""The `openvino` flavour of `wanrt build` and `wanrt refit` (engines/cli.py dispatches here).
+"""The `openvino` flavour of `wanrt build` and `wanrt refit` (commands/build.py dispatches here).
 
 OpenVINO is imported only when one of these runs; without it, `--flavour openvino` is one MissingDependencyError
 line naming the extra to install, and the TensorRT flavours keep working.

@@ -15,8 +15,8 @@ from rich.table import Table
 from wanrt.choices import Flavour, Precision
 from wanrt.console import out_console
 from wanrt.errors import BadInputError
-from wanrt.flags import deprecated_option
-from wanrt.options import FINITE_FLOAT, SEED, FiniteFloat, SectionedCommand, option_group
+from wanrt.commands.flags import deprecated_option
+from wanrt.commands.options import FINITE_FLOAT, SEED, FiniteFloat, SectionedCommand, option_group
 
 PRECISION_CHOICES = Precision.values()  # int8: openvino flavour
 
@@ -177,7 +177,7 @@ def build(onnx_dir, output, force, dry_run, progress, **kw):
     from wanrt.engines.build import build_engine_from_onnx_dir, configure_from_onnx_dir
 
     if kw.get("flavour") == "openvino":  # CPU / Intel GPU engines (issue 12)
-        from wanrt.engines.openvino_cli import build_openvino
+        from wanrt.commands.build_openvino import build_openvino
 
         return build_openvino(onnx_dir, output, force, dry_run, kw)
 
@@ -237,7 +237,7 @@ def refit(engine_dir, lora_file, rank, lora_scale, seed, allow_pickle, output, f
     from wanrt.engines.openvino import is_openvino_engine
 
     if is_openvino_engine(engine_dir):  # an OpenVINO swap: new LoRA weights, no recompile (issue 12)
-        from wanrt.engines.openvino_cli import refit_openvino
+        from wanrt.commands.build_openvino import refit_openvino
 
         return refit_openvino(engine_dir, lora_file, rank, lora_scale, seed, allow_pickle, output, force, dry_run)
     if dry_run:

@@ -1,0 +1,68 @@
+"""`wanrt generate`: image + prompt -> mp4 with any backend as the pipeline's transformer."""
+
+from __future__ import annotations
+
+import click
+
+from wanrt.commands.flags import deprecated_option
+from wanrt.commands.options import (FINITE_FLOAT, SEED, backend_option, device_options, lora_options,
+                                    lora_spec_from_kwargs, model_options, model_spec_from_kwargs, run_dtype_option)
+from wanrt.console import err_console, out_console
+from wanrt.errors import BadInputError
+from wanrt.export.presets import PRESETS
+from wanrt.parse import parse_int_list, parse_shape
+
+
+def _single_rank(kw) -> int | None:
+    ranks = parse_int_list(kw.get("rank"), "--rank")
+    if ranks and len(ranks) > 1:
+        raise BadInputError("--rank takes one value here (use 'wanrt bench --ranks' for sweeps)")
+    return ranks[0] if ranks else None
+
+
+@click.command()
+@click.option("--image", type=click.Path(dir_okay=False), required=True, help="Conditioning image (PNG/JPEG).")
+@click.option("--prompt", required=True)
+@click.option("--negative-prompt", default="", show_default=True)
+@backend_option("eager")
+@click.option("--artifact", type=click.Path(file_okay=False), default=None,
+              help="ONNX export directory (ort) or engine directory (trt). ort without it exports once into the "
+                   "cache.")
+@deprecated_option("--engine", "--artifact", "artifact", type=click.Path(file_okay=False))
+@model_options
+@lora_options
+@run_dtype_option
+@click.option("--pipeline", default=None,
+              help="A diffusers Wan I2V pipeline (directory or hub id) for VAE/encoders/scheduler; default: the "
+                   "tiny built-in pipeline sized to the model.")
+# 17 frames: the shortest video `wanrt eval` can also score with FVD (16-frame clips)
+@click.option("--shape", default="17x32x32", show_default=True, help="FRAMESxHEIGHTxWIDTH in pixels.")
+@click.option("--steps", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--guidance", type=FINITE_FLOAT, default=5.0, show_default=True,
+              help="Classifier-free guidance scale.")
+@click.option("--noise-seed", type=SEED, default=0, show_default=True, help="Seed of the initial noise.")
+@click.option("--fps", type=click.IntRange(1), default=16, show_default=True)
+@device_options
+@click.option("--cuda-graph", is_flag=True, help="TensorRT: capture a CUDA graph per shape.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Output .mp4.")
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
+def generate(**kw):
+    """Image + prompt -> mp4 with any backend as the pipeline's transformer."""
+    from wanrt.runtime.generate import GenerateSpec, generate as run
+
+    shape = parse_shape(kw["shape"], "--shape")
+    spec = GenerateSpec(prompt=kw["prompt"], negative_prompt=kw["negative_prompt"], frames=shape.frames,
+                        height=shape.height, width=shape.width, steps=kw["steps"], guidance=kw["guidance"],
+                        seed=kw["noise_seed"], fps=kw["fps"])
+    info = run(kw["image"], spec, kw["backend"], kw["output"], model_spec=model_spec_from_kwargs(kw),
+               lora_spec=lora_spec_from_kwargs(kw, _single_rank(kw)), engine=kw["artifact"], device=kw["device"],
+               pipeline=kw["pipeline"], force=kw["force"], threads=kw["threads"], cuda_graph=kw["cuda_graph"],
+               say=lambda m: err_console.print(f"[dim]{m}[/dim]"))
+    out_console.print(f"wrote {info['output']}: {info['frames']} frames {info['height']}x{info['width']}, "
+                      f"{info['dit_calls']} DiT calls with '{kw['backend']}' in {info['generate_s']:.1f} s",
+                      highlight=False)
+    if kw["model"] in PRESETS and kw["pipeline"] is None:
+        err_console.print(f"note: the '{kw['model']}' preset and the built-in pipeline have seeded random weights, "
+                          "so the video is colour noise, not your prompt: it shows the pipeline runs end to end. "
+                          "Pass --model and --pipeline of a real Wan2.1 I2V checkpoint for a real video.",
+                          highlight=False)
