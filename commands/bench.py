@@ -8,7 +8,9 @@ import click
 from rich import box
 from rich.table import Table
 
-from wanrt.choices import Backend, Precision
+from wanrt.choices import Reference
+from wanrt.engines import registry
+from wanrt.runtime.backend_names import Backend
 from wanrt.console import err_console, out_console
 from wanrt.errors import BadInputError
 from wanrt.commands.flags import deprecated_option, deprecation_line
@@ -106,7 +108,7 @@ def runs_table(results: dict) -> Table:
               help="Max relative error, fp8 (TensorRT) and int8 (OpenVINO, the CPU's counterpart).")
 @click.option("--gate-psnr", type=FiniteFloat(0), default=35.0, show_default=True, help="Min per-frame PSNR (dB).")
 @click.option("--gate-lpips", type=FiniteFloat(0), default=0.02, show_default=True, help="Max per-frame LPIPS.")
-@click.option("--reference", type=click.Choice(["eager", "finetuned"]), default="eager", show_default=True,
+@click.option("--reference", type=click.Choice(Reference.values()), default="eager", show_default=True,
               help="eager: every backend against eager fp32 of the same weights (engine parity). finetuned: every "
                    "LoRA rank against the full fine-tune --finetuned, the LoRAs extracted from it (rank vs full).")
 @click.option("--finetuned", default=None,
@@ -119,9 +121,10 @@ def runs_table(results: dict) -> Table:
               help="A prebuilt ONNX export (ort) or engine directory (trt) to time (single point only).")
 @deprecated_option("--engine", "--artifact", "artifact", type=click.Path(file_okay=False))
 @click.option("--cuda-graph", is_flag=True, help="TensorRT: capture a CUDA graph per shape.")
-@click.option("--precision", type=click.Choice(Precision.values()), default=None,
-              help="Precision of the engines built per point (trt).  [default: --dtype]")
-@deprecated_option("--trt-precision", "--precision", "precision", type=click.Choice(Precision.values()))
+@click.option("--precision", type=click.Choice(registry.precision_choices()), default=None,
+              help="Precision of the engine backends (each flavour refuses one it does not build here).  "
+                   "[default: --dtype; OpenVINO: fp32]")
+@deprecated_option("--trt-precision", "--precision", "precision", type=click.Choice(registry.precision_choices()))
 @click.option("--compile-mode", default=None, help="torch.compile mode (default, max-autotune, ...).")
 @click.option("--peak-size", type=click.IntRange(64), default=None,
               help="Matrix size of the matmul-peak measurement (default 2048 on CPU, 8192 on GPU).")

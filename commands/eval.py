@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from wanrt.choices import LpipsNet, ResizeMode
 from wanrt.errors import BadInputError
 from wanrt.commands.flags import deprecated_option
 
@@ -78,10 +79,10 @@ def _mean(values):
 @click.option("--weights", type=click.Path(path_type=Path), help="Directory with the converted weights "
               "(default: torch hub cache, then $WANRT_CACHE_DIR/weights).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write all results here.")
-@click.option("--lpips-net", type=click.Choice(["alex", "vgg"]), default="alex", show_default=True)
+@click.option("--lpips-net", type=click.Choice(LpipsNet.values()), default="alex", show_default=True)
 @click.option("--no-lpips", is_flag=True, help="Skip LPIPS.")
 @click.option("--no-fvd", is_flag=True, help="Skip FVD.")
-@click.option("--resize", type=click.Choice(["bilinear", "bilinear-tf1", "center-crop"]), default="bilinear",
+@click.option("--resize", type=click.Choice(ResizeMode.values()), default="bilinear",
               show_default=True, help="How frames reach I3D's 224x224.")
 @click.option("--clip-len", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--frame-step", type=click.IntRange(1), default=1, show_default=True)

@@ -10,7 +10,10 @@ from rich.table import Table
 
 from wanrt.console import err_console, out_console
 from wanrt.commands.build import engine_options
+from wanrt.engines import registry
 from wanrt.errors import BadInputError
+from wanrt.artifacts import MANIFEST_NAME
+from wanrt.manifests import EngineManifest, ExportManifest
 from wanrt.commands.flags import deprecation_line
 from wanrt.commands.options import (SectionedCommand, dtype_option, lora_options, lora_spec_from_kwargs,
                                     model_options, model_spec_from_kwargs, option_group)
@@ -25,20 +28,19 @@ def summary_table(rows: list[tuple[str, dict]], title: str = "wanrt export") -> 
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
     for col in ("output", "mode", "rank", "dtype", "ORT max rel err", "TensorRT parse", "s"):
         table.add_column(col, justify="right" if col in ("rank", "s") else "left")
-    for out, m in rows:
-        p, specs = m["payload"], m["specs"]
-        lora = p["lora"]
-        v = p["validation"]
+    for out, doc in rows:
+        m = ExportManifest.from_dict(doc, Path(out) / MANIFEST_NAME)
+        lora, v = m.lora, m.validation
         # a failed validation fails the export, so a manifest that exists passed it
         check = "skipped" if v.get("skipped") else f"{v['max_rel']:.1e} ok"
-        t = p["trt_parse"]
+        t = m.trt_parse
         if t.get("parsed") is None:
             parse = "not installed"
         else:
             parsers.add(f"{t['flavour']} {t['version']}")
             parse = f"{t['layers']} layers, " + ("ok" if not t["num_errors"] else f"{t['num_errors']} errors")
-        table.add_row(out, lora.get("mode") or "-", str(lora.get("rank", "-")), specs["export"]["dtype"], check,
-                      parse, f"{p['timings_s']['total']:.0f}")
+        table.add_row(out, lora.get("mode") or "-", str(lora.get("rank", "-")), m.export_specs["export"]["dtype"],
+                      check, parse, f"{m.timings_s['total']:.0f}")
     if parsers:
         table.caption = f"TensorRT parse by {', '.join(sorted(parsers))}; LoRA size and FLOPs in manifest.json"
     return table
@@ -81,7 +83,7 @@ def _export_spec(kw):
 
 def _max_batch(text: str | None) -> int:
     """--batch N or LO..HI: the graph accepts batches up to the top of the range (default 2: CFG in one call)."""
-    from wanrt.engines.profiles import parse_range  # the one parser of --batch/--frames ranges
+    from wanrt.engines.trt.profiles import parse_range  # the one parser of --batch/--frames ranges
 
     if text is None:
         return 2
@@ -160,7 +162,7 @@ def export(**kw):
       wanrt export --rank 16 --engine -o out/trt   # + OUTPUT/engine
     """
     from wanrt.artifacts import check_output_dir
-    from wanrt.engines.acceptance import tensorrt_acceptance
+    from wanrt.engines.trt.acceptance import tensorrt_acceptance
     from wanrt.export.api import export_model, export_ranks
 
     if kw["rank"] is not None and "," in str(kw["rank"]):
@@ -185,11 +187,9 @@ def export(**kw):
         rows = [(str(out), manifest)]
     built = None
     if kw["engine"]:
-        from wanrt.engines.build import build_engine_from_onnx_dir
-        from wanrt.commands.build import engine_spec_from_kwargs
-
-        spec = engine_spec_from_kwargs(kw)
-        built = [build_engine_from_onnx_dir(d, spec, Path(d) / "engine", force=kw["force"]) for d, _ in rows]
+        flavour = registry.get(kw["flavour"])
+        spec = flavour.spec(kw)
+        built = [flavour.build(d, spec, Path(d) / "engine", force=kw["force"]) for d, _ in rows]
     for note in kw.get("_notes", []):  # after the work: a bad input (found by the export itself) stays one line
         err_console.print(note, highlight=False, soft_wrap=True)
     # one table per command: with --engine, the engine's precision and size replace the TensorRT parse column
@@ -203,13 +203,16 @@ def export_engine_table(rows: list[tuple[str, dict]], engines: list[dict]) -> Ta
     table = Table(title="wanrt export --engine", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
     for col in ("output", "mode", "rank", "ORT max rel err", "engine", "MiB", "refit", "s"):
         table.add_column(col, justify="right" if col in ("rank", "MiB", "s") else "left")
-    for (out, m), e in zip(rows, engines):
-        lora, v, ep = m["payload"]["lora"], m["payload"]["validation"], e["payload"]
+    for (out, doc), e in zip(rows, engines):
+        m = ExportManifest.from_dict(doc, Path(out) / MANIFEST_NAME)
+        em = EngineManifest.from_dict(e, Path(out) / "engine" / MANIFEST_NAME)
+        lora, v = m.lora, m.validation
         check = "skipped" if v.get("skipped") else f"{v['max_rel']:.1e} ok"
-        seconds = m["payload"]["timings_s"]["total"] + ep["timings_s"]["total"]
-        table.add_row(out, lora.get("mode") or "-", str(lora.get("rank", "-")), check, ep["precision"],
-                      f"{ep['plan_bytes'] / 2**20:.1f}", ep["lora"]["refit"] or "no", f"{seconds:.0f}")
-    table.caption = f"engines by {engines[0]['payload']['trt']['label']} in <output>/engine; details in manifest.json"
+        seconds = m.timings_s["total"] + em.timings_s["total"]
+        table.add_row(out, lora.get("mode") or "-", str(lora.get("rank", "-")), check, em.precision,
+                      f"{em.plan_bytes / 2**20:.1f}", em.lora.get("refit") or "no", f"{seconds:.0f}")
+    by = registry.of_manifest(engines[0]).describe(engines[0])
+    table.caption = f"engines by {by} in <output>/engine; details in manifest.json"
     return table
 
 
@@ -220,7 +223,7 @@ def export_engine_table(rows: list[tuple[str, dict]], engines: list[dict]) -> Ta
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 def demo(output, rank, force):
     """Export the tiny preset with a rank-16 LoRA merged and separate, validate both, print a summary."""
-    from wanrt.engines.acceptance import tensorrt_acceptance
+    from wanrt.engines.trt.acceptance import tensorrt_acceptance
     from wanrt.export.api import LoraSpec, export_model
     from wanrt.export.model import ModelSpec
     from wanrt.export.onnx_export import ExportSpec

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from wanrt.choices import Dtype
+from wanrt.choices import ComfyuiKeys, Dtype, LoraFormat, SvdMethod
 from wanrt.console import err_console, out_console
 from wanrt.export.targets import TARGET_GROUPS  # torch-free: `extract --help` imports no torch
 from wanrt.commands.options import model_options, model_spec_from_kwargs
@@ -33,13 +33,13 @@ def extract_table(manifest: dict) -> Table:
               help="Ranks to extract, e.g. 4,8,16,32 (one file each); `--rank 16` for one.")
 @click.option("--targets", default="all", show_default=True,
               help=f"Target group ({', '.join(TARGET_GROUPS)}) or comma list of module patterns.")
-@click.option("--format", "fmt", type=click.Choice(["diffusers", "peft", "comfyui", "kohya"]), default="diffusers",
+@click.option("--format", "fmt", type=click.Choice(LoraFormat.values()), default="diffusers",
               show_default=True, help="LoRA file format.")
-@click.option("--comfyui-keys", type=click.Choice(["lora_A", "lora_down"]), default="lora_A", show_default=True)
+@click.option("--comfyui-keys", type=click.Choice(ComfyuiKeys.values()), default="lora_A", show_default=True)
 @click.option("--keep-diff", is_flag=True,
               help="Also write the changed norms/embeddings/modulation as full .diff/.diff_b tensors "
                    "(ComfyUI format).")
-@click.option("--svd", type=click.Choice(["auto", "exact", "randomized"]), default="auto", show_default=True,
+@click.option("--svd", type=click.Choice(SvdMethod.values()), default="auto", show_default=True,
               help="auto: randomized SVD (with an a-posteriori accuracy check) for matrices whose smaller side is "
                    ">= 2048, exact otherwise.")
 @click.option("--save-dtype", type=click.Choice(Dtype.values()), default="fp32", show_default=True,

@@ -18,6 +18,7 @@ import click
 from click.utils import make_default_short_help
 
 from wanrt import __version__
+from wanrt.engines import registry
 from wanrt.errors import MissingDependencyError, StorageError, WanrtError, os_error_line
 from wanrt.quiet import quiet_expected_notices
 
@@ -44,8 +45,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 # name -> ((importable modules, any one suffices), what to install), ...
 REQUIRES: dict[str, tuple[tuple[tuple[str, ...], str], ...]] = {
     "generate": ((("imageio",), "pip install 'wanrt[video]'"), (("imageio_ffmpeg",), "pip install 'wanrt[video]'")),
-    "build": ((("tensorrt", "tensorrt_rtx", "tensorrt_rtx_bindings", "openvino"),
-               "pip install 'wanrt[rtx]' (or [trt], or [openvino] for CPU engines)"),),
+    # any registered engine flavour (engines/registry.py) will do
+    "build": ((tuple(m for f in registry.flavours() for m in f.modules),
+               "pip install " + " or ".join(dict.fromkeys(f"'wanrt[{f.extra}]'" for f in registry.flavours()))),),
     "serve": ((("ray",), "pip install 'wanrt[serve]'"), (("fastapi",), "pip install 'wanrt[serve]'"),
               (("multipart", "python_multipart"), "pip install 'wanrt[serve]'"),
               (("imageio_ffmpeg",), "pip install 'wanrt[serve]'")),

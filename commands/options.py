@@ -8,7 +8,8 @@ from typing import Callable
 import click
 
 # nothing here may import torch: every subcommand's options are declared at import, and `--help` must stay instant
-from wanrt.choices import Backend, Dtype, LoraMode
+from wanrt.choices import Dtype, LoraMode
+from wanrt.runtime.backend_names import Backend
 from wanrt.export.presets import PRESETS
 from wanrt.export.targets import TARGET_GROUPS
 from wanrt.commands.flags import deprecated_option

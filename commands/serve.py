@@ -13,9 +13,14 @@ from pathlib import Path
 import click
 
 from wanrt.console import err_console, out_console
+from wanrt.engines import registry
 from wanrt.errors import BadInputError
 from wanrt.commands.flags import deprecated_option
 from wanrt.commands.options import FiniteFloat  # FloatRange takes nan and inf
+
+# backends that run an ONNX export (ORT, and the flavours that compile one on load), and those that need a built engine
+EXPORT_BACKENDS = ("ort", *registry.export_backends())
+ENGINE_ONLY = tuple(b for b in registry.backends() if b not in EXPORT_BACKENDS)
 
 
 def _pairs(values: tuple[str, ...], flag: str) -> list[tuple[str, str]]:
@@ -58,9 +63,9 @@ def pack(output, engines, loras, name, force):
         raise BadInputError("pack needs at least one --artifact NAME=DIR (an export or engine directory)")
     manifest = pack_bundle(output, _pairs(engines, "--artifact"), _pairs(loras, "--lora"), name=name, force=force,
                            say=lambda m: err_console.print(f"[dim]{m}[/dim]"))
-    p = manifest["payload"]
-    out_console.print(f"wrote bundle {output} ('{p['name']}'): {len(p['engines'])} engine(s), {len(p['loras'])} "
-                      f"LoRA(s), {len(p['files'])} files, {sum(p['sizes'].values()) / 2**20:.1f} MiB")
+    out_console.print(f"wrote bundle {output} ('{manifest.name}'): {len(manifest.engines)} engine(s), "
+                      f"{len(manifest.loras)} LoRA(s), {len(manifest.files)} files, "
+                      f"{sum(manifest.sizes.values()) / 2**20:.1f} MiB")
 
 
 @click.command()
@@ -97,9 +102,10 @@ def verify(bundle, no_hashes):
 @click.argument("source", required=False, type=click.Path(file_okay=False, exists=True))
 # the README's old spelling (`serve --engine DIR`): the directory is the SOURCE argument now
 @deprecated_option("--engine", "serve DIR", "source", type=click.Path(file_okay=False, exists=True))
-@click.option("--backend", type=click.Choice(["auto", "ort", "ov", "trt", "eager"]), default="auto",
-              show_default=True, help="auto: what each engine was built for (ONNX -> ort). 'ov' runs ONNX exports "
-                                      "with OpenVINO; 'eager' serves --model without a bundle.")
+@click.option("--backend", type=click.Choice(["auto", *EXPORT_BACKENDS, *ENGINE_ONLY, "eager"]), default="auto",
+              show_default=True, help="auto: what each engine was built for (ONNX -> ort). "
+              + ", ".join(f"'{b}'" for b in EXPORT_BACKENDS[1:]) + " also run ONNX exports; 'eager' serves --model "
+              "without a bundle.")
 @click.option("--model", default="tiny", show_default=True, help="Preset served by --backend eager.")
 @click.option("--pipeline", default=None, help="diffusers Wan I2V pipeline (VAE/encoders); default: tiny built-in.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (beyond loopback needs --token).")
@@ -175,22 +181,23 @@ def _catalog(kw):
     if not kw["source"]:
         raise BadInputError("serve needs a bundle (wanrt pack) or an export/engine directory, or --backend eager")
     catalog = load_catalog(kw["source"], verify=not kw["no_verify"], pipeline=kw["pipeline"])
-    if kw["backend"] in ("ort", "ov"):
+    if kw["backend"] in EXPORT_BACKENDS:
         engines = []
         for e in catalog.engines:
-            if e.backend not in ("ort", "ov"):
+            if e.backend not in EXPORT_BACKENDS:
                 raise BadInputError(f"--backend {kw['backend']}: engine '{e.name}' is a {e.backend} engine")
             engines.append(replace(e, backend=kw["backend"]))
         catalog.engines = engines
-    elif kw["backend"] == "trt" and any(e.backend != "trt" for e in catalog.engines):
-        raise BadInputError("--backend trt: the bundle holds engines that are not TensorRT engines")
+    elif kw["backend"] in ENGINE_ONLY and any(e.backend != kw["backend"] for e in catalog.engines):
+        label = registry.for_backend(kw["backend"]).label
+        raise BadInputError(f"--backend {kw['backend']}: the bundle holds engines that are not {label} engines")
     return catalog
 
 
 def _replica_spec(kw, catalog):
     from wanrt.runtime.serving.ray_app import ReplicaSpec
 
-    gpu = any(e.backend == "trt" for e in catalog.engines)
+    gpu = any(getattr(registry.for_backend(e.backend), "runtime_device", "cpu") == "cuda" for e in catalog.engines)
     if gpu:
         import ray
 

@@ -1,5 +1,6 @@
-"""TensorRT engines for exported Wan ONNX graphs: flavour shim (tensorrt / tensorrt_rtx), optimization profiles,
-FP8 quantization, build with a content-addressed cache, LoRA refit, and a torch runtime (TRTEngine).
+"""Engines for exported Wan ONNX graphs, one flavour per folder behind one registry (`registry.py`): TensorRT and
+TensorRT-RTX (`trt/`: flavour shim, profiles, FP8, build, runtime, refit), OpenVINO (`openvino/`); shared by all:
+the content-addressed engine cache, reading an export directory, and LoRA swap as data.
 
-Nothing here imports TensorRT at package import; `wanrt.engines.flavour.load_flavour` does, on first use.
+Nothing here imports TensorRT or OpenVINO at package import; a flavour does, on first use.
 """

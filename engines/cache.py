@@ -17,7 +17,7 @@ import fcntl
 import os
 import shutil
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from wanrt.artifacts import (
     confined_path,
     read_manifest,
     sha256_file,
+    writable_cache,
     write_json,
 )
 from wanrt.errors import BadInputError, WanrtError, os_error_line
@@ -71,6 +72,22 @@ def engine_cache_dir(spec: Any) -> Path:
     """Where built engines are cached (TensorRT and OpenVINO): --cache-dir, else the one cache root's engines/
     ($WANRT_CACHE_DIR)."""
     return Path(spec.cache_dir) if spec.cache_dir else cache_root("engines")
+
+
+def engine_in_cache(cache_dir: str | os.PathLike | None, key: str, build: Callable[[Path], Any]) -> Path:
+    """The engine directory of `key` in the shared engine cache, built first on a miss (`build(out)` writes the
+    engine to `out` and stores it under its key, as every flavour's build does): what a runtime handed an export
+    instead of an engine loads, read-only and in place, so `wanrt build`, bench and the runtime share one copy per
+    key. A cache that cannot be written leaves the build where it was made (a private folder removed at exit)."""
+    cache = EngineCache(Path(cache_dir) if cache_dir else cache_root("engines"))
+    if cache.lookup(key) is not None:
+        return cache.path(key)
+    out = writable_cache("engines") / f".runtime-{key}"
+    build(out)
+    if cache.lookup(key) is None:
+        return out
+    _remove(out)
+    return cache.path(key)
 
 
 def copy_out(src: Path, dst: Path) -> None:

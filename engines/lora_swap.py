@@ -1,7 +1,7 @@
 """LoRA hot-swap without rebuilding, for graphs that keep the LoRA as its own branch (separate-mode exports).
 
 A separate-mode export names its branch weights `lora.<module>.A` ([in, r]), `.B` ([r, out], scale folded in) and
-`.bias` (engines/refit.py; export/api.py writes the names into the manifest). TensorRT swaps them by refit. The
+`.bias` (engines/trt/refit.py; export/api.py writes the names into the manifest). TensorRT swaps them by refit. The
 CPU runtimes swap them as data:
 
 - ONNX Runtime: an initializer that is also listed as a graph input is an *overridable initializer* (ONNX IR >= 4):
@@ -9,10 +9,10 @@ CPU runtimes swap them as data:
   LoRA initializers as inputs in a copy of the graph proto (the weights stay where they are, external data
   included), and the backend binds the current LoRA tensors on every run. Only the small LoRA MatMuls lose ORT's
   constant pre-packing; the base weights stay constants.
-- OpenVINO: the LoRA Constants become Parameters before compiling (engines/openvino.py); the tensors are set on
+- OpenVINO: the LoRA Constants become Parameters before compiling (engines/openvino/engine.py); the tensors are set on
   the infer request once per swap.
 
-The weights for a new LoRA come from `engines.refit.refit_weights`: one place for the branch layout (A^T,
+The weights for a new LoRA come from `engines.trt.refit.refit_weights`: one place for the branch layout (A^T,
 scale * B^T, bias), the zero-padding of a smaller rank (exact: (x [A 0]) [B; 0] = x A B), and the refusals (other
 module set, larger rank, a bias the graph has no weight for), each one LoraError line.
 """
@@ -52,7 +52,7 @@ def loaded_from_export(lora: dict[str, Any]) -> dict[str, Any]:
 def swap_weights(section: dict[str, Any], lora) -> dict[str, Any]:
     """{weight name: contiguous CPU torch tensor} for `lora` (LoraWeights; None = no LoRA, all zeros) in the
     graph's layout and dtype. LoraError (one line) for a wrong module set or a larger rank."""
-    from wanrt.engines.refit import check_weights_against_manifest, refit_weights
+    from wanrt.engines.trt.refit import check_weights_against_manifest, refit_weights  # lazy: torch, at a swap
 
     manifest = {"payload": {"lora": section, "precision": "fp32"}}
     weights = refit_weights(manifest, lora)

@@ -14,18 +14,20 @@ from typing import Any, Callable
 import torch
 
 from wanrt import lora_layout
-from wanrt.choices import LoraMode
-from wanrt.dit_io import DitIO, ShapeRange, VideoShape
 from wanrt.artifacts import atomic_output_dir, build_manifest, sha256_file, spec_hash, write_manifest
+from wanrt.choices import LoraMode
 from wanrt.console import StepProgress
+from wanrt.dit_io import DitIO, ShapeRange, VideoShape
 from wanrt.errors import BadInputError, LoraError
 from wanrt.memory import release_memory
 from wanrt.export.lora import (LoraWeights, apply_lora, dense_reference, lora_flops_per_token,
                                resolve_targets, rerank, synthetic_lora)
+from wanrt.export import validate
+from wanrt.export.finetuned import finetuned_reference
+from wanrt.export.finite import check_finite_initializers
+from wanrt.export.lora_formats import load_lora_file
 from wanrt.export.model import ModelSpec, load_transformer, model_geometry, preset_config
 from wanrt.export.onnx_export import ExportSpec, export_onnx
-from wanrt.export import validate
-from wanrt.export.finite import check_finite_initializers
 
 # A check of the saved graph by a consumer above the export layer: path -> report (manifest `trt_parse`).
 Acceptance = Callable[[Path], dict[str, Any]]
@@ -61,13 +63,10 @@ def resolve_lora(model: torch.nn.Module, spec: LoraSpec) -> tuple[LoraWeights | 
     if not spec.enabled:
         return None, None
     if spec.finetuned is not None:  # loading a full fine-tune is applying it: its LoraWeights carry no deltas
-        from wanrt.export.finetuned import finetuned_reference
 
         return finetuned_reference(model, spec), None
     energy = None
     if spec.file is not None:
-        from wanrt.export.lora_formats import load_lora_file
-
         lora = load_lora_file(spec.file, model, lora_scale=spec.scale, allow_pickle=spec.allow_pickle)
         if spec.targets != "all":
             keep = set(resolve_targets(model, spec.targets))
@@ -137,7 +136,7 @@ def export_model(model_spec: ModelSpec, lora_spec: LoraSpec, export_spec: Export
                  force: bool = False, progress: bool | None = None,
                  acceptance: Acceptance | None = None, say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Export one (model, LoRA, mode) to `out_dir` atomically; returns the manifest. `acceptance`: a check of the
-    saved graph by a consumer (wanrt.engines.acceptance.tensorrt_acceptance), recorded as `trt_parse`. `say`: gets
+    saved graph by a consumer (wanrt.engines.trt.acceptance.tensorrt_acceptance), recorded as `trt_parse`. `say`: gets
     a line per step where no progress bar shows."""
     with atomic_output_dir(out_dir, force=force, kind="onnx") as tmp:  # refuses a bad out_dir before any work
         return _export_into(model_spec, lora_spec, export_spec, tmp, progress, acceptance, say)

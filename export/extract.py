@@ -30,15 +30,19 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from wanrt.artifacts import atomic_output_dir, build_manifest, check_output_dir, sha256_file, write_manifest
+from wanrt.choices import Dtype, LoraFormat, SvdMethod
+from wanrt.dit_io import TORCH_DTYPES
 from wanrt.errors import BadInputError
+from wanrt.export.finetuned import CheckpointWeights, ModuleWeights, check_geometry, open_finetuned, to_wan_param_name
 from wanrt.export.lora import LoraModule, LoraWeights, check_rank, linear_modules, resolve_targets
+from wanrt.export.lora_formats import save_lora_file
+from wanrt.export.model import load_transformer
 
 RANDOMIZED_MIN_DIM = 2048  # auto: randomized SVD at or above this smaller side ...
 RANDOMIZED_MAX_FRACTION = 0.25  # ... when the largest rank + oversampling is at most this fraction of it
 RANDOMIZED_TOLERANCE = 0.05  # residual spectral norm <= (1 + tol) * s_{k+1} estimate
 EXACT_FLOAT64_MAX = 16 * 2**20  # entries: float64 LAPACK below, float32 above (time and memory)
-SVD_METHODS = ("auto", "exact", "randomized")
-SAVE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -153,8 +157,7 @@ def extract_lora(model: nn.Module, base, finetuned, spec: ExtractSpec,
                  say: Callable[[str], None] | None = None) -> Extraction:
     """Truncated SVD of every target delta at every rank of `spec`. `model` gives module names and shapes (it may
     live on the meta device); `base` / `finetuned` are weight readers (wanrt.export.finetuned)."""
-    if spec.svd not in SVD_METHODS:
-        raise BadInputError(f"--svd {spec.svd!r}: choose one of {', '.join(SVD_METHODS)}")
+    SvdMethod.parse(spec.svd, "--svd")
     targets = resolve_targets(model, spec.targets)
     check_ranks(model, targets, spec.ranks)
     linears = linear_modules(model)
@@ -195,7 +198,7 @@ def extract_lora(model: nn.Module, base, finetuned, spec: ExtractSpec,
             say(f"SVD {i + 1}/{len(targets)} {name} ({record['method']}, {time.perf_counter() - t0:.1f} s)")
 
     others, diffs, other_energy = _other_changes(model, base, finetuned, set(targets), set(linears), spec.keep_diff)
-    dtype = SAVE_DTYPES[spec.save_dtype]
+    dtype = TORCH_DTYPES[spec.save_dtype]
     loras = {}
     for r in spec.ranks:
         mods = {n: LoraModule(down=a[:r].to(dtype).contiguous(), up=b[:, :r].to(dtype).contiguous(),
@@ -256,9 +259,6 @@ def _other_changes(model, base, finetuned, targets: set[str], linears: set[str],
 def open_base(model_spec) -> tuple[nn.Module, Any]:
     """(module skeleton, base weight reader). A local checkpoint streams (the skeleton lives on the meta device:
     names and shapes, no memory); a preset is built (its weights exist only by construction), as is a hub id."""
-    from wanrt.export.finetuned import CheckpointWeights, ModuleWeights, check_geometry
-    from wanrt.export.model import load_transformer
-
     path = Path(model_spec.source).expanduser()
     if not model_spec.is_preset and path.is_dir():
         from diffusers import WanTransformer3DModel
@@ -284,17 +284,11 @@ def extract_to_dir(model_spec, spec: ExtractSpec, out_dir: str | Path, force: bo
                    say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """`wanrt extract`: every check before any work, then one LoRA file per rank and manifest.json, written
     atomically (nothing is left behind on failure)."""
-    from wanrt.artifacts import atomic_output_dir, build_manifest, check_output_dir, sha256_file, write_manifest
-    from wanrt.export.finetuned import open_finetuned
-    from wanrt.export.lora_formats import FORMATS, save_lora_file
-
-    if spec.format not in FORMATS:
-        raise BadInputError(f"--format {spec.format!r}: choose one of {', '.join(FORMATS)}")
+    LoraFormat.parse(spec.format, "--format")
     if spec.keep_diff and spec.format != "comfyui":
         raise BadInputError("--keep-diff writes full .diff tensors, which only the ComfyUI format has: add "
                             "--format comfyui")
-    if spec.save_dtype not in SAVE_DTYPES:
-        raise BadInputError(f"--save-dtype {spec.save_dtype!r}: choose one of {', '.join(SAVE_DTYPES)}")
+    Dtype.parse(spec.save_dtype, "--save-dtype")
     check_output_dir(out_dir, force, kind=EXTRACT_KIND)
     model, base = open_base(model_spec)
     check_ranks(model, resolve_targets(model, spec.targets), spec.ranks)
@@ -324,8 +318,6 @@ EXTRACT_KIND = "lora-extract"
 def _diff_keys(diffs: dict[str, torch.Tensor], save_dtype: str) -> dict[str, torch.Tensor]:
     """Full deltas keyed as ComfyUI/Kijai write them: `diffusion_model.<wan module>.diff` (weights, tables) and
     `.diff_b` (biases)."""
-    from wanrt.export.finetuned import to_wan_param_name
-
     out = {}
     for name, d in diffs.items():
         wan = to_wan_param_name(name)
@@ -336,5 +328,5 @@ def _diff_keys(diffs: dict[str, torch.Tensor], save_dtype: str) -> dict[str, tor
             key = f"diffusion_model.{stem}.diff"
         else:  # a bare parameter (modulation tables)
             key = f"diffusion_model.{wan}.diff"
-        out[key] = d.to(SAVE_DTYPES[save_dtype])
+        out[key] = d.to(TORCH_DTYPES[save_dtype])
     return out

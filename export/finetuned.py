@@ -24,16 +24,16 @@ import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Protocol
+from typing import Any, Iterable, Protocol
 
 import torch
 from torch import nn
 
-from wanrt.errors import BadInputError, ModelSourceError
-from wanrt.export.lora import SYNTHETIC_RELATIVE_NORM
-
-if TYPE_CHECKING:
-    from wanrt.export.lora import LoraWeights
+from wanrt.artifacts import confined_path
+from wanrt.errors import BadInputError, LoraError, ModelSourceError
+from wanrt.export.lora import LoraWeights, SYNTHETIC_RELATIVE_NORM, resolve_targets
+from wanrt.export.model import load_transformer
+from wanrt.jsonio import read_json
 
 # Fitted to the per-projection energy table of a real full fine-tune delta (Llama-2-7b-chat minus Llama-2-7b,
 # energy kept at k = 1/4/16/64 of 4096 for q/k/v/o_proj; see docs/rank-study.md): sigma_i ~ i^-0.28.
@@ -145,9 +145,6 @@ def _files_of(path: Path) -> tuple[list[Path], Path]:
             raise ModelSourceError(f"{path}: no .safetensors weights{what}")
         return files, path
     if path.name.endswith(".index.json"):
-        from wanrt.artifacts import confined_path
-        from wanrt.jsonio import read_json
-
         try:
             weight_map = read_json(path)["weight_map"]  # bounded: size and depth
             shards = set(weight_map.values())
@@ -306,8 +303,6 @@ class SyntheticWeights:
     """The synthetic fine-tune of a base, one tensor at a time (base + its seeded delta)."""
 
     def __init__(self, base: WeightReader, model: nn.Module, synthetic: SyntheticFinetune):
-        from wanrt.export.lora import resolve_targets
-
         self.base, self.synthetic = base, synthetic
         self.linear_weights = {f"{n}.weight" for n in resolve_targets(model, synthetic.targets)}
 
@@ -392,8 +387,6 @@ def load_finetuned_into(model: nn.Module, reader: WeightReader) -> dict[str, Any
 def finetuned_model(model_spec, source: str, seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
     """The full fine-tune as a model: `--model`'s transformer (load_transformer, same casts) with the fine-tune's
     weights streamed in."""
-    from wanrt.export.model import load_transformer
-
     model = load_transformer(model_spec)
     # a synthetic fine-tune reads each base tensor just before overwriting it (each delta depends on its own
     # tensor only), so no second copy of the model is needed
@@ -404,9 +397,6 @@ def finetuned_model(model_spec, source: str, seed: int = 0) -> tuple[nn.Module, 
 def finetuned_reference(model: nn.Module, spec) -> LoraWeights:
     """LoraSpec(finetuned=..., mode="full") -> the fine-tune's weights streamed into `model` (in place), and a
     LoraWeights with no deltas (apply_lora then has nothing left to do) whose source says what was loaded."""
-    from wanrt.errors import LoraError
-    from wanrt.export.lora import LoraWeights
-
     if spec.mode != "full":
         raise LoraError(f"--finetuned is a full fine-tune: use it with --lora-mode full (not {spec.mode}), or "
                         f"extract LoRAs from it with 'wanrt extract'")

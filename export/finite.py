@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wanrt.artifacts import confined_path
 from wanrt.errors import BadInputError
 
 _CHUNK = 1 << 26  # elements per read: bounded memory on multi-GB external data
@@ -41,8 +42,6 @@ _STORAGE = {1: np.float32, 11: np.float64, 10: np.uint16, 16: np.uint16, 17: np.
 
 
 def _external_location(tensor, base: Path) -> tuple[Path, int, int | None]:
-    from wanrt.artifacts import confined_path
-
     info = {e.key: e.value for e in tensor.external_data}
     length = int(info["length"]) if "length" in info else None
     return confined_path(base, info.get("location", ""), "external data"), int(info.get("offset", 0) or 0), length

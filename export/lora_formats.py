@@ -51,12 +51,12 @@ from wanrt.export.lora import LoraModule, LoraWeights, check_fits, linear_module
 
 from wanrt.artifacts import atomic_path, sha256_file, write_text_atomic
 from wanrt import jsonio
+from wanrt.choices import ComfyuiKeys, LoraFormat
 from wanrt.errors import BadInputError, LoraError, WanrtError
 from wanrt.jsonio import read_json
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("diffusers", "peft", "comfyui", "kohya")
 PICKLE_SUFFIXES = (".pt", ".ckpt", ".bin", ".pth")
 METADATA_KEY = "lora_adapter_metadata"  # diffusers' LORA_ADAPTER_METADATA_KEY
 PEFT_WEIGHT_NAMES = ("adapter_model.safetensors", "pytorch_lora_weights.safetensors", "adapter_model.bin",
@@ -587,10 +587,8 @@ def lora_state_dict(lora: LoraWeights, format: str, comfyui_keys: str = "lora_A"
     """The tensors of `lora` keyed as `format` writes them (see save_lora_file)."""
     if lora.dense is not None:
         raise LoraError("a dense (full) reference is not a LoRA and cannot be written as a LoRA file")
-    if format not in FORMATS:
-        raise LoraError(f"LoRA format {format!r}: choose one of {', '.join(FORMATS)}")
-    if comfyui_keys not in ("lora_A", "lora_down"):
-        raise LoraError(f"comfyui_keys {comfyui_keys!r}: choose lora_A or lora_down")
+    LoraFormat.parse(format, "LoRA format", LoraError)
+    ComfyuiKeys.parse(comfyui_keys, "comfyui_keys", LoraError)
     sd: dict[str, torch.Tensor] = {}
     for name, m in lora.modules.items():
         if format in ("diffusers", "peft"):

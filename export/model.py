@@ -9,17 +9,16 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
-from wanrt.errors import ModelSourceError, BadInputError
+from wanrt.dit_io import TORCH_DTYPES
+from wanrt.errors import BadInputError, ModelSourceError, NetworkError
 from wanrt.export.presets import PRESETS, Preset
-
-DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
+from wanrt.manifests import EngineManifest, ExportManifest
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -40,7 +39,13 @@ class ModelSpec:
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
+        return TORCH_DTYPES[self.dtype]
+
+
+def exported_model_spec(manifest: ExportManifest | EngineManifest) -> ModelSpec:
+    """The model an export (or the export an engine was built from) was traced from, in the graph's dtype."""
+    spec = ModelSpec(**manifest.export_specs.get("model", {}))
+    return replace(spec, dtype=manifest.dtype or spec.dtype)
 
 
 def _is_kept_fp32(name: str, keep: tuple[str, ...]) -> bool:
@@ -156,8 +161,6 @@ def _hub_access(repo_id: str, subfolder: str | None) -> dict[str, Any]:
     and a cached copy exists; otherwise one true line (NetworkError, exit 4) before the hub client retries."""
     from huggingface_hub import try_to_load_from_cache
 
-    from wanrt.errors import NetworkError
-
     config = f"{subfolder}/config.json" if subfolder else "config.json"
     cached = isinstance(try_to_load_from_cache(repo_id, config), str)
     if os.environ.get("HF_HUB_OFFLINE") == "1":
@@ -179,8 +182,8 @@ def load_transformer(spec: ModelSpec) -> torch.nn.Module:
     """ModelSpec -> WanTransformer3DModel in eval mode, on CPU, in spec.dtype."""
     from diffusers import WanTransformer3DModel
 
-    if spec.dtype not in DTYPES:
-        raise BadInputError(f"--dtype {spec.dtype}: choose one of {', '.join(DTYPES)}")
+    if spec.dtype not in TORCH_DTYPES:
+        raise BadInputError(f"--dtype {spec.dtype}: choose one of {', '.join(TORCH_DTYPES)}")
     if spec.is_preset:
         # 1. build in fp32 from a fixed seed so a preset is the same model on every machine
         with torch.random.fork_rng(devices=[]), _cast_linears_as_built(spec.torch_dtype):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from wanrt.video_shape import VideoShape  # torch-free: the CLI lists presets at import time
+from wanrt.io_contract import VideoShape  # torch-free: the CLI lists presets at import time
 
 
 @dataclass(frozen=True)

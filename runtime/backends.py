@@ -3,7 +3,8 @@
     eager    PyTorch as diffusers runs it (fp32/bf16/fp16, SDPA attention): the reference
     compile  torch.compile of the repeated transformer block (regional) or of the whole model
     ort      ONNX Runtime on an exported artifact (CPU EP; CUDA EP with I/O bound to torch tensors)
-    trt      a TensorRT engine through wanrt.engines.runtime (torch CUDA tensors, shapes per call, CUDA graphs)
+    and one backend per engine flavour's runtime (engines/registry.py: trt for TensorRT and TensorRT-RTX, ov for
+    OpenVINO), each an EngineBackend around the flavour's runner
 
 All take and return torch tensors. Inputs are cast to the backend's dtype and moved to its device; `timestep` is
 float32 [B]. Backends are selected by name (`create_backend`); a missing optional dependency raises
@@ -20,15 +21,18 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 
-from wanrt.artifacts import (artifact_kind, cache_root, check_artifact_files, confined_path, read_manifest,
+from wanrt.artifacts import (MANIFEST_NAME, cache_root, check_artifact_files, confined_path,
                              spec_hash, writable_cache)
-from wanrt.engines import runtime as engine_runtime
-from wanrt.engines.acceptance import tensorrt_acceptance
+from wanrt.engines.lora_swap import loaded_identity, swap_weights, overridable_onnx, swap_section
+from wanrt.engines.onnx_dir import onnx_initializer_info
+from wanrt.engines import registry
+from wanrt.engines.trt.acceptance import tensorrt_acceptance
 from wanrt.errors import BadInputError, EngineError, MissingDependencyError, WanrtError
 from wanrt.export.api import export_model, resolve_lora
 from wanrt.export.lora import apply_lora
 from wanrt.export.model import load_transformer
 from wanrt.export.onnx_export import ExportSpec
+from wanrt.manifests import EngineManifest, ExportManifest
 
 # ONNX TensorProto element types (onnx.TensorProto.*), for ORT I/O binding without importing onnx.
 _ONNX_ELEM = {torch.float32: 1, torch.float16: 10, torch.bfloat16: 16}
@@ -221,11 +225,10 @@ class OrtBackend(BackendBase):
             raise BadInputError(f"{artifact}: a bf16 graph needs the CUDA EP (ORT's CPU EP has no bf16 kernels); "
                                 "export fp32 or fp16 for CPU")
         self.out_dtype = _ORT_TYPE[self.session.get_outputs()[0].type]
-        geometry = manifest.get("payload", {}).get("geometry", {})
-        config = _config_from_geometry(geometry)
+        config = _config_from_geometry(manifest.geometry)
         super().__init__(io_dtype, device, config)
         self.manifest, self.artifact, self.threads = manifest, artifact, threads
-        self.shape_ranges = manifest.get("payload", {}).get("shape_ranges")
+        self.shape_ranges = manifest.shape_ranges
         self.providers = self.session.get_providers()
         self.out_channels = config.get("out_channels", 16)
         # LoRA hot-swap (issue 12): the session is rebuilt once with the LoRA initializers overridable
@@ -258,15 +261,13 @@ class OrtBackend(BackendBase):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "artifact": str(self.artifact), "providers": self.providers,
-                "threads": self.threads, "sha256": self.manifest.get("payload", {}).get("sha256")}
+                "threads": self.threads, "sha256": self.manifest.sha256}
 
     def set_lora(self, lora, source: dict[str, Any] | None = None) -> dict[str, Any]:
         """Swap the LoRA of a separate-mode export without reloading its weights (see notes in
         wanrt.engines.lora_swap): `lora` is a LoraWeights of the same module set with rank <= the exported one
         (zero-padded), None removes it. The first call rebuilds the session once with the LoRA initializers
         overridable (setup['swap_session_s']); later calls only bind new tensors."""
-        from wanrt.engines.lora_swap import loaded_identity, swap_weights
-
         t0 = time.perf_counter()
         if self._lora_section is None:
             self._make_swappable()
@@ -277,12 +278,10 @@ class OrtBackend(BackendBase):
         return {"swap_s": time.perf_counter() - t0, "weights": len(weights), "loaded": self._lora_section["loaded"]}
 
     def _make_swappable(self) -> None:
-        from wanrt.engines.onnx_dir import onnx_initializer_info
-        from wanrt.engines.lora_swap import overridable_onnx, swap_section
-
         ort = _require_ort()
         onnx_path, opts, providers = self._session_args
-        section = swap_section(self.manifest, onnx_initializer_info(onnx_path))  # EngineError: not separate mode
+        # EngineError: not separate mode
+        section = swap_section(self.manifest.document, onnx_initializer_info(onnx_path))
         t0 = time.perf_counter()
         # the proto is loaded without its weights; ORT finds external data beside the original file
         opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(onnx_path.parent))
@@ -302,21 +301,20 @@ class OrtBackend(BackendBase):
         self.setup["swap_session_s"] = time.perf_counter() - t0
 
 
-def load_onnx_artifact(directory: Path, verify: bool = False) -> tuple[dict[str, Any], Path]:  # noqa: ARG001
+def load_onnx_artifact(directory: Path, verify: bool = False) -> tuple[ExportManifest, Path]:  # noqa: ARG001
     """Check an export directory's manifest (kind onnx) and the sha256 of every file it lists before touching
     weights. `verify` is kept for callers; the check no longer depends on it."""
     if not directory.is_dir():
         raise BadInputError(f"{directory}: not a directory (want an export directory with model.onnx)")
-    manifest = read_manifest(directory, kind="onnx")
-    payload = manifest.get("payload", {})
-    onnx_path = confined_path(directory, payload.get("onnx", "model.onnx"), "payload.onnx")
+    manifest = ExportManifest.read(directory)
+    onnx_path = confined_path(directory, manifest.onnx, "payload.onnx")
     if not onnx_path.is_file():
         raise BadInputError(f"{onnx_path}: missing (the manifest names it)")
-    external = payload.get("external_data")
+    external = manifest.external_data
     if external and not confined_path(directory, external, "payload.external_data").is_file():
         raise BadInputError(f"{directory / str(external)}: external data file missing")
     # always, not only with verify: what runs is what the manifest describes (hashed once per process)
-    check_artifact_files(directory, manifest)
+    check_artifact_files(directory, manifest.document)
     return manifest, onnx_path
 
 
@@ -340,45 +338,24 @@ def _config_from_geometry(geometry: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-# ------------------------------------------------------------------------------------------------ TensorRT
-def _require_trt_runtime():
-    if not torch.cuda.is_available():
-        raise MissingDependencyError("backend 'trt' needs an NVIDIA GPU with CUDA and a CUDA build of torch "
-                                     "(this machine has none)")
-    return engine_runtime
+# ------------------------------------------------------------------------------------------------ engines
+class EngineBackend(BackendBase):
+    """An engine of any registered flavour (engines/registry.py): the flavour's runner loads it (an engine
+    directory, or for flavours that compile on load an export, built once into the shared engine cache) and runs
+    torch tensors; this class adds what every backend shares. `set_lora` exists where the flavour swaps LoRAs as
+    data."""
 
-
-class TrtBackend(BackendBase):
-    """A TensorRT engine directory through wanrt.engines.runtime.TRTEngine: torch CUDA tensors in and out, input
-    shapes set per call within the engine's profiles, and (cuda_graph=True) one CUDA graph captured per input
-    shape, replayed with the inputs copied into its static buffers."""
-
-    name = "trt"
-
-    def __init__(self, artifact: str | Path, device: torch.device | str = "cuda", cuda_graph: bool = False,
-                 verify: bool = False):
-        runtime = _require_trt_runtime()
+    def __init__(self, flavour, artifact: str | Path, device: torch.device | str = "cpu", **options: Any):
         t0 = time.perf_counter()
-        device = torch.device(device)
-        if device.type != "cuda":
-            raise BadInputError("backend 'trt' runs on CUDA only; pass --device cuda")
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        try:
-            self.engine = runtime.TRTEngine(artifact, device=index, verify_hash=verify)
-        except WanrtError:
-            raise
-        except Exception as e:  # noqa: BLE001 - TensorRT raises plain RuntimeErrors
-            raise EngineError(f"{artifact}: cannot load the engine ({str(e).splitlines()[0]})") from None
-        self.manifest = self.engine.manifest
-        payload = self.manifest.get("payload", {})
-        onnx = payload.get("onnx", {})
-        super().__init__(self.engine.dtypes["latents"], torch.device("cuda", index),
-                         _config_from_geometry(onnx.get("geometry") or {}))
-        self.precision = payload.get("precision")
-        self.shape_ranges = onnx.get("shape_ranges")  # the engine's profiles may be narrower; TRTEngine checks
-        self.artifact, self.cuda_graph = Path(artifact), cuda_graph
-        self._graphs: dict[tuple, tuple[Any, dict[str, torch.Tensor], torch.Tensor]] = {}
-        self.graph_failures: list[str] = []
+        self.name = flavour.backend
+        self.engine = flavour.runner(artifact, device, **options)
+        self.manifest = EngineManifest.from_dict(self.engine.manifest, Path(self.engine.dir) / MANIFEST_NAME)
+        super().__init__(self.engine.dtype, self.engine.device, _config_from_geometry(self.manifest.geometry))
+        self.precision, self.artifact = self.manifest.precision, Path(self.engine.dir)
+        self.shape_ranges = self.manifest.shape_ranges  # the engine's profiles may be narrower; the engine checks
+        if hasattr(self.engine, "set_lora"):
+            self.set_lora = self.engine.set_lora
+        self.setup.update(self.engine.setup)
         self.setup["load_s"] = time.perf_counter() - t0
 
     def forward(self, latents, timestep, text, image=None) -> torch.Tensor:
@@ -386,125 +363,14 @@ class TrtBackend(BackendBase):
         feed = {"latents": latents, "timestep": timestep, "text": text}
         if image is not None:
             feed["image"] = image
-        if not self.cuda_graph:
-            return self.engine.infer(feed)["prediction"]
-        key = tuple((k, tuple(v.shape)) for k, v in feed.items())
-        graph = self._graphs.get(key) or self._capture(key, feed)
-        if graph is None:  # this shape could not be captured: run it eagerly
-            return self.engine.infer(feed)["prediction"]
-        g, static, out = graph
-        for name, t in feed.items():
-            static[name].copy_(t)
-        g.replay()
-        return out.clone()
-
-    def _capture(self, key, feed):
-        """Capture one engine execution for this shape (TensorRT needs one plain run after a shape change)."""
-        static = {k: v.clone() for k, v in feed.items()}
-        out = self.engine.infer(static)["prediction"]  # shape setup + output shape
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        try:
-            with torch.cuda.stream(side):
-                self.engine.infer(static, out=out)
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
-                self.engine.infer(static, out=out)
-        except RuntimeError as e:
-            self.graph_failures.append(f"{key}: {str(e).splitlines()[0]}")
-            self._graphs[key] = None
-            return None
-        self._graphs[key] = (g, static, out)
-        return self._graphs[key]
+        return self.engine.run(feed)
 
     def describe(self) -> dict[str, Any]:
-        info = {**super().describe(), "artifact": str(self.artifact), "cuda_graph": self.cuda_graph,
-                "precision": self.precision, "graphs": sum(1 for v in self._graphs.values() if v is not None)}
-        if self.graph_failures:
-            info["graph_failures"] = self.graph_failures
-        try:
-            info["engine_device_memory_mb"] = self.engine.device_memory_bytes / 2**20
-        except Exception:  # noqa: BLE001 - informative only
-            pass
-        return info
+        return {**super().describe(), "artifact": str(self.artifact), "precision": self.precision,
+                **self.engine.describe()}
 
     def close(self) -> None:
-        self._graphs.clear()
-        close = getattr(self.engine, "close", None)
-        if callable(close):
-            close()
-
-
-# ------------------------------------------------------------------------------------------------ OpenVINO
-def _require_openvino():
-    from wanrt.engines.openvino import require_openvino  # MissingDependencyError naming the [openvino] extra
-
-    return require_openvino()
-
-
-class OvBackend(BackendBase):
-    """An OpenVINO engine (wanrt.engines.openvino): an engine directory from `wanrt build --flavour openvino`, or
-    an export directory compiled once into the engine cache at `precision` (fp32, bf16, int8). Host tensors in and
-    out; OpenVINO owns its device (`ov_device`: CPU, GPU, GPU.1; no other code per device); `threads` is
-    OpenVINO's inference thread count. `set_lora` swaps a separate-mode LoRA without recompiling."""
-
-    name = "ov"
-
-    def __init__(self, artifact: str | Path, device: torch.device | str = "cpu", threads: int | None = None,
-                 precision: str | None = None, ov_device: str | None = None, verify: bool = False):
-        _require_openvino()
-        from wanrt.engines.openvino import OvEngine, OvEngineSpec, build_openvino_engine
-
-        t0 = time.perf_counter()
-        if torch.device(device).type != "cpu":
-            raise BadInputError("backend 'ov' takes host tensors; choose the OpenVINO device with ov_device "
-                                "(CPU, GPU), not --device")
-        artifact = Path(artifact)
-        build_s = None
-        if artifact_kind(artifact) == "onnx":  # compile the export once, reuse it from the engine cache after
-            spec = OvEngineSpec(precision=precision or "fp32", device=ov_device or "CPU")
-            name = f"ov-{spec_hash(str(artifact.resolve()), spec.key_fields())}"
-            engine_dir = cache_root("engines") / name
-            if not (engine_dir / "manifest.json").is_file():  # a read-only cache still serves what it holds
-                engine_dir = writable_cache("engines") / name
-            build_openvino_engine(artifact, spec, engine_dir, force=True, threads=threads)
-            build_s = time.perf_counter() - t0
-        else:
-            engine_dir = artifact
-        self.engine = OvEngine(engine_dir, device=ov_device, threads=threads, verify_hash=verify)
-        payload = self.engine.manifest["payload"]
-        super().__init__(torch.float32, "cpu", _config_from_geometry(payload["onnx"].get("geometry") or {}))
-        if precision is not None and payload["precision"] != precision:
-            raise BadInputError(f"{artifact}: an OpenVINO {payload['precision']} engine, asked for {precision}")
-        self.precision, self.threads, self.artifact = payload["precision"], threads, engine_dir
-        self.shape_ranges = payload["onnx"].get("shape_ranges")
-        if build_s is not None:
-            self.setup["build_s"] = build_s
-        self.setup["load_s"] = time.perf_counter() - t0
-
-    def forward(self, latents, timestep, text, image=None) -> torch.Tensor:
-        latents, timestep, text, image = self.prepare(latents, timestep, text, image)
-        feeds = {"latents": latents.numpy(), "timestep": timestep.numpy(), "text": text.numpy()}
-        if image is not None:
-            feeds["image"] = image.numpy()
-        return torch.from_numpy(self.engine.infer(feeds))
-
-    def set_lora(self, lora, source: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Swap a separate-mode LoRA (same contract as OrtBackend.set_lora); the compiled model is kept."""
-        return self.engine.set_lora(lora, source)
-
-    def describe(self) -> dict[str, Any]:
-        p = self.engine.manifest["payload"]
-        return {**super().describe(), "artifact": str(self.artifact), "precision": self.precision,
-                "ov_device": self.engine.device, "threads": self.threads, "openvino": p["openvino"]["version"],
-                "keep_fp32": (p.get("precision_report") or {}).get("keep_fp32")}
-
-
-def _check_ov(device: torch.device) -> None:
-    _require_openvino()
-    if device.type != "cpu":
-        raise BadInputError("backend 'ov' takes host tensors (device cpu); its OpenVINO device is ov_device")
+        self.engine.close()
 
 
 # ------------------------------------------------------------------------------------------------ registry
@@ -533,17 +399,14 @@ def _check_ort(device: torch.device) -> None:
         raise MissingDependencyError("backend 'ort' on CUDA needs onnxruntime-gpu (pip install onnxruntime-gpu)")
 
 
-def _check_trt(_device: torch.device) -> None:
-    _require_trt_runtime()
-
-
 REGISTRY: dict[str, BackendEntry] = {
     "eager": BackendEntry("eager", "PyTorch eager (diffusers, SDPA): the reference", "model", _check_eager),
     "compile": BackendEntry("compile", "torch.compile, regional (repeated block)", "model", _check_compile),
     "ort": BackendEntry("ort", "ONNX Runtime on the exported ONNX (CPU EP / CUDA EP + I/O binding)", "artifact",
                         _check_ort),
-    "trt": BackendEntry("trt", "TensorRT engine (wanrt.engines.runtime), CUDA only", "artifact", _check_trt),
-    "ov": BackendEntry("ov", "OpenVINO engine (CPU / Intel GPU; fp32, bf16, int8)", "artifact", _check_ov),
+    # every engine flavour's backend, as the registry names it
+    **{b: BackendEntry(b, registry.for_backend(b).backend_description, "artifact",
+                       registry.for_backend(b).check_runtime) for b in registry.backends()},
 }
 
 
@@ -583,9 +446,7 @@ def create_backend(name: str, *, model: torch.nn.Module | None = None, artifact:
         return CompileBackend(model, device=device, **options)
     if name == "ort":
         return OrtBackend(artifact, device=device, **options)
-    if name == "ov":
-        return OvBackend(artifact, device=device, **options)
-    return TrtBackend(artifact, device=device, **options)
+    return EngineBackend(registry.for_backend(name), artifact, device=device, **options)
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -632,11 +493,12 @@ def backend_from_specs(name: str, model_spec=None, lora_spec=None, engine: str |
         say(f"building {model_spec.source} ({model_spec.dtype})")
         model, _ = build_transformer(model_spec, lora_spec)
         return create_backend(name, model=model, device=device, **(compile_options or {}))
-    if name == "trt":
+    flavour = registry.for_backend(name)
+    if flavour is not None and not flavour.loads_exports:
         if engine is None:
-            raise BadInputError("backend 'trt' needs an engine directory: build one with 'wanrt build', "
+            raise BadInputError(f"backend '{name}' needs an engine directory: build one with 'wanrt build', "
                                 "then pass --artifact DIR")
-        return create_backend("trt", artifact=engine, device=device, cuda_graph=cuda_graph)
+        return create_backend(name, artifact=engine, device=device, cuda_graph=cuda_graph)
     export_s = None
     if engine is None:
         key = spec_hash(model_spec, lora_spec)
@@ -645,7 +507,8 @@ def backend_from_specs(name: str, model_spec=None, lora_spec=None, engine: str |
             engine = writable_cache("exports", cache_dir) / key  # read-only cache: a temporary, with a warning
             say(f"exporting {model_spec.source} to ONNX ({engine})")
             _, export_s = export_artifact(model_spec, lora_spec, Path(engine), force=True)
-    backend = create_backend(name, artifact=engine, device=device, threads=threads)  # ort, or ov (fp32)
+    backend = create_backend(name, artifact=engine, device=device, threads=threads)  # ort, or an engine compiled
+    # from the export by its flavour at its default precision
     if export_s is not None:
         backend.setup["export_s"] = export_s
     return backend

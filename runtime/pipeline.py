@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from wanrt.errors import BadInputError, MissingDependencyError, ModelSourceError
+from wanrt.io_contract import VideoShape
 
 TINY_VAE = {"base_dim": 3, "z_dim": 16, "dim_mult": [1, 1, 1, 1], "num_res_blocks": 1,
             "temperal_downsample": [False, True, True]}
@@ -203,7 +204,7 @@ def run_pipeline(pipe, image, prompt: str, negative_prompt: str = "", frames: in
     image = image.convert("RGB").resize((width, height))
     generator = torch.Generator(device="cpu").manual_seed(seed)
     # latents drawn on CPU so every backend/device starts from the same noise
-    shape = (1, 16, (frames - 1) // 4 + 1, height // 8, width // 8)
+    shape = (1, 16, *VideoShape(frames, height, width).latent)  # 16: the Wan VAE's latent channels
     latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(pipe.transformer.device)
     with torch.inference_mode():
         prompt_embeds = encode_prompt(pipe, prompt)

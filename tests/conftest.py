@@ -1,6 +1,49 @@
-"""Small shared fixtures."""
+"""Small shared fixtures, and the skip policy: a test skips only for a GPU or the platform, never for an extra.
+
+The README's test command installs `.[dev]` (every extra the suite uses) and fetches the metric weights, so a skip
+for anything else means a broken install, for a user as for CI: it fails the run, naming the test and the reason,
+whether or not `CI` is set. A module-level `pytest.importorskip` is a collection-time skip and fails the same way.
+"""
 
 import pytest
+
+# A skip reason must start with one of these (the skip's own text, as `pytest -rs` prints it).
+ALLOWED_SKIP_REASONS = (
+    "needs an NVIDIA GPU",  # CI's machine has none; tests/test_engines_gpu.py runs where one is
+    "needs a machine without a GPU",  # the CPU-only paths; on a GPU machine the GPU tests cover them
+    "platform:",  # what this OS or container forbids, e.g. mounting a tmpfs without root or user namespaces
+)
+
+
+def skip_reason(report: pytest.CollectReport | pytest.TestReport) -> str:
+    """The text a skip was given (pytest stores it as the last item of a (path, line, text) longrepr)."""
+    text = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    return text.removeprefix("Skipped: ")
+
+
+def _refuse_disallowed_skip(report: pytest.CollectReport | pytest.TestReport) -> None:
+    if not report.skipped or hasattr(report, "wasxfail"):
+        return
+    reason = skip_reason(report)
+    if not reason.startswith(ALLOWED_SKIP_REASONS):
+        report.outcome = "failed"
+        report.longrepr = (f"{report.nodeid} skipped for a reason the suite does not allow: {reason!r}\n"
+                           f"a test skips only with a reason starting {ALLOWED_SKIP_REASONS} (tests/conftest.py); "
+                           "a missing extra is a broken install: pip install -e '.[dev]' && wanrt weights fetch")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport():  # pluggy passes only the arguments named
+    report = yield
+    _refuse_disallowed_skip(report)
+    return report
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_make_collect_report():
+    report = yield
+    _refuse_disallowed_skip(report)
+    return report
 
 
 @pytest.fixture

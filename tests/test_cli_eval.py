@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 
@@ -27,17 +26,7 @@ def _eval(ref: Path, gen: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300, check=False)
 
 
-@pytest.fixture(scope="module")
-def has_i3d():
-    from wanrt.runtime.metrics import weights as W
-
-    try:
-        W.resolve("i3d", None)
-    except W.MissingWeightsError:
-        pytest.skip("I3D weights not fetched (`wanrt weights fetch`)")
-
-
-def test_short_videos_report_frames_and_how_to_get_fvd(tmp_path, has_i3d):
+def test_short_videos_report_frames_and_how_to_get_fvd(tmp_path):
     ref, gen = _videos(tmp_path / "ref", 2, 5, 0), _videos(tmp_path / "gen", 2, 5, 1)
     r = _eval(ref, gen)
     assert r.returncode == 0, r.stderr
@@ -46,7 +35,7 @@ def test_short_videos_report_frames_and_how_to_get_fvd(tmp_path, has_i3d):
     assert "skipped" in fvd and "5 frames" in fvd and "17x" in " ".join(r.stdout.split()), r.stdout
 
 
-def test_fvd_from_few_clips_is_flagged(tmp_path, has_i3d):
+def test_fvd_from_few_clips_is_flagged(tmp_path):
     ref, gen = _videos(tmp_path / "ref", 2, 17, 0), _videos(tmp_path / "gen", 2, 17, 1)
     r = _eval(ref, gen)
     assert r.returncode == 0, r.stderr

@@ -1,5 +1,6 @@
-"""The core contracts (wanrt/dit_io.py, wanrt/lora_layout.py, wanrt/choices.py) against independent references:
-the LoRA arithmetic against a plain matmul, the inputs against their declared shapes, the choices against the CLI."""
+"""The core contracts (wanrt/dit_io.py and its torch-free half wanrt/io_contract.py, wanrt/lora_layout.py,
+wanrt/choices.py) against independent references: the LoRA arithmetic against a plain matmul, the inputs against
+their declared shapes, the choices against the CLI."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import pytest
 import torch
 
 from wanrt import lora_layout
-from wanrt.choices import Backend, Dtype, LoraMode, Precision
+from wanrt.choices import Dtype, LoraMode, Precision
+from wanrt.runtime.backend_names import Backend
 from wanrt.dit_io import DitIO, ShapeRange, VideoShape, check_latent_range, check_video_shape, parse_video_shape
 from wanrt.errors import BadInputError, LoraError
+from wanrt.io_contract import pixel_range
 from wanrt.export.lora import LoraLinear, LoraModule
 from wanrt.export.presets import PRESETS
 
@@ -54,6 +57,30 @@ def test_shape_checks_speak_the_users_units():
     with pytest.raises(BadInputError, match="height 256 is outside the artifact's range 16..128 pixels"):
         check_latent_range(VideoShape(5, 256, 32), ranges)
     check_latent_range(VideoShape(81, 720, 1280), None)  # eager: nothing exported, nothing to check
+
+
+@pytest.mark.parametrize("frames,height,width,param", [
+    (8, 32, 32, "frames"), (5, 24, 32, "height"), (5, 32, 0, "width"),  # the VAE/patch grid
+    (21, 32, 32, "frames"), (5, 256, 32, "height"), (5, 32, 144, "width"),  # outside the exported 1..17 x 16..128
+])
+def test_shape_refusals_carry_the_axis_as_param(frames, height, width, param):
+    """Callers (the serving API's error.param) read the axis from the error, never from its text."""
+    ranges = ShapeRange(VideoShape(1, 16, 16), VideoShape(17, 128, 128)).latent
+    with pytest.raises(BadInputError) as e:
+        check_latent_range(check_video_shape(frames, height, width), ranges)
+    assert e.value.param == param and f"{param} " in str(e.value)
+
+
+def test_latent_and_pixel_grids_are_inverse_and_torch_free():
+    import subprocess
+    import sys
+
+    for shape in (VideoShape(1, 16, 16), VideoShape(81, 480, 832), VideoShape(17, 128, 64)):
+        assert VideoShape.from_latent(shape.latent) == shape
+    assert pixel_range({"F": (1, 5), "H": (2, 16), "W": (4, 8)}) == {"frames": (1, 17), "height": (16, 128),
+                                                                     "width": (32, 64)}
+    code = "import sys, wanrt.io_contract, wanrt.runtime.serving.requests; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
 
 
 def _module(rank=3, bias=True, seed=0):

@@ -14,11 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("tensorrt_rtx_bindings", reason="TensorRT-RTX not installed (pip install 'wanrt[rtx]')")
-pytest.importorskip("polygraphy")
-
-from wanrt.engines import flavour as fl
-from wanrt.engines.build import (
+from wanrt.engines.trt import flavour as fl
+from wanrt.engines.trt.build import (
     EngineSpec,
     configure_from_onnx_dir,
     lora_section,
@@ -27,16 +24,15 @@ from wanrt.engines.build import (
     prepare,
     read_onnx_dir,
 )
-from wanrt.engines.fp8 import (
+from wanrt.engines.trt.fp8 import (
     Fp8Spec,
     load_calibration_set,
     make_simulatable,
-    modelopt_available,
     calibration_session,
     parse_keep_blocks,
     quantize_fp8,
 )
-from wanrt.engines.profiles import (
+from wanrt.engines.trt.profiles import (
     ProfileSpec,
     check_against_export,
     parse_range,
@@ -254,8 +250,6 @@ def test_keep_blocks():
 def test_fp8_qdq_validates_in_onnxruntime(backend, merged_bf16, tmp_path):
     import onnx
 
-    if backend == "modelopt" and not modelopt_available():
-        pytest.skip("nvidia-modelopt not installed")
     manifest, onnx_path = read_onnx_dir(merged_bf16)
     dst = tmp_path / "model.fp8.onnx"
     report = quantize_fp8(onnx_path, dst, Fp8Spec(calib=2, keep_blocks="0", backend=backend),
@@ -336,7 +330,7 @@ def test_separate_refit_weights_exact_and_zero_padded(separate_fp16):
     import onnx
     import torch
     from onnx import numpy_helper
-    from wanrt.engines.refit import load_base_model, refit_weights
+    from wanrt.engines.trt.refit import load_base_model, refit_weights
     from wanrt.export.lora import synthetic_lora
 
     manifest = _engine_manifest(separate_fp16, _spec())
@@ -367,7 +361,7 @@ def test_merged_refit_from_original_base_round_trip(merged_bf16):
     import onnx
     import torch
     from onnx import numpy_helper
-    from wanrt.engines.refit import (
+    from wanrt.engines.trt.refit import (
         base_weights_from_model,
         load_base_model,
         refit_weights,
@@ -397,7 +391,7 @@ def test_merged_refit_from_original_base_round_trip(merged_bf16):
 
 
 def test_refit_refuses_non_refittable_engine(merged_bf16):
-    from wanrt.engines.refit import refit_weights
+    from wanrt.engines.trt.refit import refit_weights
 
     manifest = _engine_manifest(merged_bf16, _spec(), refit=None)
     with pytest.raises(EngineError, match="not refittable.*--refit yes"):
@@ -406,7 +400,7 @@ def test_refit_refuses_non_refittable_engine(merged_bf16):
 
 # --------------------------------------------------------------------------------------------- build errors
 def test_build_refuses_bad_requests_before_work(merged_bf16, tmp_path):
-    from wanrt.engines.build import build_engine_from_onnx_dir
+    from wanrt.engines.trt.build import build_engine_from_onnx_dir
 
     out = tmp_path / "e"
     with pytest.raises(BadInputError, match="exported in bf16.*--dtype fp16"):
@@ -446,11 +440,12 @@ def _wanrt(*args, **kw):
                           timeout=300)
 
 
-@pytest.mark.skipif(fl.gpu_info() is not None, reason="the GPU test file builds on the GPU")
+@pytest.mark.skipif(fl.gpu_info() is not None,
+                    reason="needs a machine without a GPU (tests/test_engines_gpu.py builds on the GPU)")
 def test_cli_aot_build_manifest_cache_and_load_checks(separate_fp16, tmp_path, rtx):
     """`wanrt build` with TensorRT-RTX on CPU compiles a real plan (subprocess: a native crash must not take pytest
     down); the same request again is served from the out dir / cache; loading checks refuse what they must."""
-    from wanrt.engines.runtime import (
+    from wanrt.engines.trt.engine import (
         TRTEngine,
         check_compatibility,
         check_input_shapes,

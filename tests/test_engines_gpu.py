@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from wanrt.engines.refit import refit_loaded_engine
+from wanrt.engines.trt.refit import refit_loaded_engine
 from wanrt.errors import BadInputError, EngineError, LoraError
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (torch.cuda)")
@@ -27,8 +27,8 @@ def _export(out: Path, mode: str, dtype: str, rank: int = 4):
 
 
 def _build(onnx_dir: Path, out: Path, **kw):
-    from wanrt.engines.build import EngineSpec, build_engine_from_onnx_dir
-    from wanrt.engines.fp8 import Fp8Spec
+    from wanrt.engines.trt.build import EngineSpec, build_engine_from_onnx_dir
+    from wanrt.engines.trt.fp8 import Fp8Spec
 
     spec = EngineSpec(profiles=(SHAPE_PROFILE,), cache=False, fp8=Fp8Spec(calib=2, keep_blocks="0"), **kw)
     return build_engine_from_onnx_dir(onnx_dir, spec, out)
@@ -79,7 +79,7 @@ def separate(tmp_path_factory):
 
 
 def test_build_run_matches_eager_and_refuses_bad_shapes(merged):
-    from wanrt.engines.runtime import TRTEngine
+    from wanrt.engines.trt.engine import TRTEngine
 
     onnx_dir, d = merged
     manifest = _build(onnx_dir, d / "engine")
@@ -96,7 +96,7 @@ def test_build_run_matches_eager_and_refuses_bad_shapes(merged):
 
 
 def test_separate_refit_hot_swap_and_zero_padding(separate):
-    from wanrt.engines.runtime import TRTEngine
+    from wanrt.engines.trt.engine import TRTEngine
 
     onnx_dir, d = separate
     manifest = _build(onnx_dir, d / "engine", refit="yes")
@@ -115,8 +115,8 @@ def test_separate_refit_hot_swap_and_zero_padding(separate):
 
 
 def test_merged_refit_round_trip_is_exact_and_written(merged):
-    from wanrt.engines.refit import refit_engine_dir
-    from wanrt.engines.runtime import TRTEngine
+    from wanrt.engines.trt.refit import refit_engine_dir
+    from wanrt.engines.trt.engine import TRTEngine
 
     onnx_dir, d = merged
     _build(onnx_dir, d / "engine-refit", refit="yes")
@@ -134,8 +134,8 @@ def test_merged_refit_round_trip_is_exact_and_written(merged):
 
 
 def test_fp8_engine_runs_close_to_bf16(merged):
-    from wanrt.engines.flavour import gpu_info
-    from wanrt.engines.runtime import TRTEngine
+    from wanrt.engines.trt.flavour import gpu_info
+    from wanrt.engines.trt.engine import TRTEngine
 
     cc = tuple(int(v) for v in gpu_info()["compute_capability"].split("."))
     onnx_dir, d = merged
@@ -154,7 +154,7 @@ def test_fp8_engine_runs_close_to_bf16(merged):
 def test_corrupt_plan_is_a_clear_error(merged, tmp_path):
     import shutil
 
-    from wanrt.engines.runtime import TRTEngine
+    from wanrt.engines.trt.engine import TRTEngine
 
     onnx_dir, d = merged
     if not (d / "engine").is_dir():

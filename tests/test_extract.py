@@ -14,7 +14,8 @@ from wanrt.export.extract import ExtractSpec, extract_lora, extract_to_dir, trun
 from wanrt.export.finetuned import (CheckpointWeights, ModuleWeights, SyntheticFinetune, SyntheticWeights,
                                    check_geometry, load_finetuned_into, to_wan_param_name, wan_keys_to_diffusers)
 from wanrt.export.lora import TARGET_GROUPS, linear_modules, merge_lowrank_into
-from wanrt.export.lora_formats import FORMATS, load_lora_file
+from wanrt.choices import LoraFormat
+from wanrt.export.lora_formats import load_lora_file
 from wanrt.export.model import ModelSpec, load_transformer
 
 TINY = ModelSpec("tiny")
@@ -97,7 +98,7 @@ def test_randomized_svd_matches_exact_on_a_decaying_spectrum():
     assert torch.allclose(s_rand.double(), s_exact, rtol=1e-2)
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", LoraFormat.values())
 def test_extracted_files_load_back_and_merge_to_the_finetune(saved_finetune, tmp_path, fmt):
     path, ft = saved_finetune
     out = tmp_path / "lora"

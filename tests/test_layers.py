@@ -16,12 +16,10 @@ import ast
 import sys
 from pathlib import Path
 
-import pytest
-
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
-    tomllib = pytest.importorskip("tomli")
+    import tomli as tomllib  # the [dev] extra installs it on 3.10
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ("core", "export", "engines", "runtime", "commands")
@@ -96,7 +94,7 @@ def test_the_layer_map_sees_the_house():
     assert layer("wanrt.dit_io") == "core" and layer("wanrt.runtime.bench.run") == "runtime"
     # a name no longer decides: a `cli.py` outside commands/ is in its folder's layer (and so may not import up)
     assert layer("wanrt.runtime.serving.cli") == "runtime" and layer("wanrt.export.extract_cli") == "export"
-    for expected in ("wanrt.commands.main", "wanrt.dit_io", "wanrt.export.api", "wanrt.engines.build",
+    for expected in ("wanrt.commands.main", "wanrt.dit_io", "wanrt.export.api", "wanrt.engines.trt.build",
                      "wanrt.runtime.backends"):
         assert expected in mods, expected
     assert {layer(m) for m in mods} == set(LAYERS)
@@ -160,7 +158,7 @@ def test_cycle_finder_can_fail():
 
 def test_backend_names_are_the_registry():
     """The Backend enum (CLI choices) and the runtime registry name the same backends."""
-    from wanrt.choices import Backend
+    from wanrt.runtime.backend_names import Backend
     from wanrt.runtime.backends import REGISTRY
 
     assert set(Backend.values()) == set(REGISTRY)
@@ -169,7 +167,7 @@ def test_backend_names_are_the_registry():
 # ---------------------------------------------------------------------------------------------- beside the arrows
 # Modules that the torch-free serving process and the manifests' readers load: importing any of them must not load
 # torch (the serving layer starts in ~1 s and reads the I/O contract instead of copying it).
-TORCH_FREE = ("wanrt.manifests", "wanrt.video_shape", "wanrt.jsonio", "wanrt.text", "wanrt.errors",
+TORCH_FREE = ("wanrt.manifests", "wanrt.io_contract", "wanrt.jsonio", "wanrt.text", "wanrt.errors",
               "wanrt.runtime.serving.app", "wanrt.runtime.serving.requests", "wanrt.runtime.serving.front",
               "wanrt.runtime.serving.bodies", "wanrt.runtime.serving.job_store", "wanrt.runtime.serving.scheduler",
               "wanrt.runtime.serving.limits")
@@ -261,3 +259,33 @@ def test_no_choice_literals_outside_commands_and_no_flavour_names_outside_engine
 def test_literal_checks_can_fail():
     assert choice_literals('import click\nx = click.Choice(["a", "b"])\n') == [2]
     assert flavour_literals('"""openvino is prose here"""\nif name == "ov":\n    pass\n') == [2]
+
+
+def local_wanrt_imports(source: str) -> list[int]:
+    """Lines of imports of wanrt inside a function with no comment on them: imports belong at module level, and a
+    lazy one says why on its own line (`# lazy: torch, kept out of the serve driver`)."""
+    lines, out = source.splitlines(), []
+    for fn in ast.walk(ast.parse(source)):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(fn):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level
+                     else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            relative = isinstance(node, ast.ImportFrom) and node.level > 0
+            if (relative or any(n.split(".")[0] == "wanrt" for n in names)) and not any(
+                    "#" in ln for ln in lines[node.lineno - 1:node.end_lineno]):
+                out.append(node.lineno)
+    return sorted(set(out))
+
+
+def test_function_local_wanrt_imports_only_in_commands_or_with_a_reason():
+    found = [f"{path.relative_to(ROOT)}:{ln}" for m, path in modules().items() if layer(m) != "commands"
+             for ln in local_wanrt_imports(path.read_text(encoding="utf-8"))]
+    assert not found, "function-local wanrt imports without a `# lazy: why` comment:\n" + "\n".join(found)
+
+
+def test_local_import_check_can_fail():
+    planted = ("from wanrt.errors import WanrtError\n\ndef f():\n    from wanrt.dit_io import DitIO\n"
+               "    import torch  # a third-party library is not this rule's\n"
+               "    from wanrt.export import api  # lazy: torch\n    return DitIO\n")
+    assert local_wanrt_imports(planted) == [4]

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import warnings
 
+import peft
 import pytest
 import torch
+from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
 
 from wanrt.errors import LoraError
@@ -16,8 +18,6 @@ from wanrt.export.lora_formats import load_lora_file, lora_state_dict, save_lora
 from wanrt.export.model import ModelSpec, load_transformer
 from wanrt.export.presets import PRESETS
 
-peft = pytest.importorskip("peft")
-from peft.tuners.lora import LoraLayer  # noqa: E402
 
 RANK, ALPHA = 4, 8
 BLOCK_TARGETS = (r"blocks\.\d+\.(attn1\.(to_q|to_k|to_v|to_out\.0)|attn2\.(to_q|to_k|to_v|to_out\.0|add_k_proj|"

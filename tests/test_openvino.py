@@ -10,15 +10,12 @@ import time
 import numpy as np
 import pytest
 import torch
-
-pytest.importorskip("openvino")
-
 from click.testing import CliRunner
 
 from wanrt.artifacts import sha256_file
 from wanrt.commands.main import cli
 from wanrt.dit_io import DitIO, ShapeRange, VideoShape
-from wanrt.engines.openvino import (
+from wanrt.engines.openvino.engine import (
     OvEngine,
     OvEngineSpec,
     build_openvino_engine,
@@ -125,7 +122,7 @@ def test_manifest_mismatch_is_one_line(ov_art):
 def _lacks(precision):
     """wanrt's own reading of this CPU (engines/openvino.device_capabilities): the reason it cannot run
     `precision`, or None. A CPU without BF16 (AVX2-only) or VNNI tests the refusal instead of the gate."""
-    from wanrt.engines.openvino import supported_precisions
+    from wanrt.engines.openvino.engine import supported_precisions
 
     return supported_precisions()[precision]
 
@@ -162,7 +159,7 @@ def test_int8_meets_its_gate_and_lists_quantized_nodes(ov_art):
 
 # ------------------------------------------------------------------------------------------------ LoRA swap
 def test_swap_equals_a_fresh_export_on_openvino_and_ort(ov_art):
-    from wanrt.engines.openvino import OvEngine as Engine
+    from wanrt.engines.openvino.engine import OvEngine as Engine
     from wanrt.runtime.backends import OrtBackend
 
     fresh = _ort(ov_art["fresh2"], ov_art["feeds"])
@@ -256,10 +253,27 @@ def test_ov_backend_from_an_export_is_usable_by_bench_and_generate(ov_art, monke
 
 
 def test_precision_the_cpu_lacks_is_refused_before_any_write(ov_art, monkeypatch):
-    import wanrt.engines.openvino as ovx
+    import wanrt.engines.openvino.engine as ovx
 
     monkeypatch.setattr(ovx, "device_capabilities", lambda _core, _device: ["FP32"])  # a CPU without bf16/int8
     out = ov_art["root"] / "no-bf16"
     with pytest.raises(EngineError, match="no BF16 support") as e:
         build_openvino_engine(ov_art["sep4"], OvEngineSpec(precision="bf16", cache=False), out)
     assert "\n" not in str(e.value) and not out.exists()
+
+
+def test_ov_backend_loads_the_export_from_the_shared_engine_cache(ov_art, monkeypatch):
+    """An export handed to backend 'ov' is compiled once under the engine cache's own key (engines/cache.py, the
+    entry `wanrt build` stores and reuses), loaded from there in place, and found again without a compile."""
+    from wanrt.engines.cache import EngineCache
+    from wanrt.engines.openvino.engine import cache_key
+    from wanrt.runtime.backends import create_backend
+
+    cache = ov_art["root"] / "shared-cache"
+    monkeypatch.setenv("WANRT_CACHE_DIR", str(cache))
+    entry = EngineCache(cache / "engines").path(cache_key(ov_art["sep4"], OvEngineSpec(precision="fp32")))
+    first = create_backend("ov", artifact=ov_art["sep4"], threads=1, precision="fp32")
+    assert first.artifact == entry and (entry / "manifest.json").is_file()
+    assert [p.name for p in (cache / "engines").iterdir()] == [entry.name]  # no second copy beside it
+    again = create_backend("ov", artifact=ov_art["sep4"], threads=1, precision="fp32")
+    assert again.artifact == entry and again.engine.manifest["payload"]["cache_key"] == entry.name

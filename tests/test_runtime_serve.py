@@ -9,13 +9,12 @@ import urllib.request
 import warnings
 
 import numpy as np
+import openai
 import pytest
 
 from tests.serve_helpers import free_port, png_bytes, set_ray_env, wait_for
 
 set_ray_env()  # before Ray is imported (it reads its address settings at import)
-openai = pytest.importorskip("openai")
-pytest.importorskip("ray.serve")
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 SETTINGS = {"steps": 2, "seed": 3, "frames": 5}
@@ -160,10 +159,6 @@ def test_predict_routes_each_lora_to_its_engine(ray_server):
 
 def test_lora_swap_on_a_separate_engine(ray_server):
     from wanrt.export.api import LoraSpec
-    from wanrt.runtime.backends import OrtBackend
-
-    if not hasattr(OrtBackend, "set_lora"):
-        pytest.skip("OrtBackend.set_lora (issue 12's weight swap) is not in this tree yet")
     url, art = ray_server["url"], ray_server["artifacts"]
     inputs = _inputs()
     body = {"format": "npy", "inputs": {k: _b64(v) for k, v in inputs.items()}}

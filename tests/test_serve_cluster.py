@@ -6,14 +6,13 @@ import urllib.request
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
+import openai
 import pytest
 
 from tests.serve_helpers import free_port, png_bytes, set_ray_env
 from tests.test_runtime_serve import _ray_children, kill_leftovers
 
 set_ray_env()  # before Ray is imported
-openai = pytest.importorskip("openai")
-pytest.importorskip("ray.serve")
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 

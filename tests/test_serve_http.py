@@ -16,11 +16,11 @@ import time
 import warnings
 
 import numpy as np
+import openai
 import pytest
 
 from tests.serve_helpers import ThreadedServer, free_port, local_service, png_bytes, wait_for
 
-openai = pytest.importorskip("openai")
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 TINY = {"model": "tiny", "size": "32x32"}

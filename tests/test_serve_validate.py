@@ -126,6 +126,41 @@ def test_predict_batch_comes_from_the_tensor():
     assert _status(parse_predict_request, {"batch": 3}, cat, limits)[0] == 400
 
 
+
+@pytest.fixture(scope="module")
+def profile_server(tmp_path_factory):
+    """The real HTTP stack over _catalog(): its engines are never loaded, since every request below is refused
+    at the ingress."""
+    from wanrt.runtime.serving.app import build_app
+    from tests.serve_helpers import ThreadedServer, local_service
+
+    with ThreadedServer(build_app(local_service(_catalog(), tmp_path_factory.mktemp("store")))) as srv:
+        yield srv
+
+
+@pytest.mark.parametrize("path,body,param", [
+    ("/v1/videos", {"frames": 21}, "frames"),  # the profile's max is 17 frames, 128 pixels
+    ("/v1/videos", {"size": "32x144"}, "size"), ("/v1/videos", {"size": "144x32"}, "size"),  # WIDTHxHEIGHT
+    ("/v1/predict", {"frames": 21}, "frames"), ("/v1/predict", {"height": 144}, "height"),
+    ("/v1/predict", {"width": 144}, "width"),
+    ("/v1/predict", {"inputs": {"latents": _npy((1, 36, 6, 4, 4))}}, "frames"),  # 6 latent frames = 21 frames
+])
+def test_out_of_profile_shapes_name_their_param_over_http(profile_server, path, body, param):
+    """The axis comes from the contract's error (BadInputError.param), mapped to the request's own field."""
+    import http.client
+
+    body = {**body, "lora": "style-a", **({"prompt": "a cat"} if path == "/v1/videos" else {})}
+    conn = http.client.HTTPConnection("127.0.0.1", profile_server.port, timeout=30)
+    try:
+        conn.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        status, err = resp.status, json.loads(resp.read())["error"]
+    finally:
+        conn.close()
+    assert (status, err["param"], err["code"]) == (400, param, "outside_engine_profile"), err
+    assert "engine 'style-a'" in err["message"] and "outside the artifact's range" in err["message"]
+
+
 # ------------------------------------------------------------------------------------------------ store
 def test_store_recovers_in_flight_jobs_and_expires(tmp_path):
     store = JobStore(tmp_path, ttl_s=60, max_attempts=2)

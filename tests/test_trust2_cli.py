@@ -247,7 +247,7 @@ def test_bad_number_is_one_line_exit_2_and_writes_nothing(tmp_path, args, flag):
 
 # ------------------------------------------------------------------------------------------------ wording
 def test_a_missing_lora_reads_the_same_in_export_and_refit(tmp_path):
-    from wanrt.engines.refit import check_new_lora
+    from wanrt.engines.trt.refit import check_new_lora
     from wanrt.errors import LoraError
 
     missing = tmp_path / "nope.safetensors"

@@ -13,9 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
-pytest.importorskip("openvino")
-
 from click.testing import CliRunner
 
 from wanrt.commands.main import cli
@@ -137,11 +134,11 @@ def test_cache_dir_is_the_cache_root_for_every_flavour(exports):
 def small_fs(tmp_path):
     """A real 64 KiB file system (tmpfs; needs root): too small for any engine."""
     if os.geteuid() != 0:
-        pytest.skip("a full file system needs a tmpfs mount (root)")
+        pytest.skip("platform: a full file system needs a tmpfs mount (root)")
     path = tmp_path / "small"
     path.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(path)], capture_output=True).returncode:
-        pytest.skip("mount is not permitted here")
+        pytest.skip("platform: mount is not permitted here")
     yield path
     subprocess.run(["umount", "-l", str(path)], check=False)
 
@@ -167,7 +164,7 @@ def read_only_dir(tmp_path):
         return
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)],
                       capture_output=True).returncode:
-        pytest.skip("mount is not permitted here")
+        pytest.skip("platform: mount is not permitted here")
     yield path
     subprocess.run(["umount", "-l", str(path)], check=False)
 

@@ -21,10 +21,9 @@ from wanrt.errors import LoraError
 def art(serve_artifacts, tmp_path_factory):
     """An fp32 OpenVINO engine of the serve tests' rank-4 separate-mode export (tiny preset), a rank-4 LoRA file
     and a copy of that file with one NaN."""
-    pytest.importorskip("openvino")
     from safetensors.torch import load_file, save_file
 
-    from wanrt.engines.openvino import OvEngineSpec, build_openvino_engine
+    from wanrt.engines.openvino.engine import OvEngineSpec, build_openvino_engine
 
     root = tmp_path_factory.mktemp("refit2")
     build_openvino_engine(serve_artifacts["separate"], OvEngineSpec(precision="fp32", cache=False), root / "engine")
@@ -45,7 +44,7 @@ def _snapshot(directory: Path) -> dict[str, bytes]:
 @pytest.fixture
 def no_model_load(monkeypatch):
     """Refusals must come before the base model loads (minutes on 14B): loading it here fails the test."""
-    import wanrt.engines.refit as refit
+    import wanrt.engines.trt.refit as refit
 
     def forbidden(_manifest):
         raise AssertionError("the base model was loaded before the inputs were checked")

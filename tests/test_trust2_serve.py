@@ -15,11 +15,11 @@ import sys
 import warnings
 from pathlib import Path
 
+import openai
 import pytest
 
 from tests.serve_helpers import ThreadedServer, free_port, local_service, png_bytes, wait_for
 
-openai = pytest.importorskip("openai")
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 LONG = {"size": "128x128", "frames": "17", "steps": "50"}  # ~100 DiT calls: about a second
@@ -101,7 +101,7 @@ def test_full_disk_refuses_cleanly_and_resumes_without_restart(tmp_path):
     Retry-After and a degraded /healthz, free it, and the same process finishes the running job and takes new ones;
     no accepted job lost, nothing half-written."""
     if not _mount_works(tmp_path):
-        pytest.skip("cannot mount a tmpfs here (unshare -rm + mount: user namespaces disabled)")
+        pytest.skip("platform: cannot mount a tmpfs here (unshare -rm + mount: user namespaces disabled)")
     store, port = tmp_path / "store", free_port()
     store.mkdir()
     url, log = f"http://127.0.0.1:{port}", tmp_path / "serve.log"  # the server's stderr: shown if this fails

@@ -16,13 +16,12 @@ import sys
 import threading
 import time
 
+import psutil
 import pytest
 
 from tests.serve_helpers import free_port, wait_for
 from wanrt.runtime.serving.limits import Limits
 
-psutil = pytest.importorskip("psutil")
-pytest.importorskip("uvicorn")
 
 LIMITS = Limits()
 

@@ -11,13 +11,10 @@ import subprocess
 import sys
 import tempfile
 
-import pytest
+import psutil
 
 from tests.serve_helpers import RAY_TEST_ENV, free_port, wait_for
 from tests.test_trust2_serve_headers import _healthy, _is_openai_error, raw
-
-psutil = pytest.importorskip("psutil")
-pytest.importorskip("ray.serve")
 
 
 def _serve(bundle, tmp_path, port, ray_tmp):

@@ -47,7 +47,7 @@ def test_peft_directory_is_a_lora_source(peft_export):
     assert source["format"] == "peft" and source["path"].endswith("adapter/adapter_model.safetensors")
     assert m["specs"]["lora"]["file"].endswith("adapter")
     # refit took only files (is_file()); an engine manifest carries the export's specs under specs.onnx
-    from wanrt.engines.refit import resolve_new_lora
+    from wanrt.engines.trt.refit import resolve_new_lora
     from wanrt.export.model import ModelSpec, load_transformer
 
     engine_manifest = {"specs": {"onnx": m["specs"]}, "payload": {"lora": {"mode": "merged"}}}
@@ -63,8 +63,8 @@ def test_peft_directory_is_a_lora_source(peft_export):
 
 def test_cache_key_hashes_the_onnx_bytes_not_the_recorded_sha256(peft_export, tmp_path):
     """Copying an export's manifest beside a different model.onnx used to give the same key (a stale engine)."""
-    from wanrt.engines.engine_spec import EngineSpec
-    from wanrt.engines.resolve import prepare
+    from wanrt.engines.trt.engine_spec import EngineSpec
+    from wanrt.engines.trt.resolve import prepare
 
     spec = EngineSpec(flavour="rtx", profiles=(TINY_PROFILE,), refit="no", cache=False)
     other = tmp_path / "edited"
@@ -169,7 +169,7 @@ def test_manifest_paths_are_confined(peft_export, tmp_path, field, value):
 
 
 def test_engine_plan_path_is_confined(tmp_path):
-    from wanrt.engines.runtime import check_plan_file
+    from wanrt.engines.trt.engine import check_plan_file
 
     d = _engine_dir(tmp_path / "engine", "e" * 16)
     m = json.loads((d / "manifest.json").read_text())

@@ -170,7 +170,7 @@ def test_generate_output_writability_is_checked_before_work(tmp_path):
         r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(tmp_path / "ro")],
                            capture_output=True)
         if r.returncode != 0:
-            pytest.skip("cannot mount a read-only tmpfs")
+            pytest.skip("platform: cannot mount a read-only tmpfs")
     else:
         os.chmod(tmp_path / "ro", 0o555)
     try:

@@ -55,10 +55,10 @@ def mounted_tmpfs(where: Path, options: str):
     """A small tmpfs (read-only, or full after a few KB) where the test runs as root; skipped elsewhere."""
     where.mkdir()
     if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
+        pytest.skip("platform: mounting a tmpfs needs root")
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True)
     if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+        pytest.skip(f"platform: cannot mount a tmpfs here: {r.stderr.decode().strip()}")
     try:
         yield where
     finally:
@@ -272,8 +272,8 @@ def test_artifacts_get_the_users_umask(tmp_path):
 
 
 def test_one_cache_root(tmp_path, monkeypatch, capsys):
-    from wanrt.engines.engine_spec import EngineSpec
-    from wanrt.engines.resolve import engine_cache_dir
+    from wanrt.engines.trt.engine_spec import EngineSpec
+    from wanrt.engines.trt.resolve import engine_cache_dir
     from wanrt.runtime.metrics import weights as W
 
     monkeypatch.setenv("WANRT_CACHE_DIR", str(tmp_path / "one"))

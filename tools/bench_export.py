@@ -17,6 +17,8 @@ import threading
 import time
 from pathlib import Path
 
+from wanrt.manifests import ExportManifest
+
 CONFIGS = {
     "tiny-merged": dict(model="tiny", layers=None, dtype="fp32", mode="merged"),
     "tiny-separate": dict(model="tiny", layers=None, dtype="fp32", mode="separate"),
@@ -33,7 +35,7 @@ def _rss_bytes() -> int:
 def run_one(name: str) -> dict:
     """In this process: export CONFIGS[name] with a synthetic rank-16 LoRA, sampling RSS per step."""
     from wanrt.console import StepProgress
-    from wanrt.engines.acceptance import tensorrt_acceptance
+    from wanrt.engines.trt.acceptance import tensorrt_acceptance
     from wanrt.export.api import LoraSpec, export_model
     from wanrt.export.model import ModelSpec
     from wanrt.export.onnx_export import ExportSpec
@@ -66,19 +68,19 @@ def run_one(name: str) -> dict:
         files = {p.name: p.stat().st_size for p in (Path(tmp) / "out").iterdir()}
     state["stop"] = True
     sampler.join()
-    p = manifest["payload"]
-    weights = p["initializer_bytes"]
+    m = ExportManifest.from_dict(manifest)
+    weights = m.initializer_bytes
     peaks = state["peaks"]
     export_peak = max(v for k, v in peaks.items() if k in ("start", "load model", "LoRA", "reference outputs",
                                                              "trace + save ONNX"))
     return {
-        "config": cfg, "seconds": round(wall, 2), "timings_s": {k: round(v, 2) for k, v in p["timings_s"].items()},
-        "parameters": p["geometry"]["parameters"], "exported_weights_bytes": weights, "files_bytes": files,
+        "config": cfg, "seconds": round(wall, 2), "timings_s": {k: round(v, 2) for k, v in m.timings_s.items()},
+        "parameters": m.geometry["parameters"], "exported_weights_bytes": weights, "files_bytes": files,
         "peak_rss_bytes_by_step": peaks,
         "export_peak_rss_over_weights": round(export_peak / weights, 3),
         "validation_peak_rss_over_weights": round(peaks.get("validate", 0) / weights, 3),
-        "validation": {k: p["validation"].get(k) for k in ("passed", "max_rel", "evaluated_as")},
-        "trt_parse": {k: p["trt_parse"].get(k) for k in ("parsed", "layers", "num_errors", "flavour", "version")},
+        "validation": {k: m.validation.get(k) for k in ("passed", "max_rel", "evaluated_as")},
+        "trt_parse": {k: m.trt_parse.get(k) for k in ("parsed", "layers", "num_errors", "flavour", "version")},
     }
 
 

@@ -22,6 +22,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from wanrt.manifests import EngineManifest
+
 
 def _events_ms(fn, warmup: int, iters: int) -> dict[str, float]:
     import torch
@@ -47,15 +49,15 @@ def _rel(a, b) -> float:
 
 def run(args) -> dict[str, Any]:
     import torch
-    from wanrt.engines.build import EngineSpec, build_engine_from_onnx_dir
-    from wanrt.engines.flavour import gpu_info, installed_flavours, load_flavour
-    from wanrt.engines.fp8 import Fp8Spec
-    from wanrt.engines.refit import base_weights_from_model, refit_loaded_engine, refit_weights
-    from wanrt.engines.runtime import TRTEngine
+    from wanrt.engines.trt.build import EngineSpec, build_engine_from_onnx_dir
+    from wanrt.engines.trt.flavour import gpu_info, installed_flavours, load_flavour
+    from wanrt.engines.trt.fp8 import Fp8Spec
+    from wanrt.engines.trt.refit import base_weights_from_model, refit_loaded_engine, refit_weights
+    from wanrt.engines.trt.engine import TRTEngine
     from wanrt.export.api import LoraSpec, export_model
     from wanrt.export.lora import apply_lora, synthetic_lora
-    from wanrt.export.model import DTYPES, ModelSpec, load_transformer, model_geometry
-    from wanrt.dit_io import DitIO, ShapeRange
+    from wanrt.export.model import ModelSpec, load_transformer, model_geometry
+    from wanrt.dit_io import TORCH_DTYPES, DitIO, ShapeRange
     from wanrt.export.onnx_export import ExportSpec
 
     from wanrt.artifacts import library_versions, machine_info
@@ -95,9 +97,9 @@ def run(args) -> dict[str, Any]:
                 t = time.perf_counter()
                 manifest = build_engine_from_onnx_dir(onnx_dir, spec, engine_dir, force=True)
                 row["build_s"] = time.perf_counter() - t
-                p = manifest["payload"]
-                row.update(plan_mib=p["plan_bytes"] / 2**20, build_timings=p["timings_s"], refit=p["lora"]["refit"],
-                           fp8=p.get("fp8"))
+                m = EngineManifest.from_dict(manifest, engine_dir / "manifest.json")
+                row.update(plan_mib=m.plan_bytes / 2**20, build_timings=m.timings_s, refit=m.lora["refit"],
+                           fp8=m.section("fp8"))
                 t = time.perf_counter()
                 engine = TRTEngine(engine_dir, runtime_cache=None)
                 row["load_s"] = time.perf_counter() - t
@@ -105,7 +107,7 @@ def run(args) -> dict[str, Any]:
                 # inputs and eager reference
                 base = load_transformer(model_spec)
                 geometry = model_geometry(base)
-                config = DitIO(geometry, DTYPES[dtype], ShapeRange(shape, shape))
+                config = DitIO(geometry, TORCH_DTYPES[dtype], ShapeRange(shape, shape))
                 feed = {k: v.cuda() for k, v in config.dummy_inputs(2, shape, seed=1).items()}
                 lora_a = synthetic_lora(base, args.rank, "all", seed=0)
                 lora_b = synthetic_lora(base, args.rank, "all", seed=1)
@@ -127,12 +129,12 @@ def run(args) -> dict[str, Any]:
                 row["rel_error_vs_eager"] = _rel(out_a, ref)
                 row["latency"] = _events_ms(lambda e=engine, x=feed: e(**x), args.warmup, args.iters)
                 # refit: CPU weights + GPU refit, then A -> B -> A
-                names = [n for e in p["lora"]["modules"].values() for n in e.values()]
+                names = [n for e in m.lora["modules"].values() for n in e.values()]
                 base_w = base_weights_from_model(base, names) if mode != "separate" else None
                 t = time.perf_counter()
                 refit_weights(manifest, lora_b, base_w)
                 row["refit_weights_cpu_s"] = time.perf_counter() - t
-                if p["lora"]["refit"]:
+                if m.lora["refit"]:
                     swap = refit_loaded_engine(engine, lora_b)
                     row["refit_b"] = swap["timings"]
                     out_b = engine(**feed).clone()

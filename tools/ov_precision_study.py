@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from wanrt.artifacts import machine_info, library_versions
+from wanrt.manifests import ExportManifest
 
 
 def build_model(model_spec, lora_spec):
@@ -43,10 +44,11 @@ def eager_outputs(export_dir: Path, shape, threads: int):
     from wanrt.export.model import ModelSpec
 
     torch.set_num_threads(threads)
-    manifest, onnx_path = read_onnx_dir(export_dir)
-    ms = ModelSpec(**manifest["specs"]["model"])
-    ls = LoraSpec(**manifest["specs"]["lora"])
-    io = DitIO(manifest["payload"]["geometry"], torch.float32, ShapeRange(shape, shape))
+    doc, onnx_path = read_onnx_dir(export_dir)
+    manifest = ExportManifest.from_dict(doc, Path(export_dir) / "manifest.json")
+    ms = ModelSpec(**manifest.export_specs["model"])
+    ls = LoraSpec(**manifest.export_specs["lora"])
+    io = DitIO(manifest.geometry, torch.float32, ShapeRange(shape, shape))
     feeds = io.dummy_inputs(1, shape, seed=0)
     out = {}
     for dtype in ("fp32", "bf16"):
@@ -68,8 +70,8 @@ def eager_outputs(export_dir: Path, shape, threads: int):
 def main(argv=None) -> int:
     import openvino as ov
 
-    from wanrt.engines.openvino import compile_properties, read_with_lora_inputs
-    from wanrt.engines.ov_precision import GROUPS, KEEP_POLICIES, mark_groups, runtime_precisions, split_time_path
+    from wanrt.engines.openvino.engine import compile_properties, read_with_lora_inputs
+    from wanrt.engines.openvino.precision import GROUPS, KEEP_POLICIES, mark_groups, runtime_precisions, split_time_path
     from wanrt.dit_io import VideoShape
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -93,7 +95,7 @@ def main(argv=None) -> int:
             {"config": "eager bf16 (diffusers keep-in-fp32)", "rel_err": rel(eager["bf16"][0]),
              "ms": eager["bf16"][1] * 1e3}]
     core = ov.Core()
-    lora = manifest["payload"].get("lora") or {}
+    lora = manifest.lora
     lora_names = [n for e in (lora.get("initializers") or {}).values() for n in e.values()]
     configs = [("ov fp32", "fp32", ()), ("ov bf16 default hint", "bf16", ())]
     if not args.quick:

@@ -98,13 +98,22 @@ def spec_hash(*specs: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+# The distributions whose versions every artifact records. Engine flavours add theirs when the registry loads them
+# (engines/registry.py calls record_versions_of): core cannot name them.
+RECORDED_DISTRIBUTIONS = ["torch", "diffusers", "transformers", "onnx", "onnxscript", "onnxruntime",
+                          "onnxruntime-gpu", "peft", "nvidia-modelopt", "numpy"]
+
+
+def record_versions_of(*dists: str) -> None:
+    RECORDED_DISTRIBUTIONS.extend(d for d in dists if d not in RECORDED_DISTRIBUTIONS)
+
+
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that shape an artifact; absent ones are left out."""
     from importlib import metadata
 
     out = {"python": platform.python_version(), "wanrt": __version__}
-    for dist in ("torch", "diffusers", "transformers", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu",
-                 "peft", "tensorrt", "tensorrt-rtx-cu13-bindings", "tensorrt_rtx", "nvidia-modelopt", "numpy"):
+    for dist in RECORDED_DISTRIBUTIONS:
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

@@ -1,4 +1,5 @@
-"""Every closed vocabulary of wanrt as an enum: LoRA modes, dtypes, engine precisions, engine flavours, backends.
+"""Every closed vocabulary of wanrt as an enum: LoRA modes, dtypes, engine precisions. (Engine flavours and the
+backends that run them are named by engines/registry.py; runtime/backend_names.py lists the backends.)
 
 One place declares each set; CLI choices (`Dtype.values()` in a click.Choice), validation (`Dtype.parse`) and
 error messages are generated from it, so a value is never accepted in one subcommand and refused in another.
@@ -55,20 +56,66 @@ class Dtype(Choice):
 Precision = Choice("Precision", [(m.name, m.value) for m in Dtype] + [("FP8", "fp8"), ("INT8", "int8")])
 
 
-class Flavour(Choice):
-    """Engine flavour requested with --flavour (`auto` picks the installed one)."""
+# The vocabularies of single options, here so a command lists them without importing the module that uses them
+# (those import torch; `wanrt CMD --help` must not).
+class LoraFormat(Choice):
+    """LoRA file layouts read and written (export/lora_formats.py)."""
+
+    DIFFUSERS = "diffusers"
+    PEFT = "peft"
+    COMFYUI = "comfyui"
+    KOHYA = "kohya"
+
+
+class ComfyuiKeys(Choice):
+    """Key names of a ComfyUI LoRA's factors: lora_A/lora_B or lora_down/lora_up."""
+
+    LORA_A = "lora_A"
+    LORA_DOWN = "lora_down"
+
+
+class SvdMethod(Choice):
+    """`wanrt extract --svd` (export/extract.py: auto is randomized for large matrices, with an accuracy check)."""
 
     AUTO = "auto"
-    TENSORRT = "tensorrt"
-    RTX = "rtx"
-    OPENVINO = "openvino"  # CPU / Intel GPU engines (engines/openvino.py)
+    EXACT = "exact"
+    RANDOMIZED = "randomized"
 
 
-class Backend(Choice):
-    """Runtime backends (runtime/backends.py REGISTRY has exactly these keys; tests/test_layers.py checks it)."""
+class Fp8Backend(Choice):
+    """Who inserts FP8 Q/DQ: NVIDIA ModelOpt or wanrt's own pass (auto: ModelOpt when importable)."""
+
+    AUTO = "auto"
+    MODELOPT = "modelopt"
+    WANRT = "wanrt"
+
+
+class Refit(Choice):
+    """Refittable LoRA weights in an engine (auto: when the ONNX has a LoRA and a GPU builds)."""
+
+    AUTO = "auto"
+    YES = "yes"
+    NO = "no"
+
+
+class LpipsNet(Choice):
+    """LPIPS feature networks (runtime/metrics/lpips.py)."""
+
+    ALEX = "alex"
+    VGG = "vgg"
+
+
+class ResizeMode(Choice):
+    """How FVD brings frames to the I3D input size (runtime/metrics/frechet.py)."""
+
+    BILINEAR = "bilinear"
+    BILINEAR_TF1 = "bilinear-tf1"
+    CENTER_CROP = "center-crop"
+
+
+class Reference(Choice):
+    """What `wanrt bench` compares against: eager fp32 of the same weights (engine parity) or the full fine-tune
+    the LoRAs were extracted from (rank vs full)."""
 
     EAGER = "eager"
-    COMPILE = "compile"
-    ORT = "ort"
-    TRT = "trt"
-    OV = "ov"  # OpenVINO engines (runtime/backends.OvBackend)
+    FINETUNED = "finetuned"

@@ -8,9 +8,14 @@ stopped the work (disk full, read-only file system, permission denied, I/O error
 
 
 class WanrtError(Exception):
-    """Base class: a failure explained in one line."""
+    """Base class: a failure explained in one line. `param` names the input it is about (an option, a field, a
+    shape axis such as "frames"), for callers that report it apart from the text (the serving API's error.param)."""
 
     exit_code = 2
+
+    def __init__(self, *args: object, param: str | None = None):
+        super().__init__(*args)
+        self.param = param
 
 
 class BadInputError(WanrtError):

@@ -4,7 +4,7 @@ core, so a tool's argument parsing never imports the command layer."""
 from __future__ import annotations
 
 from wanrt.errors import BadInputError
-from wanrt.video_shape import VideoShape, parse_video_shape
+from wanrt.io_contract import VideoShape, parse_video_shape
 
 
 def parse_int_list(text: str | None, what: str = "--rank") -> list[int] | None:

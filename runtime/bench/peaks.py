@@ -15,8 +15,14 @@ from typing import Any, Callable
 
 import torch
 
-# bench backend -> the kernel family its MFU is taken against (the precision completes the name)
-_FAMILY = {"eager": "F.linear", "compile": "F.linear", "trt": "F.linear", "ort": "ORT MatMul", "ov": "OpenVINO FC"}
+from wanrt.dit_io import TORCH_DTYPES
+from wanrt.engines import registry
+from wanrt.engines.openvino.engine import compile_properties
+
+# bench backend -> the kernel family its MFU is taken against (the precision completes the name); an engine
+# flavour names its own
+_FAMILY = {"eager": "F.linear", "compile": "F.linear", "ort": "ORT MatMul",
+           **{b: registry.for_backend(b).kernel for b in registry.backends()}}
 
 
 def kernel_for(backend: str, precision: str, device: torch.device) -> str:
@@ -75,8 +81,6 @@ def _openvino_fc(precision: str, m: int, k: int, x, w):
     import openvino as ov
     from openvino import opset13 as ops
 
-    from wanrt.engines.openvino import compile_properties
-
     param = ops.parameter([m, k], ov.Type.f32, name="x")
     model = ov.Model([ops.result(ops.matmul(param, ops.constant(w.numpy()), False, True))], [param])
     if precision == "int8":
@@ -101,8 +105,7 @@ def measure_kernel(name: str, m: int, k: int, n: int, device: torch.device | str
     family, _, precision = name.rpartition(" ")
     try:
         if family == "F.linear":
-            fn = _torch_linear({"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision],
-                               x, w, device)
+            fn = _torch_linear(TORCH_DTYPES[precision], x, w, device)
         elif name == "torch._int_mm int8":
             xi = torch.randint(-127, 127, (m, k), dtype=torch.int8, generator=gen).to(device)
             wi = torch.randint(-127, 127, (k, n), dtype=torch.int8, generator=gen).to(device)

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import torch
 
+from wanrt.engines import registry
 from wanrt.errors import WanrtError
 from wanrt.runtime import backends as B
 from wanrt.runtime.bench.measure import (LoadProbe, measure_memory, memory_in_use, percentile, rel_error,
@@ -112,7 +113,9 @@ def _warm_up(ctx: PointContext) -> dict[int, tuple[list[float], list[float]]]:
         s.ui.status(f"{ctx.point.label}: warming up {run['backend']}")
         try:
             run["memory"] = measure_memory(backend, ctx.feeds[0], s.device, run["setup_s"].pop("_mem_before", None))
-            warm = max(ctx.spec.warmup, 1) if run["backend"] in ("compile", "trt") else ctx.spec.warmup
+            flavour = registry.for_backend(run["backend"])
+            compiles = run["backend"] == "compile" or (flavour is not None and flavour.first_run_compiles)
+            warm = max(ctx.spec.warmup, 1) if compiles else ctx.spec.warmup
             time_backend(backend, ctx.feeds, warm, 0, s.device)
             samples[id(run)] = ([], [])
         except _RUN_ERRORS as e:
@@ -225,7 +228,8 @@ def compare_with_reference(ctx: PointContext, name: str, backend, precision: str
 
 def make_backend(ctx: PointContext, name: str) -> tuple[Any, Path | None, dict[str, Any]]:
     """(backend, the artifact it owns or None, setup times) for backend `name` at this point. Eager and compile
-    build the model from the specs; ort exports (cached); trt exports and builds an engine (cached)."""
+    build the model from the specs; ort exports (cached); an engine backend exports and builds its flavour's
+    engine (cached), or hands the export to a flavour that compiles it on load."""
     s, spec = ctx.session, ctx.spec
     device, artifacts = s.device, s.artifacts
     setup: dict[str, Any] = {}
@@ -246,15 +250,14 @@ def make_backend(ctx: PointContext, name: str) -> tuple[Any, Path | None, dict[s
     if name == "ort":
         setup["_mem_before"] = memory_in_use(device)
         return B.create_backend("ort", artifact=artifact, device=device), owned, setup
-    if name == "ov":  # compiled from the export into the engine cache, at --precision (default fp32)
-        setup["_mem_before"] = memory_in_use(device)
-        return B.create_backend("ov", artifact=artifact, device=device, threads=spec.threads,
-                                precision=spec.precision_of("ov")), owned, setup
-    if not spec.engine_dir:
+    flavour = registry.for_backend(name)
+    if not spec.engine_dir and not flavour.loads_exports:  # built here first (cached); others compile the export
         onnx_dir = artifact
-        artifact, seconds = artifacts.engine(onnx_dir, spec)
+        artifact, seconds = artifacts.engine(onnx_dir, spec, name)
         setup["build_s"] = seconds
         artifacts.release(onnx_dir)
         owned = artifact
     setup["_mem_before"] = memory_in_use(device)
-    return B.create_backend("trt", artifact=artifact, device=device, cuda_graph=spec.cuda_graph), owned, setup
+    options = {"threads": spec.threads, "cuda_graph": spec.cuda_graph, "precision": spec.precision_of(name)}
+    options = {k: v for k, v in options.items() if k in flavour.runtime_options}
+    return B.create_backend(name, artifact=artifact, device=device, **options), owned, setup

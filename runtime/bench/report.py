@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from wanrt.engines import registry
 from wanrt.runtime.bench.vs_finetuned import render_finetuned_section
 
 
@@ -43,7 +44,7 @@ def _header(results: dict[str, Any]) -> list[str]:
               f"{m.get('mem_total_gib', '?')} GiB" + (f", GPU {m['gpu']}" if m.get("gpu") else ""),
               f"- threads: {p.get('threads')}; versions: " + ", ".join(
                   f"{k} {v}" for k, v in results.get("versions", {}).items()
-                  if k in ("torch", "onnxruntime", "onnxruntime-gpu", "diffusers", "tensorrt", "tensorrt_rtx")),
+                  if k in ("torch", "onnxruntime", "onnxruntime-gpu", "diffusers", *registry.distributions())),
               f"- shape: {p['shape']['frames']}x{p['shape']['height']}x{p['shape']['width']} (latent "
               f"{'x'.join(map(str, p['shape']['latent']))}), batch {p['shape']['batch']}, "
               f"{p['shape']['tokens_per_forward']} video tokens per forward; a step = 2 forwards (CFG)",

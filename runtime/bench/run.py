@@ -12,23 +12,24 @@ from typing import Any, Callable
 import torch
 
 from wanrt.artifacts import atomic_output_dir, build_manifest, cache_root, check_output_dir, to_jsonable, write_manifest
+from wanrt.dit_io import DitIO, VideoShape
+from wanrt.engines import registry
 from wanrt.errors import BadInputError, WanrtError
-from wanrt.jsonio import read_json
 from wanrt.export.api import CHECKPOINT_MAX, CHECKPOINT_MIN
 from wanrt.export.model import ModelSpec
-from wanrt.dit_io import DitIO, VideoShape
+from wanrt.jsonio import read_json
 from wanrt.runtime import backends as B
-from wanrt.runtime.bench.vs_finetuned import FinetunedReference, check_reference_spec, write_pareto
 from wanrt.runtime.bench.measure import LoadProbe
 from wanrt.runtime.bench.peaks import kernel_for, measure_kernel
 from wanrt.runtime.bench.plots import write_plots
 from wanrt.runtime.bench.point import BenchSession, PointContext, run_point
 from wanrt.runtime.bench.report import render_report
 from wanrt.runtime.bench.spec import RESULTS_SCHEMA, BenchSpec, SweepPoint, make_inputs, sweep_points
-from wanrt.runtime.bench.sweep_store import BenchArtifacts
 from wanrt.runtime.bench.summary import summarize_runs
+from wanrt.runtime.bench.sweep_store import BenchArtifacts
 from wanrt.runtime.bench.ui import BenchUi
 from wanrt.runtime.bench.video import VideoQuality
+from wanrt.runtime.bench.vs_finetuned import FinetunedReference, check_reference_spec, write_pareto
 from wanrt.runtime.flops import branches_from_model, forward_flops
 
 
@@ -205,12 +206,11 @@ def _check_backends(spec: BenchSpec, device: torch.device) -> None:
             raise BadInputError(f"--backends {name!r}: choose from {', '.join(B.REGISTRY)}")
     for name in spec.backends:
         B.check_backend(name, device)
-    if "ov" in spec.backends:
-        from wanrt.engines.openvino import supported_precisions
-
-        why = supported_precisions()[spec.precision_of("ov")]
+    for name in spec.backends:  # a precision a flavour does not build here: refused, never swapped for another
+        flavour = registry.for_backend(name)
+        why = flavour.refusal(spec.precision_of(name)) if flavour is not None else None
         if why is not None:
-            raise BadInputError(f"--backends ov: {why}")
+            raise BadInputError(f"--backends {name}: {why}")
 
 
 def _kernel_peaks(kernels: dict[str, str], device: torch.device, size: int | None) -> dict[str, dict[str, Any]]:

@@ -10,6 +10,7 @@ import torch
 from wanrt.artifacts import spec_hash
 from wanrt.choices import LoraMode
 from wanrt.dit_io import DitIO, check_video_shape
+from wanrt.engines import registry
 from wanrt.errors import BadInputError
 from wanrt.export.api import LoraSpec
 from wanrt.export.presets import PRESETS
@@ -85,13 +86,13 @@ class BenchSpec:
     finetuned: str | None = None
 
     def precision_of(self, backend: str) -> str:
-        """The precision `backend` runs at in this bench: --precision for the engines that take one (ov: fp32, bf16
-        or int8, else fp32; trt: any), the model dtype for eager, compile and ort."""
-        if backend == "ov":
-            return self.trt_precision if self.trt_precision in ("fp32", "bf16", "int8") else "fp32"
-        if backend == "trt":
-            return self.trt_precision or self.dtype
-        return self.dtype
+        """The precision `backend` runs at in this bench: --precision for an engine backend (without it, its
+        flavour's default), the model dtype for eager, compile and ort. One the flavour does not build here is
+        refused before any work (run._check_backends), never swapped for another."""
+        flavour = registry.for_backend(backend)
+        if flavour is None:
+            return self.dtype
+        return self.trt_precision or flavour.default_precision(self.dtype)
 
     def shape(self):
         preset = PRESETS.get(self.model)

@@ -1,4 +1,4 @@
-"""Where a bench keeps its ONNX exports and TensorRT engines: the cache root, one entry per spec hash."""
+"""Where a bench keeps its ONNX exports and engines: the cache root, one entry per spec hash."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import time
 from pathlib import Path
 
 from wanrt.artifacts import spec_hash
-from wanrt.engines.build import EngineSpec, build_engine_from_onnx_dir
+from wanrt.engines import registry
 from wanrt.runtime.backends import export_artifact
 from wanrt.runtime.bench.spec import BenchSpec
 
 
 class BenchArtifacts:
-    """ONNX exports (and TensorRT engines) per sweep point, cached by spec hash; removed after use unless kept
+    """ONNX exports (and engines) per sweep point, cached by spec hash; removed after use unless kept
     or already present before this run."""
 
     def __init__(self, root: Path, keep: bool):
@@ -32,14 +32,14 @@ class BenchArtifacts:
         self.made.append(path)
         return path, seconds
 
-    def engine(self, onnx_dir: Path, spec: BenchSpec) -> tuple[Path, float | None]:
-        """A TensorRT engine for one ONNX artifact (wanrt.engines.build), built on this run's GPU."""
-        precision = spec.precision_of("trt")
-        path = self.root / "engines" / f"{onnx_dir.name}-{precision}"
+    def engine(self, onnx_dir: Path, spec: BenchSpec, backend: str) -> tuple[Path, float | None]:
+        """An engine of `backend`'s flavour for one ONNX artifact, built on this run's machine."""
+        flavour, precision = registry.for_backend(backend), spec.precision_of(backend)
+        path = self.root / "engines" / f"{onnx_dir.name}-{flavour.name}-{precision}"
         if (path / "manifest.json").is_file():
             return path, None
         t0 = time.perf_counter()
-        build_engine_from_onnx_dir(onnx_dir, EngineSpec(precision=precision, progress=False), path, force=True)
+        flavour.build(onnx_dir, flavour.spec_for(precision), path, force=True)
         self.made.append(path)
         return path, time.perf_counter() - t0
 

@@ -21,8 +21,19 @@ from typing import Any
 
 import torch
 
-from wanrt.errors import BadInputError
-from wanrt.runtime import backends as B
+from wanrt.artifacts import spec_hash
+from wanrt.choices import Reference
+from wanrt.dit_io import DitIO
+from wanrt.errors import BadInputError, MissingDependencyError
+from wanrt.export.api import LoraSpec
+from wanrt.export.extract import ExtractSpec, extract_lora
+from wanrt.export.finetuned import ModuleWeights, finetuned_model
+from wanrt.export.lora_formats import save_lora_file
+from wanrt.runtime import backends as B, metrics
+from wanrt.runtime.bench.point import PointContext, compare_with_reference
+from wanrt.runtime.bench.spec import make_inputs
+from wanrt.runtime.bench.video import VideoQuality
+from wanrt.runtime.flops import forward_flops, lora_branches
 
 GROUP_ORDER = ("all", "cross-attn", "self-attn", "ffn")
 
@@ -32,13 +43,6 @@ class FinetunedReference:
     and rank, and each point's LoraSpec."""
 
     def __init__(self, session, shape):
-        from wanrt.artifacts import spec_hash
-        from wanrt.export.extract import ExtractSpec, extract_lora
-        from wanrt.export.finetuned import ModuleWeights, finetuned_model
-        from wanrt.export.lora_formats import save_lora_file
-        from wanrt.dit_io import DitIO
-        from wanrt.runtime.bench.spec import make_inputs
-
         spec = session.spec
         if not spec.finetuned:
             raise BadInputError("--reference finetuned needs --finetuned PATH (or synthetic[:EXPONENT])")
@@ -87,8 +91,6 @@ class FinetunedReference:
         return bool(self.info.get("synthetic"))
 
     def lora_spec(self, point):
-        from wanrt.export.api import LoraSpec
-
         if point.mode == "base":
             return LoraSpec()
         if point.mode == "full":
@@ -97,9 +99,6 @@ class FinetunedReference:
 
     def point_context(self, point, shape):
         """The PointContext of a sweep point: the fine-tune's outputs as refs, FLOPs of the point's own model."""
-        from wanrt.runtime.bench.point import PointContext
-        from wanrt.runtime.flops import forward_flops, lora_branches
-
         s = self.session
         lora_spec = self.lora_spec(point)
         lora = self.loras.get((point.targets, point.rank)) if point.mode in ("merged", "separate") else None
@@ -118,8 +117,6 @@ class FinetunedReference:
 
     def quality(self, ctx, name: str, backend, precision: str) -> dict[str, Any]:
         """Distance of one backend's outputs to the fine-tune's (the gate is the rank gate, not a parity gate)."""
-        from wanrt.runtime.bench.point import compare_with_reference
-
         gate = ctx.spec.gates.finetuned_rel_err
         reference = "full fine-tune (eager fp32)" + (" [SYNTHETIC]" if self.synthetic else "")
         return compare_with_reference(ctx, name, backend, precision, reference, gate,
@@ -380,8 +377,7 @@ def _quality_vs_rank(plt, ok, targets, gate, floor, out_dir: Path, fig_title: st
 
 def check_reference_spec(spec) -> None:
     """--reference values and their companions, before any work."""
-    if spec.reference not in ("eager", "finetuned"):
-        raise BadInputError(f"--reference {spec.reference!r}: choose eager or finetuned")
+    Reference.parse(spec.reference, "--reference")
     if spec.reference == "finetuned" and not spec.finetuned:
         raise BadInputError("--reference finetuned needs --finetuned PATH (or synthetic[:EXPONENT])")
     if spec.reference == "eager" and spec.finetuned and "full" not in spec.modes:
@@ -396,8 +392,6 @@ def check_reference_spec(spec) -> None:
 # ------------------------------------------------------------------------------------------------ videos
 def finetuned_videos(spec, shape):
     """The video-quality helper for --reference finetuned (a VideoQuality whose reference is the fine-tune)."""
-    from wanrt.runtime.bench.video import VideoQuality
-
     class FinetunedVideos(VideoQuality):
         """The fine-tune's videos are generated once (seeds s..s+k-1), plus a second set with the next k seeds:
         the fine-tune's own seed-to-seed noise floor (per frame, paired by index, and FVD). Every point x backend is
@@ -441,9 +435,6 @@ def finetuned_videos(spec, shape):
             return out
 
         def _fvd(self, videos) -> dict[str, Any]:
-            from wanrt.errors import BadInputError, MissingDependencyError
-            from wanrt.runtime import metrics
-
             if len(videos) < 2 or self.shape.frames < 9:
                 return {"available": False, "reason": "FVD needs >= 2 videos (--video-seeds) of >= 9 frames"}
             try:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from wanrt.errors import BadInputError
+from wanrt.runtime.metrics.lpips import lpips_distance
 
 SSIM_SIGMA = 1.5
 SSIM_RADIUS = 5  # int(3.5 * sigma + 0.5): scikit-image's truncate=3.5 -> an 11-tap window
@@ -96,8 +97,6 @@ def _same_shape(a: torch.Tensor, b: torch.Tensor) -> None:
 
 def lpips_frames(ref: Any, gen: Any, net: str = "alex", weights=None, batch_size: int = 8) -> list[float]:
     """Per-frame LPIPS at the frames' own resolution."""
-    from wanrt.runtime.metrics.lpips import lpips_distance
-
     a, b = as_frames(ref, "ref"), as_frames(gen, "gen")
     _same_shape(a, b)
     out = []

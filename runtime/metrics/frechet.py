@@ -27,10 +27,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from wanrt.choices import ResizeMode
 from wanrt.errors import BadInputError
 from wanrt.runtime.metrics.i3d import INPUT_SIZE, load_i3d
 
-RESIZE_MODES = ("bilinear", "bilinear-tf1", "center-crop")
+RESIZE_MODES = ResizeMode.values()
 
 
 @dataclasses.dataclass(frozen=True)

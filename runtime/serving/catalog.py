@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wanrt.engines import registry
+from wanrt.export.presets import PRESETS
+from wanrt.io_contract import AXES, pixel_range
+from wanrt.manifests import EngineManifest, ExportManifest
 from wanrt.runtime.serving.limits import ApiError
 
 # The shape a request gets when it names none: the preset's own default, else Wan's 480p/81 frames clipped to the
@@ -91,41 +95,32 @@ class Catalog:
 
 
 def _default_shape(source: str | None, latent: dict[str, Any] | None) -> tuple[int, int, int]:
-    from wanrt.export.presets import PRESETS
-
     if source in PRESETS:
         s = PRESETS[source].default_shape
         shape = (s.frames, s.height, s.width)
     else:
         shape = WAN_DEFAULT
     if latent:  # clip into the range, in pixel units
-        f = min(max(shape[0], (latent["F"][0] - 1) * 4 + 1), (latent["F"][1] - 1) * 4 + 1)
-        h = min(max(shape[1], latent["H"][0] * 8), latent["H"][1] * 8)
-        w = min(max(shape[2], latent["W"][0] * 8), latent["W"][1] * 8)
-        shape = (f, h, w)
+        bounds = pixel_range(latent)
+        shape = tuple(min(max(v, bounds[axis][0]), bounds[axis][1]) for v, axis in zip(shape, AXES))
     return shape
 
 
-def engine_info(name: str, directory: Path, manifest: dict[str, Any], lora: str | None = None) -> EngineInfo:
-    """EngineInfo from an export (kind onnx) or engine (kind engine) manifest."""
-    payload = manifest.get("payload", {})
-    specs = manifest.get("specs", {})
-    if manifest.get("kind") == "onnx":
-        onnx_payload, onnx_specs, backend = payload, specs, "ort"
-    else:  # an engine: its ONNX's payload/specs are nested
-        onnx_payload = payload.get("onnx", {})
-        onnx_specs = specs.get("onnx", specs)
-        flavour = payload.get("flavour") or specs.get("engine", {}).get("flavour") or "tensorrt"
-        backend = "ov" if flavour == "openvino" else "trt"
-    lora_payload = onnx_payload.get("lora") or {}
-    mode = lora_payload.get("mode") if lora_payload.get("enabled") else None
-    ranges = onnx_payload.get("shape_ranges") or {}
-    latent = {k: (int(v[0]), int(v[1])) for k, v in (ranges.get("latent") or {}).items()} or None
-    source = (onnx_specs.get("model") or {}).get("source")
+def engine_info(name: str, directory: Path, manifest: ExportManifest | EngineManifest,
+                lora: str | None = None) -> EngineInfo:
+    """EngineInfo from an export or engine manifest (an engine's export record sits in its `onnx` section)."""
+    if isinstance(manifest, EngineManifest):
+        backend = registry.get(manifest.flavour).backend
+        export_lora = manifest.onnx.get("lora") or {}
+    else:
+        backend, export_lora = "ort", manifest.lora
+    mode = export_lora.get("mode") if export_lora.get("enabled") else None
+    latent = {k: (int(v[0]), int(v[1])) for k, v in (manifest.shape_ranges.get("latent") or {}).items()} or None
+    source = (manifest.export_specs.get("model") or {}).get("source")
     return EngineInfo(name=name, path=str(directory), backend=backend, lora=(lora or name) if mode in ("merged", "full")
-                      else None, lora_mode=mode, rank=lora_payload.get("rank") if mode else None,
-                      lora_scale=float(lora_payload.get("lora_scale", 1.0)), latent=latent,
-                      geometry=onnx_payload.get("geometry") or {}, default_shape=_default_shape(source, latent),
+                      else None, lora_mode=mode, rank=export_lora.get("rank") if mode else None,
+                      lora_scale=float(export_lora.get("lora_scale", 1.0)), latent=latent,
+                      geometry=manifest.geometry or {}, default_shape=_default_shape(source, latent),
                       model_source=source)
 
 

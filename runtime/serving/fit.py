@@ -10,41 +10,37 @@ that says what to pack instead.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from wanrt.artifacts import confined_path
 from wanrt.errors import BadInputError, EngineError, LoraError
+from wanrt.manifests import EngineManifest, ExportManifest
 from wanrt.runtime.serving.catalog import engine_info
 
 
-def swap_section(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+def swap_section(directory: Path, manifest: ExportManifest | EngineManifest) -> dict[str, Any]:
     """The `lora` section a replica swaps through, for a separate-mode export (ONNX Runtime) or engine (OpenVINO
     swap, TensorRT refit); EngineError when that engine cannot swap."""
-    from wanrt.engines.lora_swap import swap_section as export_section
-    from wanrt.engines.onnx_dir import onnx_initializer_info
-    from wanrt.engines.refit import engine_lora
+    from wanrt.engines.lora_swap import swap_section as export_section  # lazy: onnx, kept out of the serve driver
+    from wanrt.engines.onnx_dir import onnx_initializer_info  # lazy: onnx, kept out of the serve driver
+    from wanrt.engines.trt.refit import engine_lora  # lazy: torch, kept out of the serve driver
 
-    if manifest.get("kind") == "onnx":
-        onnx = confined_path(directory, manifest["payload"].get("onnx") or "model.onnx", "ONNX file")
-        return export_section(manifest, onnx_initializer_info(onnx))
-    return engine_lora(manifest)
+    if isinstance(manifest, ExportManifest):
+        onnx = confined_path(directory, manifest.onnx, "ONNX file")
+        return export_section(manifest.document, onnx_initializer_info(onnx))
+    return engine_lora(manifest.document)
 
 
-def _skeleton(manifest: dict[str, Any]):
+def _skeleton(manifest: ExportManifest | EngineManifest):
     """Module names and shapes a LoRA file resolves against, without weights where possible (as the replica's)."""
     import torch
 
-    from wanrt.engines.refit import onnx_specs
-    from wanrt.export.model import load_transformer
+    from wanrt.export.model import exported_model_spec, load_transformer  # lazy: torch, kept out of the serve driver
 
-    if manifest.get("kind") == "onnx":
-        manifest = {"specs": {"onnx": manifest["specs"]}, "payload": {"onnx": manifest["payload"]}}
-    model_spec, _ = onnx_specs(manifest)
-    model_spec = replace(model_spec, dtype=manifest["payload"]["onnx"].get("dtype") or model_spec.dtype)
+    model_spec = exported_model_spec(manifest)
     if not model_spec.is_preset and Path(model_spec.source).expanduser().is_dir():
-        from wanrt.export.extract import open_base
+        from wanrt.export.extract import open_base  # lazy: torch, kept out of the serve driver
 
         return open_base(model_spec)[0]  # a meta-device skeleton from the checkpoint's config
     if model_spec.is_preset:
@@ -53,11 +49,12 @@ def _skeleton(manifest: dict[str, Any]):
     return load_transformer(model_spec)
 
 
-def check_library_fits(engines: list[tuple[str, Path, dict[str, Any]]], loras: list[tuple[str, Path]]) -> None:
+def check_library_fits(engines: list[tuple[str, Path, ExportManifest | EngineManifest]],
+                       loras: list[tuple[str, Path]]) -> None:
     """BadInputError naming the first library LoRA no engine of the bundle can serve. A library LoRA is served by
     the first separate-mode engine (Catalog.route), so that is the engine it must fit."""
-    from wanrt.engines.lora_swap import swap_weights
-    from wanrt.export.lora_formats import load_lora_file
+    from wanrt.engines.lora_swap import swap_weights  # lazy: onnx, kept out of the serve driver
+    from wanrt.export.lora_formats import load_lora_file  # lazy: torch, kept out of the serve driver
 
     if not loras:
         return

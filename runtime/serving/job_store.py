@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from wanrt.artifacts import atomic_path, sweep_stale_temps
-from wanrt.errors import StorageError, os_error_line
+from wanrt.errors import BadInputError, StorageError, os_error_line
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -111,8 +111,6 @@ class JobStore:
         """One server per store: recovery re-queues `in_progress` jobs, which is only right when no other
         process is running them."""
         import fcntl
-
-        from wanrt.errors import BadInputError
 
         fd = os.open(self.root / ".serve.lock", os.O_CREAT | os.O_RDWR, 0o644)
         try:

@@ -25,7 +25,10 @@ from typing import Any
 from wanrt.errors import BadInputError
 from wanrt.runtime.serving.catalog import Catalog
 from wanrt.runtime.serving.front import Front, free_loopback_port
+from wanrt.runtime.serving.job_store import JobStore
 from wanrt.runtime.serving.limits import Limits
+from wanrt.runtime.serving.scheduler import Scheduler
+from wanrt.runtime.serving.worker import VideoWorker, predict_safe, run_job
 
 BASE_MODEL_ID = "__base__"  # the multiplexed id of "no LoRA"
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -91,7 +94,6 @@ class RayEngine:
 
 def _engine_deployment():
     from ray import serve
-    from wanrt.runtime.serving.worker import VideoWorker, predict_safe, run_job
 
     class EngineReplica:
         def __init__(self, catalog: Catalog, spec: ReplicaSpec, verify: bool):
@@ -127,9 +129,7 @@ def _engine_deployment():
 
 def _ingress_deployment():
     from ray import serve
-    from wanrt.runtime.serving.app import Service, build_app
-    from wanrt.runtime.serving.scheduler import Scheduler
-    from wanrt.runtime.serving.job_store import JobStore
+    from wanrt.runtime.serving.app import Service, build_app  # lazy: fastapi, as ray.serve above
 
     @serve.ingress()
     class Api:

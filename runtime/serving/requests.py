@@ -4,7 +4,8 @@ Every field is parsed from text or JSON with an explicit type and range (multipa
 unknown field is an error (OpenAI answers "Unknown parameter"), and sizes are checked against the engine that will
 serve the request. Images are checked from their header (bytes, format, pixel count) before any pixel is decoded;
 /v1/predict tensors from their .npy header (dtype, shape, so the batch comes from the tensor itself) before any
-array is read. Shapes and ranges come from the DiT I/O contract (wanrt.dit_io).
+array is read. Shapes and ranges come from the torch-free half of the DiT I/O contract (wanrt.io_contract),
+whose refusals name their axis in `param`.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import json
 import math
 import re
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Mapping
 
+from wanrt.errors import BadInputError
+from wanrt.io_contract import DitSignature, VideoShape, check_latent_range, check_video_shape
 from wanrt.runtime.serving.catalog import Catalog, EngineInfo
 from wanrt.runtime.serving.limits import ApiError, Limits, bad_request
-
 from wanrt.text import printable, text_problem
 
 VIDEO_FIELDS = {"prompt", "negative_prompt", "model", "seconds", "size", "input_reference", "lora", "lora_scale",
@@ -30,6 +32,10 @@ IMAGE_FORMATS = {"PNG", "JPEG", "WEBP"}
 UINT64_MAX = 2**64 - 1
 _INT_RE = re.compile(r"[+-]?\d{1,20}")
 _SIZE_RE = re.compile(r"(\d{1,5})x(\d{1,5})")
+# the contract's axes (BadInputError.param) -> the request field a client fixes: /v1/videos sets height and width
+# through `size`; /v1/predict has a field per axis
+VIDEO_SHAPE_PARAMS = {"frames": "frames", "height": "size", "width": "size"}
+PREDICT_SHAPE_PARAMS = {"frames": "frames", "height": "height", "width": "width"}
 
 
 @dataclass(frozen=True)
@@ -143,27 +149,23 @@ def parse_lora(value: Any) -> str | None:
 
 # ------------------------------------------------------------------------------------------------ shapes
 def check_shape(engine: EngineInfo, frames: int, height: int, width: int, limits: Limits,
-                params: tuple[str, str] = ("frames", "size")) -> None:
+                params: Mapping[str, str] = VIDEO_SHAPE_PARAMS) -> None:
     """The server's caps first (cheap, and the only bound an eager engine has), then the DiT I/O contract: the
-    VAE/patch grid (frames 4k+1, sizes multiples of 16) and the engine's exported range."""
-    from wanrt.dit_io import check_latent_range, check_video_shape
-    from wanrt.errors import BadInputError
-
-    fparam, sparam = params
+    VAE/patch grid (frames 4k+1, sizes multiples of 16) and the engine's exported range. `params` maps the axis an
+    error names to the request's field."""
     if frames > limits.max_frames:
-        raise bad_request(f"frames {frames} exceeds this server's limit {limits.max_frames}", fparam)
+        raise bad_request(f"frames {frames} exceeds this server's limit {limits.max_frames}", params["frames"])
     if height * width > limits.max_pixels:
-        raise bad_request(f"{width}x{height} exceeds this server's limit of {limits.max_pixels} pixels", sparam)
+        raise bad_request(f"{width}x{height} exceeds this server's limit of {limits.max_pixels} pixels",
+                          params["height"])
     try:
         shape = check_video_shape(frames, height, width)
     except BadInputError as e:
-        raise bad_request(str(e), fparam if str(e).startswith("frames") else sparam) from None
+        raise bad_request(str(e), params[e.param]) from None
     try:
         check_latent_range(shape, engine.latent)
     except BadInputError as e:
-        axis_is_frames = ": frames " in str(e)  # the contract names the axis in the user's units
-        raise bad_request(f"engine '{engine.name}': {e}", fparam if axis_is_frames else sparam,
-                          "outside_engine_profile") from None
+        raise bad_request(f"engine '{engine.name}': {e}", params[e.param], "outside_engine_profile") from None
 
 
 def parse_size(value: Any) -> tuple[int, int]:
@@ -332,9 +334,7 @@ class PredictRequest:
 
 def predict_shapes(engine: EngineInfo, batch: int, frames: int, height: int, width: int) -> dict[str, tuple]:
     """The DiT's input shapes for a batch and video shape, from the I/O contract and the engine's geometry."""
-    from wanrt.dit_io import DitIO, VideoShape
-
-    return DitIO(engine.geometry).input_shapes(batch, VideoShape(frames, height, width))
+    return DitSignature(engine.geometry).input_shapes(batch, VideoShape(frames, height, width))
 
 
 def npy_header(name: str, text: Any) -> tuple[tuple[int, ...], str]:
@@ -379,7 +379,8 @@ def parse_predict_request(body: dict[str, Any], catalog: Catalog, limits: Limits
         if len(shape) != 5:
             raise bad_request(f"inputs.latents: want [B, C, F, H, W], got {list(shape)}", "inputs.latents")
         batch = shape[0]  # the batch is the tensor's, whatever a `batch` field says
-        frames, height, width = (shape[2] - 1) * 4 + 1, shape[3] * 8, shape[4] * 8
+        video = VideoShape.from_latent(shape[2:])
+        frames, height, width = video.frames, video.height, video.width
     else:
         batch = parse_int("batch", body.get("batch", 1), 1, limits.max_batch)
         frames = parse_int("frames", body.get("frames", f0), 1, limits.max_frames)
@@ -387,7 +388,7 @@ def parse_predict_request(body: dict[str, Any], catalog: Catalog, limits: Limits
         width = parse_int("width", body.get("width", w0), 16, 16 * 1024)
     if not 1 <= batch <= limits.max_batch:
         raise bad_request(f"batch {batch} (from inputs.latents) is out of range 1..{limits.max_batch}", "inputs")
-    check_shape(engine, frames, height, width, limits, params=("frames", "height"))
+    check_shape(engine, frames, height, width, limits, PREDICT_SHAPE_PARAMS)
     want = predict_shapes(engine, batch, frames, height, width)
     for name, (shape, _) in headers.items():
         if name not in want:

@@ -26,9 +26,11 @@ from dataclasses import replace
 from typing import Any
 
 from wanrt.runtime.serving.catalog import Catalog, EngineInfo
-from wanrt.runtime.serving.requests import PredictRequest, VideoRequest
+from wanrt.runtime.serving.requests import PredictRequest, VideoRequest, predict_shapes
 
-from wanrt.errors import WanrtError
+from wanrt.engines import registry
+from wanrt.errors import BadInputError, EngineError, LoraError, MissingDependencyError, WanrtError
+from wanrt.manifests import EngineManifest, ExportManifest, read_any
 
 log = logging.getLogger("wanrt.serve")
 
@@ -97,24 +99,26 @@ class VideoWorker:
         return self._backends.take(engine.name, lambda: _Watched(self._load_backend(engine)))
 
     def _load_backend(self, engine: EngineInfo):
-        from wanrt.runtime import backends as B
+        from wanrt.runtime import backends as B  # lazy: torch: replicas load it, the Ray driver imports this module
 
         if engine.backend == "eager":
-            from wanrt.export.model import ModelSpec
+            from wanrt.export.model import ModelSpec  # lazy: torch: in the replica only
 
             return B.backend_from_specs("eager", ModelSpec(engine.model_source), None, device=self.device)
         options: dict[str, Any] = {"verify": self.verify}
-        if engine.backend in ("ort", "ov"):
+        flavour = registry.for_backend(engine.backend)  # None: ort
+        if flavour is None or "threads" in flavour.runtime_options:
             options["threads"] = self.threads
-        device = self.device if engine.backend != "trt" or self.device.startswith("cuda") else "cuda"
+        on_gpu = flavour is not None and flavour.runtime_device == "cuda"
+        device = "cuda" if on_gpu and not self.device.startswith("cuda") else self.device
         return B.create_backend(engine.backend, artifact=engine.path, device=device, **options)
 
     def _base_model(self, engine: EngineInfo):
         """The transformer the engine was exported from, with its weights, loaded once."""
         if engine.name not in self._base_models:
-            from wanrt.engines.refit import load_base_model
+            from wanrt.export.model import exported_model_spec, load_transformer  # lazy: torch: in the replica only
 
-            self._base_models[engine.name] = load_base_model(self._manifest(engine))
+            self._base_models[engine.name] = load_transformer(exported_model_spec(self._manifest(engine)))
         return self._base_models[engine.name]
 
     def _skeleton(self, engine: EngineInfo):
@@ -122,32 +126,21 @@ class VideoWorker:
         meta device (no weights, no memory); a checkpoint is loaded for real (a 14B replica pays this once)."""
         import torch
 
-        from wanrt.engines.refit import onnx_specs
-        from wanrt.export.model import load_transformer
+        from wanrt.export.model import exported_model_spec, load_transformer  # lazy: torch: in the replica only
 
-        manifest = self._manifest(engine)
-        model_spec, _ = onnx_specs(manifest)
+        model_spec = exported_model_spec(self._manifest(engine))
         if not model_spec.is_preset:
             return self._base_model(engine)
         with torch.device("meta"):
-            return load_transformer(replace(model_spec, dtype=manifest["payload"]["onnx"].get("dtype") or
-                                            model_spec.dtype))
+            return load_transformer(model_spec)
 
-    def _manifest(self, engine: EngineInfo) -> dict[str, Any]:
-        """The engine's manifest in the engine layout (an export's own sections nested under `onnx`)."""
-        from wanrt.artifacts import read_manifest
-
-        manifest = read_manifest(engine.path)
-        if manifest.get("kind") == "onnx":
-            manifest = {"specs": {"onnx": manifest["specs"]}, "payload": {"onnx": manifest["payload"]}}
-        return manifest
+    def _manifest(self, engine: EngineInfo) -> ExportManifest | EngineManifest:
+        return read_any(engine.path, ExportManifest, EngineManifest)
 
     def lora_weights(self, engine: EngineInfo, name: str, scale: float | None):
         """LoraWeights of a library LoRA (or of the engine's own exported LoRA) for a swap."""
         def make():
-            from wanrt.export.api import LoraSpec, resolve_lora
-
-            from wanrt.artifacts import read_manifest
+            from wanrt.export.api import LoraSpec, resolve_lora  # lazy: torch: in the replica only
 
             if name in self.catalog.loras:
                 model = self._skeleton(engine)
@@ -155,7 +148,7 @@ class VideoWorker:
                                 scale=1.0 if scale is None else scale)
             else:  # the engine's own LoRA as exported (a synthetic one is scaled to the real weights' norms)
                 model = self._base_model(engine)
-                spec = LoraSpec(**read_manifest(engine.path)["specs"]["lora"])
+                spec = LoraSpec(**self._manifest(engine).export_specs["lora"])
                 spec = replace(spec, scale=spec.scale if scale is None else scale)
             lora, _ = resolve_lora(model, spec)
             return lora
@@ -181,7 +174,7 @@ class VideoWorker:
     def pipeline(self, engine: EngineInfo, backend: _Watched, seed: int):
         """The diffusers pipeline around `backend`. The tiny built-in pipeline's encoders are seeded by the
         generation seed (as `wanrt generate` builds them), so it is cached per seed."""
-        from wanrt.runtime.pipeline import build_pipeline
+        from wanrt.runtime.pipeline import build_pipeline  # lazy: torch: in the replica only
 
         key = (engine.name, seed if self.catalog.pipeline is None else None)
         return self._pipes.take(key, lambda: build_pipeline(backend, checkpoint=self.catalog.pipeline, seed=seed))
@@ -192,8 +185,8 @@ class VideoWorker:
         """One job: image bytes + checked request -> mp4 bytes. Raises JobCancelled or a WanrtError. `on_start`
         is called once the job has this worker (the previous job has stopped): its run time starts there."""
         from PIL import Image
-        from wanrt.runtime.generate import GenerateSpec, generate_video
-        from wanrt.runtime.pipeline import encode_mp4
+        from wanrt.runtime.generate import GenerateSpec, generate_video  # lazy: torch + ORT: in the replica only
+        from wanrt.runtime.pipeline import encode_mp4  # lazy: torch: in the replica only
 
         engine = self._engines[req.engine]
         with self._lock:
@@ -240,7 +233,6 @@ class VideoWorker:
 
         import numpy as np
         import torch
-        from wanrt.runtime.serving.requests import predict_shapes
 
         engine = self._engines[req.engine]
         shapes = predict_shapes(engine, req.batch, req.frames, req.height, req.width)
@@ -316,8 +308,6 @@ class _ClientError(WanrtError):
 
 
 def _error_codes():
-    from wanrt.errors import BadInputError, EngineError, LoraError, MissingDependencyError
-
     return ((LoraError, "lora_error"), (EngineError, "engine_error"), (MissingDependencyError, "missing_dependency"),
             (BadInputError, "invalid_request"))
 

@@ -11,12 +11,12 @@ from typing import Any
 
 from wanrt.artifacts import spec_hash
 from wanrt.engines.cache import engine_cache_dir  # noqa: F401 - re-exported: where a build looks engines up
-from wanrt.choices import Precision
-from wanrt.engines.engine_spec import PRECISIONS, EngineSpec
-from wanrt.engines.flavour import (MIN_CC, RTX_DEFAULT_TARGETS, Flavour, check_precision_supported, gpu_info,
+from wanrt.choices import Precision, Refit
+from wanrt.engines.trt.engine_spec import PRECISIONS, EngineSpec
+from wanrt.engines.trt.flavour import (MIN_CC, RTX_DEFAULT_TARGETS, Flavour, check_precision_supported, gpu_info,
                                    load_flavour)
 from wanrt.engines.onnx_dir import export_digests, lora_refit_names, onnx_dtype, onnx_initializer_info, read_onnx_dir
-from wanrt.engines.profiles import ProfileSpec, check_against_export, resolve_profiles
+from wanrt.engines.trt.profiles import ProfileSpec, check_against_export, resolve_profiles
 from wanrt.errors import BadInputError, EngineError
 
 
@@ -67,8 +67,7 @@ def resolve_refit(spec: EngineSpec, refit_names: dict[str, Any], precision: str,
     """None (not refittable), "individual" (only the LoRA weights) or "all" (REFIT, when individual is missing).
     TensorRT-RTX's ahead-of-time compiler queries CUDA for refittable engines (1.7: Myelin CHECK failure without a
     GPU), so without a GPU `auto` builds a non-refittable engine and `yes` is refused up front."""
-    if spec.refit not in ("auto", "yes", "no"):
-        raise BadInputError(f"--refit {spec.refit!r}: auto, yes or no")
+    Refit.parse(spec.refit, "--refit")
     has_lora = bool(refit_names["weights"])
     if spec.refit == "no" or (spec.refit == "auto" and not has_lora):
         return None

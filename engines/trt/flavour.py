@@ -19,13 +19,16 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from wanrt.choices import Flavour as FlavourChoice
+from wanrt.choices import Dtype, Precision
 from wanrt.errors import EngineError, MissingDependencyError
 
-FLAVOUR_CHOICES = FlavourChoice.values()  # wanrt.choices.Flavour: --flavour everywhere
 # flavour -> module names to try, in order
 MODULES = {"tensorrt": ("tensorrt",), "rtx": ("tensorrt_rtx", "tensorrt_rtx_bindings")}
+FLAVOUR_CHOICES = ("auto", *MODULES)  # what load_flavour takes (the registry offers the other flavours)
+# what a TensorRT engine takes: the export dtypes (strongly typed) and FP8 Q/DQ
+PRECISIONS = (*Dtype.values(), Precision.FP8.value)
 LABELS = {"tensorrt": "TensorRT", "rtx": "TensorRT-RTX"}
+BACKEND = "trt"  # the runtime backend that runs both flavours' engines (engines/trt/runner.py)
 INSTALL_HINT = ("install TensorRT-RTX with `pip install 'wanrt[rtx]'` (tensorrt-rtx-cu13-bindings + libs; parses, "
                 "configures and AOT-builds without a GPU), or datacenter TensorRT with `pip install tensorrt` "
                 "(needs an NVIDIA GPU to build)")
@@ -217,11 +220,8 @@ def _bind_polygraphy(name: str, module: ModuleType) -> None:
 
 def load_flavour(choice: str = "auto") -> Flavour:
     """The TensorRT flavour to use: `tensorrt`, `rtx`, or `auto`. MissingDependencyError names what to install."""
-    if choice not in FLAVOUR_CHOICES:
-        raise EngineError(f"--flavour {choice!r}: choose one of {', '.join(FLAVOUR_CHOICES)}")
-    if choice == "openvino":  # not a TensorRT module: engines/openvino.py builds and loads those (issue 12)
-        raise EngineError("--flavour openvino is built by `wanrt build EXPORT_DIR --flavour openvino` and run by "
-                          "backend 'ov'; this step needs a TensorRT flavour (tensorrt, rtx)")
+    if choice not in FLAVOUR_CHOICES:  # another registered flavour (engines/registry.py) builds and loads those
+        raise EngineError(f"--flavour {choice}: this step needs a TensorRT flavour ({', '.join(FLAVOUR_CHOICES)})")
     name = _pick_auto() if choice == "auto" else choice
     if name in _LOADED:
         return _LOADED[name]

@@ -13,9 +13,9 @@ from typing import Any
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from wanrt.console import err_console
-from wanrt.engines.engine_spec import EngineSpec
-from wanrt.engines.flavour import RTX_DEFAULT_TARGETS, Flavour, polygraphy_trt
-from wanrt.engines.profiles import ProfileSpec
+from wanrt.engines.trt.engine_spec import EngineSpec
+from wanrt.engines.trt.flavour import RTX_DEFAULT_TARGETS, Flavour, polygraphy_trt
+from wanrt.engines.trt.profiles import ProfileSpec
 from wanrt.errors import BadInputError, EngineError
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from wanrt.engines.fp8.graph import producers_of
+from wanrt.engines.trt.fp8.graph import producers_of
 from wanrt.errors import BadInputError
 
 BLOCK_WEIGHT = re.compile(r"^blocks\.(\d+)\.(.+)\.weight$")

@@ -33,7 +33,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from wanrt.errors import BadInputError
+from wanrt.errors import BadInputError, MissingDependencyError
 
 GROUPS = ("time", "norms", "rope", "modulation", "residual", "attention", "lora")
 KEEP_POLICIES: dict[str, tuple[str, ...]] = {
@@ -241,8 +241,6 @@ def compress_int8(model, keep: dict[str, Any]) -> tuple[Any, list[str]]:
     try:
         import nncf
     except ImportError as e:
-        from wanrt.errors import MissingDependencyError
-
         raise MissingDependencyError(f"int8 needs NNCF ({e}); pip install 'wanrt[openvino]'") from None
     from openvino.passes import ConstantFolding, Manager
 

@@ -15,7 +15,7 @@ import onnxruntime as ort
 import torch
 
 from wanrt.dit_io import DitIO, ShapeRange, VideoShape, parse_video_shape
-from wanrt.engines.fp8.graph import fits_protobuf, save_model
+from wanrt.engines.trt.fp8.graph import fits_protobuf, save_model
 from wanrt.errors import BadInputError
 
 # calibration shapes for a graph whose manifest gives no range: anything the VAE grid allows

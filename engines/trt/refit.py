@@ -27,7 +27,7 @@ import torch
 from wanrt import lora_layout
 from wanrt.artifacts import (atomic_output_dir, check_output_dir, confined_path, read_manifest, sha256_file,
                              write_manifest)
-from wanrt.engines.runtime import TRTEngine, load_engine_manifest, trt_weights_dtype
+from wanrt.engines.trt.engine import TRTEngine, load_engine_manifest, trt_weights_dtype
 from wanrt.errors import BadInputError, EngineError, LoraError
 from wanrt.export.api import LoraSpec, resolve_lora
 from wanrt.export.lora_formats import check_lora_exists, check_lora_source

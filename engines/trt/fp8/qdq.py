@@ -9,8 +9,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from wanrt.engines.fp8.graph import insert_before_consumers, producers_of, value_types
-from wanrt.engines.fp8.selection import weight_source
+from wanrt.engines.trt.fp8.graph import insert_before_consumers, producers_of, value_types
+from wanrt.engines.trt.fp8.selection import weight_source
 from wanrt.errors import EngineError
 
 FP8_MAX = 448.0  # largest finite float8 e4m3fn

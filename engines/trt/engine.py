@@ -14,14 +14,15 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from wanrt.engines.flavour import (
+from wanrt.engines.trt.flavour import (
     LABELS,
     RTX_DEFAULT_TARGETS,
     Flavour,
     gpu_info,
     load_flavour,
+    polygraphy_trt,
 )
-from wanrt.engines.profiles import ProfileSpec, select_profile
+from wanrt.engines.trt.profiles import ProfileSpec, select_profile
 
 from wanrt.artifacts import check_artifact_files, confined_path, read_manifest, sha256_file, write_bytes_atomic
 from wanrt.errors import BadInputError, EngineError
@@ -160,8 +161,6 @@ class TRTEngine:
                 raise EngineError(f"{plan_path}: {self.flavour.label} rejects this plan "
                                   f"({_diagnostics(trt, diagnostics)}); "
                                   f"rebuild with `wanrt build`")
-        from wanrt.engines.flavour import polygraphy_trt
-
         ptrt = polygraphy_trt()
         try:
             self.engine = ptrt.EngineFromBytes(plan, runtime=self.runtime)()

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from wanrt.engines.build import parse_network
-from wanrt.engines.flavour import load_flavour
+from wanrt.engines.trt.build import parse_network
+from wanrt.engines.trt.flavour import load_flavour
 from wanrt.errors import EngineError, MissingDependencyError
 
 

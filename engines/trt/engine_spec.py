@@ -6,13 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from wanrt.choices import Dtype, Precision
-from wanrt.engines.fp8 import Fp8Spec
+from wanrt.engines.trt.flavour import PRECISIONS  # noqa: F401 - re-exported: what a TensorRT engine takes
+from wanrt.engines.trt.fp8 import Fp8Spec
 
 PLAN_NAME = "engine.plan"  # the serialized TensorRT engine ("plan" in TensorRT's own words), and only that
 ENGINE_KIND = "engine"
-# what a TensorRT engine takes: the export dtypes (strongly typed) and FP8 Q/DQ; int8 is the openvino flavour's
-PRECISIONS = (*Dtype.values(), Precision.FP8.value)
 
 
 @dataclass(frozen=True)

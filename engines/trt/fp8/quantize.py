@@ -9,15 +9,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wanrt.engines.fp8.calibration import (calibrate_amax, calibration_session, check_inputs, load_calibration_set,
+from wanrt.engines.trt.fp8.calibration import (calibrate_amax, calibration_session, check_inputs, load_calibration_set,
                                            random_calibration, relative_errors, to_numpy)
-from wanrt.engines.fp8.graph import copy_model, graph_dtype, load_model, save_model, widen_model_to_fp32
-from wanrt.engines.fp8.modelopt import modelopt_available, modelopt_quantize
-from wanrt.engines.fp8.qdq import insert_qdq, make_simulatable, transplant_qdq
-from wanrt.engines.fp8.selection import block_count, parse_keep_blocks, select_matmuls
+from wanrt.engines.trt.fp8.graph import copy_model, graph_dtype, load_model, save_model, widen_model_to_fp32
+from wanrt.engines.trt.fp8.modelopt import modelopt_available, modelopt_quantize
+from wanrt.engines.trt.fp8.qdq import insert_qdq, make_simulatable, transplant_qdq
+from wanrt.engines.trt.fp8.selection import block_count, parse_keep_blocks, select_matmuls
+from wanrt.choices import Fp8Backend
 from wanrt.errors import BadInputError, MissingDependencyError, ValuesMismatch
 
-FP8_BACKENDS = ("auto", "modelopt", "wanrt")
+FP8_BACKENDS = Fp8Backend.values()
 DEFAULT_TOLERANCE = 0.1
 
 
@@ -37,8 +38,7 @@ class Fp8Spec:
 
 
 def resolve_backend(name: str) -> str:
-    if name not in FP8_BACKENDS:
-        raise BadInputError(f"--fp8-backend {name!r}: choose one of {', '.join(FP8_BACKENDS)}")
+    Fp8Backend.parse(name, "--fp8-backend")
     if name == "auto":
         return "modelopt" if modelopt_available() else "wanrt"
     if name == "modelopt" and not modelopt_available():

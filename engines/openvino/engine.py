@@ -12,7 +12,7 @@ engine directory:
 Loading (`OvEngine`) checks the manifest against the running OpenVINO and CPU before the blob is imported: a blob
 only loads in the OpenVINO version that compiled it, and a bf16/int8 blob uses ISA the CPU must have; each mismatch
 is one EngineError line that says to rebuild. Precision decisions (what stays fp32 under a bf16 hint, NNCF int8)
-live in engines/ov_precision.py.
+live in engines/openvino/precision.py.
 
 LoRA hot-swap: OpenVINO folds ONNX initializers into Constants. Before compiling, each `lora.<module>.A/B/bias`
 Constant is replaced by a Parameter of the same name, shape and type, so the branch weights are inputs of the
@@ -44,23 +44,21 @@ from wanrt.artifacts import (
     spec_hash,
     write_manifest,
 )
+from wanrt.engines.cache import EngineCache, engine_cache_dir, plan_intact
+from wanrt.engines.openvino import CAPABILITY, FLAVOUR, INSTALL_HINT, PRECISIONS
+from wanrt.engines.openvino import precision as ov_precision
 from wanrt.engines.onnx_dir import export_digests, onnx_initializer_info, read_onnx_dir
 from wanrt.engines.lora_swap import SWAP_KIND, loaded_from_export, loaded_identity, swap_section, swap_weights
 from wanrt.errors import BadInputError, EngineError, MissingDependencyError
 
-FLAVOUR = "openvino"
 BLOB_NAME = "model.blob"
-TIME_BLOB_NAME = "time.blob"  # bf16/int8: the timestep embedding, compiled fp32 (engines/ov_precision.py)
+TIME_BLOB_NAME = "time.blob"  # bf16/int8: the timestep embedding, compiled fp32 (engines/openvino/precision.py)
 LORA_NAME = "lora.safetensors"
-PRECISIONS = ("fp32", "bf16", "int8")
-# The OpenVINO capability each precision needs (Core.get_property(device, "OPTIMIZATION_CAPABILITIES")).
-CAPABILITY = {"fp32": "FP32", "bf16": "BF16", "int8": "INT8"}
 # CPU flags recorded in the manifest: the ones OpenVINO's CPU kernels dispatch on for fp32/bf16/int8.
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16",
              "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
-# Bumped when a change here or in ov_precision.py changes what a build produces (part of the cache key).
+# Bumped when a change here or in precision.py changes what a build produces (part of the cache key).
 BUILD_REVISION = 3
-INSTALL_HINT = "pip install 'wanrt[openvino]' (openvino + nncf from PyPI)"
 
 
 def require_openvino():
@@ -144,7 +142,7 @@ class OvEngineSpec:
 
     precision: str = "fp32"  # fp32 | bf16 | int8
     device: str = "CPU"  # an OpenVINO device name: CPU, GPU, GPU.1
-    keep_fp32: str = "wan"  # bf16/int8: which nodes stay fp32 (engines/ov_precision.KEEP_POLICIES)
+    keep_fp32: str = "wan"  # bf16/int8: which nodes stay fp32 (engines/openvino/precision.KEEP_POLICIES)
     int8: str = "weights"  # int8: NNCF weight compression ("weights") or static W8A8 ("w8a8", calibrated)
     calib: int = 4  # w8a8: calibration samples
     cache: bool = True
@@ -217,30 +215,37 @@ def engine_cache_key(spec: OvEngineSpec, onnx_sha: str, version: str, cpu: dict[
 
 
 def _cache(spec: OvEngineSpec):
-    from wanrt.engines.cache import EngineCache, engine_cache_dir
-
     return EngineCache(engine_cache_dir(spec)) if spec.cache else None
+
+
+def _resolve(onnx_dir: str | os.PathLike, spec: OvEngineSpec):
+    """Every decision before the compile: (export manifest, ONNX path, Core, device capabilities, CPU, ONNX sha256,
+    cache key). Refuses a non-fp32 export and a precision the device lacks."""
+    export_manifest, onnx_path = read_onnx_dir(onnx_dir)
+    if export_manifest["specs"].get("export", {}).get("dtype", "fp32") != "fp32":
+        raise BadInputError(f"{onnx_dir}: the openvino flavour compiles an fp32 export (precision comes from "
+                            f"--precision, like TensorRT's weakly typed mode); re-export with --dtype fp32")
+    core = require_openvino().Core()
+    caps = check_precision_supported(core, spec.device, spec.precision)
+    cpu = cpu_info()
+    # the bytes compiled (model.onnx and its external data), not the recorded hash: a replaced file is a new engine
+    onnx_sha, content_sha = export_digests(onnx_dir, export_manifest, onnx_path)
+    key = engine_cache_key(spec, content_sha, openvino_version(), cpu)
+    return export_manifest, onnx_path, core, caps, cpu, onnx_sha, key
+
+
+def cache_key(onnx_dir: str | os.PathLike, spec: OvEngineSpec) -> str:
+    """The engine cache key a build of `onnx_dir` at `spec` gets (hashes the ONNX bytes; compiles nothing)."""
+    return _resolve(onnx_dir, spec)[-1]
 
 
 def build_openvino_engine(onnx_dir: str | os.PathLike, spec: OvEngineSpec, out_dir: str | os.PathLike,
                           force: bool = False, threads: int | None = None) -> dict[str, Any]:
     """Compile an export directory for OpenVINO into `out_dir` (or reuse the same engine from the cache);
     returns the engine manifest. Nothing is written unless the compile succeeds."""
-    from wanrt.engines import ov_precision
-
-    ov = require_openvino()
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
-    export_manifest, onnx_path = read_onnx_dir(onnx_dir)
-    if export_manifest["specs"].get("export", {}).get("dtype", "fp32") != "fp32":
-        raise BadInputError(f"{onnx_dir}: the openvino flavour compiles an fp32 export (precision comes from "
-                            f"--precision, like TensorRT's weakly typed mode); re-export with --dtype fp32")
-    core = ov.Core()
-    caps = check_precision_supported(core, spec.device, spec.precision)
-    cpu = cpu_info()
-    # the bytes compiled (model.onnx and its external data), not the recorded hash: a replaced file is a new engine
-    onnx_sha, content_sha = export_digests(onnx_dir, export_manifest, onnx_path)
-    key = engine_cache_key(spec, content_sha, openvino_version(), cpu)
+    export_manifest, onnx_path, core, caps, cpu, onnx_sha, key = _resolve(onnx_dir, spec)
     existing = _same_engine(out_dir, key)
     if existing is not None:
         return existing
@@ -262,7 +267,7 @@ def build_openvino_engine(onnx_dir: str | os.PathLike, spec: OvEngineSpec, out_d
             timings["precision"] = time.perf_counter() - t
             t = time.perf_counter()
             compiled = core.compile_model(model, spec.device, compile_properties(spec.precision, threads))
-            if time_model is not None:  # the timestep embedding, fp32 (engines/ov_precision.split_time_path)
+            if time_model is not None:  # the timestep embedding, fp32 (engines/openvino/precision.split_time_path)
                 time_blob = _blob(core.compile_model(time_model, spec.device, compile_properties("fp32", threads)))
                 (tmp / TIME_BLOB_NAME).write_bytes(time_blob)
             timings["compile"] = time.perf_counter() - t
@@ -306,8 +311,6 @@ def _blob(compiled) -> bytes:
 
 
 def _same_engine(out_dir: Path, key: str) -> dict[str, Any] | None:
-    from wanrt.engines.cache import plan_intact
-
     if not (out_dir / "manifest.json").is_file():
         return None
     try:
@@ -338,14 +341,6 @@ def _load_lora(path: Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ load
-def is_openvino_engine(directory: str | os.PathLike) -> bool:
-    try:
-        m = read_manifest(directory, kind="engine")
-    except BadInputError:
-        return False
-    return m["payload"].get("flavour") == FLAVOUR
-
-
 def load_openvino_manifest(engine_dir: str | os.PathLike) -> dict[str, Any]:
     engine_dir = Path(engine_dir)
     if not engine_dir.is_dir():
@@ -522,7 +517,7 @@ def refit_openvino_engine_dir(engine_dir: str | os.PathLike, lora_file: str | No
     """`wanrt refit` for OpenVINO engines: compute the new branch weights (same layout and refusals as TensorRT
     refit), check them against the engine by loading it, and rewrite lora.safetensors + manifest atomically. The
     compiled blob is copied as is: nothing is recompiled."""
-    from wanrt.engines.refit import check_new_lora, load_base_model, resolve_new_lora
+    from wanrt.engines.trt.refit import check_new_lora, load_base_model, resolve_new_lora  # torch: with a LoRA
 
     engine_dir = Path(engine_dir)
     manifest = load_openvino_manifest(engine_dir)

@@ -1,6 +1,6 @@
 """ONNX export directory -> TensorRT engine directory (`engine.plan` + `manifest.json`), once per content.
 
-Written once against the API `tensorrt` and `tensorrt_rtx` share (engines/flavour.py). Polygraphy does the parts it
+Written once against the API `tensorrt` and `tensorrt_rtx` share (engines/trt/flavour.py). Polygraphy does the parts it
 has loaders for: the builder config (`CreateConfig` / `CreateConfigRTX`: profiles, optimization level, memory pool
 limits, timing cache, progress monitor, weight streaming, refit, AOT compute capabilities) and the build with its
 timing-cache merge (`EngineBytesFromNetwork`). wanrt parses the network itself so parser errors come back as one
@@ -10,7 +10,7 @@ Steps of `build_engine_from_onnx_dir`:
 1. read the ONNX manifest; pick the TensorRT flavour; resolve targets (GPU or AOT compute capabilities), precision
    and profiles, and refuse what cannot work before any expensive step;
 2. cache key = hash(spec, ONNX sha256, flavour + version, targets): an existing engine with that key is reused;
-3. FP8: quantize to a Q/DQ ONNX (engines/fp8/) and check its numerics in ONNX Runtime;
+3. FP8: quantize to a Q/DQ ONNX (engines/trt/fp8/) and check its numerics in ONNX Runtime;
 4. parse strongly typed (precision comes from the ONNX dtypes), mark refittable weights, configure, build;
 5. write the engine directory atomically and store it in the content-addressed cache.
 
@@ -33,13 +33,13 @@ from typing import Any
 from wanrt.artifacts import (atomic_output_dir, build_manifest, check_output_dir, read_manifest, sha256_file,
                              write_manifest)
 from wanrt.engines.cache import EngineCache, plan_intact
-from wanrt.engines.engine_spec import ENGINE_KIND, PLAN_NAME, PRECISIONS, EngineSpec
-from wanrt.engines.fp8 import quantize_fp8
+from wanrt.engines.trt.engine_spec import ENGINE_KIND, PLAN_NAME, PRECISIONS, EngineSpec
+from wanrt.engines.trt.fp8 import quantize_fp8
 from wanrt.engines.lora_swap import loaded_from_export
-from wanrt.engines.network import (Configured, build_serialized_engine, capturing_logger, configure, mark_refittable,
-                                   network_io, parse_network)
+from wanrt.engines.trt.network import (Configured, build_serialized_engine, capturing_logger, configure,
+                                       mark_refittable, network_io, parse_network)
 from wanrt.engines.onnx_dir import lora_refit_names, onnx_dtype, onnx_initializer_info, read_onnx_dir
-from wanrt.engines.resolve import (ResolvedBuild, compute_cache_key, cpu_build_blocker, engine_cache_dir, prepare,
+from wanrt.engines.trt.resolve import (ResolvedBuild, compute_cache_key, cpu_build_blocker, engine_cache_dir, prepare,
                                    resolve_precision, resolve_refit, resolve_targets)
 from wanrt.errors import BadInputError, EngineError
 

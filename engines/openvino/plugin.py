@@ -1,0 +1,156 @@
+"""OpenVINO (CPU, Intel GPU) in the flavour registry (engines/registry.py): its `wanrt build` options, the
+precisions this machine offers, build, load and LoRA swap.
+
+Light at import (the registry lists flavours for `wanrt --help`): OpenVINO is imported by the methods that use it;
+without it, `--flavour openvino` is one MissingDependencyError line naming the extra.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.util import find_spec
+from typing import Any, Callable
+
+import click
+
+from wanrt.engines.cache import engine_cache_from_root
+from wanrt.engines.openvino import BACKEND, FLAVOUR, INSTALL_HINT, PRECISIONS
+from wanrt.engines.openvino.precision import KEEP_POLICIES
+from wanrt.errors import BadInputError
+
+# build options of the TensorRT flavours, at their defaults: set to anything else, refused rather than ignored
+TRT_ONLY = {"profiles": (), "frames": None, "opt_level": None, "workspace_gib": None, "timing_cache": None,
+            "weight_streaming": False, "compute_capability": None}
+
+OPTIONS = (
+    click.option("--ov-device", "ov_device", default="CPU", show_default=True,
+                 help="openvino flavour: the OpenVINO device (CPU, GPU, GPU.1)."),
+    click.option("--keep-fp32", "keep_fp32", type=click.Choice(tuple(KEEP_POLICIES)), default="wan",
+                 show_default=True,
+                 help="openvino bf16/int8: what stays fp32 (wan: the timestep embedding, as Wan keeps it)."),
+)
+
+
+@dataclass(frozen=True)
+class OpenVINOFlavour:
+    name: str = FLAVOUR
+    label: str = "OpenVINO"
+    backend: str = BACKEND
+    backend_description: str = "OpenVINO engine (CPU / Intel GPU; fp32, bf16, int8)"
+    distributions: tuple[str, ...] = ("openvino", "nncf")
+    modules: tuple[str, ...] = ("openvino",)
+    extra: str = "openvino"
+    offered: tuple[str, ...] = PRECISIONS
+    runtime_options: tuple[str, ...] = ("threads", "precision", "ov_device", "verify")  # what its runner takes
+    runtime_device: str = "cpu"  # host tensors; OpenVINO's own device is ov_device
+    loads_exports: bool = True  # its runtime compiles an export once into the engine cache
+    first_run_compiles: bool = False
+    kernel: str = "OpenVINO FC"  # the GEMM family its MatMuls run (runtime/bench/peaks.py measures the peak)
+    options: tuple[Callable, ...] = OPTIONS
+    summary_columns: tuple[str, ...] = ("engine", "device", "precision", "fp32 kept", "int8", "MiB", "LoRA", "s")
+
+    def available(self) -> str | None:
+        return None if find_spec("openvino") is not None else f"the {FLAVOUR} flavour needs OpenVINO: {INSTALL_HINT}"
+
+    def precisions(self, device: str = "CPU") -> tuple[str, ...]:
+        """What `device` runs natively (OPTIMIZATION_CAPABILITIES, narrowed by $WANRT_OV_CAPABILITIES)."""
+        if self.available() is not None:
+            return ()
+        from wanrt.engines.openvino.engine import precision_refusal, require_openvino  # onnx: with OpenVINO
+
+        core = require_openvino().Core()
+        return tuple(p for p in PRECISIONS if precision_refusal(core, device, p) is None)
+
+    def default_precision(self, dtype: str) -> str:  # noqa: ARG002 - the protocol's; it compiles fp32 exports
+        return "fp32"
+
+    def refusal(self, precision: str, device: str = "CPU") -> str | None:
+        if precision not in PRECISIONS:
+            return (f"--precision {precision}: the {FLAVOUR} flavour builds {', '.join(PRECISIONS)} (fp8 is "
+                    f"TensorRT's; int8 is its CPU counterpart here)")
+        if self.available() is not None:
+            return self.available()
+        from wanrt.engines.openvino.engine import precision_refusal, require_openvino  # onnx: with OpenVINO
+
+        return precision_refusal(require_openvino().Core(), device, precision)
+
+    def spec(self, kw: dict[str, Any]):
+        from wanrt.engines.openvino.engine import OvEngineSpec  # onnx: with the engine module
+        used = [k for k, default in TRT_ONLY.items() if kw.get(k) not in (default, None, (), False)]
+        if used:
+            flag = "--" + used[0].replace("_gib", "").replace("_", "-").replace("profiles", "profile")
+            raise BadInputError(f"{flag} is a TensorRT option; the {FLAVOUR} flavour compiles for any shape in the "
+                                f"export's range")
+        precision = kw.get("precision") or "fp32"
+        why = self.refusal(precision) if precision not in PRECISIONS else None
+        if why is not None:
+            raise BadInputError(why)
+        return OvEngineSpec(precision=precision, device=kw.get("ov_device") or "CPU",
+                            keep_fp32=kw.get("keep_fp32") or "wan", cache=not kw.get("no_cache"),
+                            cache_dir=engine_cache_from_root(kw.get("cache_dir")))
+
+    def spec_for(self, precision: str | None):
+        from wanrt.engines.openvino.engine import OvEngineSpec  # onnx: with the engine module
+
+        return OvEngineSpec(precision=precision or "fp32")
+
+    def build(self, onnx_dir, spec, out, force: bool = False, threads: int | None = None):
+        from wanrt.engines.openvino.engine import build_openvino_engine  # onnx + OpenVINO: when a build runs
+
+        return build_openvino_engine(onnx_dir, spec, out, force=force, threads=threads)
+
+    def dry_run(self, onnx_dir, spec) -> list[tuple[str, str]]:
+        from wanrt.engines.openvino.engine import check_precision_supported, require_openvino  # onnx + OpenVINO
+
+        ov = require_openvino()
+        caps = check_precision_supported(ov.Core(), spec.device, spec.precision)
+        return [("OpenVINO", f"{ov.__version__} {spec.device} ({', '.join(caps)})"), ("export", str(onnx_dir)),
+                ("precision", spec.precision), ("keep fp32", spec.keep_fp32)]
+
+    def summary_row(self, out: str, manifest: dict[str, Any]) -> tuple[str, ...]:
+        p = manifest["payload"]
+        report = p.get("precision_report") or {}
+        int8 = (report.get("int8") or {}).get("count")
+        lora = p.get("lora") or {}
+        return (out, p["openvino"]["device"], p["precision"], ",".join(report.get("keep_fp32") or []) or "-",
+                "-" if int8 is None else str(int8), f"{p['plan_bytes'] / 2**20:.1f}",
+                f"{lora.get('mode') or '-'}{' (swap)' if lora.get('refit') else ''}",
+                f"{p['timings_s']['total']:.1f}")
+
+    def summary_caption(self, manifests: list[dict[str, Any]]) -> str | None:
+        versions = sorted({m["payload"]["openvino"]["version"].split("-")[0] for m in manifests})
+        return f"OpenVINO {', '.join(versions)}; int8: quantized MatMuls (list in manifest.json)"
+
+    def describe(self, manifest: dict[str, Any]) -> str:
+        return f"OpenVINO {manifest['payload']['openvino']['version']}"
+
+    def load(self, engine_dir, device: str | None = None, threads: int | None = None, verify: bool = False):
+        from wanrt.engines.openvino.engine import OvEngine  # onnx + OpenVINO: loaded with an engine
+
+        return OvEngine(engine_dir, device=device, threads=threads, verify_hash=verify)
+
+    def check_runtime(self, device) -> None:
+        from wanrt.engines.openvino.runner import check_runtime  # torch: the runtime has it, `wanrt --help` not
+
+        check_runtime(device)
+
+    def runner(self, artifact, device="cpu", **options: Any):
+        """The engine for runtime/backends.EngineBackend; an export is compiled once into the engine cache."""
+        from wanrt.engines.openvino.runner import OvRunner  # torch + OpenVINO: loaded with an engine
+
+        return OvRunner(artifact, device, **options)
+
+    def refit(self, engine_dir, lora_file=None, rank=None, scale=None, seed=None, allow_pickle=False,
+              out_dir=None, force=False) -> dict[str, Any]:
+        from wanrt.engines.openvino.engine import refit_openvino_engine_dir  # torch: loaded with a LoRA
+
+        return refit_openvino_engine_dir(engine_dir, lora_file, rank, scale, seed, allow_pickle, out_dir=out_dir,
+                                         force=force)
+
+    def refit_dry_run(self, *_args, **_kw) -> dict[str, str]:
+        raise BadInputError("--dry-run is for TensorRT refits; an OpenVINO swap writes only the LoRA weights "
+                            "(use -o DIR to keep the original)")
+
+
+
+OPENVINO = OpenVINOFlavour()
