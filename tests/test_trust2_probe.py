@@ -1,0 +1,69 @@
+"""A wider probe, as a new user and an attacker would try it (issue 16, second pass): each test is one class of
+finding the probe turned up, asserted through the CLI or over HTTP against a real `wanrt serve --no-ray`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tests.serve_helpers import free_port, wait_for
+from tests.test_trust2_serve_headers import _healthy, _is_openai_error, raw
+
+pytest.importorskip("uvicorn")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    port = free_port()
+    store = tmp_path_factory.mktemp("probe-store")
+    proc = subprocess.Popen([sys.executable, "-m", "wanrt", "serve", "--backend", "eager", "--model", "tiny",
+                             "--no-ray", "--port", str(port), "--store", str(store), "--threads", "1"],
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: _healthy(port) or proc.poll() is not None, timeout=120, every=0.3)
+        assert proc.poll() is None, "wanrt serve exited at start-up"
+        yield port
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
+def _post(headers: bytes, body: bytes = b"") -> list[bytes]:
+    return [b"POST /v1/videos HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n" + body]
+
+
+@pytest.mark.parametrize("head, code", [
+    (b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: x\r\n\r\n", "invalid_request_line"),
+    (b"GET v1/videos HTTP/1.1\r\nHost: x\r\n\r\n", "invalid_request_line"),
+    (b"FOO /v1/videos HTTP/1.1\r\nHost: x\r\n\r\n", "method_not_allowed"),
+])
+def test_odd_request_lines_get_the_error_shape(server, head, code):
+    status, body, _ = raw(server, [head])
+    assert status in (400, 405) and _is_openai_error(body, code), (status, body)
+
+
+@pytest.mark.parametrize("body, what", [
+    (b"zz\r\n{}\r\n0\r\n\r\n", "chunk-size"),
+    (b"ffffffffffffffffff\r\n{}\r\n0\r\n\r\n", "chunk-size"),
+    (b"2\r\n{}XX0\r\n\r\n", "CRLF"),
+])
+def test_malformed_chunked_bodies_get_the_error_shape(server, body, what):
+    status, reply, _ = raw(server, _post(b"Transfer-Encoding: chunked\r\nContent-Type: application/json\r\n", body))
+    assert status == 400 and _is_openai_error(reply, "invalid_chunked_body"), (status, reply)
+    assert what in reply["error"]["message"]
+
+
+def test_a_repeated_content_length_value_reaches_the_app_as_one_number(server):
+    status, body, _ = raw(server, _post(b"Content-Length: 2, 2\r\nContent-Type: application/json\r\n", b"{}"))
+    assert status == 400 and body["error"]["param"] == "prompt", (status, body)  # the app read the body
+
+
+def test_an_overlong_multipart_boundary_is_a_client_error(server):
+    head = b"Content-Length: 2\r\nContent-Type: multipart/form-data; boundary=" + b"a" * 300 + b"\r\n"
+    status, body, _ = raw(server, _post(head, b"{}"))
+    assert status == 400 and _is_openai_error(body, "invalid_multipart"), (status, body)
