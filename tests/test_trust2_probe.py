@@ -67,3 +67,28 @@ def test_an_overlong_multipart_boundary_is_a_client_error(server):
     head = b"Content-Length: 2\r\nContent-Type: multipart/form-data; boundary=" + b"a" * 300 + b"\r\n"
     status, body, _ = raw(server, _post(head, b"{}"))
     assert status == 400 and _is_openai_error(body, "invalid_multipart"), (status, body)
+
+
+def _wanrt(*args, cwd, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "wanrt", *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize("argv", [
+    ("export", "--lora", "{fifo}", "-o", "out"),
+    ("export", "--lora", "{dir}", "-o", "out"),
+    ("extract", "--finetuned", "{fifo}", "--rank", "4", "-o", "out"),
+    ("extract", "--finetuned", "{dir}", "--rank", "4", "-o", "out"),
+    ("generate", "--image", "{fifo}", "--prompt", "a", "-o", "v.mp4"),
+])
+def test_a_fifo_named_as_an_input_is_refused_not_read(tmp_path, argv):
+    """A FIFO opened for reading blocks until a writer comes: every input file is checked to be a regular file."""
+    fifo = tmp_path / "x.safetensors"
+    os.mkfifo(fifo)
+    folder = tmp_path / "dir"
+    folder.mkdir()
+    os.mkfifo(folder / "w.safetensors")
+    r = _wanrt(*(a.format(fifo=fifo, dir=folder) for a in argv), cwd=tmp_path, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert "not a regular file" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "out").exists()
