@@ -92,3 +92,26 @@ def test_a_fifo_named_as_an_input_is_refused_not_read(tmp_path, argv):
     assert r.returncode == 2, r.stderr
     assert "not a regular file" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("mode", ["--no-ray", "ray"])
+def test_a_port_in_use_is_one_line_exit_2_before_any_work(server, tmp_path, mode):
+    """The port a user gave is input: refused in one line (exit 2) before Ray or a model starts, and never after a
+    'serving on ...' line that was not true."""
+    if mode == "ray":
+        pytest.importorskip("ray")
+    extra = ["--no-ray"] if mode == "--no-ray" else []
+    env = {**os.environ, "RAY_TMPDIR": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-m", "wanrt", "serve", "--backend", "eager", "--model", "tiny", *extra,
+                        "--port", str(server), "--store", str(tmp_path / "store")], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert lines == [lines[-1]] and f"--port {server}" in lines[-1] and "in use" in lines[-1], r.stderr
+    assert not list(tmp_path.glob("ray*"))  # no Ray session was started (RAY_TMPDIR)
+
+
+def test_contradicting_replica_flags_are_refused_before_any_work(tmp_path):
+    r = _wanrt("serve", "--backend", "eager", "--no-ray", "--min-replicas", "3", "--max-replicas", "1",
+               "--port", str(free_port()), "--store", tmp_path / "store", cwd=tmp_path, timeout=60)
+    assert r.returncode == 2 and r.stderr.strip() == "error: --min-replicas 3 is above --max-replicas 1", r.stderr

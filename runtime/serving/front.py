@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import re
 import socket
 import threading
 
+from wanrt.errors import BadInputError
 from wanrt.runtime.serving.limits import ApiError, Limits
 
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -209,8 +211,11 @@ class Front:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((self.host, self.port))
-        except OSError:
+        except OSError as e:
             sock.close()
+            if isinstance(e, socket.gaierror) or e.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+                raise BadInputError(f"--host {self.host} --port {self.port}: cannot listen there "
+                                    f"({e.strerror or e}); choose another --port or --host") from None
             raise
         sock.listen(2048)
         self._loop = asyncio.new_event_loop()
