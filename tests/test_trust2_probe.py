@@ -115,3 +115,14 @@ def test_contradicting_replica_flags_are_refused_before_any_work(tmp_path):
     r = _wanrt("serve", "--backend", "eager", "--no-ray", "--min-replicas", "3", "--max-replicas", "1",
                "--port", str(free_port()), "--store", tmp_path / "store", cwd=tmp_path, timeout=60)
     assert r.returncode == 2 and r.stderr.strip() == "error: --min-replicas 3 is above --max-replicas 1", r.stderr
+
+
+@pytest.mark.parametrize("flag", ["--weights", "--cache-dir"])  # --cache-dir: the old spelling, one warning line
+def test_weights_fetch_into_a_folder_that_cannot_be_made_is_bad_input(tmp_path, flag):
+    """README's exit table: a path you gave that cannot be written is 2 (checked before any work), not 4."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    r = _wanrt("weights", "fetch", flag, blocker / "weights", cwd=tmp_path, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: --weights ") and "not a directory" in r.stderr
+    assert blocker.read_text() == "x"
