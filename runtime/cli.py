@@ -13,9 +13,10 @@ from wanrt.console import err_console, out_console
 from wanrt.errors import BadInputError
 from wanrt.export.presets import PRESETS
 from wanrt.flags import deprecated_option, deprecation_line
-from wanrt.options import (FINITE_FLOAT, SEED, FiniteFloat, backend_option, device_options, lora_options,
+from wanrt.options import (FINITE_FLOAT, SEED, FiniteFloat, Text, backend_option, device_options, lora_options,
                            lora_spec_from_kwargs, model_options, model_spec_from_kwargs, parse_int_list,
                            run_dtype_option)
+from wanrt.text import MAX_PROMPT_BYTES
 
 BACKEND_CHOICES = Backend.values()
 
@@ -217,8 +218,8 @@ def _bench_sweep(kw) -> dict:
 # ------------------------------------------------------------------------------------------------ generate
 @click.command()
 @click.option("--image", type=click.Path(dir_okay=False), required=True, help="Conditioning image (PNG/JPEG).")
-@click.option("--prompt", required=True)
-@click.option("--negative-prompt", default="", show_default=True)
+@click.option("--prompt", required=True, type=Text(MAX_PROMPT_BYTES))
+@click.option("--negative-prompt", default="", show_default=True, type=Text(MAX_PROMPT_BYTES))
 @backend_option("eager")
 @click.option("--artifact", type=click.Path(file_okay=False), default=None,
               help="ONNX export directory (ort) or engine directory (trt). ort without it exports once into the "

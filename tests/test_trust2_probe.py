@@ -126,3 +126,23 @@ def test_weights_fetch_into_a_folder_that_cannot_be_made_is_bad_input(tmp_path, 
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("error: --weights ") and "not a directory" in r.stderr
     assert blocker.read_text() == "x"
+
+
+@pytest.mark.parametrize("flag, value, why", [
+    ("--prompt", b"a cat \xff", "not valid UTF-8"),
+    ("--negative-prompt", b"\xed\xa0\x80", "not valid UTF-8"),  # an encoded surrogate
+    ("--prompt", b"a\x1b[31m", "control character U+001B"),
+    ("--prompt", b"a" * 5000, "the limit is 4096"),
+])
+def test_generate_checks_prompt_text_like_the_server(tmp_path, flag, value, why):
+    """Invalid UTF-8 on the command line ended in the tokenizer's TypeError traceback (exit 1)."""
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "in.png")
+    args = [b"generate", b"--image", b"in.png", b"-o", b"v.mp4", b"--steps", b"1"]
+    args += [b"--prompt", b"a"] if flag != "--prompt" else []
+    r = subprocess.run([sys.executable, "-m", "wanrt", *args, flag.encode(), value], cwd=tmp_path,
+                       capture_output=True, timeout=120)
+    err = r.stderr.decode("utf-8", "replace")
+    assert r.returncode == 2 and why in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "v.mp4").exists()
