@@ -146,3 +146,21 @@ def test_generate_checks_prompt_text_like_the_server(tmp_path, flag, value, why)
     err = r.stderr.decode("utf-8", "replace")
     assert r.returncode == 2 and why in err and "Traceback" not in err, err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "v.mp4").exists()
+
+
+def test_an_output_name_that_is_not_utf8_is_one_line_before_any_work(tmp_path):
+    """TensorRT's parser took the path as str and ended in a 43-line TypeError traceback (exit 1) after the export."""
+    r = subprocess.run([sys.executable, "-m", "wanrt", "export", "--rank", "4", "--layers", "1", "--no-validate",
+                        "-o", b"out\xff"], cwd=tmp_path, capture_output=True, timeout=120)
+    err = r.stderr.decode("utf-8", "replace")
+    assert r.returncode == 2 and "not valid UTF-8" in err and len(err.strip().splitlines()) == 1, err
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_folder_of_the_users_is_not_offered_to_force(tmp_path):
+    """`-o` at a folder that is not a wanrt artifact: the advice is another -o, never '--force' (which refuses it)."""
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    r = _wanrt("export", "--rank", "4", "-o", "mine", cwd=tmp_path, timeout=60)
+    assert r.returncode == 2 and "not a wanrt artifact" in r.stderr and "pass --force" not in r.stderr, r.stderr
+    assert os.listdir(tmp_path / "mine") == ["notes.txt"]
