@@ -164,3 +164,15 @@ def test_a_folder_of_the_users_is_not_offered_to_force(tmp_path):
     r = _wanrt("export", "--rank", "4", "-o", "mine", cwd=tmp_path, timeout=60)
     assert r.returncode == 2 and "not a wanrt artifact" in r.stderr and "pass --force" not in r.stderr, r.stderr
     assert os.listdir(tmp_path / "mine") == ["notes.txt"]
+
+
+@pytest.mark.parametrize("backends, precision, why", [
+    ("eager,ort", "fp8", "only the engine backends"),  # ran at fp32 into bench-results/...-fp8-...
+    ("eager,ov", "fp8", "ov takes fp32, bf16 or int8"),  # ov silently ran fp32
+    ("ov", "fp16", "ov takes fp32, bf16 or int8"),
+])
+def test_bench_refuses_a_precision_no_backend_of_the_sweep_runs(tmp_path, backends, precision, why):
+    r = _wanrt("bench", "--layers", "1", "--ranks", "4", "--lora-modes", "merged", "--backends", backends,
+               "--precision", precision, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and why in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "bench-results").exists()
