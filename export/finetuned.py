@@ -188,6 +188,8 @@ class CheckpointWeights:
         self._handles = {}
         keys: dict[str, Path] = {}
         for f in self.files:
+            if not f.is_file():  # a FIFO or device named *.safetensors would block the reader
+                raise ModelSourceError(f"{f}: not a regular file (a FIFO, device or socket)")
             try:
                 handle = safe_open(str(f), framework="pt", device="cpu")
             except Exception as e:  # noqa: BLE001 - SafetensorError and friends: truncated, corrupt, not safetensors

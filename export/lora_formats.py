@@ -195,6 +195,8 @@ def _locate(path: Path) -> tuple[Path, Path | None]:
 def _check_source(path: str | os.PathLike, allow_pickle: bool = False) -> tuple[Path, Path | None]:
     """The file (or peft directory) exists, and is not a pickle unless allowed."""
     weights_path, config_path = _locate(Path(path).expanduser())
+    if not weights_path.is_file():  # a FIFO or device would block the reader: refuse what is not a regular file
+        raise LoraError(f"{weights_path}: not a regular file (a FIFO, device or socket); pass the LoRA file itself")
     if weights_path.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:
         raise LoraError(f"{weights_path.name}: a pickle file ({weights_path.suffix}) can run code when loaded; "
                         f"convert it to .safetensors or pass --allow-pickle if you trust it")

@@ -41,8 +41,10 @@ def load_image(path: str | os.PathLike):
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise BadInputError(f"--image {path}: no such file")
+    if not path.is_file():
+        raise BadInputError(f"--image {path}: not a regular file (a directory, FIFO, device or socket)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

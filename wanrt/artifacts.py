@@ -694,16 +694,23 @@ def check_output_dir(path: str | os.PathLike, force: bool, kind: str | None = No
     when None) is replaced: a directory of the user's own files is never deleted. The current directory and its
     ancestors are refused outright, and the location must be writable."""
     path = Path(path)
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:  # bytes the shell passed that are not UTF-8: ONNX, TensorRT and safetensors refuse them
+        raise BadInputError(f"output directory {path}: the name is not valid UTF-8, which the ONNX, TensorRT and "
+                            "safetensors libraries need; choose another -o") from None
     resolved, cwd = path.resolve(), Path.cwd().resolve()
     if resolved == cwd or resolved in cwd.parents:
         raise BadInputError(f"output directory {path} is the current directory or holds it; choose a new "
                             "directory for -o")
     if path.exists() and not path.is_dir():
         raise BadInputError(f"output path {path} exists and is not a directory")
-    if path.exists() and not force:
-        raise BadInputError(f"output directory {path} exists; pass --force to replace it")
     if path.exists():
         found = artifact_kind(path)
+        if not force:
+            raise BadInputError(f"output directory {path} exists; pass --force to replace it" if found is not None
+                                else f"output directory {path} exists and is not a wanrt artifact; choose another "
+                                "-o (--force replaces only wanrt's own outputs)")
         if found is None:
             raise BadInputError(f"{path} exists and is not a wanrt artifact; --force replaces only wanrt's own "
                                 "outputs, so it is left untouched (remove it yourself or choose another -o)")

@@ -10,6 +10,8 @@ import re
 
 from wanrt.errors import BadInputError
 
+MAX_PROMPT_BYTES = 4096  # UTF-8 bytes of a prompt or negative prompt, on the command line and over HTTP
+
 # Unicode's Cc (C0, DEL, C1) except tab, LF and CR (browsers send a textarea's newlines as CRLF)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _NEWLINE = re.compile(r"[\r\n]")

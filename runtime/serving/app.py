@@ -32,6 +32,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from wanrt.runtime.serving.bodies import read_video_body
 from wanrt.runtime.serving.catalog import Catalog
 from wanrt.runtime.serving.limits import ApiError, Limits, bad_request
@@ -223,6 +224,13 @@ def build_app(service: Service) -> FastAPI:
         return error_response(ApiError(507 if err.full else 503, f"the server cannot store this now ({err}); "
                                        "retry later", code="insufficient_storage" if err.full else "storage_error",
                                        headers={"Retry-After": str(sched.storage_retry_after_s())}))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(_request, _err: ClientDisconnect):
+        # the client (or the front, refusing its body's framing) closed before the body arrived: nobody reads a
+        # reply, and it is not a wanrt bug to log with a traceback
+        return error_response(ApiError(400, "the client closed the connection before the body arrived",
+                                       code="client_disconnected"))
 
     @app.exception_handler(Exception)
     async def _bug(_request, err: Exception):

@@ -79,10 +79,10 @@ def parse_multipart(body: bytes, content_type: str, limits: Limits) -> list[tupl
         if len(part["data"]) > limits.max_image_bytes + 1:
             raise ApiError(413, f"a multipart part exceeds {limits.max_image_bytes} bytes", code="body_too_large")
 
-    parser = MultipartParser(boundary, {"on_part_begin": on_part_begin, "on_header_field": on_header_field,
-                                        "on_header_value": on_header_value, "on_header_end": on_header_end,
-                                        "on_part_data": on_part_data})
-    try:
+    try:  # the constructor refuses a boundary over 256 bytes: the same malformed body
+        parser = MultipartParser(boundary, {"on_part_begin": on_part_begin, "on_header_field": on_header_field,
+                                            "on_header_value": on_header_value, "on_header_end": on_header_end,
+                                            "on_part_data": on_part_data})
         parser.write(body)
         parser.finalize()
     except FormParserError as e:

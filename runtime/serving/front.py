@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import re
 import socket
 import threading
 
+from wanrt.errors import BadInputError
 from wanrt.runtime.serving.limits import ApiError, Limits
 
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -30,6 +32,8 @@ _TARGET = re.compile(rb"^[\x21-\x7e]+$")  # visible ASCII: no spaces or controls
 # hop-by-hop or client knobs the server must not take from a client: Ray's proxy lets this one disable its timeout
 _DROPPED = {b"connection", b"keep-alive", b"proxy-connection", b"upgrade", b"x-request-timeout-seconds"}
 _HEX = re.compile(rb"^[0-9A-Fa-f]{1,15}$")
+# what the HTTP stack behind routes (anything else it answers in plain text): 405 here, in the error shape
+_METHODS = {b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"TRACE"}
 _CHUNK_LINE = 1024  # a chunk-size line (hex size + extensions)
 _IO = 65536
 
@@ -51,7 +55,8 @@ def error_bytes(err: ApiError) -> bytes:
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
 
 
-_REASONS = {400: "Bad Request", 408: "Request Timeout", 414: "URI Too Long", 431: "Request Header Fields Too Large",
+_REASONS = {400: "Bad Request", 405: "Method Not Allowed", 408: "Request Timeout", 414: "URI Too Long",
+            431: "Request Header Fields Too Large",
             501: "Not Implemented", 503: "Service Unavailable", 505: "HTTP Version Not Supported"}
 
 
@@ -97,6 +102,11 @@ def parse_head(lines: list[bytes]) -> tuple[bytes, list[tuple[bytes, bytes]], in
         raise _refuse(400, "malformed request line", "invalid_request_line")
     if parts[2] not in (b"HTTP/1.1", b"HTTP/1.0"):
         raise _refuse(505, "only HTTP/1.0 and HTTP/1.1 are served", "http_version_not_supported")
+    if not (parts[1].startswith(b"/") or parts[1] == b"*" or parts[1][:7].lower() == b"http://"
+            or parts[1][:8].lower() == b"https://"):  # origin, asterisk or absolute form; never authority form
+        raise _refuse(400, "malformed request line", "invalid_request_line")
+    if parts[0] not in _METHODS:
+        raise _refuse(405, f"method {parts[0][:32].decode('ascii')} is not allowed", "method_not_allowed")
     headers, lengths, encodings = [], set(), []
     for line in lines[1:]:
         name, sep, value = line.partition(b":")
@@ -107,7 +117,7 @@ def parse_head(lines: list[bytes]) -> tuple[bytes, list[tuple[bytes, bytes]], in
             lengths.update(v.strip() for v in value.split(b","))
         elif name == b"transfer-encoding":
             encodings += [v.strip().lower() for v in value.split(b",")]
-        if name not in _DROPPED:
+        if name not in _DROPPED and name != b"content-length":  # sent once below, as the number read here
             headers.append((name, value))
     length = None
     if lengths:
@@ -115,6 +125,7 @@ def parse_head(lines: list[bytes]) -> tuple[bytes, list[tuple[bytes, bytes]], in
         if lengths or not value.isdigit() or len(value) > 18:
             raise _refuse(400, "invalid Content-Length", "invalid_content_length")
         length = int(value)
+        headers.append((b"content-length", str(length).encode()))
     if encodings and encodings != [b"chunked"]:
         raise _refuse(501, "only Transfer-Encoding: chunked is accepted", "unsupported_transfer_encoding")
     if encodings and length is not None:
@@ -132,29 +143,41 @@ async def _copy_exact(reader, writer, n: int) -> None:
         await writer.drain()
 
 
+def _bad_chunk(what: str) -> Refused:
+    return _refuse(400, f"malformed chunked body: {what}", "invalid_chunked_body")
+
+
 async def _copy_chunked(reader, writer, limits: Limits) -> None:
-    """Forward one chunked body, chunk lines and trailers bounded; the body's total and deadline are the app's."""
+    """Forward one chunked body, chunk lines and trailers bounded and checked before they are forwarded (the
+    stack behind answers bad framing in plain text); the body's total and deadline are the app's."""
     while True:
-        line = await reader.readuntil(b"\r\n")  # the reader's limit bounds it
-        if len(line) > _CHUNK_LINE:
-            raise ValueError("chunk line too long")
-        writer.write(line)
+        try:
+            line = await reader.readuntil(b"\r\n")  # the reader's limit bounds it
+        except asyncio.LimitOverrunError:
+            raise _bad_chunk("a chunk-size line over the limit") from None
         field = line[:-2].split(b";", 1)[0].strip(b" \t")
-        if not _HEX.match(field):
-            raise ValueError("bad chunk size")
+        if len(line) > _CHUNK_LINE or not _HEX.match(field):
+            raise _bad_chunk("a bad chunk-size line")
+        writer.write(line)
         size = int(field, 16)
         if size == 0:
             trailer = 0
             while True:
-                t = await reader.readuntil(b"\r\n")
+                try:
+                    t = await reader.readuntil(b"\r\n")
+                except asyncio.LimitOverrunError:
+                    raise _bad_chunk("trailers over the limit") from None
                 trailer += len(t)
                 if trailer > limits.max_header_bytes:
-                    raise ValueError("trailers too long")
+                    raise _bad_chunk("trailers over the limit")
                 writer.write(t)
                 if t == b"\r\n":
                     await writer.drain()
                     return
-        await _copy_exact(reader, writer, size + 2)
+        await _copy_exact(reader, writer, size)
+        if await reader.readexactly(2) != b"\r\n":
+            raise _bad_chunk("a chunk not followed by CRLF")
+        writer.write(b"\r\n")
 
 
 def free_loopback_port() -> int:
@@ -188,8 +211,11 @@ class Front:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((self.host, self.port))
-        except OSError:
+        except OSError as e:
             sock.close()
+            if isinstance(e, socket.gaierror) or e.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+                raise BadInputError(f"--host {self.host} --port {self.port}: cannot listen there "
+                                    f"({e.strerror or e}); choose another --port or --host") from None
             raise
         sock.listen(2048)
         self._loop = asyncio.new_event_loop()
@@ -238,7 +264,7 @@ class Front:
                 await asyncio.wait_for(writer.drain(), self.limits.header_timeout_s)
                 await asyncio.wait_for(_discard(reader), 2.0)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, ValueError):
-            pass  # the client or the upstream went away, or a chunked body was malformed: the connection ends
+            pass  # the client or the upstream went away: the connection ends
         finally:
             self.connections -= 1
             writer.close()
@@ -256,13 +282,21 @@ class Front:
         try:
             up_writer.write(line + b"\r\n" + b"".join(k + b": " + v + b"\r\n" for k, v in headers)
                             + b"connection: close\r\n\r\n")
-            back = asyncio.ensure_future(self._pipe_back(up_reader, writer))
+            replied = asyncio.Event()
+            back = asyncio.ensure_future(self._pipe_back(up_reader, writer, replied))
             try:
                 if chunked:
                     await _copy_chunked(reader, up_writer, self.limits)
                 elif length:
                     await _copy_exact(reader, up_writer, length)
                 await up_writer.drain()
+            except Refused:  # bad chunk framing: ours to answer unless the app already began its reply
+                if replied.is_set():
+                    return
+                back.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await back
+                raise
             except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
                 if back.done():  # the app answered before the whole body came (413, 408): that is the reply
                     return
@@ -273,12 +307,13 @@ class Front:
         finally:
             up_writer.close()
 
-    async def _pipe_back(self, up_reader, writer) -> None:
+    async def _pipe_back(self, up_reader, writer, replied: asyncio.Event) -> None:
         # bounded like the slowest route (/v1/predict after its body); a stalled reader is dropped after body_timeout
         idle = self.limits.body_timeout_s + self.limits.predict_timeout_s + 30
         while True:
             data = await asyncio.wait_for(up_reader.read(_IO), idle)
             if not data:
                 return
+            replied.set()
             writer.write(data)
             await asyncio.wait_for(writer.drain(), self.limits.body_timeout_s)

@@ -9,13 +9,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from wanrt.text import MAX_PROMPT_BYTES
+
 
 @dataclass(frozen=True)
 class Limits:
     max_body_bytes: int = 16 * 2**20  # whole request body (multipart image included)
     max_image_bytes: int = 8 * 2**20  # the encoded input_reference
     max_image_pixels: int = 4096 * 4096  # width x height read from the header, before decoding
-    max_prompt_bytes: int = 4096  # UTF-8 bytes of prompt / negative_prompt
+    max_prompt_bytes: int = MAX_PROMPT_BYTES  # UTF-8 bytes of prompt / negative_prompt
     max_prompt_tokens: int = 512  # the text encoder's length (diffusers' I2V attention hard-codes 512)
     max_frames: int = 81  # the server's cap on top of the engine profile (eager has no profile)
     max_pixels: int = 1280 * 720  # height x width cap on top of the engine profile

@@ -187,22 +187,22 @@ def start_ray(address: str | None, host: str, port: int, temp_dir: str | None = 
     from ray import serve
 
     limits = limits or Limits()
-    if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"address": address, "include_dashboard": False, "log_to_driver": not quiet,
-                                  "configure_logging": False}
-        if address is None:
-            kwargs.update(num_cpus=num_cpus, _node_ip_address="127.0.0.1")
-            if temp_dir:
-                kwargs["_temp_dir"] = temp_dir
-        ray.init(**kwargs)
-    if after_init is not None:
-        after_init()
-    if address is not None and not _on_head_node():
-        raise BadInputError("run `wanrt serve` on the Ray head node: Serve's HTTP proxy runs there, behind wanrt's "
-                            "request-head limits on --host/--port")
     front = Front(host, port, free_loopback_port(), limits)
-    front.start()  # binds host:port now: a port in use is one line before Serve starts anything
+    front.start()  # binds host:port first: a port in use is one line before Ray or Serve starts anything
     try:
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"address": address, "include_dashboard": False, "log_to_driver": not quiet,
+                                      "configure_logging": False}
+            if address is None:
+                kwargs.update(num_cpus=num_cpus, _node_ip_address="127.0.0.1")
+                if temp_dir:
+                    kwargs["_temp_dir"] = temp_dir
+            ray.init(**kwargs)
+        if after_init is not None:
+            after_init()
+        if address is not None and not _on_head_node():
+            raise BadInputError("run `wanrt serve` on the Ray head node: Serve's HTTP proxy runs there, behind "
+                                "wanrt's request-head limits on --host/--port")
         # the proxy's own bounds from the same Limits: idle keep-alive, and an end-to-end backstop above the app's
         # body and predict deadlines (the app answers those itself, in the OpenAI error shape)
         serve.start(http_options={"host": "127.0.0.1", "port": front.upstream_port,
@@ -242,7 +242,8 @@ def shutdown(stop_ray: bool = True) -> None:
         if _front is not None:
             _front.stop()
             _front = None
-        serve.shutdown()
+        if ray.is_initialized():  # serve.shutdown() without Ray would start one, only to find nothing to stop
+            serve.shutdown()
     finally:
         if stop_ray and ray.is_initialized():
             started += _descendants()  # replicas restarted during the drain
