@@ -176,8 +176,8 @@ def test_a_folder_of_the_users_is_not_offered_to_force(tmp_path):
 
 @pytest.mark.parametrize("backends, precision, why", [
     ("eager,ort", "fp8", "only the engine backends"),  # ran at fp32 into bench-results/...-fp8-...
-    ("eager,ov", "fp8", "ov takes fp32, bf16 or int8"),  # ov silently ran fp32
-    ("ov", "fp16", "ov takes fp32, bf16 or int8"),
+    ("eager,ov", "fp8", "builds fp32, bf16, int8"),  # ov silently ran fp32
+    ("ov", "fp16", "builds fp32, bf16, int8"),
 ])
 def test_bench_refuses_a_precision_no_backend_of_the_sweep_runs(tmp_path, backends, precision, why):
     r = _wanrt("bench", "--layers", "1", "--ranks", "4", "--lora-modes", "merged", "--backends", backends,

@@ -204,17 +204,11 @@ def _check_backends(spec: BenchSpec, device: torch.device) -> None:
     for name in spec.backends:
         if name not in B.REGISTRY:
             raise BadInputError(f"--backends {name!r}: choose from {', '.join(B.REGISTRY)}")
-    precision = spec.trt_precision
-    if precision is not None:  # taken by the engine backends only: never a label on runs that ignored it
-        engines = [b for b in spec.backends if b in ("trt", "ov")]
-        if not engines:
-            raise BadInputError(f"--precision {precision}: only the engine backends (trt, ov) take a precision; "
-                                f"eager, compile and ort run at --dtype ({spec.dtype}): use --dtype, or add ov/trt "
-                                "to --backends")
-        if "ov" in engines and precision not in ("fp32", "bf16", "int8"):
-            raise BadInputError(f"--precision {precision}: --backends ov takes fp32, bf16 or int8")
-        if "trt" in engines and precision == "int8":
-            raise BadInputError("--precision int8: --backends trt takes fp32, fp16, bf16 or fp8 (ov takes int8)")
+    engines = [b for b in spec.backends if registry.for_backend(b) is not None]
+    if spec.trt_precision is not None and not engines:  # never a label on runs that ignored it
+        raise BadInputError(f"--precision {spec.trt_precision}: only the engine backends "
+                            f"({', '.join(registry.backends())}) take a precision; the others run at --dtype "
+                            f"({spec.dtype}): use --dtype, or add an engine backend to --backends")
     for name in spec.backends:
         B.check_backend(name, device)
     for name in spec.backends:  # a precision a flavour does not build here: refused, never swapped for another
