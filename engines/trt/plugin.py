@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from wanrt.engines.cache import engine_cache_from_root
 from wanrt.engines.trt.flavour import BACKEND, INSTALL_HINT, LABELS, MIN_CC, MODULES, PRECISIONS, gpu_info
 from wanrt.errors import BadInputError, WanrtError
+from wanrt.manifests import EngineManifest
 
 if TYPE_CHECKING:  # onnx and torch come with the spec's FP8 part: loaded when a build runs
     from wanrt.engines.trt.engine_spec import EngineSpec
@@ -116,18 +117,17 @@ class TensorRTFlavour:
                     ("profiles", "\n".join(p.describe() for p in resolved.profiles)),
                     ("builder flags (GPU)", flags), ("real build here", _predict_build(resolved, spec))]
 
-    def summary_row(self, out: str, manifest: dict[str, Any]) -> tuple[str, ...]:
-        p = manifest["payload"]
-        err = (p.get("fp8") or {}).get("check", {}).get("relative_error")
-        precision = p["precision"] + (f" (rel err {max(err.values()):.2g})" if err else "")
-        return (out, p["trt"]["label"], precision, f"{p['plan_bytes'] / 2**20:.1f}", p["lora"]["mode"] or "-",
-                p["lora"]["refit"] or "no", f"{p['timings_s']['total']:.0f}")
+    def summary_row(self, out: str, m: EngineManifest) -> tuple[str, ...]:
+        err = (m.section("fp8") or {}).get("check", {}).get("relative_error")
+        precision = m.precision + (f" (rel err {max(err.values()):.2g})" if err else "")
+        return (out, m.label, precision, f"{m.plan_bytes / 2**20:.1f}", m.lora["mode"] or "-",
+                m.lora["refit"] or "no", f"{m.timings_s['total']:.0f}")
 
-    def summary_caption(self, manifests: list[dict[str, Any]]) -> str | None:  # noqa: ARG002 - the protocol's
+    def summary_caption(self, manifests: list[EngineManifest]) -> str | None:  # noqa: ARG002 - the protocol's
         return None
 
-    def describe(self, manifest: dict[str, Any]) -> str:
-        return manifest["payload"]["trt"]["label"]
+    def describe(self, manifest: EngineManifest) -> str:
+        return manifest.label
 
     def load(self, engine_dir, device: int | None = None, verify: bool = False, **options: Any):
         from wanrt.engines.trt.engine import TRTEngine  # torch + TensorRT: loaded with an engine
