@@ -69,7 +69,8 @@ class EngineFlavour(Protocol):
 
     def runner(self, artifact: str | os.PathLike, device: Any, **options: Any) -> Any:
         """The engine as runtime/backends.EngineBackend runs it: `run({name: torch tensor}) -> torch tensor`,
-        `dtype`, `device`, `manifest`, `dir`, `setup`, `describe()`, `close()`, and `set_lora` where it swaps."""
+        `dtype`, `device`, `manifest` (an EngineManifest), `dir`, `setup`, `describe()`, `close()`, and `set_lora`
+        where it swaps."""
 
     def refit(self, engine_dir: str | os.PathLike, **options: Any) -> dict[str, Any]:
         """Swap the LoRA of an engine directory; returns the new manifest."""

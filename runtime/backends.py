@@ -338,7 +338,7 @@ class EngineBackend(BackendBase):
         t0 = time.perf_counter()
         self.name = flavour.backend
         self.engine = flavour.runner(artifact, device, **options)
-        self.manifest = EngineManifest.from_dict(self.engine.manifest, Path(self.engine.dir) / MANIFEST_NAME)
+        self.manifest: EngineManifest = self.engine.manifest
         super().__init__(self.engine.dtype, self.engine.device, _config_from_geometry(self.manifest.geometry))
         self.precision, self.artifact = self.manifest.precision, Path(self.engine.dir)
         self.shape_ranges = self.manifest.shape_ranges  # the engine's profiles may be narrower; the engine checks
