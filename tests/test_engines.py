@@ -16,15 +16,11 @@ import pytest
 
 from wanrt.artifacts import check_artifact_files
 from wanrt.engines.trt import flavour as fl
-from wanrt.engines.trt.build import (
-    EngineSpec,
-    configure_from_onnx_dir,
-    lora_section,
-    mark_refittable,
-    parse_network,
-    prepare,
-    read_onnx_dir,
-)
+from wanrt.engines.onnx_dir import read_onnx_dir
+from wanrt.engines.trt.build import configure_from_onnx_dir, lora_section
+from wanrt.engines.trt.engine_spec import EngineSpec
+from wanrt.engines.trt.network import mark_refittable, parse_network
+from wanrt.engines.trt.resolve import prepare
 from wanrt.engines.trt.fp8 import (
     Fp8Spec,
     load_calibration_set,

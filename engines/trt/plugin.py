@@ -167,7 +167,7 @@ class TensorRTFlavour:
 def _predict_build(resolved, spec: EngineSpec) -> str:
     """What the build without --dry-run will do on this machine: the dry run configures for the build GPU, so it
     must also say when the real build is refused here, and which refit mode `--refit auto` will really pick."""
-    from wanrt.engines.trt.build import cpu_build_blocker, resolve_refit  # TensorRT: loaded when a build runs
+    from wanrt.engines.trt.resolve import cpu_build_blocker, resolve_refit  # TensorRT: loaded when a build runs
 
     blocker = cpu_build_blocker(resolved)
     if blocker is not None:
