@@ -32,13 +32,13 @@ from typing import Any
 
 from wanrt.artifacts import (atomic_output_dir, build_manifest, check_output_dir, read_manifest, sha256_file,
                              write_manifest)
-from wanrt.engines.cache import EngineCache, plan_intact
+from wanrt.engines.cache import EngineCache, engine_cache_dir, plan_intact
 from wanrt.engines.trt.engine_spec import ENGINE_KIND, PLAN_NAME, EngineSpec
 from wanrt.engines.trt.fp8 import quantize_fp8
 from wanrt.engines.lora_swap import loaded_from_export
 from wanrt.engines.trt.network import Configured, build_serialized_engine, configure, network_io
 from wanrt.engines.onnx_dir import onnx_dtype
-from wanrt.engines.trt.resolve import ResolvedBuild, cpu_build_blocker, engine_cache_dir, prepare
+from wanrt.engines.trt.resolve import ResolvedBuild, cpu_build_blocker, prepare
 from wanrt.errors import BadInputError, EngineError
 
 
