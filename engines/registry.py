@@ -97,7 +97,6 @@ class EngineFlavour(Protocol):
         """What built an engine, for people: "TensorRT-RTX 1.2", "OpenVINO 2025.1"."""
 
 
-
 @cache
 def flavours() -> tuple[EngineFlavour, ...]:
     out = []

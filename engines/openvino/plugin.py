@@ -151,5 +151,4 @@ class OpenVINOFlavour:
                             "(use -o DIR to keep the original)")
 
 
-
 OPENVINO = OpenVINOFlavour()

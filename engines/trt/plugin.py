@@ -20,27 +20,6 @@ if TYPE_CHECKING:  # onnx and torch come with the spec's FP8 part: loaded when a
     from wanrt.engines.trt.engine_spec import EngineSpec
 
 
-def spec_from_options(kw: dict[str, Any]) -> EngineSpec:
-    """`wanrt build` / `wanrt export --engine` options -> EngineSpec (flavour stays as asked: auto picks later)."""
-    from wanrt.engines.trt.engine_spec import EngineSpec  # onnx + torch (its FP8 part): loaded when a build runs
-    from wanrt.engines.trt.fp8 import Fp8Spec  # the same
-
-    ccs = tuple(c.strip() for c in (kw.get("compute_capability") or "").split(",") if c.strip())
-    for cc in ccs:
-        parts = cc.split(".")
-        if len(parts) != 2 or not all(p.isdigit() for p in parts):
-            raise BadInputError(f"--compute-capability {cc!r}: expected MAJOR.MINOR like 8.9")
-    fp8 = Fp8Spec(calib=kw["calib"], keep_blocks=kw["keep_blocks"], backend=kw["fp8_backend"],
-                  tolerance=kw["fp8_tolerance"], calib_data=kw["calib_data"], calib_shape=kw["calib_shape"],
-                  check=not kw["no_fp8_check"])
-    return EngineSpec(flavour=kw["flavour"], precision=kw["precision"], profiles=tuple(kw["profiles"]),
-                      frames=kw["frames"], batch=kw["batch"], opt_level=kw["opt_level"],
-                      workspace_gib=kw["workspace_gib"], timing_cache=kw["timing_cache"],
-                      weight_streaming=kw["weight_streaming"], refit=kw["refit"], compute_capabilities=ccs, fp8=fp8,
-                      cache=not kw["no_cache"], cache_dir=engine_cache_from_root(kw.get("cache_dir")),
-                      progress=kw.get("progress"))
-
-
 @dataclass(frozen=True)
 class TensorRTFlavour:
     name: str
@@ -92,7 +71,24 @@ class TensorRTFlavour:
         return None
 
     def spec(self, kw: dict[str, Any]) -> EngineSpec:
-        return spec_from_options(kw)
+        """`wanrt build` / `wanrt export --engine` options -> EngineSpec (flavour stays as asked: auto picks later)."""
+        from wanrt.engines.trt.engine_spec import EngineSpec  # onnx + torch (its FP8 part): loaded when a build runs
+        from wanrt.engines.trt.fp8 import Fp8Spec  # the same
+
+        ccs = tuple(c.strip() for c in (kw.get("compute_capability") or "").split(",") if c.strip())
+        for cc in ccs:
+            parts = cc.split(".")
+            if len(parts) != 2 or not all(p.isdigit() for p in parts):
+                raise BadInputError(f"--compute-capability {cc!r}: expected MAJOR.MINOR like 8.9")
+        fp8 = Fp8Spec(calib=kw["calib"], keep_blocks=kw["keep_blocks"], backend=kw["fp8_backend"],
+                      tolerance=kw["fp8_tolerance"], calib_data=kw["calib_data"], calib_shape=kw["calib_shape"],
+                      check=not kw["no_fp8_check"])
+        return EngineSpec(flavour=kw["flavour"], precision=kw["precision"], profiles=tuple(kw["profiles"]),
+                          frames=kw["frames"], batch=kw["batch"], opt_level=kw["opt_level"],
+                          workspace_gib=kw["workspace_gib"], timing_cache=kw["timing_cache"],
+                          weight_streaming=kw["weight_streaming"], refit=kw["refit"], compute_capabilities=ccs, fp8=fp8,
+                          cache=not kw["no_cache"], cache_dir=engine_cache_from_root(kw.get("cache_dir")),
+                          progress=kw.get("progress"))
 
     def spec_for(self, precision: str | None) -> EngineSpec:
         from wanrt.engines.trt.engine_spec import EngineSpec  # onnx + torch (its FP8 part): loaded when a build runs
@@ -161,7 +157,6 @@ class TensorRTFlavour:
         ranks = {w["shape"][1] for n, w in section["refittable_weights"].items() if n.endswith(".A")}
         return {"engine": str(engine_dir), "mode": section["mode"], "weights": str(len(weights)),
                 "LoRA rank": str(lora.rank), "engine rank": ",".join(map(str, sorted(ranks))) or "-"}
-
 
 
 def _predict_build(resolved, spec: EngineSpec) -> str:
