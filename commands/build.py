@@ -16,6 +16,8 @@ from wanrt.choices import Fp8Backend, Refit
 from wanrt.console import out_console
 from wanrt.engines import registry
 from wanrt.errors import BadInputError
+from wanrt.artifacts import MANIFEST_NAME
+from wanrt.manifests import EngineManifest
 from wanrt.commands.flags import deprecated_option
 from wanrt.commands.options import FINITE_FLOAT, SEED, FiniteFloat, SectionedCommand, option_group
 
@@ -95,9 +97,10 @@ def engine_table(flavour, rows: list[tuple[str, dict[str, Any]]], title: str = "
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
     for col in flavour.summary_columns:
         table.add_column(col, justify="right" if col in ("MiB", "s", "int8") else "left")
-    for out, m in rows:
+    manifests = [EngineManifest.from_dict(m, Path(out) / MANIFEST_NAME) for out, m in rows]
+    for (out, _), m in zip(rows, manifests):
         table.add_row(*flavour.summary_row(out, m))
-    table.caption = flavour.summary_caption([m for _, m in rows])
+    table.caption = flavour.summary_caption(manifests)
     return table
 
 

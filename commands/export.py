@@ -211,7 +211,7 @@ def export_engine_table(rows: list[tuple[str, dict]], engines: list[dict]) -> Ta
         seconds = m.timings_s["total"] + em.timings_s["total"]
         table.add_row(out, lora.get("mode") or "-", str(lora.get("rank", "-")), check, em.precision,
                       f"{em.plan_bytes / 2**20:.1f}", em.lora.get("refit") or "no", f"{seconds:.0f}")
-    by = registry.of_manifest(engines[0]).describe(engines[0])
+        by = registry.get(em.flavour).describe(em)  # every engine of one command has the same flavour
     table.caption = f"engines by {by} in <output>/engine; details in manifest.json"
     return table
 

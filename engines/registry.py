@@ -69,7 +69,8 @@ class EngineFlavour(Protocol):
 
     def runner(self, artifact: str | os.PathLike, device: Any, **options: Any) -> Any:
         """The engine as runtime/backends.EngineBackend runs it: `run({name: torch tensor}) -> torch tensor`,
-        `dtype`, `device`, `manifest`, `dir`, `setup`, `describe()`, `close()`, and `set_lora` where it swaps."""
+        `dtype`, `device`, `manifest` (an EngineManifest), `dir`, `setup`, `describe()`, `close()`, and `set_lora`
+        where it swaps."""
 
     def refit(self, engine_dir: str | os.PathLike, **options: Any) -> dict[str, Any]:
         """Swap the LoRA of an engine directory; returns the new manifest."""
@@ -88,13 +89,12 @@ class EngineFlavour(Protocol):
 
     summary_columns: tuple[str, ...]  # its `wanrt build` table
 
-    def summary_row(self, out: str, manifest: dict[str, Any]) -> tuple[str, ...]: ...
+    def summary_row(self, out: str, manifest: EngineManifest) -> tuple[str, ...]: ...
 
-    def summary_caption(self, manifests: list[dict[str, Any]]) -> str | None: ...
+    def summary_caption(self, manifests: list[EngineManifest]) -> str | None: ...
 
-    def describe(self, manifest: dict[str, Any]) -> str:
+    def describe(self, manifest: EngineManifest) -> str:
         """What built an engine, for people: "TensorRT-RTX 1.2", "OpenVINO 2025.1"."""
-
 
 
 @cache
@@ -142,11 +142,6 @@ def get(name: str) -> EngineFlavour:
 def for_backend(backend: str) -> EngineFlavour | None:
     """The (first) flavour whose engines `backend` runs; None for a backend that runs no engine (eager, ort)."""
     return next((f for f in flavours() if f.backend == backend), None)
-
-
-def of_manifest(manifest: dict[str, Any]) -> EngineFlavour:
-    """The flavour that wrote an engine manifest (its typed `flavour`)."""
-    return get(EngineManifest.from_dict(manifest).flavour)
 
 
 def distributions() -> tuple[str, ...]:

@@ -21,10 +21,9 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 
-from wanrt.artifacts import (MANIFEST_NAME, cache_root, check_artifact_files, confined_path,
-                             spec_hash, writable_cache)
+from wanrt.artifacts import (MANIFEST_NAME, cache_root, spec_hash, writable_cache)
 from wanrt.engines.lora_swap import loaded_identity, swap_weights, overridable_onnx, swap_section
-from wanrt.engines.onnx_dir import onnx_initializer_info
+from wanrt.engines.onnx_dir import onnx_initializer_info, read_onnx_dir
 from wanrt.engines import registry
 from wanrt.engines.trt.acceptance import tensorrt_acceptance
 from wanrt.errors import BadInputError, EngineError, MissingDependencyError, WanrtError
@@ -302,20 +301,10 @@ class OrtBackend(BackendBase):
 
 
 def load_onnx_artifact(directory: Path, verify: bool = False) -> tuple[ExportManifest, Path]:  # noqa: ARG001
-    """Check an export directory's manifest (kind onnx) and the sha256 of every file it lists before touching
-    weights. `verify` is kept for callers; the check no longer depends on it."""
-    if not directory.is_dir():
-        raise BadInputError(f"{directory}: not a directory (want an export directory with model.onnx)")
-    manifest = ExportManifest.read(directory)
-    onnx_path = confined_path(directory, manifest.onnx, "payload.onnx")
-    if not onnx_path.is_file():
-        raise BadInputError(f"{onnx_path}: missing (the manifest names it)")
-    external = manifest.external_data
-    if external and not confined_path(directory, external, "payload.external_data").is_file():
-        raise BadInputError(f"{directory / str(external)}: external data file missing")
-    # always, not only with verify: what runs is what the manifest describes (hashed once per process)
-    check_artifact_files(directory, manifest.document)
-    return manifest, onnx_path
+    """The engines' read_onnx_dir (manifest, model.onnx and external data present, the sha256 of every file it
+    lists: always, hashed once per process), typed. `verify` is kept for callers; the check no longer depends on it."""
+    doc, onnx_path = read_onnx_dir(directory)
+    return ExportManifest.from_dict(doc, Path(directory) / MANIFEST_NAME), onnx_path
 
 
 def _config_from_geometry(geometry: dict[str, Any]) -> dict[str, Any]:
@@ -349,7 +338,7 @@ class EngineBackend(BackendBase):
         t0 = time.perf_counter()
         self.name = flavour.backend
         self.engine = flavour.runner(artifact, device, **options)
-        self.manifest = EngineManifest.from_dict(self.engine.manifest, Path(self.engine.dir) / MANIFEST_NAME)
+        self.manifest: EngineManifest = self.engine.manifest
         super().__init__(self.engine.dtype, self.engine.device, _config_from_geometry(self.manifest.geometry))
         self.precision, self.artifact = self.manifest.precision, Path(self.engine.dir)
         self.shape_ranges = self.manifest.shape_ranges  # the engine's profiles may be narrower; the engine checks

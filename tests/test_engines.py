@@ -14,16 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from wanrt.artifacts import check_artifact_files
 from wanrt.engines.trt import flavour as fl
-from wanrt.engines.trt.build import (
-    EngineSpec,
-    configure_from_onnx_dir,
-    lora_section,
-    mark_refittable,
-    parse_network,
-    prepare,
-    read_onnx_dir,
-)
+from wanrt.engines.onnx_dir import read_onnx_dir
+from wanrt.engines.trt.build import configure_from_onnx_dir, lora_section
+from wanrt.engines.trt.engine_spec import EngineSpec
+from wanrt.engines.trt.network import mark_refittable, parse_network
+from wanrt.engines.trt.resolve import prepare
 from wanrt.engines.trt.fp8 import (
     Fp8Spec,
     load_calibration_set,
@@ -449,7 +446,6 @@ def test_cli_aot_build_manifest_cache_and_load_checks(separate_fp16, tmp_path, r
         TRTEngine,
         check_compatibility,
         check_input_shapes,
-        check_plan_file,
     )
 
     out, cache = tmp_path / "engine", tmp_path / "cache"
@@ -478,7 +474,7 @@ def test_cli_aot_build_manifest_cache_and_load_checks(separate_fp16, tmp_path, r
     assert r4.returncode == 2 and "pass --force" in r4.stderr
     assert json.loads((out / "manifest.json").read_text())["created"] == m["created"]
     # load checks (no GPU here: each refusal comes before deserialization)
-    check_plan_file(out, m, verify_hash=True)
+    check_artifact_files(out, m)
     gpu = {"name": "NVIDIA RTX 4090", "compute_capability": "8.9"}
     check_compatibility(m, rtx.info(), gpu)
     with pytest.raises(EngineError, match="another|built with TensorRT-RTX.*--flavour rtx"):
@@ -498,13 +494,11 @@ def test_cli_aot_build_manifest_cache_and_load_checks(separate_fp16, tmp_path, r
     # truncated and corrupt plans: clear errors, the files untouched
     plan = (out / "engine.plan").read_bytes()
     (out / "engine.plan").write_bytes(plan[: len(plan) // 2])
-    with pytest.raises(EngineError, match="truncated"):
-        check_plan_file(out, m)
     with pytest.raises(BadInputError, match="truncated or replaced"):  # the load-time artifact check, first
         TRTEngine(out)
     (out / "engine.plan").write_bytes(plan[:100] + bytes([plan[100] ^ 0xFF]) + plan[101:])
-    with pytest.raises(EngineError, match="sha256 differs"):
-        check_plan_file(out, m, verify_hash=True)
+    with pytest.raises(BadInputError, match="sha256 does not match"):
+        TRTEngine(out)
     assert len((out / "engine.plan").read_bytes()) == len(plan)
     # a corrupt resolved in the output dir is rebuilt only with --force
     r5 = _wanrt(*args, cache=tmp_path / "other-cache")

@@ -276,4 +276,4 @@ def test_ov_backend_loads_the_export_from_the_shared_engine_cache(ov_art, monkey
     assert first.artifact == entry and (entry / "manifest.json").is_file()
     assert [p.name for p in (cache / "engines").iterdir()] == [entry.name]  # no second copy beside it
     again = create_backend("ov", artifact=ov_art["sep4"], threads=1, precision="fp32")
-    assert again.artifact == entry and again.engine.manifest["payload"]["cache_key"] == entry.name
+    assert again.artifact == entry and again.manifest.cache_key == entry.name

@@ -14,7 +14,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from wanrt.artifacts import build_manifest, confined_path, sha256_file, write_json
+from wanrt.artifacts import build_manifest, check_artifact_files, confined_path, sha256_file, write_json
 from wanrt.engines.cache import ENTRY_INDEX, EngineCache
 from wanrt.errors import BadInputError
 
@@ -169,13 +169,11 @@ def test_manifest_paths_are_confined(peft_export, tmp_path, field, value):
 
 
 def test_engine_plan_path_is_confined(tmp_path):
-    from wanrt.engines.trt.engine import check_plan_file
-
     d = _engine_dir(tmp_path / "engine", "e" * 16)
     m = json.loads((d / "manifest.json").read_text())
     m["payload"]["engine"] = "../../../etc/hostname"
     with pytest.raises(BadInputError, match="outside the artifact directory"):
-        check_plan_file(d, m)
+        check_artifact_files(d, m)  # what every engine load runs first
     (d / "link.plan").symlink_to("/etc/hostname")  # a symlink out is outside too
     with pytest.raises(BadInputError, match="outside"):
         confined_path(d, "link.plan")

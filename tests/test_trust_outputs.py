@@ -273,7 +273,7 @@ def test_artifacts_get_the_users_umask(tmp_path):
 
 def test_one_cache_root(tmp_path, monkeypatch, capsys):
     from wanrt.engines.trt.engine_spec import EngineSpec
-    from wanrt.engines.trt.resolve import engine_cache_dir
+    from wanrt.engines.cache import engine_cache_dir
     from wanrt.runtime.metrics import weights as W
 
     monkeypatch.setenv("WANRT_CACHE_DIR", str(tmp_path / "one"))

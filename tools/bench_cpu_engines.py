@@ -33,7 +33,6 @@ import torch
 
 from wanrt.artifacts import cache_root, library_versions, machine_info, spec_hash
 from wanrt.dit_io import DitIO, ShapeRange, VideoShape
-from wanrt.manifests import EngineManifest
 from wanrt.tools import cpu_cost_model as cm
 
 GATES = {"fp32": 1e-4, "bf16": 1e-2, "int8": 5e-2}
@@ -158,7 +157,7 @@ def run_geometry(source, layers, shapes, threads, repeats, peaks, skipped) -> li
             peak = peaks.get(PEAK_OF[label], {}).get("tflops")
             err = rel_error(outs[label], ref)
             engine = getattr(_b, "engine", None)  # OpenVINO: the compiled blob's size (int8 vs bf16 memory)
-            blob_mib = EngineManifest.from_dict(engine.manifest).plan_bytes / 2**20 if engine is not None else None
+            blob_mib = _b.manifest.plan_bytes / 2**20 if engine is not None else None
             rows.append({"geometry": f"{source}" + (f" --layers {layers}" if layers else ""), "shape": s,
                          "engine_mib": blob_mib,
                          "tokens": tokens, "backend": label, "precision": precision, "median_s": med,
@@ -217,7 +216,7 @@ def paired_overhead(source, layers, shape_s, threads, pairs: tuple[int, int], pr
     fl = forward_flops(dict(model.config), shape.latent, lora=branches, mode="separate")
     # hot-swap vs a fresh build of the engine (read + precision passes + compile, from its manifest)
     swaps = [sep.set_lora(synthetic_lora(model, rank, seed=s))["swap_s"] for s in (1, 2, 3)]
-    build = EngineManifest.from_dict(sep.engine.manifest).timings_s
+    build = sep.manifest.timings_s
     swap = {"swap_s": statistics.median(swaps), "build_s": build["total"], "compile_s": build["compile"],
             "speedup_vs_build": build["total"] / statistics.median(swaps)}
     merged.close(), sep.close()

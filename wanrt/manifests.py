@@ -121,10 +121,6 @@ class Manifest:
         return cls.from_dict(doc, Path(directory) / MANIFEST_NAME)
 
     @property
-    def directory(self) -> Path:
-        return Path(self.source).parent
-
-    @property
     def contents(self) -> dict[str, Any]:
         return self.document.get("contents") or {}
 

@@ -17,6 +17,7 @@ from wanrt.engines.cache import engine_cache_from_root
 from wanrt.engines.openvino import BACKEND, FLAVOUR, INSTALL_HINT, PRECISIONS
 from wanrt.engines.openvino.precision import KEEP_POLICIES
 from wanrt.errors import BadInputError
+from wanrt.manifests import EngineManifest
 
 # build options of the TensorRT flavours, at their defaults: set to anything else, refused rather than ignored
 TRT_ONLY = {"profiles": (), "frames": None, "opt_level": None, "workspace_gib": None, "timing_cache": None,
@@ -107,22 +108,20 @@ class OpenVINOFlavour:
         return [("OpenVINO", f"{ov.__version__} {spec.device} ({', '.join(caps)})"), ("export", str(onnx_dir)),
                 ("precision", spec.precision), ("keep fp32", spec.keep_fp32)]
 
-    def summary_row(self, out: str, manifest: dict[str, Any]) -> tuple[str, ...]:
-        p = manifest["payload"]
-        report = p.get("precision_report") or {}
+    def summary_row(self, out: str, m: EngineManifest) -> tuple[str, ...]:
+        report = m.section("precision_report") or {}
         int8 = (report.get("int8") or {}).get("count")
-        lora = p.get("lora") or {}
-        return (out, p["openvino"]["device"], p["precision"], ",".join(report.get("keep_fp32") or []) or "-",
-                "-" if int8 is None else str(int8), f"{p['plan_bytes'] / 2**20:.1f}",
-                f"{lora.get('mode') or '-'}{' (swap)' if lora.get('refit') else ''}",
-                f"{p['timings_s']['total']:.1f}")
+        return (out, m.runtime["device"], m.precision, ",".join(report.get("keep_fp32") or []) or "-",
+                "-" if int8 is None else str(int8), f"{m.plan_bytes / 2**20:.1f}",
+                f"{m.lora.get('mode') or '-'}{' (swap)' if m.lora.get('refit') else ''}",
+                f"{m.timings_s['total']:.1f}")
 
-    def summary_caption(self, manifests: list[dict[str, Any]]) -> str | None:
-        versions = sorted({m["payload"]["openvino"]["version"].split("-")[0] for m in manifests})
+    def summary_caption(self, manifests: list[EngineManifest]) -> str | None:
+        versions = sorted({m.runtime["version"].split("-")[0] for m in manifests})
         return f"OpenVINO {', '.join(versions)}; int8: quantized MatMuls (list in manifest.json)"
 
-    def describe(self, manifest: dict[str, Any]) -> str:
-        return f"OpenVINO {manifest['payload']['openvino']['version']}"
+    def describe(self, manifest: EngineManifest) -> str:
+        return f"OpenVINO {manifest.runtime['version']}"
 
     def load(self, engine_dir, device: str | None = None, threads: int | None = None, verify: bool = False):
         from wanrt.engines.openvino.engine import OvEngine  # onnx + OpenVINO: loaded with an engine
@@ -150,7 +149,6 @@ class OpenVINOFlavour:
     def refit_dry_run(self, *_args, **_kw) -> dict[str, str]:
         raise BadInputError("--dry-run is for TensorRT refits; an OpenVINO swap writes only the LoRA weights "
                             "(use -o DIR to keep the original)")
-
 
 
 OPENVINO = OpenVINOFlavour()

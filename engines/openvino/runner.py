@@ -12,11 +12,12 @@ from typing import Any
 
 import torch
 
-from wanrt.artifacts import artifact_kind
+from wanrt.artifacts import MANIFEST_NAME, artifact_kind
 from wanrt.engines.cache import engine_in_cache
 from wanrt.engines.openvino import BACKEND
 from wanrt.engines.openvino.engine import OvEngine, OvEngineSpec, build_openvino_engine, cache_key, require_openvino
 from wanrt.errors import BadInputError
+from wanrt.manifests import EngineManifest
 
 
 def check_runtime(device: str | torch.device = "cpu") -> None:
@@ -40,8 +41,8 @@ class OvRunner:
                                                                            threads=threads))
             self.setup["build_s"] = time.perf_counter() - t0
         self.engine = OvEngine(engine_dir, device=ov_device, threads=threads, verify_hash=verify)
-        self.manifest = self.engine.manifest
-        built = self.manifest["payload"]["precision"]
+        self.manifest = EngineManifest.from_dict(self.engine.manifest, Path(engine_dir) / MANIFEST_NAME)
+        built = self.manifest.precision
         if precision is not None and built != precision:
             raise BadInputError(f"{artifact}: an OpenVINO {built} engine, asked for {precision}")
         self.dtype, self.device, self.dir, self.threads = torch.float32, torch.device("cpu"), engine_dir, threads
@@ -54,9 +55,8 @@ class OvRunner:
         return self.engine.set_lora(lora, source)
 
     def describe(self) -> dict[str, Any]:
-        p = self.manifest["payload"]
-        return {"ov_device": self.engine.device, "threads": self.threads, "openvino": p["openvino"]["version"],
-                "keep_fp32": (p.get("precision_report") or {}).get("keep_fp32")}
+        return {"ov_device": self.engine.device, "threads": self.threads, "openvino": self.manifest.runtime["version"],
+                "keep_fp32": (self.manifest.section("precision_report") or {}).get("keep_fp32")}
 
     def close(self) -> None:
         pass

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from wanrt.engines.trt.build import parse_network
+from wanrt.engines.trt.network import parse_network
 from wanrt.engines.trt.flavour import load_flavour
 from wanrt.errors import EngineError, MissingDependencyError
 

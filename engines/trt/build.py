@@ -32,25 +32,14 @@ from typing import Any
 
 from wanrt.artifacts import (atomic_output_dir, build_manifest, check_output_dir, read_manifest, sha256_file,
                              write_manifest)
-from wanrt.engines.cache import EngineCache, plan_intact
-from wanrt.engines.trt.engine_spec import ENGINE_KIND, PLAN_NAME, PRECISIONS, EngineSpec
+from wanrt.engines.cache import EngineCache, engine_cache_dir, plan_intact
+from wanrt.engines.trt.engine_spec import ENGINE_KIND, PLAN_NAME, EngineSpec
 from wanrt.engines.trt.fp8 import quantize_fp8
 from wanrt.engines.lora_swap import loaded_from_export
-from wanrt.engines.trt.network import (Configured, build_serialized_engine, capturing_logger, configure,
-                                       mark_refittable, network_io, parse_network)
-from wanrt.engines.onnx_dir import lora_refit_names, onnx_dtype, onnx_initializer_info, read_onnx_dir
-from wanrt.engines.trt.resolve import (ResolvedBuild, compute_cache_key, cpu_build_blocker, engine_cache_dir, prepare,
-                                   resolve_precision, resolve_refit, resolve_targets)
+from wanrt.engines.trt.network import Configured, build_serialized_engine, configure, network_io
+from wanrt.engines.onnx_dir import onnx_dtype
+from wanrt.engines.trt.resolve import ResolvedBuild, cpu_build_blocker, prepare
 from wanrt.errors import BadInputError, EngineError
-
-# The names other modules and tests import from here (the build's public face), now defined in the modules above.
-__all__ = [
-    "ENGINE_KIND", "PLAN_NAME", "PRECISIONS", "Configured", "EngineSpec", "ResolvedBuild", "build_engine_from_onnx_dir",
-    "build_serialized_engine", "capturing_logger", "compute_cache_key", "configure", "configure_from_onnx_dir",
-    "cpu_build_blocker", "engine_cache_dir", "engine_payload", "lora_refit_names", "lora_section", "mark_refittable",
-    "network_io", "onnx_dtype", "onnx_initializer_info", "parse_network", "prepare", "read_onnx_dir",
-    "resolve_precision", "resolve_refit", "resolve_targets",
-]
 
 
 def configure_from_onnx_dir(onnx_dir: str | os.PathLike, spec: EngineSpec,

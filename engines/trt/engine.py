@@ -24,7 +24,7 @@ from wanrt.engines.trt.flavour import (
 )
 from wanrt.engines.trt.profiles import ProfileSpec, select_profile
 
-from wanrt.artifacts import check_artifact_files, confined_path, read_manifest, sha256_file, write_bytes_atomic
+from wanrt.artifacts import check_artifact_files, confined_path, read_manifest, write_bytes_atomic
 from wanrt.errors import BadInputError, EngineError
 
 RUNTIME_CACHE_NAME = "runtime.cache"
@@ -41,21 +41,6 @@ def load_engine_manifest(engine_dir: str | os.PathLike) -> dict[str, Any]:
             raise EngineError(f"{engine_dir}/manifest.json lacks '{key}'; rebuild the engine")
     check_artifact_files(engine_dir, manifest)  # the plan (and all it lists) as built, before it is deserialized
     return manifest
-
-
-def check_plan_file(engine_dir: Path, manifest: dict[str, Any], verify_hash: bool = False) -> Path:
-    """The plan exists, has the recorded size (a truncated copy is caught here) and, optionally, hash."""
-    p = manifest["payload"]
-    plan = confined_path(engine_dir, p["engine"], "payload.engine")
-    if not plan.is_file():
-        raise EngineError(f"{plan}: missing; rebuild with `wanrt build`")
-    size = plan.stat().st_size
-    if size != p["plan_bytes"]:
-        raise EngineError(f"{plan}: {size} bytes, the manifest says {p['plan_bytes']} (truncated or replaced); "
-                          f"rebuild with `wanrt build`")
-    if verify_hash and sha256_file(plan) != p.get("plan_sha256"):
-        raise EngineError(f"{plan}: sha256 differs from the manifest (corrupt or replaced); rebuild with `wanrt build`")
-    return plan
 
 
 def check_compatibility(manifest: dict[str, Any], flavour_info: dict[str, Any], gpu: dict[str, Any] | None) -> None:
@@ -134,11 +119,13 @@ def trt_weights_dtype(trt, torch_dt):
 class TRTEngine:
     """A deserialized engine and one execution context, driven with torch CUDA tensors on torch's stream.
 
-    `engine_dir`: a `wanrt build` output. `verify_hash`: also sha256 the plan (slow for 28 GB plans; size is always
-    checked). `runtime_cache`: TensorRT-RTX JIT kernel cache file ("auto": engine_dir/runtime.cache, None: off).
+    `engine_dir`: a `wanrt build` output, every file's size and sha256 checked on load (`load_engine_manifest`;
+    `verify_hash` adds nothing since). `runtime_cache`: TensorRT-RTX JIT kernel cache file ("auto":
+    engine_dir/runtime.cache, None: off).
     `weight_streaming_budget`: bytes of weights kept on the GPU for engines built with weight streaming."""
 
-    def __init__(self, engine_dir: str | os.PathLike, device: int | None = None, verify_hash: bool = False,
+    def __init__(self, engine_dir: str | os.PathLike, device: int | None = None,
+                 verify_hash: bool = False,  # noqa: ARG002 - the hash is always checked (load_engine_manifest)
                  runtime_cache: str | None = "auto", weight_streaming_budget: int | None = None):
         import torch
 
@@ -150,7 +137,7 @@ class TRTEngine:
             torch.cuda.set_device(device)
         self.gpu = gpu_info()
         check_compatibility(self.manifest, self.flavour.info(), self.gpu)
-        plan_path = check_plan_file(self.engine_dir, self.manifest, verify_hash)
+        plan_path = confined_path(self.engine_dir, p["engine"], "payload.engine")  # size, sha256: checked above
         trt = self.flavour.trt
         self.logger = self.flavour.logger("ERROR")
         self.runtime = trt.Runtime(self.logger)

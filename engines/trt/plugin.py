@@ -14,30 +14,10 @@ from typing import TYPE_CHECKING, Any, Callable
 from wanrt.engines.cache import engine_cache_from_root
 from wanrt.engines.trt.flavour import BACKEND, INSTALL_HINT, LABELS, MIN_CC, MODULES, PRECISIONS, gpu_info
 from wanrt.errors import BadInputError, WanrtError
+from wanrt.manifests import EngineManifest
 
 if TYPE_CHECKING:  # onnx and torch come with the spec's FP8 part: loaded when a build runs
     from wanrt.engines.trt.engine_spec import EngineSpec
-
-
-def spec_from_options(kw: dict[str, Any]) -> EngineSpec:
-    """`wanrt build` / `wanrt export --engine` options -> EngineSpec (flavour stays as asked: auto picks later)."""
-    from wanrt.engines.trt.engine_spec import EngineSpec  # onnx + torch (its FP8 part): loaded when a build runs
-    from wanrt.engines.trt.fp8 import Fp8Spec  # the same
-
-    ccs = tuple(c.strip() for c in (kw.get("compute_capability") or "").split(",") if c.strip())
-    for cc in ccs:
-        parts = cc.split(".")
-        if len(parts) != 2 or not all(p.isdigit() for p in parts):
-            raise BadInputError(f"--compute-capability {cc!r}: expected MAJOR.MINOR like 8.9")
-    fp8 = Fp8Spec(calib=kw["calib"], keep_blocks=kw["keep_blocks"], backend=kw["fp8_backend"],
-                  tolerance=kw["fp8_tolerance"], calib_data=kw["calib_data"], calib_shape=kw["calib_shape"],
-                  check=not kw["no_fp8_check"])
-    return EngineSpec(flavour=kw["flavour"], precision=kw["precision"], profiles=tuple(kw["profiles"]),
-                      frames=kw["frames"], batch=kw["batch"], opt_level=kw["opt_level"],
-                      workspace_gib=kw["workspace_gib"], timing_cache=kw["timing_cache"],
-                      weight_streaming=kw["weight_streaming"], refit=kw["refit"], compute_capabilities=ccs, fp8=fp8,
-                      cache=not kw["no_cache"], cache_dir=engine_cache_from_root(kw.get("cache_dir")),
-                      progress=kw.get("progress"))
 
 
 @dataclass(frozen=True)
@@ -91,7 +71,24 @@ class TensorRTFlavour:
         return None
 
     def spec(self, kw: dict[str, Any]) -> EngineSpec:
-        return spec_from_options(kw)
+        """`wanrt build` / `wanrt export --engine` options -> EngineSpec (flavour stays as asked: auto picks later)."""
+        from wanrt.engines.trt.engine_spec import EngineSpec  # onnx + torch (its FP8 part): loaded when a build runs
+        from wanrt.engines.trt.fp8 import Fp8Spec  # the same
+
+        ccs = tuple(c.strip() for c in (kw.get("compute_capability") or "").split(",") if c.strip())
+        for cc in ccs:
+            parts = cc.split(".")
+            if len(parts) != 2 or not all(p.isdigit() for p in parts):
+                raise BadInputError(f"--compute-capability {cc!r}: expected MAJOR.MINOR like 8.9")
+        fp8 = Fp8Spec(calib=kw["calib"], keep_blocks=kw["keep_blocks"], backend=kw["fp8_backend"],
+                      tolerance=kw["fp8_tolerance"], calib_data=kw["calib_data"], calib_shape=kw["calib_shape"],
+                      check=not kw["no_fp8_check"])
+        return EngineSpec(flavour=kw["flavour"], precision=kw["precision"], profiles=tuple(kw["profiles"]),
+                          frames=kw["frames"], batch=kw["batch"], opt_level=kw["opt_level"],
+                          workspace_gib=kw["workspace_gib"], timing_cache=kw["timing_cache"],
+                          weight_streaming=kw["weight_streaming"], refit=kw["refit"], compute_capabilities=ccs, fp8=fp8,
+                          cache=not kw["no_cache"], cache_dir=engine_cache_from_root(kw.get("cache_dir")),
+                          progress=kw.get("progress"))
 
     def spec_for(self, precision: str | None) -> EngineSpec:
         from wanrt.engines.trt.engine_spec import EngineSpec  # onnx + torch (its FP8 part): loaded when a build runs
@@ -116,18 +113,17 @@ class TensorRTFlavour:
                     ("profiles", "\n".join(p.describe() for p in resolved.profiles)),
                     ("builder flags (GPU)", flags), ("real build here", _predict_build(resolved, spec))]
 
-    def summary_row(self, out: str, manifest: dict[str, Any]) -> tuple[str, ...]:
-        p = manifest["payload"]
-        err = (p.get("fp8") or {}).get("check", {}).get("relative_error")
-        precision = p["precision"] + (f" (rel err {max(err.values()):.2g})" if err else "")
-        return (out, p["trt"]["label"], precision, f"{p['plan_bytes'] / 2**20:.1f}", p["lora"]["mode"] or "-",
-                p["lora"]["refit"] or "no", f"{p['timings_s']['total']:.0f}")
+    def summary_row(self, out: str, m: EngineManifest) -> tuple[str, ...]:
+        err = (m.section("fp8") or {}).get("check", {}).get("relative_error")
+        precision = m.precision + (f" (rel err {max(err.values()):.2g})" if err else "")
+        return (out, m.label, precision, f"{m.plan_bytes / 2**20:.1f}", m.lora["mode"] or "-",
+                m.lora["refit"] or "no", f"{m.timings_s['total']:.0f}")
 
-    def summary_caption(self, manifests: list[dict[str, Any]]) -> str | None:  # noqa: ARG002 - the protocol's
+    def summary_caption(self, manifests: list[EngineManifest]) -> str | None:  # noqa: ARG002 - the protocol's
         return None
 
-    def describe(self, manifest: dict[str, Any]) -> str:
-        return manifest["payload"]["trt"]["label"]
+    def describe(self, manifest: EngineManifest) -> str:
+        return manifest.label
 
     def load(self, engine_dir, device: int | None = None, verify: bool = False, **options: Any):
         from wanrt.engines.trt.engine import TRTEngine  # torch + TensorRT: loaded with an engine
@@ -163,11 +159,10 @@ class TensorRTFlavour:
                 "LoRA rank": str(lora.rank), "engine rank": ",".join(map(str, sorted(ranks))) or "-"}
 
 
-
 def _predict_build(resolved, spec: EngineSpec) -> str:
     """What the build without --dry-run will do on this machine: the dry run configures for the build GPU, so it
     must also say when the real build is refused here, and which refit mode `--refit auto` will really pick."""
-    from wanrt.engines.trt.build import cpu_build_blocker, resolve_refit  # TensorRT: loaded when a build runs
+    from wanrt.engines.trt.resolve import cpu_build_blocker, resolve_refit  # TensorRT: loaded when a build runs
 
     blocker = cpu_build_blocker(resolved)
     if blocker is not None:

@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from wanrt.artifacts import spec_hash
-from wanrt.engines.cache import engine_cache_dir  # noqa: F401 - re-exported: where a build looks engines up
 from wanrt.choices import Precision, Refit
-from wanrt.engines.trt.engine_spec import PRECISIONS, EngineSpec
-from wanrt.engines.trt.flavour import (MIN_CC, RTX_DEFAULT_TARGETS, Flavour, check_precision_supported, gpu_info,
-                                   load_flavour)
+from wanrt.engines.trt.engine_spec import EngineSpec
+from wanrt.engines.trt.flavour import (MIN_CC, PRECISIONS, RTX_DEFAULT_TARGETS, Flavour, check_precision_supported,
+                                       gpu_info, load_flavour)
 from wanrt.engines.onnx_dir import export_digests, lora_refit_names, onnx_dtype, onnx_initializer_info, read_onnx_dir
 from wanrt.engines.trt.profiles import ProfileSpec, check_against_export, resolve_profiles
 from wanrt.errors import BadInputError, EngineError
