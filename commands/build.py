@@ -19,7 +19,8 @@ from wanrt.errors import BadInputError
 from wanrt.artifacts import MANIFEST_NAME
 from wanrt.manifests import EngineManifest
 from wanrt.commands.flags import deprecated_option
-from wanrt.commands.options import FINITE_FLOAT, SEED, FiniteFloat, SectionedCommand, option_group
+from wanrt.commands.options import (FINITE_FLOAT, SEED, FiniteFloat, LoraEntryType, SectionedCommand,
+                                    lora_entries, option_group)
 
 PRECISION_CHOICES = registry.precision_choices()  # each flavour refuses what it does not build (its refusal)
 
@@ -145,8 +146,9 @@ def build(onnx_dir, output, force, dry_run, progress, **kw):
 
 @click.command()
 @click.argument("engine_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--lora", "lora_file", type=click.Path(), default=None,  # a file or a peft adapter dir
-              help="New LoRA file (diffusers/peft, ComfyUI/Kijai or musubi/kohya safetensors).")
+@click.option("--lora", "loras", type=LoraEntryType(), multiple=True,  # a file or a peft adapter dir
+              help="New LoRA file (diffusers/peft, ComfyUI/Kijai or musubi/kohya safetensors) at strength :S; "
+                   "repeat for a stack (synthetic:RANK[:S] adds a synthetic one).")
 @click.option("--rank", type=click.IntRange(1), default=None,
               help="Synthetic LoRA of this rank (no --lora), or SVD re-rank of --lora.")
 @click.option("--lora-scale", type=FINITE_FLOAT, default=None, help="LoRA strength (default: the export's).")
@@ -158,7 +160,7 @@ def build(onnx_dir, output, force, dry_run, progress, **kw):
 @click.option("--force", is_flag=True, help="Replace an existing --output directory.")
 @click.option("--dry-run", is_flag=True, help="Check the LoRA against the engine and compute the new weights "
               "(no GPU needed); refit nothing.")
-def refit(engine_dir, lora_file, rank, lora_scale, seed, allow_pickle, output, force, dry_run):
+def refit(engine_dir, loras, rank, lora_scale, seed, allow_pickle, output, force, dry_run):
     """Swap the LoRA of a refittable engine without rebuilding it.
 
     \b
@@ -167,10 +169,17 @@ def refit(engine_dir, lora_file, rank, lora_scale, seed, allow_pickle, output, f
     merged-mode engines: W = original base + new delta (never cumulative:
       A -> B -> A returns exactly to A).
     """
-    if lora_file is None and rank is None:
+    if not loras and rank is None:
         raise BadInputError("refit needs --lora FILE or --rank N")
+    first, rest = (loras[0], loras[1:]) if loras else (None, ())
+    if rank is not None and first is not None and (rest or first.rank is not None):
+        raise BadInputError("--rank re-ranks a single --lora file; a stack keeps each LoRA's rank")
     flavour = registry.of_engine_dir(engine_dir)
-    lora = {"lora_file": lora_file, "rank": rank, "scale": lora_scale, "seed": seed, "allow_pickle": allow_pickle}
+    # a strength left out is --lora-scale's, and without one the first LoRA keeps the export's scale (None)
+    stack = lora_entries({"lora": rest, "lora_scale": lora_scale})
+    scale = lora_scale if first is None or first.strength is None else first.strength
+    lora = {"lora_file": first and first.file, "rank": (first and first.rank) or rank, "scale": scale, "seed": seed,
+            "allow_pickle": allow_pickle, "stack": stack}
     if dry_run:
         row = flavour.refit_dry_run(engine_dir, **lora)
         table = Table(title="wanrt refit --dry-run")

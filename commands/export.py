@@ -17,7 +17,7 @@ from wanrt.manifests import EngineManifest, ExportManifest
 from wanrt.commands.flags import deprecation_line
 from wanrt.commands.options import (SectionedCommand, dtype_option, lora_options, lora_spec_from_kwargs,
                                     model_options, model_spec_from_kwargs, option_group)
-from wanrt.parse import parse_int_list, parse_shape
+from wanrt.parse import SYNTHETIC_PREFIX, parse_int_list, parse_shape
 
 
 def summary_table(rows: list[tuple[str, dict]], title: str = "wanrt export") -> Table:
@@ -107,11 +107,13 @@ def default_output(kw) -> Path:
     if kw.get("layers"):
         parts.append(f"l{kw['layers']}")
     ranks = kw.get("ranks") or kw.get("rank")
-    if kw.get("lora_file"):
-        parts.append(Path(kw["lora_file"]).stem + (f"-r{ranks}" if ranks else ""))
+    labels = [e.label.replace(SYNTHETIC_PREFIX, "r") for e in kw.get("merge") or ()] + [
+        e.label.replace(SYNTHETIC_PREFIX, "r") for e in kw.get("lora") or ()]
+    if labels:
+        parts.append("+".join(labels) + (f"-r{ranks}" if ranks else ""))
     elif ranks:
         parts.append("r" + str(ranks).replace(",", "-"))
-    if kw.get("lora_file") or ranks:
+    if labels or ranks:
         parts.append(kw["lora_mode"])
     parts.append(kw["dtype"] or "fp32")
     return Path("wanrt-out") / "-".join(parts)
@@ -123,10 +125,12 @@ def _check_lora_file(kw) -> None:
 
     if not math.isfinite(kw["lora_scale"]):
         raise BadInputError(f"--lora-scale {kw['lora_scale']}: must be a finite number")
-    if kw["lora_file"] is not None:
+    files = [e.file for e in (*kw["lora"], *kw["merge"]) if e.file is not None]
+    if files:
         from wanrt.export.lora_formats import check_lora_source
 
-        check_lora_source(kw["lora_file"], kw["allow_pickle"])  # the whole validation pass, before any model
+        for file in files:
+            check_lora_source(file, kw["allow_pickle"])  # the whole validation pass, before any model
 
 
 def _has_cuda() -> bool:

@@ -116,10 +116,34 @@ model_options = option_group(
     section="Model",
 )
 
+class LoraEntryType(click.ParamType):
+    """`FILE[:STRENGTH]` or `synthetic:RANK[:STRENGTH]` (wanrt.parse.parse_lora_entry): one entry of a stack; the
+    strength defaults to --lora-scale, applied when the spec is made."""
+
+    name = "FILE[:S]"
+
+    def convert(self, value, param, ctx):
+        from wanrt.errors import BadInputError
+        from wanrt.parse import LoraEntry, parse_lora_entry
+
+        if isinstance(value, LoraEntry):
+            return value
+        try:
+            return parse_lora_entry(value, f"--{param.name}" if param is not None else "--lora", None)
+        except BadInputError as e:
+            self.fail(str(e), param, ctx)
+
+
 lora_options = option_group(
-    click.option("--lora", "lora_file", type=click.Path(), default=None,
+    click.option("--lora", "lora", type=LoraEntryType(), multiple=True,
                  help="LoRA file (safetensors) or peft adapter directory: diffusers/peft, ComfyUI/Kijai or "
-                      "musubi/kohya format."),
+                      "musubi/kohya format, at strength :S. Repeat for a stack (one swappable branch); "
+                      "synthetic:RANK[:S] adds a seeded synthetic LoRA."),
+    click.option("--merge", "merge", type=LoraEntryType(), multiple=True,
+                 help="A LoRA folded into the base weights in every mode (a distill LoRA the deployment keeps); "
+                      "the --lora entries stay swappable. Repeatable, FILE[:S]."),
+    click.option("--max-rank", type=click.IntRange(1), default=None,
+                 help="separate: zero-pad each module's branch to this rank, room for a larger stack at refit."),
     click.option("--rank", "rank", default=None,
                  help="Synthetic LoRA rank (no --lora), or SVD re-rank target (--lora of higher rank)."),
     click.option("--targets", default="all", show_default=True,
@@ -166,10 +190,27 @@ def model_spec_from_kwargs(kw):
     return ModelSpec(source=kw["model"], layers=kw["layers"], dtype=kw.get("dtype") or "fp32", seed=kw["seed"])
 
 
+def lora_entries(kw, name: str = "lora") -> tuple:
+    """The --lora (or --merge) entries with unset strengths at --lora-scale."""
+    from dataclasses import replace
+
+    scale = kw.get("lora_scale")
+    scale = 1.0 if scale is None else scale
+    return tuple(replace(e, strength=scale) if e.strength is None else e for e in kw.get(name) or ())
+
+
 def lora_spec_from_kwargs(kw, rank: int | None = None):
+    from wanrt.errors import BadInputError
     from wanrt.export.api import LoraSpec
 
+    entries = lora_entries(kw)
+    first, rest = (entries[0], entries[1:]) if entries else (None, ())
+    if rank is not None and first is not None and (rest or first.rank is not None):
+        raise BadInputError("--rank re-ranks a single --lora file; a stack keeps each LoRA's rank (--max-rank sets "
+                            "the branch's)")
     # '+' and ',' both join a target set (bench sweeps several sets with --target-sets): one syntax everywhere
-    return LoraSpec(file=kw["lora_file"], rank=rank, targets=kw["targets"].replace("+", ","), mode=kw["lora_mode"],
-                    scale=kw["lora_scale"], seed=kw["seed"], allow_pickle=kw["allow_pickle"],
-                    finetuned=kw.get("finetuned"))
+    return LoraSpec(file=first.file if first else None, rank=first.rank if first and first.rank else rank,
+                    targets=kw["targets"].replace("+", ","), mode=kw["lora_mode"],
+                    scale=first.strength if first else kw["lora_scale"], seed=kw["seed"],
+                    allow_pickle=kw["allow_pickle"], finetuned=kw.get("finetuned"), stack=rest,
+                    merge=lora_entries(kw, "merge"), max_rank=kw.get("max_rank"))

@@ -20,8 +20,9 @@ from wanrt.console import StepProgress
 from wanrt.dit_io import DitIO, ShapeRange, VideoShape
 from wanrt.errors import BadInputError, LoraError
 from wanrt.memory import release_memory
-from wanrt.export.lora import (LoraWeights, apply_lora, dense_reference, lora_flops_per_token,
-                               resolve_targets, rerank, synthetic_lora)
+from wanrt.parse import LoraEntry
+from wanrt.export.lora import (LoraWeights, apply_lora, dense_reference, lora_flops_per_token, pad_rank,
+                               resolve_targets, rerank, stack_loras, synthetic_lora)
 from wanrt.export import validate
 from wanrt.export.finetuned import finetuned_reference
 from wanrt.export.finite import check_finite_initializers
@@ -39,7 +40,12 @@ CHECKPOINT_MIN, CHECKPOINT_MAX = VideoShape(1, 32, 32), VideoShape(81, 720, 1280
 
 @dataclass(frozen=True)
 class LoraSpec:
-    """Which LoRA, and how it enters the graph. No file and no rank: the base model alone."""
+    """Which LoRA, and how it enters the graph. No file and no rank: the base model alone.
+
+    A stack: `file`/`rank` (the first LoRA, as before stacks existed) plus `stack` entries, each at its own
+    strength, become one LoRA (`stack_loras`) that enters the graph by `mode`; `merge` entries are folded into the
+    base weights first in every mode (a distill LoRA a deployment keeps), so swaps and refits never touch them.
+    `max_rank` zero-pads a separate branch to that rank, room for a larger stack later."""
 
     file: str | None = None
     rank: int | None = None  # synthetic rank (no file) or SVD re-rank target (file of higher rank)
@@ -51,14 +57,30 @@ class LoraSpec:
     # mode "full" only: a real full fine-tune (checkpoint path, or synthetic[:EXPONENT]) instead of a dense
     # delta; its weights replace the model's (wanrt.export.finetuned, issue 11)
     finetuned: str | None = None
+    stack: tuple[LoraEntry, ...] = ()
+    merge: tuple[LoraEntry, ...] = ()
+    max_rank: int | None = None
+
+    def __post_init__(self):  # a manifest gives lists of dicts back: the same spec, typed
+        for name in ("stack", "merge"):
+            entries = tuple(e if isinstance(e, LoraEntry) else LoraEntry(**e) for e in getattr(self, name))
+            object.__setattr__(self, name, entries)
 
     @property
     def enabled(self) -> bool:
-        return self.file is not None or self.rank is not None or self.mode == "full" or self.finetuned is not None
+        return (self.file is not None or self.rank is not None or self.mode == "full" or self.finetuned is not None
+                or bool(self.stack))
+
+    def entries(self) -> tuple[LoraEntry, ...]:
+        """Every swappable LoRA of the stack, the first one (`file` or a synthetic `rank`) included."""
+        first = () if self.file is None and self.rank is None else (
+            LoraEntry(file=self.file, strength=self.scale) if self.file is not None
+            else LoraEntry(rank=self.rank, strength=self.scale),)
+        return first + self.stack
 
 
 def resolve_lora(model: torch.nn.Module, spec: LoraSpec) -> tuple[LoraWeights | None, dict[str, float] | None]:
-    """LoraSpec -> canonical LoraWeights (file | synthetic | SVD re-rank | dense), plus re-rank energies."""
+    """LoraSpec -> canonical LoraWeights (file | synthetic | SVD re-rank | stack | dense), plus re-rank energies."""
     LoraMode.parse(spec.mode, "--lora-mode", LoraError)
     if not spec.enabled:
         return None, None
@@ -66,13 +88,15 @@ def resolve_lora(model: torch.nn.Module, spec: LoraSpec) -> tuple[LoraWeights | 
 
         return finetuned_reference(model, spec), None
     energy = None
-    if spec.file is not None:
-        lora = load_lora_file(spec.file, model, lora_scale=spec.scale, allow_pickle=spec.allow_pickle)
-        if spec.targets != "all":
-            keep = set(resolve_targets(model, spec.targets))
-            lora = replace(lora, modules={n: m for n, m in lora.modules.items() if n in keep})
-            if not lora.modules:
-                raise LoraError(f"--targets {spec.targets}: none of the LoRA's modules are in that group")
+    if spec.stack:
+        if spec.file is not None and spec.rank is not None:
+            raise LoraError("--rank re-ranks a single --lora file; a stack keeps each LoRA's rank (--max-rank sets "
+                            "the branch's)")
+        entries = spec.entries()
+        lora = stack_loras([entry_lora(model, e, spec, i) for i, e in enumerate(entries)], [e.label for e in entries])
+    elif spec.file is not None:
+        lora = _on_targets(load_lora_file(spec.file, model, lora_scale=spec.scale, allow_pickle=spec.allow_pickle),
+                           model, spec.targets)
         if spec.rank is not None and (spec.rank != lora.rank or lora.rank is None):
             lora, energy = rerank(lora, spec.rank)
     else:
@@ -82,7 +106,41 @@ def resolve_lora(model: torch.nn.Module, spec: LoraSpec) -> tuple[LoraWeights | 
         lora.lora_scale = spec.scale
     if spec.mode == "full":
         lora = dense_reference(lora, seed=spec.seed)
+    elif spec.mode == "separate" and spec.max_rank is not None:
+        lora = pad_rank(lora, spec.max_rank)
     return lora, energy
+
+
+def entry_lora(model: torch.nn.Module, entry: LoraEntry, spec: LoraSpec, index: int = 0) -> LoraWeights:
+    """One stack entry at its strength: a file restricted to the spec's targets, or a synthetic LoRA on them
+    (seeded seed + index, so two synthetic entries of a stack differ)."""
+    if entry.file is not None:
+        lora = load_lora_file(entry.file, model, lora_scale=entry.strength, allow_pickle=spec.allow_pickle)
+        return _on_targets(lora, model, spec.targets)
+    lora = synthetic_lora(model, entry.rank, spec.targets, seed=spec.seed + index)
+    lora.lora_scale = entry.strength
+    return lora
+
+
+def _on_targets(lora: LoraWeights, model: torch.nn.Module, targets: str) -> LoraWeights:
+    if targets == "all":
+        return lora
+    keep = set(resolve_targets(model, targets))
+    lora = replace(lora, modules={n: m for n, m in lora.modules.items() if n in keep})
+    if not lora.modules:
+        raise LoraError(f"--targets {targets}: none of the LoRA's modules are in that group")
+    return lora
+
+
+def merge_entries_into(model: torch.nn.Module, spec: LoraSpec) -> LoraWeights | None:
+    """Fold `spec.merge` (one stack at its strengths) into the base weights in place: what the export does before
+    its LoRA step and a refit does to rebuild the same base. Returns what was merged (None: nothing)."""
+    if not spec.merge:
+        return None
+    lora = stack_loras([entry_lora(model, e, replace(spec, targets="all"), 100 + i) for i, e in enumerate(spec.merge)],
+                       [e.label for e in spec.merge])
+    apply_lora(model, lora, "merged")
+    return lora
 
 
 def _shape_range(model_spec: ModelSpec, spec: ExportSpec) -> ShapeRange:
@@ -173,10 +231,14 @@ def _export_into(model_spec: ModelSpec, lora_spec: LoraSpec, export_spec: Export
         geometry = model_geometry(model)
         # 2. LoRA
         step("LoRA")
+        merged_in = merge_entries_into(model, lora_spec)
         lora, energy = resolve_lora(model, lora_spec)
         if lora is not None:
             apply_lora(model, lora, lora_spec.mode)
         lora_payload = _lora_payload(lora, lora_spec, model, energy)
+        if merged_in is not None:
+            lora_payload["merged_in"] = merged_in.source["stack"]
+        del merged_in
         config = DitIO(geometry, model_spec.torch_dtype, shapes)
         # 3. eager references before export, so the model can be freed before ORT loads the graph
         references = []

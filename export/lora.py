@@ -15,7 +15,7 @@ import fnmatch
 import math
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -199,6 +199,54 @@ def rerank(lora: LoraWeights, rank: int) -> tuple[LoraWeights, dict[str, float]]
            "retained_energy_min": min(energy.values()) if energy else 1.0,
            "retained_energy_mean": sum(energy.values()) / len(energy) if energy else 1.0}
     return replace(lora, modules=modules, source=src), energy
+
+
+# ------------------------------------------------------------------------------------------------ stacks
+def stack_loras(loras: Sequence[LoraWeights], labels: Sequence[str] | None = None) -> LoraWeights:
+    """Several LoRAs, each at its own strength (its `lora_scale`), as one LoRA: per module, rank r = sum r_i.
+
+        sum_i s_i B_i A_i = [s_1 B_1 ... s_n B_n] [A_1; ...; A_n],   s_i = strength_i * alpha_i / r_i
+
+    the A factors stacked as rows, each scale folded into its B columns (alpha None, lora_scale 1: the stack's scale
+    is 1), bias deltas summed at their strengths. A module only some LoRAs adapt gets only their rows. Merged, this
+    is the one fp32 sum W + sum_i s_i B_i A_i cast once; separate, one branch per module, so a new strength or a
+    different stack is a weight swap of the same branch (zero-padded to its rank: `pad_rank`).
+    """
+    if not loras:
+        raise LoraError("an empty LoRA stack")
+    if any(lora.dense is not None for lora in loras):
+        raise LoraError("a full fine-tune (dense delta) cannot be stacked with LoRAs; merge it into the base")
+    labels = list(labels) if labels is not None else [str(i) for i in range(len(loras))]
+    parts: dict[str, list[tuple[LoraModule, float]]] = {}
+    for lora in loras:
+        for name, m in lora.modules.items():
+            parts.setdefault(name, []).append((m, lora.lora_scale))
+    modules = {}
+    for name, entries in parts.items():
+        down = torch.cat([m.down.float() for m, _ in entries])
+        up = torch.cat([m.scale(strength) * m.up.float() for m, strength in entries], dim=1)
+        biases = [strength * m.diff_b.float() for m, strength in entries if m.diff_b is not None]
+        modules[name] = LoraModule(down=down, up=up, diff_b=sum(biases) if biases else None)
+    entries = [{"label": label, "strength": lora.lora_scale, **{k: v for k, v in lora.summary().items()
+                                                                  if k not in ("lora_scale", "modules")}}
+               for label, lora in zip(labels, loras)]
+    return LoraWeights(modules, lora_scale=1.0, source={"kind": "stack", "stack": entries})
+
+
+def pad_rank(lora: LoraWeights, rank: int) -> LoraWeights:
+    """Every module zero-padded to `rank` (exact: [A; 0] and [B 0] give the same B A), so a separate branch keeps
+    room for a larger stack; a module above `rank` is refused in one line."""
+    modules = {}
+    for name, m in lora.modules.items():
+        if m.rank > rank:
+            raise LoraError(f"{name}: LoRA rank {m.rank} exceeds --max-rank {rank}; raise --max-rank or drop a LoRA")
+        pad = rank - m.rank
+        scale = m.scale(1.0)  # folded into B, so alpha / r stays right at the padded rank
+        modules[name] = LoraModule(down=torch.cat([m.down.float(), m.down.new_zeros(pad, m.down.shape[1]).float()]),
+                                   up=torch.cat([scale * m.up.float(), m.up.new_zeros(m.up.shape[0], pad).float()],
+                                                dim=1),
+                                   diff_b=m.diff_b)
+    return replace(lora, modules=modules, source={**lora.source, "max_rank": rank})
 
 
 # ------------------------------------------------------------------------------------------------ apply

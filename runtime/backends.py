@@ -27,8 +27,8 @@ from wanrt.engines.onnx_dir import onnx_initializer_info, read_onnx_dir
 from wanrt.engines import registry
 from wanrt.engines.trt.acceptance import tensorrt_acceptance
 from wanrt.errors import BadInputError, EngineError, MissingDependencyError, WanrtError
-from wanrt.export.api import export_model, resolve_lora
-from wanrt.export.lora import apply_lora
+from wanrt.export.api import export_model, merge_entries_into, resolve_lora
+from wanrt.export.lora import apply_lora, stack_loras
 from wanrt.export.model import load_transformer
 from wanrt.export.onnx_export import ExportSpec
 from wanrt.manifests import EngineManifest, ExportManifest
@@ -90,6 +90,16 @@ class BackendBase:
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device),
                 "setup_s": dict(self.setup)}
+
+    def set_loras(self, loras, labels=None) -> dict[str, Any]:
+        """Swap in a stack: `loras` (LoraWeights, each at its strength as its `lora_scale`) become one branch
+        (wanrt.export.lora.stack_loras) on backends that swap LoRAs (`set_lora`); an empty list removes the LoRA.
+        A new strength is a new stack of the same files: the same branch, new weights."""
+        set_lora = getattr(self, "set_lora", None)
+        if set_lora is None:
+            raise EngineError(f"backend '{self.name}' cannot swap LoRAs: use ort, or an engine built from a "
+                              f"separate-mode export")
+        return set_lora(stack_loras(loras, labels) if loras else None)
 
     def close(self) -> None:  # release sessions/engines
         pass
@@ -446,6 +456,7 @@ def build_transformer(model_spec, lora_spec=None) -> tuple[torch.nn.Module, dict
     model = load_transformer(model_spec)
     if lora_spec is None:
         return model, {}
+    merge_entries_into(model, lora_spec)
     lora, _ = resolve_lora(model, lora_spec)
     if lora is None:
         return model, {}

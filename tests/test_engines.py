@@ -349,8 +349,12 @@ def test_separate_refit_weights_exact_and_zero_padded(separate_fp16):
     torch.testing.assert_close(x @ a @ b, ref)
     with pytest.raises(LoraError, match="rank 8 exceeds the engine's rank 4.*rebuild"):
         refit_weights(manifest, synthetic_lora(model, 8, "all", seed=0))
-    with pytest.raises(LoraError, match="same targets: rebuild"):
-        refit_weights(manifest, synthetic_lora(model, 4, "self-attn", seed=0))
+    # a LoRA on a subset of the branch's modules (a smaller stack): zero branches elsewhere, exact
+    subset = refit_weights(manifest, synthetic_lora(model, 4, "self-attn", seed=0))
+    assert not subset["lora.blocks.0.attn2.to_k.A"].any() and not subset["lora.blocks.0.attn2.to_k.B"].any()
+    assert subset["lora.blocks.0.attn1.to_q.A"].any()
+    with pytest.raises(LoraError, match="outside the engine's branch"):
+        refit_weights(manifest, synthetic_lora(model, 4, "proj_out", seed=0))
 
 
 def test_merged_refit_from_original_base_round_trip(merged_bf16):

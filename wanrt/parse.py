@@ -1,7 +1,11 @@
-"""Parsers of the compact argument forms that commands and tools share (rank lists, FxHxW shapes): torch-free
-core, so a tool's argument parsing never imports the command layer."""
+"""Parsers of the compact argument forms that commands and tools share (rank lists, FxHxW shapes, LoRA entries):
+torch-free core, so a tool's argument parsing never imports the command layer."""
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
 
 from wanrt.errors import BadInputError
 from wanrt.io_contract import VideoShape, parse_video_shape
@@ -25,3 +29,57 @@ def parse_int_list(text: str | None, what: str = "--rank") -> list[int] | None:
 def parse_shape(text: str | None, what: str) -> VideoShape | None:
     """'FRAMESxHEIGHTxWIDTH' in pixels, e.g. 81x480x832."""
     return None if text is None else parse_video_shape(text, what)
+
+
+SYNTHETIC_PREFIX = "synthetic:"
+
+
+@dataclass(frozen=True)
+class LoraEntry:
+    """One LoRA of a stack: a file (or peft directory), or a seeded synthetic LoRA of `rank`, at a strength.
+
+    Written `FILE[:STRENGTH]` or `synthetic:RANK[:STRENGTH]` on the command line; a strength multiplies the LoRA's
+    own scale (alpha / r), as diffusers' `set_adapters(adapter_weights=...)` and ComfyUI's strength do."""
+
+    file: str | None = None
+    rank: int | None = None
+    strength: float | None = 1.0  # None: not given on the command line (the command's default applies)
+
+    def __post_init__(self):
+        if (self.file is None) == (self.rank is None):
+            raise BadInputError("a LoRA entry is a file or a synthetic rank, exactly one")
+        if self.strength is not None and not math.isfinite(self.strength):
+            raise BadInputError(f"LoRA strength {self.strength!r}: must be a finite number")
+
+    @property
+    def label(self) -> str:
+        """What the entry is called in tables, manifests and request errors."""
+        return f"{SYNTHETIC_PREFIX}{self.rank}" if self.file is None else Path(self.file).stem
+
+    def __str__(self) -> str:
+        return f"{self.label if self.file is None else self.file}:{self.strength}"
+
+
+def parse_lora_entry(text: str, what: str = "--lora", default_strength: float | None = 1.0) -> LoraEntry:
+    """`FILE[:STRENGTH]` or `synthetic:RANK[:STRENGTH]`. The strength is the text after the last ':' when it reads
+    as a number, so a path that contains ':' still works."""
+    text = str(text)
+    head, sep, tail = text.rpartition(":")
+    strength = default_strength
+    if sep and head and head + sep != SYNTHETIC_PREFIX and _is_float(tail):
+        text, strength = head, float(tail)
+    if text.startswith(SYNTHETIC_PREFIX):
+        rank = text[len(SYNTHETIC_PREFIX):]
+        if not rank.isdigit() or int(rank) <= 0:
+            raise BadInputError(f"{what} {text!r}: synthetic:RANK takes a positive integer rank")
+        return LoraEntry(rank=int(rank), strength=strength)
+    if not text:
+        raise BadInputError(f"{what} is empty")
+    return LoraEntry(file=text, strength=strength)
+
+
+def _is_float(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False

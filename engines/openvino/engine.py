@@ -513,11 +513,12 @@ def _ov_tensor(value):
 def refit_openvino_engine_dir(engine_dir: str | os.PathLike, lora_file: str | None = None, rank: int | None = None,
                               scale: float | None = None, seed: int | None = None, allow_pickle: bool = False,
                               out_dir: str | os.PathLike | None = None, force: bool = False,
-                              model=None) -> dict[str, Any]:
+                              model=None, stack: tuple = ()) -> dict[str, Any]:
     """`wanrt refit` for OpenVINO engines: compute the new branch weights (same layout and refusals as TensorRT
     refit), check them against the engine by loading it, and rewrite lora.safetensors + manifest atomically. The
     compiled blob is copied as is: nothing is recompiled."""
-    from wanrt.engines.trt.refit import check_new_lora, load_base_model, resolve_new_lora  # torch: with a LoRA
+    from wanrt.engines.trt.refit import (check_new_lora, load_base_model, refit_source,  # torch: with a LoRA
+                                          resolve_new_lora)
 
     engine_dir = Path(engine_dir)
     manifest = load_openvino_manifest(engine_dir)
@@ -528,10 +529,10 @@ def refit_openvino_engine_dir(engine_dir: str | os.PathLike, lora_file: str | No
     if section.get("refit") != SWAP_KIND:
         raise EngineError(f"this OpenVINO engine holds a {section.get('mode')} LoRA folded into its weights; only "
                           f"separate-mode engines swap LoRAs: export with --lora-mode separate, or rebuild")
-    check_new_lora(lora_file, rank, scale, allow_pickle, out_dir, engine_dir, force)  # as TensorRT: before the model
+    check_new_lora(lora_file, rank, scale, allow_pickle, out_dir, engine_dir, force, stack)  # before the model
     t0 = time.perf_counter()
     model = model if model is not None else load_base_model(manifest)
-    lora = resolve_new_lora(manifest, model, lora_file, rank, scale, seed, allow_pickle=allow_pickle)
+    lora = resolve_new_lora(manifest, model, lora_file, rank, scale, seed, allow_pickle=allow_pickle, stack=stack)
     weights = swap_weights(section, lora)
     t_weights = time.perf_counter() - t0
     target = Path(out_dir) if out_dir is not None else engine_dir
@@ -545,7 +546,7 @@ def refit_openvino_engine_dir(engine_dir: str | os.PathLike, lora_file: str | No
         p["lora_weights"] = LORA_NAME
         p["lora"].setdefault("history", []).append({"at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                                     "previous": p["lora"].get("loaded")})
-        p["lora"]["loaded"] = loaded_identity(lora, {"file": lora_file} if lora_file else {"synthetic_rank": rank})
+        p["lora"]["loaded"] = loaded_identity(lora, refit_source(lora_file, rank, stack))
         p.setdefault("refits", []).append({"weights_s": t_weights, "total_s": time.perf_counter() - t0,
                                            "recompiled": False})
         write_manifest(tmp, manifest)

@@ -140,11 +140,11 @@ class OpenVINOFlavour:
         return OvRunner(artifact, device, **options)
 
     def refit(self, engine_dir, lora_file=None, rank=None, scale=None, seed=None, allow_pickle=False,
-              out_dir=None, force=False) -> dict[str, Any]:
+              out_dir=None, force=False, stack=()) -> dict[str, Any]:
         from wanrt.engines.openvino.engine import refit_openvino_engine_dir  # torch: loaded with a LoRA
 
         return refit_openvino_engine_dir(engine_dir, lora_file, rank, scale, seed, allow_pickle, out_dir=out_dir,
-                                         force=force)
+                                         force=force, stack=stack)
 
     def refit_dry_run(self, *_args, **_kw) -> dict[str, str]:
         raise BadInputError("--dry-run is for TensorRT refits; an OpenVINO swap writes only the LoRA weights "

@@ -142,17 +142,18 @@ class TensorRTFlavour:
         return TrtRunner(artifact, device, **options)
 
     def refit(self, engine_dir, lora_file=None, rank=None, scale=None, seed=None, allow_pickle=False,
-              out_dir=None, force=False) -> dict[str, Any]:
+              out_dir=None, force=False, stack=()) -> dict[str, Any]:
         from wanrt.engines.trt.refit import refit_engine_dir  # torch + TensorRT: loaded with an engine
 
-        return refit_engine_dir(engine_dir, lora_file, rank, scale, seed, allow_pickle, out_dir=out_dir, force=force)
+        return refit_engine_dir(engine_dir, lora_file, rank, scale, seed, allow_pickle, out_dir=out_dir, force=force,
+                                stack=stack)
 
     def refit_dry_run(self, engine_dir, lora_file=None, rank=None, scale=None, seed=None,
-                      allow_pickle=False) -> dict[str, str]:
+                      allow_pickle=False, stack=()) -> dict[str, str]:
         """The new weights computed and checked against the engine (no GPU): what `refit --dry-run` prints."""
         from wanrt.engines.trt.refit import prepare_refit  # torch: loaded with a LoRA
 
-        manifest, weights, lora = prepare_refit(engine_dir, lora_file, rank, scale, seed, allow_pickle)
+        manifest, weights, lora = prepare_refit(engine_dir, lora_file, rank, scale, seed, allow_pickle, stack=stack)
         section = manifest["payload"]["lora"]
         ranks = {w["shape"][1] for n, w in section["refittable_weights"].items() if n.endswith(".A")}
         return {"engine": str(engine_dir), "mode": section["mode"], "weights": str(len(weights)),

@@ -29,7 +29,7 @@ from wanrt.artifacts import (atomic_output_dir, check_output_dir, confined_path,
                              write_manifest)
 from wanrt.engines.trt.engine import TRTEngine, load_engine_manifest, trt_weights_dtype
 from wanrt.errors import BadInputError, EngineError, LoraError
-from wanrt.export.api import LoraSpec, resolve_lora
+from wanrt.export.api import LoraSpec, merge_entries_into, resolve_lora
 from wanrt.export.lora_formats import check_lora_exists, check_lora_source
 from wanrt.export.model import ModelSpec, load_transformer
 
@@ -73,40 +73,45 @@ def onnx_specs(manifest: dict[str, Any]) -> tuple[Any, Any]:
 
 
 def load_base_model(manifest: dict[str, Any]):
-    """The transformer the ONNX was exported from, without its LoRA, in the export dtype."""
-    model_spec, _ = onnx_specs(manifest)
+    """The transformer the ONNX was exported from, without its swappable LoRA (its `--merge` LoRAs folded in, as
+    the export did), in the export dtype."""
+    model_spec, lora_spec = onnx_specs(manifest)
     dtype = manifest["payload"]["onnx"].get("dtype") or model_spec.dtype
-    return load_transformer(replace(model_spec, dtype=dtype))
+    model = load_transformer(replace(model_spec, dtype=dtype))
+    merge_entries_into(model, lora_spec)
+    return model
 
 
 def check_new_lora(lora_file: str | None, rank: int | None, scale: float | None, allow_pickle: bool = False,
                    out_dir: str | os.PathLike | None = None, engine_dir: str | os.PathLike | None = None,
-                   force: bool = False) -> None:
+                   force: bool = False, stack: tuple = ()) -> None:
     """Every refit input checked before the base model loads (minutes on 14B) or anything is written; shared by
     the TensorRT refit and the OpenVINO swap: a LoRA source (the whole validation pass: tensors, dtypes, finite
     values), a finite scale, and an `-o` directory that may be written."""
     import math
 
-    if lora_file is None and rank is None:
+    if lora_file is None and rank is None and not stack:
         raise BadInputError("refit needs --lora FILE or --rank N (synthetic)")
     if scale is not None and not math.isfinite(scale):
         raise LoraError(f"--lora-scale {scale!r}: must be a finite number")
-    if lora_file is not None:
-        check_lora_source(lora_file, allow_pickle)  # a missing file or peft directory first, in its one wording
+    for file in [lora_file] + [e.file for e in stack]:
+        if file is not None:
+            check_lora_source(file, allow_pickle)  # a missing file or peft directory first, in its one wording
     if out_dir is not None and Path(out_dir).resolve() != Path(engine_dir or out_dir).resolve():
         check_output_dir(out_dir, force, kind="engine")
 
 
 def resolve_new_lora(manifest: dict[str, Any], model, lora_file: str | None = None, rank: int | None = None,
                      scale: float | None = None, seed: int | None = None, targets: str | None = None,
-                     allow_pickle: bool = False):
-    """A LoRA file (optionally re-ranked to `rank`) or a synthetic one of `rank`, on the engine's targets."""
-    if lora_file is None and rank is None:
+                     allow_pickle: bool = False, stack: tuple = ()):
+    """A LoRA file (optionally re-ranked to `rank`), a synthetic one of `rank`, or a stack (`file`/`rank` first,
+    then `stack`'s LoraEntry items at their strengths), on the engine's targets."""
+    if lora_file is None and rank is None and not stack:
         raise BadInputError("refit needs --lora FILE or --rank N (synthetic)")
     if lora_file is not None:  # the cheap check; check_new_lora does them all
         check_lora_exists(lora_file)
     _, old = onnx_specs(manifest)
-    spec = replace(old, file=lora_file, rank=rank, targets=targets or old.targets,
+    spec = replace(old, file=lora_file, rank=rank, stack=tuple(stack), targets=targets or old.targets,
                    mode=manifest["payload"]["lora"]["mode"], scale=old.scale if scale is None else scale,
                    seed=old.seed if seed is None else seed, allow_pickle=allow_pickle)
     lora, _energy = resolve_lora(model, spec)
@@ -137,12 +142,9 @@ def refit_weights(manifest: dict[str, Any], lora, base: dict[str, Any] | Callabl
     extra = sorted(set(lora_modules) - set(modules))
     if extra:
         raise LoraError(f"the LoRA adapts {len(extra)} modules this engine cannot refit (e.g. {extra[:3]}); "
-                        f"its targets differ from the engine's: rebuild the engine for this LoRA")
-    if mode == "separate":
-        missing = sorted(set(modules) - set(lora_modules)) if lora is not None else []
-        if missing:
-            raise LoraError(f"the LoRA does not adapt {len(missing)} of the engine's modules (e.g. {missing[:3]}); "
-                            f"separate-mode refit needs the same targets: rebuild the engine for this LoRA")
+                        f"its targets are outside the engine's branch: rebuild the engine with targets that cover "
+                        f"them")
+    if mode == "separate":  # a module the LoRA (or a smaller stack) leaves out gets a zero branch: exact
         return _separate_weights(section, lora_modules, lora_scale)
     if mode in ("merged", "full"):
         if base is None:
@@ -293,6 +295,12 @@ def refit_loaded_engine(engine, lora, source: dict[str, Any] | None = None, base
     return {**section, "timings": timings}
 
 
+def refit_source(lora_file: str | None, rank: int | None, stack: tuple = ()) -> dict[str, Any]:
+    """What a refit records of where its LoRA came from: the file, a synthetic rank, and the stack's entries."""
+    source: dict[str, Any] = {"file": lora_file} if lora_file else {"synthetic_rank": rank} if rank else {}
+    return {**source, "stack_entries": [str(e) for e in stack]} if stack else source
+
+
 def lora_identity(lora, source: dict[str, Any] | None = None) -> dict[str, Any]:
     if lora is None:
         return {"enabled": False}
@@ -303,14 +311,14 @@ def lora_identity(lora, source: dict[str, Any] | None = None) -> dict[str, Any]:
 def prepare_refit(engine_dir: str | os.PathLike, lora_file: str | None = None, rank: int | None = None,
                   scale: float | None = None, seed: int | None = None, allow_pickle: bool = False,
                   model=None, out_dir: str | os.PathLike | None = None,
-                  force: bool = False) -> tuple[dict[str, Any], dict[str, Any], Any]:
+                  force: bool = False, stack: tuple = ()) -> tuple[dict[str, Any], dict[str, Any], Any]:
     """CPU half of a refit: (manifest, new weights, LoRA). Every refusal happens here, the input checks before
     the base model loads."""
     manifest = load_engine_manifest(engine_dir)
     section = engine_lora(manifest)
-    check_new_lora(lora_file, rank, scale, allow_pickle, out_dir, engine_dir, force)
+    check_new_lora(lora_file, rank, scale, allow_pickle, out_dir, engine_dir, force, stack)
     model = model if model is not None else load_base_model(manifest)
-    lora = resolve_new_lora(manifest, model, lora_file, rank, scale, seed, allow_pickle=allow_pickle)
+    lora = resolve_new_lora(manifest, model, lora_file, rank, scale, seed, allow_pickle=allow_pickle, stack=stack)
     base = None
     if section["mode"] != "separate":
         names = [n for e in section["modules"].values() for n in e.values()]
@@ -322,12 +330,13 @@ def prepare_refit(engine_dir: str | os.PathLike, lora_file: str | None = None, r
 
 def refit_engine_dir(engine_dir: str | os.PathLike, lora_file: str | None = None, rank: int | None = None,
                      scale: float | None = None, seed: int | None = None, allow_pickle: bool = False,
-                     out_dir: str | os.PathLike | None = None, force: bool = False) -> dict[str, Any]:
+                     out_dir: str | os.PathLike | None = None, force: bool = False,
+                     stack: tuple = ()) -> dict[str, Any]:
     """Refit an engine directory with a new LoRA and write it back (or to out_dir) atomically; returns the new
     manifest. A failure leaves the directory as it was."""
     engine_dir = Path(engine_dir)
     manifest, weights, lora = prepare_refit(engine_dir, lora_file, rank, scale, seed, allow_pickle, out_dir=out_dir,
-                                            force=force)
+                                            force=force, stack=stack)
     t0 = time.perf_counter()
     engine = TRTEngine(engine_dir, runtime_cache=None)
     onnx_dir = manifest["payload"]["onnx"].get("dir")
@@ -346,7 +355,7 @@ def refit_engine_dir(engine_dir: str | os.PathLike, lora_file: str | None = None
         section = p["lora"]
         section.setdefault("history", []).append({"at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                                   "previous": section.get("loaded")})
-        section["loaded"] = lora_identity(lora, {"file": lora_file} if lora_file else {"synthetic_rank": rank})
+        section["loaded"] = lora_identity(lora, refit_source(lora_file, rank, stack))
         p["plan_bytes"] = plan_path.stat().st_size
         p["plan_sha256"] = sha256_file(plan_path)
         p["cache_key"] = f"{p['cache_key']}-refit-{sha256_file(plan_path)[:12]}"  # no longer the built content
