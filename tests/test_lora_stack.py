@@ -7,6 +7,8 @@ graph, same arithmetic: only the LoRA tensors' source differs)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -166,3 +168,34 @@ def test_cli_refuses_a_rerank_of_a_stack_and_names_the_output_by_its_loras(files
     assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
     res = CliRunner().invoke(cli, ["export", "--lora", "missing.safetensors:0.5", "-o", str(tmp_path / "y")])
     assert res.exit_code == 2 and "missing.safetensors" in res.output and not (tmp_path / "y").exists()
+
+
+def test_openvino_refit_cli_changes_strengths_without_recompiling(files, exports, tmp_path):
+    """`wanrt refit ENGINE --lora a:S --lora b:S` on an OpenVINO engine: the blob is the same bytes, the output is a
+    fresh export's of the new stack (same engine arithmetic, fp32)."""
+    from wanrt.engines.openvino.engine import OvEngine, OvEngineSpec, build_openvino_engine
+
+    spec = OvEngineSpec(precision="fp32", cache_dir=str(tmp_path / "cache"))
+    engine = tmp_path / "engine"
+    build_openvino_engine(exports["separate"], spec, engine)
+    new = tmp_path / "new"
+    res = CliRunner().invoke(cli, ["refit", str(engine), "--lora", f"{files['distill']}:1.0", "--lora",
+                                   f"{files['style']}:0.3", "-o", str(new)])
+    assert res.exit_code == 0, res.output
+    assert (new / "model.blob").read_bytes() == (engine / "model.blob").read_bytes()
+    loaded = json.loads((new / "manifest.json").read_text())["payload"]["lora"]["loaded"]
+    assert [e["strength"] for e in loaded["stack"]] == [1.0, 0.3]
+    fresh = tmp_path / "fresh"
+    export_model(ModelSpec("tiny"), _spec(files, (1.0, 0.3), "separate"), ExportSpec(validate=False), fresh,
+                 progress=False)
+    build_openvino_engine(fresh, spec, tmp_path / "fresh-engine")
+    feeds = {k: v.numpy() for k, v in _feeds().items()}
+    assert _rel(OvEngine(new).infer(feeds), OvEngine(tmp_path / "fresh-engine").infer(feeds)) <= SWAP_TOL
+    res = CliRunner().invoke(cli, ["refit", str(engine), "--lora", "synthetic:16", "-o", str(tmp_path / "big")])
+    assert res.exit_code == 2 and "exceeds the engine's rank" in res.output and not (tmp_path / "big").exists()
+
+
+def _feeds() -> dict[str, torch.Tensor]:
+    i = _inputs(load_transformer(ModelSpec("tiny")))
+    return {"latents": i["hidden_states"], "timestep": i["timestep"], "text": i["encoder_hidden_states"],
+            "image": i["encoder_hidden_states_image"]}

@@ -32,6 +32,7 @@ import torch
 
 from wanrt.artifacts import library_versions, machine_info
 from wanrt.dit_io import VideoShape
+from wanrt.engines.openvino.engine import cpu_info
 from wanrt.export.api import LoraSpec, export_model
 from wanrt.export.lora import synthetic_lora
 from wanrt.export.lora_formats import load_lora_file, save_lora_file
@@ -119,7 +120,8 @@ def swap_costs(backend, model_spec: ModelSpec, files: dict[str, Path], swaps: in
 def render(results: dict[str, Any]) -> str:
     m = results["machine"]
     lines = [f"# LoRA stack deployments: {results['model']}", "",
-             f"`{results['command']}`  ", f"{m.get('cpu')}; {results['backend']} {results['precision']}, "
+             f"`{results['command']}`  ", f"{m.get('cpu')} ({' '.join(m['cpu_isa'])}), load average "
+             f"{results['load_average'][0]:.1f}; {results['backend']} {results['precision']}, "
              f"{results['threads']} threads; shape {results['shape']}; stack: distill r{results['distill_rank']} + "
              f"style r{results['style_rank']} ({results['style_targets']}), strengths {results['strengths']}", "",
              "| deployment | per forward ms | vs merged-all (95% CI) | 40-step CFG s/video | 4-step no-CFG s/video "
@@ -166,7 +168,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     results: dict[str, Any] = {
         "command": " ".join(["python -m wanrt.tools.bench_lora_stack", *(argv if argv is not None else sys.argv[1:])]),
-        "machine": machine_info(), "versions": library_versions(), "load_average": list(os.getloadavg()),
+        "machine": {**machine_info(), "cpu_isa": cpu_info()["isa"]}, "versions": library_versions(),
+        "load_average": list(os.getloadavg()),
         "model": args.model + (f" --layers {args.layers}" if args.layers else ""), "shape": str(shape),
         "backend": args.backend, "precision": precision, "threads": args.threads, "strengths": list(strengths),
         "distill_rank": args.distill_rank, "style_rank": args.style_rank, "style_targets": args.style_targets,
