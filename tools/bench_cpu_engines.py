@@ -35,7 +35,7 @@ from wanrt.artifacts import cache_root, library_versions, machine_info, spec_has
 from wanrt.dit_io import DitIO, ShapeRange, VideoShape
 from wanrt.tools import cpu_cost_model as cm
 
-GATES = {"fp32": 1e-4, "bf16": 1e-2, "int8": 5e-2}
+GATES = {"fp32": 1e-4, "bf16": 1e-2, "int8": 5e-2, "w8a8": 5e-2}
 CONFIGS: dict[str, dict[str, Any]] = {
     "smoke": {"geometries": [("tiny", None, ["5x32x32", "9x48x64"])], "token_shapes": ("tiny", None, [
               "1x32x32", "5x32x32", "9x48x64", "17x64x64"]), "rank_point": ("tiny", None, "9x48x64"),
@@ -49,10 +49,12 @@ CONFIGS: dict[str, dict[str, Any]] = {
              "repeats_by_geometry": {"wan2.1-i2v-14b": 3}},  # its 9x256x448 round is ~45 s on a quiet 2-core CPU
 }
 BACKENDS = [("eager fp32", "eager", "fp32"), ("eager bf16", "eager", "bf16"), ("ort fp32", "ort", "fp32"),
-            ("ov fp32", "ov", "fp32"), ("ov bf16", "ov", "bf16"), ("ov int8", "ov", "int8")]
+            ("ov fp32", "ov", "fp32"), ("ov bf16", "ov", "bf16"), ("ov int8", "ov", "int8"),
+            ("ov w8a8", "ov", "w8a8")]
 # which measured peak each backend's MFU is taken against (the kernel it runs)
 PEAK_OF = {"eager fp32": "F.linear fp32", "eager bf16": "F.linear bf16", "ort fp32": "ORT MatMul fp32",
-           "ov fp32": "OpenVINO FC fp32", "ov bf16": "OpenVINO FC bf16", "ov int8": "OpenVINO FC int8"}
+           "ov fp32": "OpenVINO FC fp32", "ov bf16": "OpenVINO FC bf16", "ov int8": "OpenVINO FC int8",
+           "ov w8a8": "OpenVINO FC w8a8"}
 
 
 def log(msg: str) -> None:
@@ -126,13 +128,14 @@ def feeds_for(backend, shape: VideoShape, seed: int = 0) -> list[torch.Tensor]:
 
 
 # ------------------------------------------------------------------------------------------------ 2. backends
-def run_geometry(source, layers, shapes, threads, repeats, peaks, skipped) -> list[dict[str, Any]]:
+def run_geometry(source, layers, shapes, threads, repeats, peaks, skipped,
+                 only: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
     from wanrt.runtime.bench.measure import rel_error
     from wanrt.runtime.flops import forward_flops
 
     backends = {}
     for label, kind, precision in BACKENDS:
-        if label in skipped:
+        if label in skipped or (only is not None and label not in only and label != "eager fp32"):
             continue
         log(f"{source} layers={layers}: {label}")
         backends[label] = (make_backend(kind, precision, source, layers, threads), precision)

@@ -71,7 +71,8 @@ def main(argv=None) -> int:
     import openvino as ov
 
     from wanrt.engines.openvino.engine import compile_properties, read_with_lora_inputs
-    from wanrt.engines.openvino.precision import GROUPS, KEEP_POLICIES, mark_groups, runtime_precisions, split_time_path
+    from wanrt.engines.openvino.precision import (GROUPS, KEEP_POLICIES, compress_int8, mark_groups,
+                                                     runtime_precisions, split_time_path)
     from wanrt.dit_io import VideoShape
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -116,7 +117,7 @@ def main(argv=None) -> int:
                     time_c = core.compile_model(time_model, "CPU", compile_properties("fp32", args.threads))
                     time_req = time_c.create_infer_request()
                 model, report = mark_groups(core, model, [g for g in keep if g != "time"], Path(work), defaults,
-                                            int8=precision == "int8")
+                                            compress_int8 if precision == "int8" else None)
             compiled = core.compile_model(model, "CPU", compile_properties(precision, args.threads))
         req = compiled.create_infer_request()
         for n, v in {**defaults, **feeds}.items():

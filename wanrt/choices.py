@@ -53,7 +53,8 @@ class Dtype(Choice):
 
 
 # Precision of a compiled engine: every Dtype, then the quantized formats (issue 12 adds int8 with its flavour).
-Precision = Choice("Precision", [(m.name, m.value) for m in Dtype] + [("FP8", "fp8"), ("INT8", "int8")])
+Precision = Choice("Precision", [(m.name, m.value) for m in Dtype] + [("FP8", "fp8"), ("INT8", "int8"),
+                                                                          ("W8A8", "w8a8")])
 
 
 # The vocabularies of single options, here so a command lists them without importing the module that uses them

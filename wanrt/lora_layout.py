@@ -82,16 +82,16 @@ def branch_weights(module: LowRankModule, lora_scale: float, dtype: torch.dtype,
     rank = r if rank is None else rank
     if rank < r:
         raise ValueError(f"rank {r} does not fit a branch of rank {rank}")
-    a_t = module.down.float().T
-    b_t = module.scale(lora_scale) * module.up.float().T
-    if rank > r:
-        a_t = torch.cat([a_t, a_t.new_zeros(a_t.shape[0], rank - r)], dim=1)
-        b_t = torch.cat([b_t, b_t.new_zeros(rank - r, b_t.shape[1])], dim=0)
-    out = {"A": a_t.contiguous().to(dtype), "B": b_t.contiguous().to(dtype)}
+    down, up = module.down, module.up
+    a_t = torch.zeros(down.shape[1], rank, dtype=dtype)  # written once: the pad (if any) is the zeros left over
+    b_t = torch.zeros(rank, up.shape[0], dtype=dtype)
+    a_t[:, :r] = down.float().T
+    b_t[:r] = module.scale(lora_scale) * up.float().T
+    out = {"A": a_t, "B": b_t}
     if with_bias is None:
         with_bias = module.diff_b is not None
     if with_bias:
-        out["bias"] = branch_bias(module, lora_scale, b_t.shape[1], dtype)
+        out["bias"] = branch_bias(module, lora_scale, up.shape[0], dtype)
     return out
 
 

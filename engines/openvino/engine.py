@@ -140,11 +140,10 @@ def check_precision_supported(core, device: str, precision: str) -> list[str]:
 class OvEngineSpec:
     """How an OpenVINO engine is compiled. Written into the manifest; its key fields are part of the cache key."""
 
-    precision: str = "fp32"  # fp32 | bf16 | int8
+    precision: str = "fp32"  # fp32 | bf16 | int8 (weights) | w8a8 (weights and activations)
     device: str = "CPU"  # an OpenVINO device name: CPU, GPU, GPU.1
-    keep_fp32: str = "wan"  # bf16/int8: which nodes stay fp32 (engines/openvino/precision.KEEP_POLICIES)
-    int8: str = "weights"  # int8: NNCF weight compression ("weights") or static W8A8 ("w8a8", calibrated)
-    calib: int = 4  # w8a8: calibration samples
+    keep_fp32: str = "wan"  # bf16/int8/w8a8: which nodes stay fp32 (engines/openvino/precision.KEEP_POLICIES)
+    calib: int = 8  # w8a8: calibration samples (calibration_feeds)
     cache: bool = True
     cache_dir: str | None = None
 
@@ -152,9 +151,34 @@ class OvEngineSpec:
         d: dict[str, Any] = {"precision": self.precision, "device": self.device}
         if self.precision != "fp32":
             d["keep_fp32"] = self.keep_fp32
-        if self.precision == "int8":
-            d.update(int8=self.int8, calib=self.calib if self.int8 == "w8a8" else None)
+        if self.precision == "w8a8":
+            d["calib"] = self.calib
         return d
+
+
+def calibration_feeds(export_manifest: dict[str, Any], n: int, defaults: dict[str, Any], seed: int = 0,
+                      shift: float = 5.0) -> list[dict[str, Any]]:
+    """`n` inputs from the DiT's own distribution as a video run visits it: the timesteps of an n-step flow-matching
+    schedule with Wan's 480p shift (t = 1000 s' where s' = shift s / (1 + (shift - 1) s), s from 1 down to 1/n),
+    seeded N(0,1) latents and embeddings at a typical in-range shape, batch 1, the LoRA branch at its exported
+    weights (`defaults`)."""
+    import numpy as np
+    import torch
+
+    from wanrt.dit_io import DitIO, ShapeRange, VideoShape  # lazy: torch, which only a w8a8 build needs here
+
+    payload = export_manifest["payload"]
+    shapes = ShapeRange.from_manifest(payload.get("shape_ranges"), ShapeRange(VideoShape(1, 16, 16),
+                                                                             VideoShape(81, 1280, 1280)))
+    io = DitIO(payload["geometry"], shapes=shapes)
+    gen = torch.Generator().manual_seed(seed)
+    feeds = []
+    for i in range(n):
+        s = 1.0 - i / n
+        t = 1000.0 * shift * s / (1.0 + (shift - 1.0) * s)
+        sample = io.dummy_inputs(1, shapes.example_shape(), timestep=t, generator=gen)
+        feeds.append({**{k: v.numpy().astype(np.float32) for k, v in sample.items()}, **defaults})
+    return feeds
 
 
 # ------------------------------------------------------------------------------------------------ the graph
@@ -263,7 +287,10 @@ def build_openvino_engine(onnx_dir: str | os.PathLike, spec: OvEngineSpec, out_d
         timings["read"] = time.perf_counter() - t
         with tempfile.TemporaryDirectory(prefix="wanrt-ov-", dir=tmp) as work:
             t = time.perf_counter()
-            model, time_model, precision_report = ov_precision.apply(model, spec, Path(work), defaults, core)
+            calibration = calibration_feeds(export_manifest, spec.calib, defaults) if spec.precision == "w8a8" \
+                else None
+            model, time_model, precision_report = ov_precision.apply(model, spec, Path(work), defaults, core,
+                                                                     calibration)
             timings["precision"] = time.perf_counter() - t
             t = time.perf_counter()
             compiled = core.compile_model(model, spec.device, compile_properties(spec.precision, threads))

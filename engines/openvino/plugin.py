@@ -28,7 +28,7 @@ OPTIONS = (
                  help="openvino flavour: the OpenVINO device (CPU, GPU, GPU.1)."),
     click.option("--keep-fp32", "keep_fp32", type=click.Choice(tuple(KEEP_POLICIES)), default="wan",
                  show_default=True,
-                 help="openvino bf16/int8: what stays fp32 (wan: the timestep embedding, as Wan keeps it)."),
+                 help="openvino bf16/int8/w8a8: what stays fp32 (wan: the timestep embedding, as Wan keeps it)."),
 )
 
 
@@ -37,7 +37,7 @@ class OpenVINOFlavour:
     name: str = FLAVOUR
     label: str = "OpenVINO"
     backend: str = BACKEND
-    backend_description: str = "OpenVINO engine (CPU / Intel GPU; fp32, bf16, int8)"
+    backend_description: str = "OpenVINO engine (CPU / Intel GPU; fp32, bf16, int8, w8a8)"
     distributions: tuple[str, ...] = ("openvino", "nncf")
     modules: tuple[str, ...] = ("openvino",)
     extra: str = "openvino"

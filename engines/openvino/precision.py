@@ -235,9 +235,9 @@ def runtime_precisions(compiled) -> dict[str, dict[str, int]]:
 
 
 # ------------------------------------------------------------------------------------------------ int8
-def compress_int8(model, keep: dict[str, Any]) -> tuple[Any, list[str]]:
+def compress_int8(model, keep: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """NNCF int8 weight compression (symmetric, per output channel) of every MatMul weight outside `keep`.
-    Returns (model, names of the quantized MatMuls)."""
+    Returns (model, report with the names of the quantized MatMuls)."""
     try:
         import nncf
     except ImportError as e:
@@ -255,7 +255,9 @@ def compress_int8(model, keep: dict[str, Any]) -> tuple[Any, list[str]]:
     if scope is not None:
         kwargs["ignored_scope"] = scope
     model = nncf.compress_weights(model, **kwargs)
-    return model, quantized_matmuls(model)
+    quantized = quantized_matmuls(model)
+    return model, {"method": "nncf.compress_weights INT8_SYM (per output channel, data-free)",
+                   "quantized_nodes": quantized, "count": len(quantized)}
 
 
 def quantized_matmuls(model) -> list[str]:
@@ -272,10 +274,80 @@ def quantized_matmuls(model) -> list[str]:
     return out
 
 
+# ------------------------------------------------------------------------------------------------ w8a8
+def linear_matmuls(model) -> list:
+    """The MatMuls of Linear layers: weight input derived from a Constant alone (the LoRA branch's weights are
+    Parameters, attention's operands are activations)."""
+    out = []
+    for n in model.get_ops():
+        if n.get_type_name() != "MatMul":
+            continue
+        cone = backward_cone([_producers(n)[1]])
+        if not any(c.get_type_name() == "Parameter" for c in cone.values()):
+            out.append(n)
+    return out
+
+
+# W8A8 choices as data, each measured (`small`, rank-16 separate export, 8 calibration samples, max-abs error vs
+# eager fp32 at 5x64x64, t=500): SmoothQuant at NNCF's transformer default (alpha 0.95) 7.8e-2, fails the 5e-2 gate;
+# SmoothQuant off 2.1e-2; the MIXED preset (asymmetric activations) 7.5e-2 with SmoothQuant. Wan's activations have
+# no outlier channels for SmoothQuant to migrate, so it only moves error into the weights.
+W8A8_POLICY = {"preset": "PERFORMANCE", "smooth_quant_alpha": -1.0}  # -1: SmoothQuant off (NNCF's convention)
+
+
+def quantize_w8a8(model, keep: dict[str, Any], calibration: list[dict[str, Any]]) -> tuple[Any, dict[str, Any]]:
+    """Static W8A8 (NNCF post-training quantization): int8 weights per output channel and int8 activations per
+    tensor (symmetric) on every Linear MatMul outside `keep`, the activation ranges from `calibration` (inputs of
+    this model), per W8A8_POLICY. Everything else (attention, the LoRA branch, norms, the fp32-kept groups) stays
+    float: a LoRA branch beside an int8 base keeps its precision and stays swappable."""
+    try:
+        import nncf
+    except ImportError as e:
+        raise MissingDependencyError(f"w8a8 needs NNCF ({e}); pip install 'wanrt[openvino]'") from None
+    from openvino.passes import ConstantFolding, Manager
+
+    manager = Manager()  # as compress_int8: Transpose(W) folded so each Linear's weight is one Constant
+    manager.register_pass(ConstantFolding())
+    manager.run_passes(model)
+    linear = {n.get_friendly_name() for n in linear_matmuls(model)}
+    kept = {n.get_friendly_name() for n in keep.values() if n.get_type_name() == "MatMul"}
+    ignored = sorted({n.get_friendly_name() for n in model.get_ops() if n.get_type_name() == "MatMul"}
+                     - (linear - kept))
+    smooth = nncf.AdvancedSmoothQuantParameters(matmul=W8A8_POLICY["smooth_quant_alpha"])
+    model = nncf.quantize(model, nncf.Dataset(calibration), subset_size=len(calibration),
+                          model_type=nncf.ModelType.TRANSFORMER,
+                          preset=getattr(nncf.QuantizationPreset, W8A8_POLICY["preset"]),
+                          target_device=nncf.TargetDevice.CPU,
+                          ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
+                          advanced_parameters=nncf.AdvancedQuantizationParameters(smooth_quant_alphas=smooth))
+    quantized = [n.get_friendly_name() for n in model.get_ops() if n.get_type_name() == "MatMul"
+                 and _producers(n)[0].get_type_name() == "FakeQuantize"]
+    return model, {"method": "nncf.quantize W8A8 (int8 weights per channel, int8 activations per tensor), "
+                             "calibrated", "policy": dict(W8A8_POLICY), "calibration_samples": len(calibration),
+                   "quantized_nodes": quantized, "count": len(quantized)}
+
+
+def time_inputs(time_model, feeds: list[dict[str, Any]], core) -> list[dict[str, Any]]:
+    """`feeds` (the graph's own inputs) as inputs of the main model after split_time_path: each timestep through
+    the fp32 time model, the time outputs added under their `wanrt.time.<i>` names, `timestep` dropped."""
+    if time_model is None:
+        return feeds
+    compiled = core.compile_model(time_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    names = [o.get_any_name() for o in time_model.outputs]
+    out = []
+    for feed in feeds:
+        result = compiled({"timestep": feed["timestep"]})
+        out.append({**{k: v for k, v in feed.items() if k != "timestep"},
+                    **{name: result[compiled.output(i)] for i, name in enumerate(names)}})
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ the build step
-def apply(model, spec, work_dir: Path, lora_names: Iterable[str] = (), core=None):
+def apply(model, spec, work_dir: Path, lora_names: Iterable[str] = (), core=None,
+          calibration: list[dict[str, Any]] | None = None):
     """The precision steps of a build: (main model, time model or None, report for the manifest). `work_dir` holds
-    the marked IR, whose weights the returned model maps: keep it until the model is compiled."""
+    the marked IR, whose weights the returned model maps: keep it until the model is compiled. `calibration`
+    (w8a8): samples of the graph's inputs, LoRA weights included."""
     import openvino as ov
 
     if spec.precision == "fp32":
@@ -287,26 +359,30 @@ def apply(model, spec, work_dir: Path, lora_names: Iterable[str] = (), core=None
     time_model = None
     if "time" in groups:
         model, time_model = split_time_path(model)
-    model, report = mark_groups(core, model, [g for g in groups if g != "time"], work_dir, lora_names,
-                                int8=spec.precision == "int8")
+    quantize = None
+    if spec.precision == "int8":
+        quantize = compress_int8
+    elif spec.precision == "w8a8":
+        samples = time_inputs(time_model, calibration or [], core)
+        quantize = lambda m, keep: quantize_w8a8(m, keep, samples)  # noqa: E731 - one call site
+    model, report = mark_groups(core, model, [g for g in groups if g != "time"], work_dir, lora_names, quantize)
     report["keep_fp32"] = list(groups)
     report["time_engine_fp32"] = time_model is not None
     return model, time_model, report
 
 
 def mark_groups(core, model, keep_groups: Iterable[str], work_dir: Path, lora_names: Iterable[str] = (),
-                int8: bool = False) -> tuple[Any, dict[str, Any]]:
-    """(int8: NNCF-compress, then) mark `keep_groups` precise. Returns (model, report)."""
+                quantize=None) -> tuple[Any, dict[str, Any]]:
+    """(quantize: int8 weight compression or W8A8, outside the kept groups, then) mark `keep_groups` precise.
+    Returns (model, report)."""
     keep_groups = tuple(keep_groups)
     lora_names = set(lora_names)
     groups = node_groups(model, lora_names)
     keep = {k: n for g in keep_groups for k, n in groups[g].items()}
     report: dict[str, Any] = {"hint": "bf16", "keep_fp32": list(keep_groups),
                               "group_sizes": {g: len(groups[g]) for g in GROUPS}}
-    if int8:
-        model, quantized = compress_int8(model, keep)
-        report["int8"] = {"method": "nncf.compress_weights INT8_SYM (per output channel, data-free)",
-                          "quantized_nodes": quantized, "count": len(quantized)}
+    if quantize is not None:
+        model, report["int8"] = quantize(model, keep)
         groups = node_groups(model, lora_names)  # compression added nodes: find the groups on the new graph
         keep = {k: n for g in keep_groups for k, n in groups[g].items()}
     marked = 0

@@ -87,6 +87,11 @@ def _openvino_fc(precision: str, m: int, k: int, x, w):
         import nncf
 
         model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_SYM)
+    elif precision == "w8a8":  # int8 x int8 (VNNI/AMX): activations quantized too, as a w8a8 engine's Linears
+        import nncf
+
+        model = nncf.quantize(model, nncf.Dataset([{"x": x.numpy()}]), subset_size=1,
+                              preset=nncf.QuantizationPreset.PERFORMANCE, target_device=nncf.TargetDevice.CPU)
     # the engines' own compile properties: the peak is of the kernel an engine of that precision runs
     req = ov.Core().compile_model(model, "CPU", compile_properties(precision, torch.get_num_threads())
                                   ).create_infer_request()
