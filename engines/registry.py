@@ -58,7 +58,7 @@ class EngineFlavour(Protocol):
         """None when it builds `precision` here, else one line saying why and what it offers instead."""
 
     def build(self, onnx_dir: str | os.PathLike, spec: Any, out: str | os.PathLike,
-              force: bool = False) -> dict[str, Any]:
+              force: bool = False) -> EngineManifest:
         """Build (or fetch from the shared engine cache) an engine of an export; returns its manifest."""
 
     def load(self, engine_dir: str | os.PathLike, **options: Any) -> Any:
@@ -72,7 +72,7 @@ class EngineFlavour(Protocol):
         `dtype`, `device`, `manifest` (an EngineManifest), `dir`, `setup`, `describe()`, `close()`, and `set_lora`
         where it swaps."""
 
-    def refit(self, engine_dir: str | os.PathLike, **options: Any) -> dict[str, Any]:
+    def refit(self, engine_dir: str | os.PathLike, **options: Any) -> EngineManifest:
         """Swap the LoRA of an engine directory; returns the new manifest."""
 
     def refit_dry_run(self, engine_dir: str | os.PathLike, **options: Any) -> dict[str, str]:

@@ -153,7 +153,7 @@ class TensorRTFlavour:
         from wanrt.engines.trt.refit import prepare_refit  # torch: loaded with a LoRA
 
         manifest, weights, lora = prepare_refit(engine_dir, lora_file, rank, scale, seed, allow_pickle)
-        section = manifest["payload"]["lora"]
+        section = manifest.lora
         ranks = {w["shape"][1] for n, w in section["refittable_weights"].items() if n.endswith(".A")}
         return {"engine": str(engine_dir), "mode": section["mode"], "weights": str(len(weights)),
                 "LoRA rank": str(lora.rank), "engine rank": ",".join(map(str, sorted(ranks))) or "-"}
