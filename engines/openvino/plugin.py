@@ -63,12 +63,7 @@ class OpenVINOFlavour(LazyHooks):
 
     def precisions(self, device: str = "CPU") -> tuple[str, ...]:
         """What `device` runs natively (OPTIMIZATION_CAPABILITIES, narrowed by $WANRT_OV_CAPABILITIES)."""
-        if self.available() is not None:
-            return ()
-        from wanrt.engines.openvino.engine import precision_refusal, require_openvino  # onnx: with OpenVINO
-
-        core = require_openvino().Core()
-        return tuple(p for p in PRECISIONS if precision_refusal(core, device, p) is None)
+        return tuple(p for p in PRECISIONS if self.refusal(p, device) is None)
 
     def default_precision(self, dtype: str) -> str:  # noqa: ARG002 - the protocol's; it compiles fp32 exports
         return "fp32"
