@@ -7,8 +7,6 @@ TensorRT is one MissingDependencyError naming what to install.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
 import click
 from rich.table import Table
 
@@ -16,7 +14,6 @@ from wanrt.choices import Fp8Backend, Refit
 from wanrt.console import out_console
 from wanrt.engines import registry
 from wanrt.errors import BadInputError
-from wanrt.artifacts import MANIFEST_NAME
 from wanrt.manifests import EngineManifest
 from wanrt.commands.flags import deprecated_option
 from wanrt.commands.options import (FINITE_FLOAT, SEED, FiniteFloat, LoraEntryType, SectionedCommand,
@@ -91,17 +88,16 @@ _cache_options = option_group(
 engine_options = option_group(_engine_core, _fp8_options, _flavour_options, _cache_options)
 
 
-def engine_table(flavour, rows: list[tuple[str, dict[str, Any]]], title: str = "wanrt build") -> Table:
+def engine_table(flavour, rows: list[tuple[str, EngineManifest]], title: str = "wanrt build") -> Table:
     """One row per engine, sized for 80 columns (the flavour's columns; details are in each manifest.json)."""
     from rich import box
 
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
     for col in flavour.summary_columns:
         table.add_column(col, justify="right" if col in ("MiB", "s", "int8") else "left")
-    manifests = [EngineManifest.from_dict(m, Path(out) / MANIFEST_NAME) for out, m in rows]
-    for (out, _), m in zip(rows, manifests):
+    for out, m in rows:
         table.add_row(*flavour.summary_row(out, m))
-    table.caption = flavour.summary_caption(manifests)
+    table.caption = flavour.summary_caption([m for _, m in rows])
     return table
 
 

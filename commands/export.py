@@ -200,16 +200,15 @@ def export(**kw):
     out_console.print(summary_table(rows) if built is None else export_engine_table(rows, built))
 
 
-def export_engine_table(rows: list[tuple[str, dict]], engines: list[dict]) -> Table:
+def export_engine_table(rows: list[tuple[str, dict]], engines: list[EngineManifest]) -> Table:
     """`export --engine`: one row per export with the engine built from it (engine at <output>/engine)."""
     from rich import box
 
     table = Table(title="wanrt export --engine", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
     for col in ("output", "mode", "rank", "ORT max rel err", "engine", "MiB", "refit", "s"):
         table.add_column(col, justify="right" if col in ("rank", "MiB", "s") else "left")
-    for (out, doc), e in zip(rows, engines):
+    for (out, doc), em in zip(rows, engines):
         m = ExportManifest.from_dict(doc, Path(out) / MANIFEST_NAME)
-        em = EngineManifest.from_dict(e, Path(out) / "engine" / MANIFEST_NAME)
         lora, v = m.lora, m.validation
         check = "skipped" if v.get("skipped") else f"{v['max_rel']:.1e} ok"
         seconds = m.timings_s["total"] + em.timings_s["total"]

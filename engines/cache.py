@@ -22,31 +22,43 @@ from pathlib import Path
 from typing import Any
 
 from wanrt.artifacts import (
+    MANIFEST_NAME,
     _remove,
     atomic_output_dir,
     cache_root,
     confined_path,
-    read_manifest,
     sha256_file,
     writable_cache,
     write_json,
 )
 from wanrt.errors import BadInputError, WanrtError, os_error_line
 from wanrt.jsonio import read_json
+from wanrt.manifests import EngineManifest
 
 ENTRY_INDEX = "cache-entry.json"  # {key, files: {name: sha256}}; stays in the cache, not copied out
 _FICLONE = 0x40049409  # linux/fs.h: share the blocks copy-on-write (btrfs, xfs); a plain copy elsewhere
 
 
-def plan_intact(directory: Path, manifest: dict[str, Any], hash_check: bool = True) -> bool:
-    p = manifest.get("payload", {})
+def plan_intact(directory: Path, manifest: EngineManifest, hash_check: bool = True) -> bool:
     try:
-        plan = confined_path(directory, p.get("engine", "engine.plan"), "engine plan")
+        plan = confined_path(directory, manifest.engine, "engine plan")
     except BadInputError:
         return False
-    if not plan.is_file() or plan.stat().st_size != p.get("plan_bytes"):
+    if not plan.is_file() or plan.stat().st_size != manifest.plan_bytes:
         return False
-    return not hash_check or sha256_file(plan) == p.get("plan_sha256")
+    return not hash_check or sha256_file(plan) == manifest.plan_sha256
+
+
+def same_engine(out_dir: Path, key: str) -> EngineManifest | None:
+    """The manifest of the engine already at `out_dir` when it is the one `key` names (its plan intact): a build
+    asked twice returns it instead of building again; None for anything else there (or nothing)."""
+    if not (out_dir / MANIFEST_NAME).is_file():
+        return None
+    try:
+        existing = EngineManifest.read(out_dir)
+    except BadInputError:
+        return None
+    return existing if existing.cache_key == key and plan_intact(out_dir, existing) else None
 
 
 def onnx_content_sha256(onnx_path: Path, external: Iterable[Path] = (), onnx_sha: str | None = None) -> str:
@@ -113,7 +125,7 @@ class EngineCache:
     def path(self, key: str) -> Path:
         return self.root / key
 
-    def _verify(self, key: str) -> tuple[dict[str, Any] | None, str]:
+    def _verify(self, key: str) -> tuple[EngineManifest | None, str]:
         """(manifest, "") for an intact entry, (None, why) otherwise."""
         entry = self.path(key)
         try:
@@ -130,17 +142,17 @@ class EngineCache:
             if sha256_file(entry / name) != digest:
                 return None, f"{name} changed since it was stored (sha256 differs)"
         try:
-            manifest = read_manifest(entry, kind="engine")
+            manifest = EngineManifest.read(entry)
         except BadInputError as e:
             return None, str(e)
-        if manifest["payload"].get("cache_key") != key or not plan_intact(entry, manifest, hash_check=False):
+        if manifest.cache_key != key or not plan_intact(entry, manifest, hash_check=False):
             return None, "its manifest does not match its key or plan"
         return manifest, ""
 
     def evict(self, key: str) -> None:
         _remove(self.path(key))
 
-    def lookup(self, key: str) -> dict[str, Any] | None:
+    def lookup(self, key: str) -> EngineManifest | None:
         """The manifest of an intact entry, None on a miss. A damaged or tampered entry is evicted (one line)."""
         if not self.path(key).is_dir():
             return None
@@ -154,7 +166,7 @@ class EngineCache:
             _warn(f"engine cache entry {self.path(key)} failed verification ({why}); evicted, rebuilding")
         return manifest
 
-    def fetch(self, key: str, out_dir: Path, force: bool = False) -> dict[str, Any] | None:
+    def fetch(self, key: str, out_dir: Path, force: bool = False) -> EngineManifest | None:
         """Materialize the cached engine at out_dir (private copies); None on a miss."""
         manifest = self.lookup(key)
         if manifest is None:

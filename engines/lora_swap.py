@@ -12,13 +12,14 @@ CPU runtimes swap them as data:
 - OpenVINO: the LoRA Constants become Parameters before compiling (engines/openvino/engine.py); the tensors are set on
   the infer request once per swap.
 
-The weights for a new LoRA come from `engines.trt.refit.refit_weights`: one place for the branch layout (A^T,
+The weights for a new LoRA come from `engines.lora_weights.swap_weights`: one place for the branch layout (A^T,
 scale * B^T, bias), the zero-padding of a smaller rank (exact: (x [A 0]) [B; 0] = x A B), and the refusals (other
 module set, larger rank, a bias the graph has no weight for), each one LoraError line.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +29,20 @@ from wanrt.errors import EngineError
 SWAP_KIND = "swap"  # the `refit` value of a lora section whose weights are swapped as data (not TensorRT refit)
 
 
-def swap_section(export_manifest: dict[str, Any], initializers: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The engine-manifest style `lora` section (mode, refit, modules, refittable_weights) for a separate-mode
-    export, from its manifest and {initializer: {shape, dtype}}. EngineError if the export cannot hot-swap."""
-    lora = export_manifest.get("payload", {}).get("lora") or {}
-    if not lora.get("enabled"):
+def check_swappable(mode: str | None) -> None:
+    """EngineError (one line) unless a LoRA in `mode` (None: no LoRA) can be swapped as data."""
+    if not mode:
         raise EngineError("this artifact has no LoRA to swap; export with --rank/--lora --lora-mode separate")
-    if lora.get("mode") != "separate":
-        raise EngineError(f"this artifact's LoRA is {lora.get('mode')} into the weights; hot-swap needs its own "
-                          f"branch: export with --lora-mode separate (or rebuild for the new LoRA)")
-    names = lora_refit_names(export_manifest, initializers)  # EngineError if the graph lacks a named weight
+    if mode != "separate":
+        raise EngineError(f"this artifact's LoRA is {mode} into the weights; hot-swap needs its own branch: export "
+                          f"with --lora-mode separate (or rebuild for the new LoRA)")
+
+
+def swap_section(lora: dict[str, Any], initializers: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The engine-manifest style `lora` section (mode, refit, modules, refittable_weights) of a separate-mode
+    export, from its `lora` section and {initializer: {shape, dtype}}. EngineError if the export cannot hot-swap."""
+    check_swappable(lora.get("mode") if lora.get("enabled") else None)
+    names = lora_refit_names(lora, initializers)  # EngineError if the graph lacks a named weight
     return {"mode": "separate", "refit": SWAP_KIND, "modules": names["modules"], "loaded": loaded_from_export(lora),
             "refittable_weights": {n: initializers[n] for n in names["weights"]}, "history": []}
 
@@ -49,21 +54,18 @@ def loaded_from_export(lora: dict[str, Any]) -> dict[str, Any]:
             if k not in ("initializers", "merged_weights", "retained_energy", "flops_per_token")}
 
 
-def swap_weights(section: dict[str, Any], lora) -> dict[str, Any]:
-    """{weight name: contiguous CPU torch tensor} for `lora` (LoraWeights; None = no LoRA, all zeros) in the
-    graph's layout and dtype. LoraError (one line) for a wrong module set or a larger rank."""
-    from wanrt.engines.trt.refit import check_weights_against_manifest, refit_weights  # lazy: torch, at a swap
-
-    manifest = {"payload": {"lora": section, "precision": "fp32"}}
-    weights = refit_weights(manifest, lora)
-    check_weights_against_manifest(manifest, weights)
-    return {n: t.contiguous() for n, t in weights.items()}
-
-
 def loaded_identity(lora, source: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a manifest records of the LoRA now loaded (`loaded`): its summary and where it came from."""
     if lora is None:
         return {"enabled": False}
     return {"enabled": True, **lora.summary(), **(source or {})}
+
+
+def record_swap(section: dict[str, Any], lora, source: dict[str, Any]) -> None:
+    """A refit's record in an engine's `lora` section: the LoRA it replaced joins `history`, `loaded` names the new."""
+    section.setdefault("history", []).append({"at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                              "previous": section.get("loaded")})
+    section["loaded"] = loaded_identity(lora, source)
 
 
 def overridable_onnx(onnx_path: Path, names: list[str]) -> bytes:

@@ -8,39 +8,36 @@ from typing import Any
 
 import onnx
 
-from wanrt.artifacts import check_artifact_files, confined_path, read_manifest, sha256_file
+from wanrt.artifacts import check_artifact_files, confined_path, sha256_file
 from wanrt.engines.cache import onnx_content_sha256
 from wanrt.errors import BadInputError, EngineError
+from wanrt.manifests import ExportManifest
 
 
-def read_onnx_dir(onnx_dir: str | os.PathLike) -> tuple[dict[str, Any], Path]:
+def read_onnx_dir(onnx_dir: str | os.PathLike) -> tuple[ExportManifest, Path]:
     """(manifest, model.onnx path) of an export directory; BadInputError if it is not one."""
     onnx_dir = Path(onnx_dir)
     if not onnx_dir.is_dir():
         raise BadInputError(f"{onnx_dir}: not a directory (expected a `wanrt export` output)")
-    manifest = read_manifest(onnx_dir, kind="onnx")
-    path = confined_path(onnx_dir, manifest["payload"].get("onnx", "model.onnx"), "payload.onnx")
+    manifest = ExportManifest.read(onnx_dir)
+    path = confined_path(onnx_dir, manifest.onnx, "payload.onnx")
     if not path.is_file():
         raise BadInputError(f"{onnx_dir}: manifest names {path.name}, which is "
                             f"{'not a regular file' if path.exists() else 'missing'}")
-    data = manifest["payload"].get("external_data")
+    data = manifest.external_data
     if data and not confined_path(onnx_dir, data, "payload.external_data").is_file():
         raise BadInputError(f"{onnx_dir}: external weights {data} are missing or not a regular file")
-    check_artifact_files(onnx_dir, manifest)  # a model.onnx or external data swapped under the manifest is refused
+    check_artifact_files(onnx_dir, manifest.document)  # a model.onnx or external data swapped under it is refused
     return manifest, path
 
 
-def export_digests(onnx_dir: str | os.PathLike, manifest: dict[str, Any], onnx_path: Path) -> tuple[str, str]:
+def export_digests(onnx_dir: str | os.PathLike, manifest: ExportManifest, onnx_path: Path) -> tuple[str, str]:
     """(sha256 of model.onnx, sha256 over model.onnx and its external data): what an engine manifest records, and
     what its cache key hashes (the bytes that go in, never the sha256 the export manifest records)."""
-    data = manifest["payload"].get("external_data")
+    data = manifest.external_data
     external = [confined_path(onnx_dir, data, "payload.external_data")] if data else []
     onnx_sha = sha256_file(onnx_path)
     return onnx_sha, onnx_content_sha256(onnx_path, external, onnx_sha=onnx_sha)
-
-
-def onnx_dtype(manifest: dict[str, Any]) -> str:
-    return manifest.get("specs", {}).get("export", {}).get("dtype", "fp32")
 
 
 def onnx_initializer_info(path: Path) -> dict[str, dict[str, Any]]:
@@ -53,9 +50,9 @@ def onnx_initializer_info(path: Path) -> dict[str, dict[str, Any]]:
                      if i.data_type != onnx.TensorProto.BFLOAT16 else "bfloat16"} for i in model.graph.initializer}
 
 
-def lora_refit_names(manifest: dict[str, Any], initializers: dict[str, Any]) -> dict[str, Any]:
-    """What refit addresses: {mode, modules: {module: {A, B, bias?} | {weight, bias?}}, weights: [names]}."""
-    lora = manifest["payload"].get("lora") or {}
+def lora_refit_names(lora: dict[str, Any], initializers: dict[str, Any]) -> dict[str, Any]:
+    """What refit addresses in an export with this `lora` section: {mode, modules: {module: {A, B, bias?} |
+    {weight, bias?}}, weights: [names]}."""
     if not lora.get("enabled"):
         return {"mode": None, "modules": {}, "weights": []}
     mode = lora.get("mode")

@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 from functools import cache
 from importlib import import_module
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from wanrt.artifacts import record_versions_of
 from wanrt.errors import BadInputError
@@ -58,7 +58,7 @@ class EngineFlavour(Protocol):
         """None when it builds `precision` here, else one line saying why and what it offers instead."""
 
     def build(self, onnx_dir: str | os.PathLike, spec: Any, out: str | os.PathLike,
-              force: bool = False) -> dict[str, Any]:
+              force: bool = False) -> EngineManifest:
         """Build (or fetch from the shared engine cache) an engine of an export; returns its manifest."""
 
     def load(self, engine_dir: str | os.PathLike, **options: Any) -> Any:
@@ -72,7 +72,7 @@ class EngineFlavour(Protocol):
         `dtype`, `device`, `manifest` (an EngineManifest), `dir`, `setup`, `describe()`, `close()`, and `set_lora`
         where it swaps."""
 
-    def refit(self, engine_dir: str | os.PathLike, **options: Any) -> dict[str, Any]:
+    def refit(self, engine_dir: str | os.PathLike, **options: Any) -> EngineManifest:
         """Swap the LoRA of an engine directory; returns the new manifest."""
 
     def refit_dry_run(self, engine_dir: str | os.PathLike, **options: Any) -> dict[str, str]:
@@ -97,14 +97,43 @@ class EngineFlavour(Protocol):
         """What built an engine, for people: "TensorRT-RTX 1.2", "OpenVINO 2025.1"."""
 
 
+class LazyHooks:
+    """The calls every flavour makes the same way (build, load, check_runtime, runner, refit): each imports the
+    function its flavour names in `hooks` ("module:attribute") when it is first called, so TensorRT, OpenVINO and
+    torch stay out of `wanrt --help`."""
+
+    hooks: ClassVar[dict[str, str]] = {}
+
+    def _hook(self, name: str) -> Callable:
+        return _imported(self.hooks[name])
+
+    def build(self, onnx_dir, spec, out, force: bool = False, **options: Any) -> EngineManifest:
+        return self._hook("build")(onnx_dir, spec, out, force=force, **options)
+
+    def load(self, engine_dir, **options: Any):
+        return self._hook("load")(engine_dir, **options)
+
+    def check_runtime(self, device) -> None:
+        self._hook("check_runtime")(device)
+
+    def runner(self, artifact, device, **options: Any):
+        return self._hook("runner")(artifact, device, **options)
+
+    def refit(self, engine_dir, **options: Any) -> EngineManifest:
+        return self._hook("refit")(engine_dir, **options)
+
+
+def _imported(entry: str) -> Any:
+    """The object a "module:attribute" entry names, its module imported now."""
+    module, attr = entry.split(":")
+    return getattr(import_module(module), attr)
+
+
 @cache
 def flavours() -> tuple[EngineFlavour, ...]:
-    out = []
-    for entry in FLAVOURS:
-        module, attr = entry.split(":")
-        out.append(getattr(import_module(module), attr))
+    out = tuple(_imported(entry) for entry in FLAVOURS)
     record_versions_of(*(d for f in out for d in f.distributions))  # every artifact records them
-    return tuple(out)
+    return out
 
 
 def names() -> tuple[str, ...]:

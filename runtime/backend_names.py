@@ -3,9 +3,9 @@ runtime/backends.py's REGISTRY has exactly these keys (tests/test_layers.py chec
 
 from __future__ import annotations
 
-from wanrt.choices import Choice
+from wanrt.choices import choice
 from wanrt.engines import registry
 
 # backends that run a PyTorch model or the exported ONNX itself; the engine flavours bring the rest
 MODEL_BACKENDS = ("eager", "compile", "ort")
-Backend = Choice("Backend", [(n.upper(), n) for n in (*MODEL_BACKENDS, *registry.backends())])
+Backend = choice("Backend", "The runtime backends.", *MODEL_BACKENDS, *registry.backends(), module=__name__)

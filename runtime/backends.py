@@ -21,8 +21,9 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 
-from wanrt.artifacts import (MANIFEST_NAME, cache_root, spec_hash, writable_cache)
-from wanrt.engines.lora_swap import loaded_identity, swap_weights, overridable_onnx, swap_section
+from wanrt.artifacts import cache_root, spec_hash, writable_cache
+from wanrt.engines.lora_swap import loaded_identity, overridable_onnx, swap_section
+from wanrt.engines.lora_weights import swap_weights
 from wanrt.engines.onnx_dir import onnx_initializer_info, read_onnx_dir
 from wanrt.engines import registry
 from wanrt.engines.trt.acceptance import tensorrt_acceptance
@@ -31,7 +32,7 @@ from wanrt.export.api import export_model, merge_entries_into, resolve_lora
 from wanrt.export.lora import apply_lora, stack_loras
 from wanrt.export.model import load_transformer
 from wanrt.export.onnx_export import ExportSpec
-from wanrt.manifests import EngineManifest, ExportManifest
+from wanrt.manifests import EngineManifest
 
 # ONNX TensorProto element types (onnx.TensorProto.*), for ORT I/O binding without importing onnx.
 _ONNX_ELEM = {torch.float32: 1, torch.float16: 10, torch.bfloat16: 16}
@@ -197,11 +198,13 @@ class OrtBackend(BackendBase):
     name = "ort"
 
     def __init__(self, artifact: str | Path, device: torch.device | str = "cpu", threads: int | None = None,
-                 providers: list | None = None, verify: bool = False, optimization: str = "all"):
+                 providers: list | None = None,
+                 verify: bool = False,  # noqa: ARG002 - every load checks each listed file's sha256 (read_onnx_dir)
+                 optimization: str = "all"):
         ort = _require_ort()
         t0 = time.perf_counter()
         artifact = Path(artifact)
-        manifest, onnx_path = load_onnx_artifact(artifact, verify=verify)
+        manifest, onnx_path = read_onnx_dir(artifact)
         device = torch.device(device)
         if providers is None:
             if device.type == "cuda":
@@ -290,7 +293,7 @@ class OrtBackend(BackendBase):
         ort = _require_ort()
         onnx_path, opts, providers = self._session_args
         # EngineError: not separate mode
-        section = swap_section(self.manifest.document, onnx_initializer_info(onnx_path))
+        section = swap_section(self.manifest.lora, onnx_initializer_info(onnx_path))
         t0 = time.perf_counter()
         # the proto is loaded without its weights; ORT finds external data beside the original file
         opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(onnx_path.parent))
@@ -308,13 +311,6 @@ class OrtBackend(BackendBase):
             raise EngineError(f"{onnx_path}: ONNX Runtime does not expose {missing[:2]} as overridable; re-export")
         self._lora_section = section
         self.setup["swap_session_s"] = time.perf_counter() - t0
-
-
-def load_onnx_artifact(directory: Path, verify: bool = False) -> tuple[ExportManifest, Path]:  # noqa: ARG001
-    """The engines' read_onnx_dir (manifest, model.onnx and external data present, the sha256 of every file it
-    lists: always, hashed once per process), typed. `verify` is kept for callers; the check no longer depends on it."""
-    doc, onnx_path = read_onnx_dir(directory)
-    return ExportManifest.from_dict(doc, Path(directory) / MANIFEST_NAME), onnx_path
 
 
 def _config_from_geometry(geometry: dict[str, Any]) -> dict[str, Any]:

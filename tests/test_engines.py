@@ -44,6 +44,7 @@ from wanrt.errors import (
     MissingDependencyError,
     ValuesMismatch,
 )
+from wanrt.manifests import EngineManifest
 
 TINY_PROFILE = "1x1x16x16:2x5x32x32:2x9x64x64"  # BxFRAMESxHxW min:opt:max inside the tiny preset's range
 
@@ -84,13 +85,13 @@ def _spec(**kw) -> EngineSpec:
     return EngineSpec(**base)
 
 
-def _engine_manifest(onnx_dir: Path, spec: EngineSpec, refit: str = "individual") -> dict:
+def _engine_manifest(onnx_dir: Path, spec: EngineSpec, refit: str = "individual") -> EngineManifest:
     """An engine manifest as `wanrt build` writes it, minus the plan (refit logic is pure CPU)."""
     resolved = prepare(onnx_dir, spec, dry_run=True)
     resolved.refit_kind = refit
-    return {"specs": {"engine": {}, "onnx": resolved.manifest["specs"]},
-            "payload": {"precision": resolved.precision, "lora": lora_section(resolved),
-                        "onnx": {"dtype": resolved.manifest["specs"]["export"]["dtype"]}}}
+    return EngineManifest(flavour="rtx", engine="engine.plan", plan_bytes=0, precision=resolved.precision,
+                          lora=lora_section(resolved), onnx={"dtype": resolved.manifest.specs["export"]["dtype"]},
+                          specs={"engine": {}, "onnx": resolved.manifest.specs})
 
 
 # --------------------------------------------------------------------------------------------- flavour shim
@@ -218,7 +219,7 @@ def test_refit_mapping_covers_every_lora_weight(merged_bf16, separate_fp16, rtx)
     for onnx_dir, mode in ((separate_fp16, "separate"), (merged_bf16, "merged")):
         manifest, onnx_path = read_onnx_dir(onnx_dir)
         resolved = prepare(onnx_dir, _spec(), dry_run=True)
-        lora = manifest["payload"]["lora"]
+        lora = manifest.lora
         if mode == "separate":
             named = [n for names in lora["initializers"].values() for n in names.values()]
             assert len(named) == 2 * len(lora["initializers"]) == 2 * 12 * 2  # A+B x 12 targets x 2 blocks
@@ -250,7 +251,7 @@ def test_fp8_qdq_validates_in_onnxruntime(backend, merged_bf16, tmp_path):
     manifest, onnx_path = read_onnx_dir(merged_bf16)
     dst = tmp_path / "model.fp8.onnx"
     report = quantize_fp8(onnx_path, dst, Fp8Spec(calib=2, keep_blocks="0", backend=backend),
-                          shape_ranges=manifest["payload"]["shape_ranges"])
+                          shape_ranges=manifest.shape_ranges)
     check = report["check"]
     assert check["passed"] and 0 < check["relative_error"]["prediction"] < 0.1, check
     assert report["quantized_matmuls"] == 2 * 12  # per block: 4 self-attn, 4 cross-attn, 2 image K/V, 2 FFN
@@ -269,7 +270,7 @@ def test_fp8_qdq_validates_in_onnxruntime(backend, merged_bf16, tmp_path):
 
 def test_fp8_tolerance_and_calibration_set(merged_bf16, tmp_path):
     manifest, onnx_path = read_onnx_dir(merged_bf16)
-    ranges = manifest["payload"]["shape_ranges"]
+    ranges = manifest.shape_ranges
     dst = tmp_path / "never.onnx"
     with pytest.raises(ValuesMismatch, match="exceeds --fp8-tolerance"):
         quantize_fp8(onnx_path, dst, Fp8Spec(calib=1, keep_blocks="0", backend="wanrt", tolerance=1e-6),
@@ -371,7 +372,7 @@ def test_merged_refit_from_original_base_round_trip(merged_bf16):
 
     manifest = _engine_manifest(merged_bf16, _spec())
     model = load_base_model(manifest)
-    names = [n for e in manifest["payload"]["lora"]["modules"].values() for n in e.values()]
+    names = [n for e in manifest.lora["modules"].values() for n in e.values()]
     base = base_weights_from_model(model, names)
     lora_a = synthetic_lora(model, 4, "all", seed=0)
     lora_b = synthetic_lora(model, 8, "all", seed=1)  # any rank: merged weights keep their shape
@@ -479,6 +480,7 @@ def test_cli_aot_build_manifest_cache_and_load_checks(separate_fp16, tmp_path, r
     assert json.loads((out / "manifest.json").read_text())["created"] == m["created"]
     # load checks (no GPU here: each refusal comes before deserialization)
     check_artifact_files(out, m)
+    m = EngineManifest.from_dict(m)
     gpu = {"name": "NVIDIA RTX 4090", "compute_capability": "8.9"}
     check_compatibility(m, rtx.info(), gpu)
     with pytest.raises(EngineError, match="another|built with TensorRT-RTX.*--flavour rtx"):

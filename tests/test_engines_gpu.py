@@ -84,7 +84,7 @@ def test_build_run_matches_eager_and_refuses_bad_shapes(merged):
 
     onnx_dir, d = merged
     manifest = _build(onnx_dir, d / "engine")
-    assert manifest["payload"]["gpu"]["name"] == torch.cuda.get_device_name()
+    assert manifest.section("gpu")["name"] == torch.cuda.get_device_name()
     with TRTEngine(d / "engine", verify_hash=True) as engine:
         for batch, (f, h, w) in ((1, (1, 2, 2)), (2, (2, 4, 4)), (2, (3, 8, 6))):
             feed = _inputs(batch, f, h, w)
@@ -101,7 +101,7 @@ def test_separate_refit_hot_swap_and_zero_padding(separate):
 
     onnx_dir, d = separate
     manifest = _build(onnx_dir, d / "engine", refit="yes")
-    assert manifest["payload"]["lora"]["refit"] == "individual"
+    assert manifest.lora["refit"] == "individual"
     feed = _inputs()
     with TRTEngine(d / "engine") as engine:
         out_a = engine(**feed).clone()
@@ -129,7 +129,7 @@ def test_merged_refit_round_trip_is_exact_and_written(merged):
         refit_loaded_engine(engine, _lora(4, 0))
         assert torch.equal(engine(**feed), out_a)
     m = refit_engine_dir(d / "engine-refit", rank=8, seed=1)
-    assert m["payload"]["lora"]["loaded"]["rank"] == 8 and m["payload"]["lora"]["history"]
+    assert m.lora["loaded"]["rank"] == 8 and m.lora["history"]
     with TRTEngine(d / "engine-refit", verify_hash=True) as engine:
         assert _rel(engine(**feed), _eager("merged", "bf16", _lora(8, 1), feed)) < 3e-2
 
@@ -145,7 +145,7 @@ def test_fp8_engine_runs_close_to_bf16(merged):
             _build(onnx_dir, d / "engine-fp8", precision="fp8")
         return
     m = _build(onnx_dir, d / "engine-fp8", precision="fp8")
-    assert m["payload"]["fp8"]["check"]["passed"]
+    assert m.section("fp8")["check"]["passed"]
     feed = _inputs()
     with TRTEngine(d / "engine-fp8") as engine:
         out = engine(**feed)

@@ -78,12 +78,12 @@ def _ort(export_dir, feeds):
 # ------------------------------------------------------------------------------------------------ build / load
 def test_build_manifest_and_fp32_parity(ov_art):
     out, m = _build(ov_art, "fp32")
-    p = m["payload"]
-    assert p["flavour"] == "openvino" and p["precision"] == "fp32"
-    assert p["openvino"]["version"] == openvino_version() and p["openvino"]["properties"]["INFERENCE_PRECISION_HINT"]
-    assert p["cpu"]["model"] == cpu_info()["model"] and isinstance(p["cpu"]["isa"], list)
-    assert p["onnx"]["sha256"] == sha256_file(ov_art["sep4"] / "model.onnx")
-    assert (out / "model.blob").stat().st_size == p["plan_bytes"] and (out / "lora.safetensors").is_file()
+    assert m.flavour == "openvino" and m.precision == "fp32" and m.document == json.loads((out / "manifest.json")
+                                                                                         .read_text())
+    assert m.runtime["version"] == openvino_version() and m.runtime["properties"]["INFERENCE_PRECISION_HINT"]
+    assert m.section("cpu")["model"] == cpu_info()["model"] and isinstance(m.section("cpu")["isa"], list)
+    assert m.onnx["sha256"] == sha256_file(ov_art["sep4"] / "model.onnx")
+    assert (out / "model.blob").stat().st_size == m.plan_bytes and (out / "lora.safetensors").is_file()
     y = OvEngine(out, threads=1).infer(ov_art["feeds"])
     assert _rel(y, ov_art["ref"]) <= 1e-5  # fp32 engine vs eager fp32 (an imported blob keeps its fp32 hint)
 
@@ -91,8 +91,8 @@ def test_build_manifest_and_fp32_parity(ov_art):
 def test_cache_reuses_the_compiled_engine(ov_art):
     _, first = _build(ov_art, "fp32", name="cache-a")
     out, second = _build(ov_art, "fp32", name="cache-b")
-    assert second["payload"]["cache_key"] == first["payload"]["cache_key"]
-    assert second["created"] == first["created"]  # fetched from the cache, not recompiled
+    assert second.cache_key == first.cache_key
+    assert second.document["created"] == first.document["created"]  # fetched from the cache, not recompiled
     assert (out / "model.blob").read_bytes() == (ov_art["root"] / "cache-a" / "model.blob").read_bytes()
 
 
@@ -140,7 +140,7 @@ def test_bf16_meets_the_bf16_gate(ov_art):
         _refused(ov_art, "bf16", why)
         return
     out, m = _build(ov_art, "bf16")
-    assert m["payload"]["time_engine"]["precision"] == "fp32"  # Wan's keep-in-fp32 time path, cut out
+    assert m.section("time_engine")["precision"] == "fp32"  # Wan's keep-in-fp32 time path, cut out
     err = _rel(OvEngine(out).infer(ov_art["feeds"]), ov_art["ref"])
     assert err <= 1e-2, err
 
@@ -151,7 +151,7 @@ def test_int8_meets_its_gate_and_lists_quantized_nodes(ov_art):
         _refused(ov_art, "int8", why)
         return
     out, m = _build(ov_art, "int8")
-    int8 = m["payload"]["precision_report"]["int8"]
+    int8 = m.section("precision_report")["int8"]
     assert int8["count"] == len(int8["quantized_nodes"]) > 0
     err = _rel(OvEngine(out).infer(ov_art["feeds"]), ov_art["ref"])
     assert err <= 5e-2, err
@@ -171,7 +171,7 @@ def test_swap_equals_a_fresh_export_on_openvino_and_ort(ov_art):
     swap_s = time.perf_counter() - t0
     after = engine.infer(ov_art["feeds"])
     assert _rel(after, fresh) <= 1e-5 and _rel(before, fresh) > 1e-2 and info["weights"] > 0
-    compile_s = m["payload"]["timings_s"]["compile"]
+    compile_s = m.timings_s["compile"]
     print(f"OpenVINO swap {swap_s * 1e3:.1f} ms vs compile {compile_s * 1e3:.0f} ms: {compile_s / swap_s:.0f}x")
 
     ort_backend = OrtBackend(ov_art["sep4"], threads=1)

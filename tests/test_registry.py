@@ -40,3 +40,11 @@ def test_a_precision_a_flavour_does_not_build_is_refused_not_substituted(tmp_pat
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert res.exit_code == 2 and len(lines) == 1 and "--backends ov: --precision fp8" in lines[0], res.output
     assert not (tmp_path / "res").exists() and not (tmp_path / "cache").exists()
+
+
+def test_every_flavour_hook_names_a_callable():
+    """A flavour's build, load, runtime check, runner and refit are "module:attribute" names (LazyHooks), imported on
+    first call: a misspelt one would fail only when that path runs, so each is resolved here."""
+    for f in registry.flavours():
+        assert set(f.hooks) == {"build", "load", "check_runtime", "runner", "refit"}, f.name
+        assert all(callable(f._hook(name)) for name in f.hooks), f.name

@@ -81,7 +81,7 @@ def test_bad_lora_and_foreign_output_are_refused_before_the_model_loads(art, tmp
 
 def test_scale_overflowing_the_engine_dtype_is_refused_before_any_write(art):
     """Every input finite, the product not: scale 1e300 times B overflows float32. The last gate before an engine
-    (check_weights_against_manifest) is shared by the OpenVINO swap, the ORT swap and TensorRT's refit."""
+    (check_weights) is shared by the OpenVINO swap, the ORT swap and TensorRT's refit."""
     before = _snapshot(art["engine"])
     res = CliRunner().invoke(cli, ["refit", str(art["engine"]), "--lora", str(art["lora"]), "--lora-scale", "1e300"])
     _refused(res, "not finite")

@@ -17,6 +17,7 @@ import pytest
 from wanrt.artifacts import build_manifest, check_artifact_files, confined_path, sha256_file, write_json
 from wanrt.engines.cache import ENTRY_INDEX, EngineCache
 from wanrt.errors import BadInputError
+from wanrt.manifests import EngineManifest
 
 TINY_PROFILE = "1x1x16x16:2x5x32x32:2x9x64x64"
 
@@ -50,7 +51,8 @@ def test_peft_directory_is_a_lora_source(peft_export):
     from wanrt.engines.trt.refit import resolve_new_lora
     from wanrt.export.model import ModelSpec, load_transformer
 
-    engine_manifest = {"specs": {"onnx": m["specs"]}, "payload": {"lora": {"mode": "merged"}}}
+    engine_manifest = EngineManifest(flavour="rtx", engine="engine.plan", plan_bytes=0, precision="fp32",
+                                     lora={"mode": "merged"}, specs={"onnx": m["specs"]})
     adapter = m["specs"]["lora"]["file"]
     lora = resolve_new_lora(engine_manifest, load_transformer(ModelSpec("tiny")), lora_file=adapter)
     assert lora.rank == 4 and len(lora.modules) == 24
@@ -95,8 +97,9 @@ def _engine_dir(path: Path, key: str, plan: bytes = b"PLAN" * 1000, profile_max:
     path.mkdir(parents=True)
     (path / "engine.plan").write_bytes(plan)
     write_json(path / "manifest.json", build_manifest("engine", {}, {
-        "engine": "engine.plan", "plan_bytes": len(plan), "plan_sha256": sha256_file(path / "engine.plan"),
-        "cache_key": key, "profiles": [{"frames": [1, profile_max]}]}))
+        "flavour": "rtx", "engine": "engine.plan", "plan_bytes": len(plan), "precision": "fp16", "lora": {},
+        "plan_sha256": sha256_file(path / "engine.plan"), "cache_key": key,
+        "profiles": [{"frames": [1, profile_max]}]}))
     return path
 
 
@@ -119,7 +122,7 @@ def test_cache_entries_are_private_read_only_copies(tmp_path, capsys):
     m["payload"]["profiles"][0]["frames"] = [1, 81]
     (out1 / "manifest.json").write_text(json.dumps(m))
     assert (out2 / "engine.plan").read_bytes() == (entry / "engine.plan").read_bytes() == b"PLAN" * 1000
-    assert cache.lookup(key)["payload"]["profiles"][0]["frames"] == [1, 9]
+    assert cache.lookup(key).section("profiles")[0]["frames"] == [1, 9]
     assert capsys.readouterr().err == ""
 
 
@@ -136,7 +139,7 @@ def test_a_tampered_cache_entry_is_evicted_with_one_line(tmp_path, capsys):
     assert len(lines) == 1 and "failed verification (manifest.json changed" in lines[0] and "evicted" in lines[0]
     assert not cache.path(key).exists() and not (tmp_path / "out").exists()
     cache.store(key, _engine_dir(tmp_path / "rebuilt", key))  # the rebuild is stored again, intact
-    assert cache.lookup(key)["payload"]["profiles"][0]["frames"] == [1, 9]
+    assert cache.lookup(key).section("profiles")[0]["frames"] == [1, 9]
 
 
 def test_a_truncated_cache_plan_is_evicted(tmp_path, capsys):
@@ -155,7 +158,7 @@ def test_a_truncated_cache_plan_is_evicted(tmp_path, capsys):
                                           ("external_data", "../outside.data")])
 def test_manifest_paths_are_confined(peft_export, tmp_path, field, value):
     from wanrt.engines.onnx_dir import read_onnx_dir
-    from wanrt.runtime.backends import load_onnx_artifact
+    from wanrt.runtime.backends import OrtBackend
 
     d = tmp_path / "exp"
     shutil.copytree(peft_export, d)
@@ -163,7 +166,7 @@ def test_manifest_paths_are_confined(peft_export, tmp_path, field, value):
     m = json.loads((d / "manifest.json").read_text())
     m["payload"][field] = value
     (d / "manifest.json").write_text(json.dumps(m))
-    for load in (load_onnx_artifact, read_onnx_dir):  # ONNX Runtime's loader and the engine builder's
+    for load in (OrtBackend, read_onnx_dir):  # ONNX Runtime's backend and the engine builder's reader
         with pytest.raises(BadInputError, match="outside the artifact directory"):
             load(d)
 

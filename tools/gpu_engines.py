@@ -22,8 +22,6 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from wanrt.manifests import EngineManifest
-
 
 def _events_ms(fn, warmup: int, iters: int) -> dict[str, float]:
     import torch
@@ -96,9 +94,8 @@ def run(args) -> dict[str, Any]:
                                   fp8=Fp8Spec(calib=args.calib, keep_blocks=args.keep_blocks))
                 engine_dir = work / f"engine-{mode}-{precision}"
                 t = time.perf_counter()
-                manifest = build_engine_from_onnx_dir(onnx_dir, spec, engine_dir, force=True)
+                m = build_engine_from_onnx_dir(onnx_dir, spec, engine_dir, force=True)
                 row["build_s"] = time.perf_counter() - t
-                m = EngineManifest.from_dict(manifest, engine_dir / "manifest.json")
                 row.update(plan_mib=m.plan_bytes / 2**20, build_timings=m.timings_s, refit=m.lora["refit"],
                            fp8=m.section("fp8"))
                 t = time.perf_counter()
@@ -133,7 +130,7 @@ def run(args) -> dict[str, Any]:
                 names = [n for e in m.lora["modules"].values() for n in e.values()]
                 base_w = base_weights_from_model(base, names) if mode != "separate" else None
                 t = time.perf_counter()
-                refit_weights(manifest, lora_b, base_w)
+                refit_weights(m, lora_b, base_w)
                 row["refit_weights_cpu_s"] = time.perf_counter() - t
                 if m.lora["refit"]:
                     swap = refit_loaded_engine(engine, lora_b)

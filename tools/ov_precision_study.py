@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from wanrt.artifacts import machine_info, library_versions
-from wanrt.manifests import ExportManifest
 
 
 def build_model(model_spec, lora_spec):
@@ -44,8 +43,7 @@ def eager_outputs(export_dir: Path, shape, threads: int):
     from wanrt.export.model import ModelSpec
 
     torch.set_num_threads(threads)
-    doc, onnx_path = read_onnx_dir(export_dir)
-    manifest = ExportManifest.from_dict(doc, Path(export_dir) / "manifest.json")
+    manifest, onnx_path = read_onnx_dir(export_dir)
     ms = ModelSpec(**manifest.export_specs["model"])
     ls = LoraSpec(**manifest.export_specs["lora"])
     io = DitIO(manifest.geometry, torch.float32, ShapeRange(shape, shape))

@@ -36,87 +36,35 @@ class Choice(str, Enum):
             raise error(f"{flag} {value!r}: choose one of {', '.join(cls.values())}") from None
 
 
-class LoraMode(Choice):
-    """How a LoRA enters the graph."""
-
-    MERGED = "merged"  # W + s B A folded into the base weight
-    SEPARATE = "separate"  # its own branch per Linear (refittable / swappable)
-    FULL = "full"  # a dense delta: the full fine-tune reference
-
-
-class Dtype(Choice):
-    """Precision of a PyTorch model and of an exported graph."""
-
-    FP32 = "fp32"
-    FP16 = "fp16"
-    BF16 = "bf16"
+def choice(name: str, doc: str, *values: str, module: str = __name__) -> type[Choice]:
+    """A Choice class `name` of `values`, each member named by its value upper-cased (`Dtype.BF16 == "bf16"`);
+    `module`: where the class is bound (pickling finds it there)."""
+    cls = Choice(name, [(v.upper().replace("-", "_"), v) for v in values], module=module)
+    cls.__doc__ = doc
+    return cls
 
 
+LoraMode = choice("LoraMode", "How a LoRA enters the graph: merged (W + s B A folded into the base weight), separate "
+                  "(its own branch per Linear: refittable, swappable), full (a dense delta: the full fine-tune "
+                  "reference).", "merged", "separate", "full")
+Dtype = choice("Dtype", "Precision of a PyTorch model and of an exported graph.", "fp32", "fp16", "bf16")
 # Precision of a compiled engine: every Dtype, then the quantized formats (issue 12 adds int8 with its flavour).
-Precision = Choice("Precision", [(m.name, m.value) for m in Dtype] + [("FP8", "fp8"), ("INT8", "int8"),
-                                                                          ("W8A8", "w8a8")])
-
+Precision = choice("Precision", "Precision of a compiled engine.", *Dtype.values(), "fp8", "int8", "w8a8")
 
 # The vocabularies of single options, here so a command lists them without importing the module that uses them
 # (those import torch; `wanrt CMD --help` must not).
-class LoraFormat(Choice):
-    """LoRA file layouts read and written (export/lora_formats.py)."""
-
-    DIFFUSERS = "diffusers"
-    PEFT = "peft"
-    COMFYUI = "comfyui"
-    KOHYA = "kohya"
-
-
-class ComfyuiKeys(Choice):
-    """Key names of a ComfyUI LoRA's factors: lora_A/lora_B or lora_down/lora_up."""
-
-    LORA_A = "lora_A"
-    LORA_DOWN = "lora_down"
-
-
-class SvdMethod(Choice):
-    """`wanrt extract --svd` (export/extract.py: auto is randomized for large matrices, with an accuracy check)."""
-
-    AUTO = "auto"
-    EXACT = "exact"
-    RANDOMIZED = "randomized"
-
-
-class Fp8Backend(Choice):
-    """Who inserts FP8 Q/DQ: NVIDIA ModelOpt or wanrt's own pass (auto: ModelOpt when importable)."""
-
-    AUTO = "auto"
-    MODELOPT = "modelopt"
-    WANRT = "wanrt"
-
-
-class Refit(Choice):
-    """Refittable LoRA weights in an engine (auto: when the ONNX has a LoRA and a GPU builds)."""
-
-    AUTO = "auto"
-    YES = "yes"
-    NO = "no"
-
-
-class LpipsNet(Choice):
-    """LPIPS feature networks (runtime/metrics/lpips.py)."""
-
-    ALEX = "alex"
-    VGG = "vgg"
-
-
-class ResizeMode(Choice):
-    """How FVD brings frames to the I3D input size (runtime/metrics/frechet.py)."""
-
-    BILINEAR = "bilinear"
-    BILINEAR_TF1 = "bilinear-tf1"
-    CENTER_CROP = "center-crop"
-
-
-class Reference(Choice):
-    """What `wanrt bench` compares against: eager fp32 of the same weights (engine parity) or the full fine-tune
-    the LoRAs were extracted from (rank vs full)."""
-
-    EAGER = "eager"
-    FINETUNED = "finetuned"
+LoraFormat = choice("LoraFormat", "LoRA file layouts read and written (export/lora_formats.py).",
+                    "diffusers", "peft", "comfyui", "kohya")
+ComfyuiKeys = choice("ComfyuiKeys", "Key names of a ComfyUI LoRA's factors: lora_A/lora_B or lora_down/lora_up.",
+                     "lora_A", "lora_down")
+SvdMethod = choice("SvdMethod", "`wanrt extract --svd` (export/extract.py: auto is randomized for large matrices, "
+                   "with an accuracy check).", "auto", "exact", "randomized")
+Fp8Backend = choice("Fp8Backend", "Who inserts FP8 Q/DQ: NVIDIA ModelOpt or wanrt's own pass (auto: ModelOpt when "
+                    "importable).", "auto", "modelopt", "wanrt")
+Refit = choice("Refit", "Refittable LoRA weights in an engine (auto: when the ONNX has a LoRA and a GPU builds).",
+               "auto", "yes", "no")
+LpipsNet = choice("LpipsNet", "LPIPS feature networks (runtime/metrics/lpips.py).", "alex", "vgg")
+ResizeMode = choice("ResizeMode", "How FVD brings frames to the I3D input size (runtime/metrics/frechet.py).",
+                    "bilinear", "bilinear-tf1", "center-crop")
+Reference = choice("Reference", "What `wanrt bench` compares against: eager fp32 of the same weights (engine parity) "
+                   "or the full fine-tune the LoRAs were extracted from (rank vs full).", "eager", "finetuned")

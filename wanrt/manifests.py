@@ -167,9 +167,11 @@ class EngineManifest(Manifest):
     precision: str
     lora: dict[str, Any]
     onnx: dict[str, Any] = field(default_factory=dict)  # {dir, sha256, dtype, geometry, shape_ranges} of its export
+    io: dict[str, Any] = field(default_factory=dict)  # {tensor name: {shape, dtype, ...}} as the flavour records it
     plan_sha256: str | None = None
     cache_key: str | None = None
     timings_s: dict[str, Any] = field(default_factory=dict)
+    refits: list[dict[str, Any]] = field(default_factory=list)  # one record per `wanrt refit` since the build
 
     @classmethod
     def _derived(cls, payload: dict[str, Any]) -> dict[str, Any]:
@@ -211,9 +213,9 @@ class EngineManifest(Manifest):
     def shape_ranges(self) -> dict[str, Any]:
         return self.onnx.get("shape_ranges") or {}
 
-    def section(self, key: str) -> Any:
-        """A flavour-specific payload section (None when this engine has none): read by that flavour's code."""
-        return self.document.get("payload", {}).get(key)
+    def section(self, key: str, default: Any = None) -> Any:
+        """A flavour-specific payload section (`default` when this engine has none): read by that flavour's code."""
+        return self.document.get("payload", {}).get(key, default)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -29,27 +29,29 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from wanrt.artifacts import (
+    MANIFEST_NAME,
     atomic_output_dir,
     atomic_path,
     build_manifest,
     check_artifact_files,
     confined_path,
-    read_manifest,
     sha256_file,
     spec_hash,
     write_manifest,
 )
-from wanrt.engines.cache import EngineCache, engine_cache_dir, plan_intact
+from wanrt.engines.cache import EngineCache, engine_cache_dir, same_engine
 from wanrt.engines.openvino import CAPABILITY, FLAVOUR, INSTALL_HINT, PRECISIONS
 from wanrt.engines.openvino import precision as ov_precision
 from wanrt.engines.onnx_dir import export_digests, onnx_initializer_info, read_onnx_dir
-from wanrt.engines.lora_swap import SWAP_KIND, loaded_from_export, loaded_identity, swap_section, swap_weights
+from wanrt.engines.lora_swap import (SWAP_KIND, check_swappable, loaded_from_export, loaded_identity, record_swap,
+                                    swap_section)
 from wanrt.errors import BadInputError, EngineError, MissingDependencyError
+from wanrt.manifests import EngineManifest, ExportManifest
 
 BLOB_NAME = "model.blob"
 TIME_BLOB_NAME = "time.blob"  # bf16/int8: the timestep embedding, compiled fp32 (engines/openvino/precision.py)
@@ -222,14 +224,14 @@ def compile_properties(precision: str, threads: int | None = None) -> dict[str, 
 
 
 # ------------------------------------------------------------------------------------------------ build
-def _lora_section(export_manifest: dict[str, Any], onnx_path: Path) -> dict[str, Any] | None:
-    lora = export_manifest["payload"].get("lora") or {}
+def _lora_section(export_manifest: ExportManifest, onnx_path: Path) -> dict[str, Any] | None:
+    lora = export_manifest.lora
     if not lora.get("enabled"):
         return None
     if lora.get("mode") != "separate":
         return {"mode": lora.get("mode"), "refit": None, "modules": {}, "loaded": loaded_from_export(lora),
                 "refittable_weights": {}, "history": []}
-    return swap_section(export_manifest, onnx_initializer_info(onnx_path))
+    return swap_section(lora, onnx_initializer_info(onnx_path))
 
 
 def engine_cache_key(spec: OvEngineSpec, onnx_sha: str, version: str, cpu: dict[str, Any]) -> str:
@@ -246,7 +248,7 @@ def _resolve(onnx_dir: str | os.PathLike, spec: OvEngineSpec):
     """Every decision before the compile: (export manifest, ONNX path, Core, device capabilities, CPU, ONNX sha256,
     cache key). Refuses a non-fp32 export and a precision the device lacks."""
     export_manifest, onnx_path = read_onnx_dir(onnx_dir)
-    if export_manifest["specs"].get("export", {}).get("dtype", "fp32") != "fp32":
+    if (export_manifest.dtype or "fp32") != "fp32":
         raise BadInputError(f"{onnx_dir}: the openvino flavour compiles an fp32 export (precision comes from "
                             f"--precision, like TensorRT's weakly typed mode); re-export with --dtype fp32")
     core = require_openvino().Core()
@@ -264,13 +266,13 @@ def cache_key(onnx_dir: str | os.PathLike, spec: OvEngineSpec) -> str:
 
 
 def build_openvino_engine(onnx_dir: str | os.PathLike, spec: OvEngineSpec, out_dir: str | os.PathLike,
-                          force: bool = False, threads: int | None = None) -> dict[str, Any]:
+                          force: bool = False, threads: int | None = None) -> EngineManifest:
     """Compile an export directory for OpenVINO into `out_dir` (or reuse the same engine from the cache);
     returns the engine manifest. Nothing is written unless the compile succeeds."""
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     export_manifest, onnx_path, core, caps, cpu, onnx_sha, key = _resolve(onnx_dir, spec)
-    existing = _same_engine(out_dir, key)
+    existing = same_engine(out_dir, key)
     if existing is not None:
         return existing
     cache = _cache(spec)
@@ -318,35 +320,22 @@ def build_openvino_engine(onnx_dir: str | os.PathLike, spec: OvEngineSpec, out_d
             "cpu": cpu,
             "precision": spec.precision,
             "precision_report": precision_report,
-            "io": {i["name"]: i for i in export_manifest["payload"].get("inputs", [])},
+            "io": {i["name"]: i for i in export_manifest.inputs},
             "onnx": {"dir": str(Path(onnx_dir).resolve()), "sha256": onnx_sha, "dtype": "fp32",
-                     "geometry": export_manifest["payload"].get("geometry"),
-                     "shape_ranges": export_manifest["payload"].get("shape_ranges")},
+                     "geometry": export_manifest.geometry, "shape_ranges": export_manifest.shape_ranges},
             "lora": section or {"mode": None, "refit": None, "modules": {}, "refittable_weights": {}},
             "timings_s": {**timings, "total": time.perf_counter() - t0},
         }
-        manifest = build_manifest("engine", {"engine": spec, "onnx": export_manifest.get("specs", {})}, payload)
+        manifest = build_manifest("engine", {"engine": spec, "onnx": export_manifest.specs}, payload)
         write_manifest(tmp, manifest)
     if cache is not None:
         cache.store(key, out_dir)
-    return manifest
+    return EngineManifest.from_dict(manifest, out_dir / MANIFEST_NAME)
 
 
 def _blob(compiled) -> bytes:
     blob = compiled.export_model()
     return blob.getvalue() if isinstance(blob, io.BytesIO) else bytes(blob)
-
-
-def _same_engine(out_dir: Path, key: str) -> dict[str, Any] | None:
-    if not (out_dir / "manifest.json").is_file():
-        return None
-    try:
-        existing = read_manifest(out_dir, kind="engine")
-    except BadInputError:
-        return None
-    if existing["payload"].get("cache_key") == key and plan_intact(out_dir, existing):
-        return existing
-    return None
 
 
 def _save_lora(path: Path, tensors: dict[str, Any]) -> None:
@@ -368,25 +357,25 @@ def _load_lora(path: Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ load
-def load_openvino_manifest(engine_dir: str | os.PathLike) -> dict[str, Any]:
+def load_openvino_manifest(engine_dir: str | os.PathLike) -> EngineManifest:
+    """The manifest of an OpenVINO engine directory, with the blob and LoRA weights as built: checked before
+    OpenVINO reads them."""
     engine_dir = Path(engine_dir)
     if not engine_dir.is_dir():
         raise BadInputError(f"{engine_dir}: not an engine directory")
-    manifest = read_manifest(engine_dir, kind="engine")
-    p = manifest["payload"]
-    if p.get("flavour") != FLAVOUR:
+    manifest = EngineManifest.read(engine_dir)
+    if manifest.flavour != FLAVOUR:
         raise BadInputError(f"{engine_dir}: a TensorRT engine, not an OpenVINO one (load it with backend 'trt')")
-    for k in ("engine", "plan_bytes", "openvino", "cpu", "precision", "lora"):
-        if k not in p:
+    for k in (FLAVOUR, "cpu"):
+        if manifest.section(k) is None:
             raise EngineError(f"{engine_dir}/manifest.json lacks '{k}'; rebuild the engine")
-    check_artifact_files(engine_dir, manifest)  # blob and LoRA weights as built, before OpenVINO reads them
+    check_artifact_files(engine_dir, manifest.document)  # blob and LoRA weights as built, before OpenVINO reads them
     return manifest
 
 
-def check_compatibility(manifest: dict[str, Any], version: str, cpu: dict[str, Any], device: str) -> None:
+def check_compatibility(manifest: EngineManifest, version: str, cpu: dict[str, Any], device: str) -> None:
     """EngineError (one line) when the blob was compiled by another OpenVINO or for a CPU this one is not."""
-    p = manifest["payload"]
-    built = p["openvino"]
+    built, built_cpu = manifest.runtime, manifest.section("cpu")
     if built.get("version") != version:
         raise EngineError(f"this engine was compiled by OpenVINO {built.get('version')}; installed is {version}: "
                           f"blobs load only in the version that compiled them; rebuild with `wanrt build "
@@ -395,19 +384,18 @@ def check_compatibility(manifest: dict[str, Any], version: str, cpu: dict[str, A
         raise EngineError(f"this engine was compiled for OpenVINO device {built.get('device')}, asked to run on "
                           f"{device}: rebuild for {device}")
     if device.startswith("CPU"):
-        missing = sorted(set(p["cpu"].get("isa", [])) - set(cpu["isa"]))
-        if p["cpu"].get("model") != cpu["model"] or missing:
+        missing = sorted(set(built_cpu.get("isa", [])) - set(cpu["isa"]))
+        if built_cpu.get("model") != cpu["model"] or missing:
             why = f"lacks {', '.join(missing)}" if missing else "is another model"
-            raise EngineError(f"this engine was compiled on {p['cpu'].get('model')}; this CPU ({cpu['model']}) "
+            raise EngineError(f"this engine was compiled on {built_cpu.get('model')}; this CPU ({cpu['model']}) "
                               f"{why}: rebuild here with `wanrt build --flavour openvino`")
 
 
-def check_blob(engine_dir: Path, manifest: dict[str, Any], verify_hash: bool = False,
+def check_blob(engine_dir: Path, manifest: EngineManifest, verify_hash: bool = False,
                entry: dict[str, Any] | None = None) -> Path:
     """The blob (or `entry`'s: the time engine) exists with the recorded size, and sha256 when asked (every load
     checks the sha256 of what the manifest lists already: load_openvino_manifest)."""
-    p = manifest["payload"]
-    name, size, sha = (p["engine"], p["plan_bytes"], p.get("plan_sha256")) if entry is None else \
+    name, size, sha = (manifest.engine, manifest.plan_bytes, manifest.plan_sha256) if entry is None else \
         (entry.get("file"), entry.get("bytes"), entry.get("sha256"))
     blob = confined_path(engine_dir, name, "engine blob")
     if not blob.is_file():
@@ -425,30 +413,29 @@ class OvEngine:
                  verify_hash: bool = False):
         ov = require_openvino()
         self.dir = Path(engine_dir)
-        self.manifest = load_openvino_manifest(self.dir)
-        p = self.manifest["payload"]
-        self.device = device or p["openvino"].get("device", "CPU")
+        self.manifest = m = load_openvino_manifest(self.dir)
+        self.device = device or m.runtime.get("device", "CPU")
         check_compatibility(self.manifest, openvino_version(), cpu_info(), self.device)
         blob = check_blob(self.dir, self.manifest, verify_hash)
         core = ov.Core()
         # import_model must be given the compile-time precision hint again: without it OpenVINO 2026.4 applies the
         # device default (bf16 on a BF16-capable CPU) to the imported fp32 graph (7% error on tiny, measured)
-        config = compile_properties(p["precision"], threads)
+        config = compile_properties(m.precision, threads)
         t0 = time.perf_counter()
         self.compiled = _import_blob(core, blob, self.device, config)
         self.time_compiled = None
-        if p.get("time_engine"):
-            time_blob = check_blob(self.dir, self.manifest, verify_hash, entry=p["time_engine"])
+        if m.section("time_engine"):
+            time_blob = check_blob(self.dir, m, verify_hash, entry=m.section("time_engine"))
             self.time_compiled = _import_blob(core, time_blob, self.device, compile_properties("fp32", threads))
         self.load_s = time.perf_counter() - t0
         _check_inputs(self.dir, self.manifest, self.compiled, self.time_compiled)
         self.request = self.compiled.create_infer_request()
         self.time_request = self.time_compiled.create_infer_request() if self.time_compiled is not None else None
-        self.section = p["lora"]
+        self.section = m.lora
         self.lora_names = list(self.section.get("refittable_weights", {})) if self.section.get("refit") else []
         self._lora_tensors: dict[str, Any] = {}
         if self.lora_names:
-            stored = _load_lora(confined_path(self.dir, p.get("lora_weights") or LORA_NAME, "LoRA weights"))
+            stored = _load_lora(confined_path(self.dir, m.section("lora_weights") or LORA_NAME, "LoRA weights"))
             self._bind_lora(stored)
         self.threads = threads
 
@@ -469,18 +456,14 @@ class OvEngine:
     def set_lora(self, lora, source: dict[str, Any] | None = None) -> dict[str, Any]:
         """Swap the LoRA branch (LoraWeights of the same module set, rank <= the engine's; None removes it)."""
         if not self.lora_names:
-            swap_section(self.manifest_as_export(), {})  # raises the one-line reason
+            check_swappable(self.section.get("mode"))  # raises the one-line reason
+        from wanrt.engines.lora_weights import swap_weights  # lazy: torch, at a swap
+
         t0 = time.perf_counter()
         weights = swap_weights(self.section, lora)
         self._bind_lora({n: t.numpy() for n, t in weights.items()})
         self.section["loaded"] = loaded_identity(lora, source)
         return {"swap_s": time.perf_counter() - t0, "weights": len(weights), "loaded": self.section["loaded"]}
-
-    def manifest_as_export(self) -> dict[str, Any]:
-        """The lora part of the manifest in the export's shape (for swap_section's refusals)."""
-        s = self.section or {}
-        return {"payload": {"lora": {"enabled": bool(s.get("mode")), "mode": s.get("mode"),
-                                     "initializers": s.get("modules", {})}}}
 
     def infer(self, feeds: dict[str, Any]):
         """{input name: numpy array} -> prediction (numpy, a copy)."""
@@ -506,13 +489,12 @@ def _first_line(e: BaseException) -> str:
     return (said[0] if said else type(e).__name__)[:160]
 
 
-def _check_inputs(engine_dir: Path, manifest: dict[str, Any], compiled, time_compiled) -> None:
+def _check_inputs(engine_dir: Path, manifest: EngineManifest, compiled, time_compiled) -> None:
     """The imported graph takes the inputs its manifest names (video inputs, LoRA weights, the time engine's
     outputs): a manifest edited or copied from another engine is refused at load, not at the first inference."""
-    p = manifest["payload"]
     names = {n for i in compiled.inputs for n in i.get_names()}
-    wanted = set(p.get("io") or {}) | set((p.get("lora") or {}).get("refittable_weights") or {}
-                                          if (p.get("lora") or {}).get("refit") else ())
+    lora = manifest.lora
+    wanted = set(manifest.io) | set(lora.get("refittable_weights") or {} if lora.get("refit") else ())
     if time_compiled is not None:
         wanted = (wanted - {"timestep"}) | {n for o in time_compiled.outputs for n in o.get_names()}
     missing = sorted(wanted - names)
@@ -540,16 +522,17 @@ def _ov_tensor(value):
 def refit_openvino_engine_dir(engine_dir: str | os.PathLike, lora_file: str | None = None, rank: int | None = None,
                               scale: float | None = None, seed: int | None = None, allow_pickle: bool = False,
                               out_dir: str | os.PathLike | None = None, force: bool = False,
-                              model=None, stack: tuple = ()) -> dict[str, Any]:
+                              model=None, stack: tuple = ()) -> EngineManifest:
     """`wanrt refit` for OpenVINO engines: compute the new branch weights (same layout and refusals as TensorRT
-    refit), check them against the engine by loading it, and rewrite lora.safetensors + manifest atomically. The
+    refit), check them against the engine by loading it, and rewrite its LoRA weights + manifest atomically. The
     compiled blob is copied as is: nothing is recompiled."""
+    from wanrt.engines.lora_weights import swap_weights  # lazy: torch, with a LoRA
     from wanrt.engines.trt.refit import (check_new_lora, load_base_model, refit_source,  # torch: with a LoRA
                                           resolve_new_lora)
 
     engine_dir = Path(engine_dir)
     manifest = load_openvino_manifest(engine_dir)
-    section = manifest["payload"]["lora"]
+    section = manifest.lora
     if not section.get("mode"):
         raise EngineError("this OpenVINO engine has no LoRA to swap; build it from an export with --rank/--lora "
                           "--lora-mode separate")
@@ -564,17 +547,13 @@ def refit_openvino_engine_dir(engine_dir: str | os.PathLike, lora_file: str | No
     t_weights = time.perf_counter() - t0
     target = Path(out_dir) if out_dir is not None else engine_dir
     in_place = target.resolve() == engine_dir.resolve()
+    lora_name = manifest.section("lora_weights") or LORA_NAME  # the file the engine loads its branch from
     with atomic_output_dir(target, force=force or in_place, kind="engine") as tmp:
         for f in engine_dir.iterdir():
-            if f.is_file() and f.name not in ("manifest.json", LORA_NAME):
+            if f.is_file() and f.name not in (MANIFEST_NAME, lora_name):
                 shutil.copy2(f, tmp / f.name)  # a copy, never a hard link: engines do not share inodes
-        _save_lora(tmp / LORA_NAME, {n: t.numpy() for n, t in weights.items()})
-        p = manifest["payload"]
-        p["lora_weights"] = LORA_NAME
-        p["lora"].setdefault("history", []).append({"at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                                    "previous": p["lora"].get("loaded")})
-        p["lora"]["loaded"] = loaded_identity(lora, refit_source(lora_file, rank, stack))
-        p.setdefault("refits", []).append({"weights_s": t_weights, "total_s": time.perf_counter() - t0,
-                                           "recompiled": False})
-        write_manifest(tmp, manifest)
-    return read_manifest(target, kind="engine")
+        _save_lora(confined_path(tmp, lora_name, "LoRA weights"), {n: t.numpy() for n, t in weights.items()})
+        record_swap(section, lora, refit_source(lora_file, rank, stack))
+        refit = {"weights_s": t_weights, "total_s": time.perf_counter() - t0, "recompiled": False}
+        write_manifest(tmp, replace(manifest, refits=[*manifest.refits, refit]).to_dict())
+    return EngineManifest.read(target)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib.util import find_spec
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import click
 
 from wanrt.engines.cache import engine_cache_from_root
 from wanrt.engines.openvino import BACKEND, FLAVOUR, INSTALL_HINT, PRECISIONS
 from wanrt.engines.openvino.precision import KEEP_POLICIES
+from wanrt.engines.registry import LazyHooks
 from wanrt.errors import BadInputError
 from wanrt.manifests import EngineManifest
 
@@ -32,8 +33,15 @@ OPTIONS = (
 )
 
 
+_ENGINE, _RUNNER = "wanrt.engines.openvino.engine", "wanrt.engines.openvino.runner"
+
+
 @dataclass(frozen=True)
-class OpenVINOFlavour:
+class OpenVINOFlavour(LazyHooks):
+    hooks: ClassVar[dict[str, str]] = {  # an export given to its runner is compiled once into the engine cache
+        "build": f"{_ENGINE}:build_openvino_engine", "load": f"{_ENGINE}:OvEngine",
+        "refit": f"{_ENGINE}:refit_openvino_engine_dir", "check_runtime": f"{_RUNNER}:check_runtime",
+        "runner": f"{_RUNNER}:OvRunner"}
     name: str = FLAVOUR
     label: str = "OpenVINO"
     backend: str = BACKEND
@@ -55,12 +63,7 @@ class OpenVINOFlavour:
 
     def precisions(self, device: str = "CPU") -> tuple[str, ...]:
         """What `device` runs natively (OPTIMIZATION_CAPABILITIES, narrowed by $WANRT_OV_CAPABILITIES)."""
-        if self.available() is not None:
-            return ()
-        from wanrt.engines.openvino.engine import precision_refusal, require_openvino  # onnx: with OpenVINO
-
-        core = require_openvino().Core()
-        return tuple(p for p in PRECISIONS if precision_refusal(core, device, p) is None)
+        return tuple(p for p in PRECISIONS if self.refusal(p, device) is None)
 
     def default_precision(self, dtype: str) -> str:  # noqa: ARG002 - the protocol's; it compiles fp32 exports
         return "fp32"
@@ -95,11 +98,6 @@ class OpenVINOFlavour:
 
         return OvEngineSpec(precision=precision or "fp32")
 
-    def build(self, onnx_dir, spec, out, force: bool = False, threads: int | None = None):
-        from wanrt.engines.openvino.engine import build_openvino_engine  # onnx + OpenVINO: when a build runs
-
-        return build_openvino_engine(onnx_dir, spec, out, force=force, threads=threads)
-
     def dry_run(self, onnx_dir, spec) -> list[tuple[str, str]]:
         from wanrt.engines.openvino.engine import check_precision_supported, require_openvino  # onnx + OpenVINO
 
@@ -122,29 +120,6 @@ class OpenVINOFlavour:
 
     def describe(self, manifest: EngineManifest) -> str:
         return f"OpenVINO {manifest.runtime['version']}"
-
-    def load(self, engine_dir, device: str | None = None, threads: int | None = None, verify: bool = False):
-        from wanrt.engines.openvino.engine import OvEngine  # onnx + OpenVINO: loaded with an engine
-
-        return OvEngine(engine_dir, device=device, threads=threads, verify_hash=verify)
-
-    def check_runtime(self, device) -> None:
-        from wanrt.engines.openvino.runner import check_runtime  # torch: the runtime has it, `wanrt --help` not
-
-        check_runtime(device)
-
-    def runner(self, artifact, device="cpu", **options: Any):
-        """The engine for runtime/backends.EngineBackend; an export is compiled once into the engine cache."""
-        from wanrt.engines.openvino.runner import OvRunner  # torch + OpenVINO: loaded with an engine
-
-        return OvRunner(artifact, device, **options)
-
-    def refit(self, engine_dir, lora_file=None, rank=None, scale=None, seed=None, allow_pickle=False,
-              out_dir=None, force=False, stack=()) -> dict[str, Any]:
-        from wanrt.engines.openvino.engine import refit_openvino_engine_dir  # torch: loaded with a LoRA
-
-        return refit_openvino_engine_dir(engine_dir, lora_file, rank, scale, seed, allow_pickle, out_dir=out_dir,
-                                         force=force, stack=stack)
 
     def refit_dry_run(self, *_args, **_kw) -> dict[str, str]:
         raise BadInputError("--dry-run is for TensorRT refits; an OpenVINO swap writes only the LoRA weights "

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from wanrt.artifacts import MANIFEST_NAME, artifact_kind
+from wanrt.artifacts import artifact_kind
 from wanrt.engines.cache import engine_in_cache
 from wanrt.engines.openvino import BACKEND
 from wanrt.engines.openvino.engine import OvEngine, OvEngineSpec, build_openvino_engine, cache_key, require_openvino
@@ -41,7 +41,7 @@ class OvRunner:
                                                                            threads=threads))
             self.setup["build_s"] = time.perf_counter() - t0
         self.engine = OvEngine(engine_dir, device=ov_device, threads=threads, verify_hash=verify)
-        self.manifest = EngineManifest.from_dict(self.engine.manifest, Path(engine_dir) / MANIFEST_NAME)
+        self.manifest: EngineManifest = self.engine.manifest
         built = self.manifest.precision
         if precision is not None and built != precision:
             raise BadInputError(f"{artifact}: an OpenVINO {built} engine, asked for {precision}")

@@ -30,16 +30,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from wanrt.artifacts import (atomic_output_dir, build_manifest, check_output_dir, read_manifest, sha256_file,
+from wanrt.artifacts import (MANIFEST_NAME, atomic_output_dir, build_manifest, check_output_dir, sha256_file,
                              write_manifest)
-from wanrt.engines.cache import EngineCache, engine_cache_dir, plan_intact
+from wanrt.engines.cache import EngineCache, engine_cache_dir, same_engine
 from wanrt.engines.trt.engine_spec import ENGINE_KIND, PLAN_NAME, EngineSpec
 from wanrt.engines.trt.fp8 import quantize_fp8
 from wanrt.engines.lora_swap import loaded_from_export
 from wanrt.engines.trt.network import Configured, build_serialized_engine, configure, network_io
-from wanrt.engines.onnx_dir import onnx_dtype
 from wanrt.engines.trt.resolve import ResolvedBuild, cpu_build_blocker, prepare
-from wanrt.errors import BadInputError, EngineError
+from wanrt.errors import EngineError
+from wanrt.manifests import EngineManifest
 
 
 def configure_from_onnx_dir(onnx_dir: str | os.PathLike, spec: EngineSpec,
@@ -54,8 +54,7 @@ def configure_from_onnx_dir(onnx_dir: str | os.PathLike, spec: EngineSpec,
             work = Path(work_dir) if work_dir else Path(stack.enter_context(
                 tempfile.TemporaryDirectory(prefix="wanrt-fp8-")))
             onnx_path = work / "model.fp8.onnx"
-            quantize_fp8(resolved.onnx_path, onnx_path, spec.fp8,
-                         shape_ranges=resolved.manifest["payload"].get("shape_ranges"))
+            quantize_fp8(resolved.onnx_path, onnx_path, spec.fp8, shape_ranges=resolved.manifest.shape_ranges)
         configured = configure(resolved.flavour, onnx_path, spec, resolved.profiles, resolved.refit_names,
                                resolved.refit_kind, resolved.targets, gpu_current=resolved.gpu_current,
                                progress=False)
@@ -63,7 +62,7 @@ def configure_from_onnx_dir(onnx_dir: str | os.PathLike, spec: EngineSpec,
 
 
 def build_engine_from_onnx_dir(onnx_dir: str | os.PathLike, engine_spec: EngineSpec, out_dir: str | os.PathLike,
-                               force: bool = False) -> dict[str, Any]:
+                               force: bool = False) -> EngineManifest:
     """Build (or reuse) the engine for an export directory into `out_dir`; returns the engine manifest.
 
     An `out_dir` holding the same engine (same cache key, intact plan file) is returned as is; one holding another
@@ -74,13 +73,9 @@ def build_engine_from_onnx_dir(onnx_dir: str | os.PathLike, engine_spec: EngineS
     # 1. inputs and decisions, cheap checks first
     resolved = prepare(onnx_dir, spec)
     # 2. the same engine already there / in the cache
-    if out_dir.is_dir() and (out_dir / "manifest.json").is_file():
-        try:
-            existing = read_manifest(out_dir, kind=ENGINE_KIND)
-        except BadInputError:
-            existing = None
-        if existing and existing["payload"].get("cache_key") == resolved.key and plan_intact(out_dir, existing):
-            return existing
+    existing = same_engine(out_dir, resolved.key)
+    if existing is not None:
+        return existing
     check_output_dir(out_dir, force, kind=ENGINE_KIND)
     blocker = cpu_build_blocker(resolved)
     if blocker is not None:
@@ -91,7 +86,7 @@ def build_engine_from_onnx_dir(onnx_dir: str | os.PathLike, engine_spec: EngineS
         if hit is not None:
             return hit
     # 3-5. build into a temporary directory that becomes out_dir in one rename
-    shape_ranges = resolved.manifest["payload"].get("shape_ranges")
+    shape_ranges = resolved.manifest.shape_ranges
     with atomic_output_dir(out_dir, force=force, kind=ENGINE_KIND) as tmp:
         fp8_report = None
         build_onnx = resolved.onnx_path
@@ -109,12 +104,11 @@ def build_engine_from_onnx_dir(onnx_dir: str | os.PathLike, engine_spec: EngineS
                 io, flags, layers = _build_in_child(resolved, build_onnx, plan_path, timings)
         payload_out = engine_payload(resolved, plan_path=plan_path, io=io, flags=flags, layers=layers,
                                      fp8_report=fp8_report, timings={**timings, "total": time.perf_counter() - t0})
-        engine_manifest = build_manifest(ENGINE_KIND, {"engine": spec, "onnx": resolved.manifest.get("specs", {})},
-                                         payload_out)
+        engine_manifest = build_manifest(ENGINE_KIND, {"engine": spec, "onnx": resolved.manifest.specs}, payload_out)
         write_manifest(tmp, engine_manifest)
     if cache is not None:
         cache.store(resolved.key, out_dir)
-    return engine_manifest
+    return EngineManifest.from_dict(engine_manifest, out_dir / MANIFEST_NAME)
 
 
 def _configure_and_build(resolved: ResolvedBuild, build_onnx: Path, plan_path: Path, timings: dict[str, float]):
@@ -168,11 +162,10 @@ def _build_in_child(resolved: ResolvedBuild, build_onnx: Path, plan_path: Path, 
 def lora_section(resolved: ResolvedBuild) -> dict[str, Any]:
     """The engine manifest's `lora`: mode, which LoRA is loaded, refit kind, module -> weight names, and the
     refittable weights with shape and dtype (what `wanrt refit` checks a new LoRA against)."""
-    lora = resolved.manifest["payload"].get("lora") or {}
     refittable = {n: resolved.initializers[n] for n in resolved.refit_names["weights"]} if resolved.refit_kind else {}
     return {
         "mode": resolved.refit_names["mode"],
-        "loaded": loaded_from_export(lora),
+        "loaded": loaded_from_export(resolved.manifest.lora),
         "refit": resolved.refit_kind,  # None | individual | all
         "modules": resolved.refit_names["modules"],
         "refittable_weights": refittable,
@@ -200,9 +193,8 @@ def engine_payload(resolved: ResolvedBuild, *, plan_path: Path, io, flags, layer
         "layers": layers,
         "flags": flags,
         "onnx": {"dir": str(resolved.onnx_dir.resolve()), "sha256": resolved.onnx_sha,
-                 "dtype": onnx_dtype(resolved.manifest),
-                 "geometry": resolved.manifest["payload"].get("geometry"),
-                 "shape_ranges": resolved.manifest["payload"].get("shape_ranges")},
+                 "dtype": resolved.manifest.dtype or "fp32", "geometry": resolved.manifest.geometry,
+                 "shape_ranges": resolved.manifest.shape_ranges},
         "lora": lora_section(resolved),
         "build": {"opt_level": spec.opt_level, "workspace_gib": spec.workspace_gib,
                   "timing_cache": spec.timing_cache if flavour.has("timing_cache") else None,

@@ -24,29 +24,30 @@ from wanrt.engines.trt.flavour import (
 )
 from wanrt.engines.trt.profiles import ProfileSpec, select_profile
 
-from wanrt.artifacts import check_artifact_files, confined_path, read_manifest, write_bytes_atomic
+from wanrt.artifacts import confined_path, write_bytes_atomic
 from wanrt.errors import BadInputError, EngineError
+from wanrt.manifests import EngineManifest
 
 RUNTIME_CACHE_NAME = "runtime.cache"
 
 
 # --------------------------------------------------------------------------------------------- checks (no GPU)
-def load_engine_manifest(engine_dir: str | os.PathLike) -> dict[str, Any]:
+def load_engine_manifest(engine_dir: str | os.PathLike) -> EngineManifest:
+    """The manifest of a TensorRT engine directory, with the plan (and all it lists) as built: checked before the
+    plan is deserialized."""
     engine_dir = Path(engine_dir)
     if not engine_dir.is_dir():
         raise BadInputError(f"{engine_dir}: not an engine directory")
-    manifest = read_manifest(engine_dir, kind="engine")
-    for key in ("engine", "plan_bytes", "trt", "targets", "profiles", "io"):
-        if key not in manifest.get("payload", {}):
+    manifest = EngineManifest.read(engine_dir, check_files=True)
+    for key in ("trt", "targets", "profiles", "io"):
+        if manifest.section(key) is None:
             raise EngineError(f"{engine_dir}/manifest.json lacks '{key}'; rebuild the engine")
-    check_artifact_files(engine_dir, manifest)  # the plan (and all it lists) as built, before it is deserialized
     return manifest
 
 
-def check_compatibility(manifest: dict[str, Any], flavour_info: dict[str, Any], gpu: dict[str, Any] | None) -> None:
+def check_compatibility(manifest: EngineManifest, flavour_info: dict[str, Any], gpu: dict[str, Any] | None) -> None:
     """EngineError when the plan was built by another TensorRT (flavour or version) or for another GPU."""
-    p = manifest["payload"]
-    built = p["trt"]
+    built = manifest.section("trt")
     if built["flavour"] != flavour_info["flavour"]:
         raise EngineError(f"this engine was built with {built['label']}; the loaded runtime is "
                           f"{LABELS[flavour_info['flavour']]} {flavour_info['version']}: load it with --flavour "
@@ -57,24 +58,23 @@ def check_compatibility(manifest: dict[str, Any], flavour_info: dict[str, Any], 
     if gpu is None:
         raise EngineError("running a TensorRT engine needs an NVIDIA GPU; none is visible to torch")
     cc = gpu["compute_capability"]
-    targets = list(p["targets"])
-    if p["trt"]["flavour"] == "rtx" and targets == list(RTX_DEFAULT_TARGETS):
+    targets = list(manifest.section("targets"))
+    if built["flavour"] == "rtx" and targets == list(RTX_DEFAULT_TARGETS):
         ok = cc in targets or (int(cc.split(".")[0]) >= 12)
     else:
         ok = cc in targets
     if not ok:
         raise EngineError(f"this engine targets compute capability {', '.join(targets)}; {gpu['name']} is {cc}: "
                           f"rebuild on this GPU (or --compute-capability {cc} with TensorRT-RTX)")
-    built_gpu = (p.get("gpu") or {}).get("name")
+    built_gpu = (manifest.section("gpu") or {}).get("name")
     if built_gpu and built_gpu != gpu["name"]:
         warnings.warn(f"engine built on {built_gpu}, running on {gpu['name']} (same compute capability {cc}); "
                       f"TensorRT may run slower than a plan built here", stacklevel=3)
 
 
-def check_input_shapes(manifest: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> int:
+def check_input_shapes(manifest: EngineManifest, shapes: dict[str, tuple[int, ...]]) -> int:
     """The optimization profile index for these input shapes; BadInputError naming what is wrong otherwise."""
-    p = manifest["payload"]
-    inputs = {n: v for n, v in p["io"].items() if v["mode"] == "input"}
+    inputs = {n: v for n, v in manifest.io.items() if v["mode"] == "input"}
     missing = [n for n in inputs if n not in shapes]
     extra = [n for n in shapes if n not in inputs]
     if missing or extra:
@@ -90,7 +90,7 @@ def check_input_shapes(manifest: dict[str, Any], shapes: dict[str, tuple[int, ..
     batches = {tuple(shapes[n])[0] for n in inputs}
     if len(batches) != 1:
         raise BadInputError(f"inputs disagree on the batch size: { {n: tuple(shapes[n])[0] for n in inputs} }")
-    profiles = [ProfileSpec.from_json(q) for q in p["profiles"]]
+    profiles = [ProfileSpec.from_json(q) for q in manifest.section("profiles")]
     return select_profile(profiles, latents[0], latents[2:5])
 
 
@@ -131,13 +131,12 @@ class TRTEngine:
 
         self.engine_dir = Path(engine_dir)
         self.manifest = load_engine_manifest(self.engine_dir)
-        p = self.manifest["payload"]
-        self.flavour: Flavour = load_flavour(p["trt"]["flavour"])
+        self.flavour: Flavour = load_flavour(self.manifest.flavour)
         if device is not None:
             torch.cuda.set_device(device)
         self.gpu = gpu_info()
         check_compatibility(self.manifest, self.flavour.info(), self.gpu)
-        plan_path = confined_path(self.engine_dir, p["engine"], "payload.engine")  # size, sha256: checked above
+        plan_path = confined_path(self.engine_dir, self.manifest.engine, "payload.engine")  # size, sha256: checked
         trt = self.flavour.trt
         self.logger = self.flavour.logger("ERROR")
         self.runtime = trt.Runtime(self.logger)
@@ -156,7 +155,7 @@ class TRTEngine:
                               f"({str(e).splitlines()[0]}); rebuild with `wanrt build`") from None
         del plan
         if weight_streaming_budget is not None:
-            if not p["build"].get("weight_streaming"):
+            if not self.manifest.section("build", {}).get("weight_streaming"):
                 raise BadInputError("weight_streaming_budget: this engine was built without --weight-streaming")
             self.engine.weight_streaming_budget_v2 = int(weight_streaming_budget)
         # TensorRT-RTX: kernels are compiled just in time; keep them in a runtime cache file across runs
@@ -175,8 +174,8 @@ class TRTEngine:
                         else self.engine.create_execution_context())
         if self.context is None:
             raise EngineError("TensorRT could not create an execution context (out of GPU memory?)")
-        self.inputs = [n for n, v in p["io"].items() if v["mode"] == "input"]
-        self.outputs = [n for n, v in p["io"].items() if v["mode"] == "output"]
+        self.inputs = [n for n, v in self.manifest.io.items() if v["mode"] == "input"]
+        self.outputs = [n for n, v in self.manifest.io.items() if v["mode"] == "output"]
         self.dtypes = {n: torch_dtype(self.engine.get_tensor_dtype(n)) for n in [*self.inputs, *self.outputs]}
         self.device = torch.device("cuda", torch.cuda.current_device())
         self._profile = 0

@@ -9,10 +9,11 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from importlib.util import find_spec
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from wanrt.engines.cache import engine_cache_from_root
 from wanrt.engines.trt.flavour import BACKEND, INSTALL_HINT, LABELS, MIN_CC, MODULES, PRECISIONS, gpu_info
+from wanrt.engines.registry import LazyHooks
 from wanrt.errors import BadInputError, WanrtError
 from wanrt.manifests import EngineManifest
 
@@ -21,7 +22,11 @@ if TYPE_CHECKING:  # onnx and torch come with the spec's FP8 part: loaded when a
 
 
 @dataclass(frozen=True)
-class TensorRTFlavour:
+class TensorRTFlavour(LazyHooks):
+    hooks: ClassVar[dict[str, str]] = {  # `load`: TRTEngine; `runner`: torch tensors in and out, CUDA graphs on request
+        "build": "wanrt.engines.trt.build:build_engine_from_onnx_dir", "load": "wanrt.engines.trt.engine:TRTEngine",
+        "refit": "wanrt.engines.trt.refit:refit_engine_dir", "check_runtime": "wanrt.engines.trt.runner:check_runtime",
+        "runner": "wanrt.engines.trt.runner:TrtRunner"}
     name: str
     distributions: tuple[str, ...]
     backend: str = BACKEND
@@ -95,11 +100,6 @@ class TensorRTFlavour:
 
         return EngineSpec(precision=precision, progress=False)
 
-    def build(self, onnx_dir, spec: EngineSpec, out, force: bool = False) -> dict[str, Any]:
-        from wanrt.engines.trt.build import build_engine_from_onnx_dir  # fp8/onnx: loaded when a build runs
-
-        return build_engine_from_onnx_dir(onnx_dir, spec, out, force=force)
-
     def dry_run(self, onnx_dir, spec: EngineSpec) -> list[tuple[str, str]]:
         """Parse and configure without building: one (setting, value) per row."""
         from wanrt.engines.trt.build import configure_from_onnx_dir  # TensorRT: loaded when a build runs
@@ -125,36 +125,13 @@ class TensorRTFlavour:
     def describe(self, manifest: EngineManifest) -> str:
         return manifest.label
 
-    def load(self, engine_dir, device: int | None = None, verify: bool = False, **options: Any):
-        from wanrt.engines.trt.engine import TRTEngine  # torch + TensorRT: loaded with an engine
-
-        return TRTEngine(engine_dir, device=device, verify_hash=verify, **options)
-
-    def check_runtime(self, device) -> None:
-        from wanrt.engines.trt.runner import check_runtime  # torch: the runtime has it, `wanrt --help` must not
-
-        check_runtime(device)
-
-    def runner(self, artifact, device="cuda", **options: Any):
-        """The engine for runtime/backends.EngineBackend: torch tensors in and out (CUDA graphs on request)."""
-        from wanrt.engines.trt.runner import TrtRunner  # torch + TensorRT: loaded with an engine
-
-        return TrtRunner(artifact, device, **options)
-
-    def refit(self, engine_dir, lora_file=None, rank=None, scale=None, seed=None, allow_pickle=False,
-              out_dir=None, force=False, stack=()) -> dict[str, Any]:
-        from wanrt.engines.trt.refit import refit_engine_dir  # torch + TensorRT: loaded with an engine
-
-        return refit_engine_dir(engine_dir, lora_file, rank, scale, seed, allow_pickle, out_dir=out_dir, force=force,
-                                stack=stack)
-
     def refit_dry_run(self, engine_dir, lora_file=None, rank=None, scale=None, seed=None,
                       allow_pickle=False, stack=()) -> dict[str, str]:
         """The new weights computed and checked against the engine (no GPU): what `refit --dry-run` prints."""
         from wanrt.engines.trt.refit import prepare_refit  # torch: loaded with a LoRA
 
         manifest, weights, lora = prepare_refit(engine_dir, lora_file, rank, scale, seed, allow_pickle, stack=stack)
-        section = manifest["payload"]["lora"]
+        section = manifest.lora
         ranks = {w["shape"][1] for n, w in section["refittable_weights"].items() if n.endswith(".A")}
         return {"engine": str(engine_dir), "mode": section["mode"], "weights": str(len(weights)),
                 "LoRA rank": str(lora.rank), "engine rank": ",".join(map(str, sorted(ranks))) or "-"}

@@ -24,36 +24,32 @@ from typing import Any
 
 import torch
 
-from wanrt import lora_layout
-from wanrt.artifacts import (atomic_output_dir, check_output_dir, confined_path, read_manifest, sha256_file,
+from wanrt.artifacts import (MANIFEST_NAME, atomic_output_dir, check_output_dir, confined_path, sha256_file,
                              write_manifest)
+from wanrt.engines.lora_swap import loaded_identity, record_swap
+from wanrt.engines.lora_weights import check_weights, section_weights
 from wanrt.engines.trt.engine import TRTEngine, load_engine_manifest, trt_weights_dtype
 from wanrt.errors import BadInputError, EngineError, LoraError
 from wanrt.export.api import LoraSpec, merge_entries_into, resolve_lora
 from wanrt.export.lora_formats import check_lora_exists, check_lora_source
 from wanrt.export.model import ModelSpec, load_transformer
+from wanrt.manifests import EngineManifest
 
 
-def _torch_dtype(name: str) -> torch.dtype:
-    """A manifest's dtype name (torch's spelling, e.g. "bfloat16") as a torch dtype."""
-    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
-
-
-def engine_lora(manifest: dict[str, Any]) -> dict[str, Any]:
+def engine_lora(manifest: EngineManifest) -> dict[str, Any]:
     """The manifest's lora section; EngineError if the engine is not refittable."""
-    lora = manifest["payload"].get("lora") or {}
+    lora = manifest.lora
     if not lora.get("refit"):
-        payload = manifest["payload"]
-        asked = ((manifest.get("specs") or {}).get("engine") or {}).get("refit", "auto")
+        asked = (manifest.specs.get("engine") or {}).get("refit", "auto")
         # Name the real cause: with `--refit auto` the build decided (no LoRA, FP8 merged, or no GPU to compile a
         # refittable engine); suggesting `--refit yes` where that is refused would send the user in a circle.
         if not lora.get("mode"):
             why, fix = "the export has no LoRA", "export with --lora/--rank and rebuild"
-        elif payload["precision"] == "fp8" and lora["mode"] != "separate":
+        elif manifest.precision == "fp8" and lora["mode"] != "separate":
             why, fix = "FP8 engines refit only in separate mode", "export with --lora-mode separate and rebuild"
         elif asked == "no":
             why, fix = "it was built with --refit no", "rebuild it without --refit no"
-        elif "gpu" in payload and not payload["gpu"]:
+        elif manifest.section("gpu", "not recorded") is None:  # recorded as built without one
             why = ("it was built without a GPU, where --refit auto makes a non-refittable engine (TensorRT-RTX "
                    "compiles refittable ones only with CUDA)")
             fix = "rebuild it on an NVIDIA GPU (`wanrt build ONNX_DIR`); refitting needs a GPU too"
@@ -64,19 +60,19 @@ def engine_lora(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------- LoRA + base
-def onnx_specs(manifest: dict[str, Any]) -> tuple[Any, Any]:
+def onnx_specs(manifest: EngineManifest) -> tuple[Any, Any]:
     """(ModelSpec, LoraSpec) the engine's ONNX was exported with."""
-    specs = manifest["specs"].get("onnx", {})
+    specs = manifest.export_specs
     model = ModelSpec(**specs["model"]) if "model" in specs else ModelSpec()
     lora = LoraSpec(**specs["lora"]) if "lora" in specs else LoraSpec()
     return model, lora
 
 
-def load_base_model(manifest: dict[str, Any]):
+def load_base_model(manifest: EngineManifest):
     """The transformer the ONNX was exported from, without its swappable LoRA (its `--merge` LoRAs folded in, as
     the export did), in the export dtype."""
     model_spec, lora_spec = onnx_specs(manifest)
-    dtype = manifest["payload"]["onnx"].get("dtype") or model_spec.dtype
+    dtype = manifest.dtype or model_spec.dtype
     model = load_transformer(replace(model_spec, dtype=dtype))
     merge_entries_into(model, lora_spec)
     return model
@@ -101,7 +97,7 @@ def check_new_lora(lora_file: str | None, rank: int | None, scale: float | None,
         check_output_dir(out_dir, force, kind="engine")
 
 
-def resolve_new_lora(manifest: dict[str, Any], model, lora_file: str | None = None, rank: int | None = None,
+def resolve_new_lora(manifest: EngineManifest, model, lora_file: str | None = None, rank: int | None = None,
                      scale: float | None = None, seed: int | None = None, targets: str | None = None,
                      allow_pickle: bool = False, stack: tuple = ()):
     """A LoRA file (optionally re-ranked to `rank`), a synthetic one of `rank`, or a stack (`file`/`rank` first,
@@ -112,7 +108,7 @@ def resolve_new_lora(manifest: dict[str, Any], model, lora_file: str | None = No
         check_lora_exists(lora_file)
     _, old = onnx_specs(manifest)
     spec = replace(old, file=lora_file, rank=rank, stack=tuple(stack), targets=targets or old.targets,
-                   mode=manifest["payload"]["lora"]["mode"], scale=old.scale if scale is None else scale,
+                   mode=manifest.lora["mode"], scale=old.scale if scale is None else scale,
                    seed=old.seed if seed is None else seed, allow_pickle=allow_pickle)
     lora, _energy = resolve_lora(model, spec)
     return lora
@@ -127,101 +123,12 @@ def base_weights_from_model(model, names) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------- the weights
-def refit_weights(manifest: dict[str, Any], lora, base: dict[str, Any] | Callable[[list[str]], dict[str, Any]] | None
+def refit_weights(manifest: EngineManifest, lora, base: dict[str, Any] | Callable[[list[str]], dict[str, Any]] | None
                   = None) -> dict[str, Any]:
     """{engine weight name: CPU tensor in the engine's dtype} for every refittable weight, for `lora` (canonical
     LoraWeights; None = remove the LoRA). `base` (merged mode): {"<module>.weight": original tensor, ...} or a
     callable returning it for a list of names. The arithmetic is wanrt.lora_layout's, as in the export."""
-    section = engine_lora(manifest)
-    mode = section["mode"]
-    modules: dict[str, dict[str, str]] = section["modules"]
-    lora_modules = {} if lora is None else (lora.modules if lora.dense is None else None)
-    if lora_modules is None:
-        raise LoraError("a dense (full fine-tune) delta cannot be refit as a LoRA; merge it and rebuild")
-    lora_scale = 1.0 if lora is None else lora.lora_scale
-    extra = sorted(set(lora_modules) - set(modules))
-    if extra:
-        raise LoraError(f"the LoRA adapts {len(extra)} modules this engine cannot refit (e.g. {extra[:3]}); "
-                        f"its targets are outside the engine's branch: rebuild the engine with targets that cover "
-                        f"them")
-    if mode == "separate":  # a module the LoRA (or a smaller stack) leaves out gets a zero branch: exact
-        return _separate_weights(section, lora_modules, lora_scale)
-    if mode in ("merged", "full"):
-        if base is None:
-            raise EngineError("merged-mode refit needs the original base weights")
-        names = [n for entry in modules.values() for n in entry.values()]
-        return _merged_weights(section, lora_modules, lora_scale, base(names) if callable(base) else base)
-    raise EngineError(f"unknown LoRA mode {mode!r} in the engine manifest")
-
-
-def _separate_weights(section: dict[str, Any], lora_modules: dict[str, Any], lora_scale: float) -> dict[str, Any]:
-    """Branch tensors lora.<module>.A/B[/bias] at the engine's rank (a smaller LoRA rank zero-padded; a module
-    the LoRA leaves out gets zeros, i.e. no branch)."""
-    info: dict[str, dict[str, Any]] = section["refittable_weights"]
-    out: dict[str, Any] = {}
-    for module, names in section["modules"].items():
-        a_info, b_info = info[names["A"]], info[names["B"]]
-        engine_rank, dtype = a_info["shape"][1], _torch_dtype(a_info["dtype"])
-        in_f, out_f = a_info["shape"][0], b_info["shape"][1]
-        m = lora_modules.get(module)
-        if m is None:
-            out[names["A"]] = torch.zeros(in_f, engine_rank, dtype=dtype)
-            out[names["B"]] = torch.zeros(engine_rank, out_f, dtype=dtype)
-        else:
-            if m.rank > engine_rank:
-                raise LoraError(f"{module}: LoRA rank {m.rank} exceeds the engine's rank {engine_rank}; "
-                                f"separate-mode engines take rank <= {engine_rank} (zero-padded): rebuild for "
-                                f"rank {m.rank}")
-            if tuple(m.down.shape) != (m.rank, in_f) or tuple(m.up.shape) != (out_f, m.rank):
-                raise LoraError(f"{module}: LoRA A {tuple(m.down.shape)} / B {tuple(m.up.shape)} do not fit "
-                                f"{out_f}x{in_f}")
-            branch = lora_layout.branch_weights(m, lora_scale, dtype, rank=engine_rank, with_bias=False)
-            out[names["A"]], out[names["B"]] = branch["A"], branch["B"]
-        if "bias" in names:
-            bias_info = info[names["bias"]]
-            out[names["bias"]] = lora_layout.branch_bias(m, lora_scale, bias_info["shape"][0],
-                                                         _torch_dtype(bias_info["dtype"]))
-        elif m is not None and m.diff_b is not None:
-            raise LoraError(f"{module}: the LoRA has a bias delta (diff_b) and the engine has no LoRA bias "
-                            f"weight to refit; rebuild the engine for this LoRA")
-    return out
-
-
-def _merged_weights(section: dict[str, Any], lora_modules: dict[str, Any], lora_scale: float,
-                    base_map: dict[str, Any]) -> dict[str, Any]:
-    """W + s B A and b + lora_scale diff_b from the original base weights, never cumulatively."""
-    info: dict[str, dict[str, Any]] = section["refittable_weights"]
-    out: dict[str, Any] = {}
-    for module, entry in section["modules"].items():
-        w_name = entry["weight"]
-        m = lora_modules.get(module)
-        delta = m.delta(lora_scale) if m is not None else None
-        out[w_name] = lora_layout.merged_weight(base_map[w_name], delta, _torch_dtype(info[w_name]["dtype"]))
-        if "bias" in entry:
-            b_name = entry["bias"]
-            out[b_name] = lora_layout.merged_bias(base_map[b_name], m, lora_scale, info[b_name]["shape"][0],
-                                                  _torch_dtype(info[b_name]["dtype"]))
-        elif m is not None and m.diff_b is not None:
-            raise LoraError(f"{module}: the LoRA has a bias delta and {module} has no bias in the engine; "
-                            f"rebuild the engine for this LoRA")
-    return out
-
-
-def check_weights_against_manifest(manifest: dict[str, Any], weights: dict[str, Any]) -> None:
-    """The last gate before new weights reach an engine (TensorRT refit, the ORT/OpenVINO swap, a server's swap):
-    names and shapes the engine has, and finite values in the engine's dtype (a large scale or alpha overflows
-    fp16/bf16 even when every input was finite)."""
-    info = manifest["payload"]["lora"]["refittable_weights"]
-    for name, t in weights.items():
-        if name not in info:
-            raise EngineError(f"{name} is not a refittable weight of this engine")
-        if list(t.shape) != list(info[name]["shape"]):
-            raise EngineError(f"{name}: new weights {list(t.shape)}, the engine has {info[name]['shape']}")
-        # one reduction (its sum is finite only if every value is; overflow of the sum alone falls through to the
-        # exact check): a swap checks hundreds of small tensors, and this is what its time was going to
-        if not bool(torch.isfinite(t.sum(dtype=torch.float32))) and not bool(torch.isfinite(t).all()):
-            raise LoraError(f"{name}: the new LoRA weights are not finite in {info[name]['dtype']} (NaN in the "
-                            f"LoRA, or its scale/alpha overflows); nothing was changed")
+    return section_weights(engine_lora(manifest), lora, base)
 
 
 # --------------------------------------------------------------------------------------------- TensorRT (GPU)
@@ -230,7 +137,6 @@ def apply_refit(flavour, engine, weights: dict[str, Any], onnx_path: Path | None
     these weights (uploaded to the GPU, refit from device memory). Engines built with REFIT (every weight
     refittable, for flavours without REFIT_INDIVIDUAL) are refit through OnnxParserRefitter from the ONNX with
     these initializers overridden. Returns timings."""
-    import torch
     trt = flavour.trt
     if not engine.refittable:
         raise EngineError("this engine was not built refittable; rebuild with --refit yes")
@@ -290,10 +196,10 @@ def refit_loaded_engine(engine, lora, source: dict[str, Any] | None = None, base
             names = [n for e in section["modules"].values() for n in e.values()]
             base = engine._refit_base = base_weights_from_model(model, names)
             del model
-    weights = refit_weights(manifest, lora, base)
-    check_weights_against_manifest(manifest, weights)
+    weights = section_weights(section, lora, base)
+    check_weights(section, weights)
     timings = apply_refit(engine.flavour, engine.engine, weights)
-    section["loaded"] = lora_identity(lora, source)
+    section["loaded"] = loaded_identity(lora, source)
     return {**section, "timings": timings}
 
 
@@ -303,17 +209,11 @@ def refit_source(lora_file: str | None, rank: int | None, stack: tuple = ()) -> 
     return {**source, "stack_entries": [str(e) for e in stack]} if stack else source
 
 
-def lora_identity(lora, source: dict[str, Any] | None = None) -> dict[str, Any]:
-    if lora is None:
-        return {"enabled": False}
-    return {"enabled": True, **lora.summary(), **(source or {})}
-
-
 # --------------------------------------------------------------------------------------------- engine directory
 def prepare_refit(engine_dir: str | os.PathLike, lora_file: str | None = None, rank: int | None = None,
                   scale: float | None = None, seed: int | None = None, allow_pickle: bool = False,
                   model=None, out_dir: str | os.PathLike | None = None,
-                  force: bool = False, stack: tuple = ()) -> tuple[dict[str, Any], dict[str, Any], Any]:
+                  force: bool = False, stack: tuple = ()) -> tuple[EngineManifest, dict[str, Any], Any]:
     """CPU half of a refit: (manifest, new weights, LoRA). Every refusal happens here, the input checks before
     the base model loads."""
     manifest = load_engine_manifest(engine_dir)
@@ -325,15 +225,15 @@ def prepare_refit(engine_dir: str | os.PathLike, lora_file: str | None = None, r
     if section["mode"] != "separate":
         names = [n for e in section["modules"].values() for n in e.values()]
         base = base_weights_from_model(model, names)
-    weights = refit_weights(manifest, lora, base)
-    check_weights_against_manifest(manifest, weights)
+    weights = section_weights(section, lora, base)
+    check_weights(section, weights)
     return manifest, weights, lora
 
 
 def refit_engine_dir(engine_dir: str | os.PathLike, lora_file: str | None = None, rank: int | None = None,
                      scale: float | None = None, seed: int | None = None, allow_pickle: bool = False,
                      out_dir: str | os.PathLike | None = None, force: bool = False,
-                     stack: tuple = ()) -> dict[str, Any]:
+                     stack: tuple = ()) -> EngineManifest:
     """Refit an engine directory with a new LoRA and write it back (or to out_dir) atomically; returns the new
     manifest. A failure leaves the directory as it was."""
     engine_dir = Path(engine_dir)
@@ -341,27 +241,23 @@ def refit_engine_dir(engine_dir: str | os.PathLike, lora_file: str | None = None
                                             force=force, stack=stack)
     t0 = time.perf_counter()
     engine = TRTEngine(engine_dir, runtime_cache=None)
-    onnx_dir = manifest["payload"]["onnx"].get("dir")
+    onnx_dir = manifest.onnx.get("dir")
     onnx_path = Path(onnx_dir) / "model.onnx" if onnx_dir and (Path(onnx_dir) / "model.onnx").is_file() else None
     timings = apply_refit(engine.flavour, engine.engine, weights, onnx_path)
     plan = engine.engine.serialize()
     target = Path(out_dir) if out_dir is not None else engine_dir
     with atomic_output_dir(target, force=True, kind="engine") as tmp:
-        plan_path = confined_path(tmp, manifest["payload"]["engine"], "payload.engine")
+        plan_path = confined_path(tmp, manifest.engine, "payload.engine")
         with open(plan_path, "wb") as f:
             f.write(memoryview(plan))
         for extra in engine_dir.iterdir():  # runtime cache and anything else beside the plan
-            if extra.is_file() and extra.name not in (manifest["payload"]["engine"], "manifest.json"):
+            if extra.is_file() and extra.name not in (manifest.engine, MANIFEST_NAME):
                 (tmp / extra.name).write_bytes(extra.read_bytes())
-        p = manifest["payload"]
-        section = p["lora"]
-        section.setdefault("history", []).append({"at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                                  "previous": section.get("loaded")})
-        section["loaded"] = lora_identity(lora, refit_source(lora_file, rank, stack))
-        p["plan_bytes"] = plan_path.stat().st_size
-        p["plan_sha256"] = sha256_file(plan_path)
-        p["cache_key"] = f"{p['cache_key']}-refit-{sha256_file(plan_path)[:12]}"  # no longer the built content
-        p.setdefault("refits", []).append({**timings, "total_s": time.perf_counter() - t0})
-        write_manifest(tmp, manifest)
+        record_swap(manifest.lora, lora, refit_source(lora_file, rank, stack))
+        sha = sha256_file(plan_path)
+        write_manifest(tmp, replace(manifest, plan_bytes=plan_path.stat().st_size, plan_sha256=sha,
+                                    cache_key=f"{manifest.cache_key}-refit-{sha[:12]}",  # no longer the built content
+                                    refits=[*manifest.refits, {**timings, "total_s": time.perf_counter() - t0}],
+                                    ).to_dict())
     del engine, plan
-    return read_manifest(target, kind="engine")
+    return EngineManifest.read(target)

@@ -14,9 +14,10 @@ from wanrt.choices import Precision, Refit
 from wanrt.engines.trt.engine_spec import EngineSpec
 from wanrt.engines.trt.flavour import (MIN_CC, PRECISIONS, RTX_DEFAULT_TARGETS, Flavour, check_precision_supported,
                                        gpu_info, load_flavour)
-from wanrt.engines.onnx_dir import export_digests, lora_refit_names, onnx_dtype, onnx_initializer_info, read_onnx_dir
+from wanrt.engines.onnx_dir import export_digests, lora_refit_names, onnx_initializer_info, read_onnx_dir
 from wanrt.engines.trt.profiles import ProfileSpec, check_against_export, resolve_profiles
 from wanrt.errors import BadInputError, EngineError
+from wanrt.manifests import ExportManifest
 
 
 def resolve_targets(flavour: Flavour, spec: EngineSpec, gpu: dict[str, Any] | None,
@@ -48,8 +49,8 @@ def resolve_targets(flavour: Flavour, spec: EngineSpec, gpu: dict[str, Any] | No
     return targets, False
 
 
-def resolve_precision(spec: EngineSpec, manifest: dict[str, Any]) -> str:
-    dtype = onnx_dtype(manifest)
+def resolve_precision(spec: EngineSpec, manifest: ExportManifest) -> str:
+    dtype = manifest.dtype or "fp32"
     precision = spec.precision or dtype
     Precision.parse(precision, "--precision")
     if precision not in PRECISIONS:
@@ -103,7 +104,7 @@ class ResolvedBuild:
     spec: EngineSpec
     onnx_dir: Path
     onnx_path: Path
-    manifest: dict[str, Any]
+    manifest: ExportManifest
     precision: str
     profiles: tuple[ProfileSpec, ...]
     flavour: Flavour
@@ -122,9 +123,8 @@ def prepare(onnx_dir: str | os.PathLike, spec: EngineSpec, dry_run: bool = False
     datacenter TensorRT be configured without a GPU (no build)."""
     onnx_dir = Path(onnx_dir)
     manifest, onnx_path = read_onnx_dir(onnx_dir)
-    payload = manifest["payload"]
     precision = resolve_precision(spec, manifest)
-    shape_ranges = payload.get("shape_ranges")
+    shape_ranges = manifest.shape_ranges
     profiles = resolve_profiles(spec.profiles, spec.frames, spec.batch, shape_ranges)
     if shape_ranges:
         check_against_export(profiles, shape_ranges)
@@ -137,7 +137,7 @@ def prepare(onnx_dir: str | os.PathLike, spec: EngineSpec, dry_run: bool = False
     for cc in targets:
         check_precision_supported(precision, cc, flavour)
     initializers = onnx_initializer_info(onnx_path)
-    refit_names = lora_refit_names(manifest, initializers)
+    refit_names = lora_refit_names(manifest.lora, initializers)
     refit_kind = resolve_refit(spec, refit_names, precision, flavour, gpu, dry_run)
     # the key hashes the bytes that go in (model.onnx + external data), never the sha256 the manifest records
     onnx_sha, content = export_digests(onnx_dir, manifest, onnx_path)
@@ -152,8 +152,8 @@ def cpu_build_blocker(resolved: ResolvedBuild) -> str | None:
     graphs (docs/engines.md); the child-process guard below still catches crashes nobody has seen yet."""
     if resolved.gpu_current or resolved.flavour.name != "rtx":
         return None
-    export = resolved.manifest.get("specs", {}).get("export", {})
-    lora = resolved.manifest.get("specs", {}).get("lora") or {}
+    export = resolved.manifest.specs.get("export", {})
+    lora = resolved.manifest.specs.get("lora") or {}
     if (export.get("opset") or 0) >= 23:
         return (f"{resolved.onnx_dir} is opset {export['opset']}, which {resolved.flavour.label}'s CPU-only builder "
                 f"cannot compile (no GPU here): re-export with --opset 18 (what `wanrt export` picks on a machine like "

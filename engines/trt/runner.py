@@ -11,7 +11,6 @@ import torch
 
 from wanrt.engines.trt.engine import TRTEngine
 from wanrt.engines.trt.flavour import BACKEND
-from wanrt.artifacts import MANIFEST_NAME
 from wanrt.errors import BadInputError, EngineError, MissingDependencyError, WanrtError
 from wanrt.manifests import EngineManifest
 
@@ -36,7 +35,7 @@ class TrtRunner:
             raise
         except Exception as e:  # noqa: BLE001 - TensorRT raises plain RuntimeErrors
             raise EngineError(f"{artifact}: cannot load the engine ({str(e).splitlines()[0]})") from None
-        self.manifest = EngineManifest.from_dict(self.engine.manifest, Path(artifact) / MANIFEST_NAME)
+        self.manifest: EngineManifest = self.engine.manifest
         self.dtype, self.device = self.engine.dtypes["latents"], torch.device("cuda", index)
         self.dir, self.cuda_graph, self.setup = Path(artifact), cuda_graph, {}
         self._graphs: dict[tuple, tuple[Any, dict[str, torch.Tensor], torch.Tensor] | None] = {}

@@ -1,6 +1,6 @@
 """Does every LoRA of a bundle's library fit the engine that will serve it? Decided by `wanrt pack`, before anything
 is written, with the same arithmetic and refusals as the swap a replica does at request time
-(`engines.lora_swap.swap_weights`: module set, rank budget, a bias delta the graph has a slot for).
+(`engines.lora_weights.swap_weights`: module set, rank budget, a bias delta the graph has a slot for).
 
 A separate-mode graph carries a `lora.<module>.bias` slot only when the LoRA it was exported with had bias deltas
 (`diff_b`, as `wanrt extract` writes them); a synthetic `--rank N` export has none. Such a LoRA packed beside such
@@ -28,8 +28,8 @@ def swap_section(directory: Path, manifest: ExportManifest | EngineManifest) -> 
 
     if isinstance(manifest, ExportManifest):
         onnx = confined_path(directory, manifest.onnx, "ONNX file")
-        return export_section(manifest.document, onnx_initializer_info(onnx))
-    return engine_lora(manifest.document)
+        return export_section(manifest.lora, onnx_initializer_info(onnx))
+    return engine_lora(manifest)
 
 
 def _skeleton(manifest: ExportManifest | EngineManifest):
@@ -53,7 +53,7 @@ def check_library_fits(engines: list[tuple[str, Path, ExportManifest | EngineMan
                        loras: list[tuple[str, Path]]) -> None:
     """BadInputError naming the first library LoRA no engine of the bundle can serve. A library LoRA is served by
     the first separate-mode engine (Catalog.route), so that is the engine it must fit."""
-    from wanrt.engines.lora_swap import swap_weights  # lazy: onnx, kept out of the serve driver
+    from wanrt.engines.lora_weights import swap_weights  # lazy: torch, kept out of the serve driver
     from wanrt.export.lora_formats import load_lora_file  # lazy: torch, kept out of the serve driver
 
     if not loras:
