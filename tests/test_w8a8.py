@@ -48,7 +48,7 @@ def test_quantized_base_with_a_swappable_lora_branch(precision, art):
     spec = OvEngineSpec(precision=precision, cache=False)
     out = art["root"] / precision
     manifest = build_openvino_engine(art["root"] / "sep", spec, out)
-    report = manifest["payload"]["precision_report"]["int8"]
+    report = manifest.section("precision_report")["int8"]
     assert report["count"] > 0 and all("lora" not in n for n in report["quantized_nodes"])
     engine = OvEngine(out)
     want = _eager(LoraSpec(rank=4, mode="merged"), art["inputs"])  # eager fp32 of the merged model
@@ -64,6 +64,6 @@ def test_quantized_base_with_a_swappable_lora_branch(precision, art):
 def test_w8a8_records_its_policy_and_calibration(art):
     manifest = build_openvino_engine(art["root"] / "sep", OvEngineSpec(precision="w8a8", calib=3, cache=False),
                                      art["root"] / "w8a8-c3")
-    report = manifest["payload"]["precision_report"]["int8"]
+    report = manifest.section("precision_report")["int8"]
     assert report["calibration_samples"] == 3 and report["policy"]["smooth_quant_alpha"] == -1.0
-    assert manifest["specs"]["engine"]["calib"] == 3
+    assert manifest.specs["engine"]["calib"] == 3

@@ -158,7 +158,7 @@ class OvEngineSpec:
         return d
 
 
-def calibration_feeds(export_manifest: dict[str, Any], n: int, defaults: dict[str, Any], seed: int = 0,
+def calibration_feeds(export_manifest: ExportManifest, n: int, defaults: dict[str, Any], seed: int = 0,
                       shift: float = 5.0) -> list[dict[str, Any]]:
     """`n` inputs from the DiT's own distribution as a video run visits it: the timesteps of an n-step flow-matching
     schedule with Wan's 480p shift (t = 1000 s' where s' = shift s / (1 + (shift - 1) s), s from 1 down to 1/n),
@@ -169,10 +169,9 @@ def calibration_feeds(export_manifest: dict[str, Any], n: int, defaults: dict[st
 
     from wanrt.dit_io import DitIO, ShapeRange, VideoShape  # lazy: torch, which only a w8a8 build needs here
 
-    payload = export_manifest["payload"]
-    shapes = ShapeRange.from_manifest(payload.get("shape_ranges"), ShapeRange(VideoShape(1, 16, 16),
-                                                                             VideoShape(81, 1280, 1280)))
-    io = DitIO(payload["geometry"], shapes=shapes)
+    shapes = ShapeRange.from_manifest(export_manifest.shape_ranges, ShapeRange(VideoShape(1, 16, 16),
+                                                                               VideoShape(81, 1280, 1280)))
+    io = DitIO(export_manifest.geometry, shapes=shapes)
     gen = torch.Generator().manual_seed(seed)
     feeds = []
     for i in range(n):
