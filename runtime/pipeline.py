@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import os
 import warnings
 from typing import Any
@@ -208,9 +209,12 @@ def scheduled(scheduler, schedule: Schedule):
     # UniPC/DPM-Solver on flow sigmas spell the shift flow_shift; FlowMatchEulerDiscreteScheduler spells it shift
     key = "flow_shift" if config.get("use_flow_sigmas") else "shift" if "shift" in config else None
     if key is None or config.get("use_dynamic_shifting"):
-        what = "a fixed flow shift" if schedule.shift is not None else "flow-matching timesteps"
+        what = "fixed flow shift" if schedule.shift is not None else "flow-matching sigmas"
         raise BadInputError(f"the pipeline's {name} has no {what} (a flow scheduler on fixed shift is needed)",
                             param="shift" if schedule.shift is not None else "timesteps")
+    if schedule.sigmas is not None and "sigmas" not in inspect.signature(scheduler.set_timesteps).parameters:
+        raise BadInputError(f"timesteps: the pipeline's {name} takes no explicit sigmas (UniPC and "
+                            "FlowMatchEuler do)", param="timesteps")
     copy = type(scheduler).from_config(config, **({key: schedule.shift} if schedule.shift is not None else {}))
     if schedule.sigmas is not None:  # an array: UniPC shifts them with array arithmetic (a list fails there)
         copy.set_timesteps = functools.partial(copy.set_timesteps, sigmas=np.array(schedule.sigmas))

@@ -93,8 +93,12 @@ def test_scheduler_runs_the_schedule_shifted(kind):
     copy = scheduled(base, Schedule(steps=3, guidance=1.0, timesteps=(1000, 900, 300), shift=1.0))
     copy.set_timesteps(3)
     assert [abs(float(t) - w) <= 1 for t, w in zip(copy.timesteps, (1000, 900, 300))] == [True] * 3
-    with pytest.raises(BadInputError, match="no a fixed flow shift|no flow-matching"):
+    with pytest.raises(BadInputError, match="has no fixed flow shift"):
         scheduled(diffusers.DDIMScheduler(), s)
+    dpm = diffusers.DPMSolverMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True)
+    assert scheduled(dpm, Schedule(steps=2, guidance=1.0, shift=5.0)).config.flow_shift == 5.0
+    with pytest.raises(BadInputError, match="takes no explicit sigmas"):  # one line, not a TypeError mid-run
+        scheduled(dpm, s)
 
 
 # ------------------------------------------------------------------------------------------------ the pipeline
