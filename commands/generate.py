@@ -5,12 +5,14 @@ from __future__ import annotations
 import click
 
 from wanrt.commands.flags import deprecated_option
-from wanrt.commands.options import (FINITE_FLOAT, SEED, Text, backend_option, device_options, lora_options,
-                                    lora_spec_from_kwargs, model_options, model_spec_from_kwargs, run_dtype_option)
+from wanrt.commands.options import (FINITE_FLOAT, SEED, FiniteFloat, Text, backend_option, device_options,
+                                    lora_options, lora_spec_from_kwargs, model_options, model_spec_from_kwargs,
+                                    run_dtype_option)
 from wanrt.console import err_console, out_console
 from wanrt.errors import BadInputError
 from wanrt.export.presets import PRESETS
 from wanrt.parse import parse_int_list, parse_shape
+from wanrt.runtime.schedule import RECIPES, resolve_schedule
 from wanrt.text import MAX_PROMPT_BYTES
 
 
@@ -38,9 +40,18 @@ def _single_rank(kw) -> int | None:
                    "tiny built-in pipeline sized to the model.")
 # 17 frames: the shortest video `wanrt eval` can also score with FVD (16-frame clips)
 @click.option("--shape", default="17x32x32", show_default=True, help="FRAMESxHEIGHTxWIDTH in pixels.")
-@click.option("--steps", type=click.IntRange(1), default=2, show_default=True)
-@click.option("--guidance", type=FINITE_FLOAT, default=5.0, show_default=True,
-              help="Classifier-free guidance scale.")
+@click.option("--steps", type=click.IntRange(1), default=None,
+              help="Denoising steps.  [default: 2, or the recipe's, or the number of --timesteps]")
+@click.option("--timesteps", default=None, metavar="T1,T2,...",
+              help="Explicit timesteps before the shift, strictly decreasing in (0, 1000], e.g. 1000,750,500,250.")
+@click.option("--shift", type=FiniteFloat(0, min_open=True), default=None,
+              help="Flow shift of the scheduler.  [default: the pipeline scheduler's, 3 for the built-in one]")
+@click.option("--guidance", type=FINITE_FLOAT, default=None,
+              help="Classifier-free guidance scale; <= 1 is no CFG (one forward per step).  [default: 5.0]")
+@click.option("--no-cfg", is_flag=True, help="No classifier-free guidance: guidance 1, one forward per step.")
+@click.option("--recipe", type=click.Choice(list(RECIPES)), default=None,
+              help="A named schedule; flags given win. " + "; ".join(f"{r.name}: {r.about}"
+                                                                     for r in RECIPES.values()) + ".")
 @click.option("--noise-seed", type=SEED, default=0, show_default=True, help="Seed of the initial noise.")
 @click.option("--fps", type=click.IntRange(1), default=16, show_default=True)
 @device_options
@@ -52,15 +63,19 @@ def generate(**kw):
     from wanrt.runtime.generate import GenerateSpec, generate as run
 
     shape = parse_shape(kw["shape"], "--shape")
+    schedule = resolve_schedule(steps=kw["steps"], timesteps=kw["timesteps"], shift=kw["shift"],
+                                guidance=kw["guidance"], no_cfg=kw["no_cfg"], recipe_name=kw["recipe"],
+                                default_steps=2, default_guidance=5.0, prefix="--")
     spec = GenerateSpec(prompt=kw["prompt"], negative_prompt=kw["negative_prompt"], frames=shape.frames,
-                        height=shape.height, width=shape.width, steps=kw["steps"], guidance=kw["guidance"],
-                        seed=kw["noise_seed"], fps=kw["fps"])
+                        height=shape.height, width=shape.width, schedule=schedule, seed=kw["noise_seed"],
+                        fps=kw["fps"])
     info = run(kw["image"], spec, kw["backend"], kw["output"], model_spec=model_spec_from_kwargs(kw),
                lora_spec=lora_spec_from_kwargs(kw, _single_rank(kw)), engine=kw["artifact"], device=kw["device"],
                pipeline=kw["pipeline"], force=kw["force"], threads=kw["threads"], cuda_graph=kw["cuda_graph"],
                say=lambda m: err_console.print(f"[dim]{m}[/dim]"))
     out_console.print(f"wrote {info['output']}: {info['frames']} frames {info['height']}x{info['width']}, "
-                      f"{info['dit_calls']} DiT calls with '{kw['backend']}' in {info['generate_s']:.1f} s",
+                      f"{info['dit_calls']} DiT calls ({schedule.describe()}) with '{kw['backend']}' in "
+                      f"{info['generate_s']:.1f} s",
                       highlight=False)
     if kw["model"] in PRESETS and kw["pipeline"] is None:
         err_console.print(f"note: the '{kw['model']}' preset and the built-in pipeline have seeded random weights, "

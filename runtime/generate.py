@@ -15,6 +15,7 @@ from wanrt.artifacts import atomic_path, check_writable
 from wanrt.errors import BadInputError, StorageError, os_error_line
 from wanrt.runtime.backends import backend_from_specs
 from wanrt.runtime.pipeline import build_pipeline, encode_mp4, run_pipeline
+from wanrt.runtime.schedule import Schedule
 
 
 @dataclass(frozen=True)
@@ -24,8 +25,7 @@ class GenerateSpec:
     frames: int = 5
     height: int = 32
     width: int = 32
-    steps: int = 2
-    guidance: float = 5.0
+    schedule: Schedule = Schedule(steps=2, guidance=5.0)  # steps, timesteps, shift, guidance (runtime/schedule.py)
     seed: int = 0
     fps: int = 16
 
@@ -64,23 +64,23 @@ def check_shape(spec: GenerateSpec, backend) -> None:
     """The request fits the VAE/patching grid and, for artifacts, the exported shape range."""
     shape = check_video_shape(spec.frames, spec.height, spec.width)
     check_latent_range(shape, (getattr(backend, "shape_ranges", None) or {}).get("latent"))
-    if spec.steps < 1:
-        raise BadInputError(f"--steps {spec.steps}: must be at least 1")
 
 
 def generate_video(backend, image, spec: GenerateSpec, pipeline: str | None = None, pipe=None,
                    progress: bool = False):
-    """Frames [F, H, W, 3] float in [0, 1] (numpy) and timings. `pipe` reuses an already built pipeline."""
+    """Frames [F, H, W, 3] float in [0, 1] (numpy) and what the run did: timings, the transformer calls it made
+    (`dit_calls`, counted at the drop-in) and the timesteps the scheduler ran. `pipe` reuses a built pipeline."""
     check_shape(spec, backend)
     t0 = time.perf_counter()
     if pipe is None:
         pipe = build_pipeline(backend, checkpoint=pipeline, seed=spec.seed, progress=progress)
     t1 = time.perf_counter()
     calls0 = pipe.transformer.calls
-    frames = run_pipeline(pipe, image, spec.prompt, spec.negative_prompt, frames=spec.frames, height=spec.height,
-                          width=spec.width, steps=spec.steps, guidance=spec.guidance, seed=spec.seed)
+    frames, timesteps = run_pipeline(pipe, image, spec.prompt, spec.negative_prompt, frames=spec.frames,
+                                     height=spec.height, width=spec.width, schedule=spec.schedule, seed=spec.seed)
     t2 = time.perf_counter()
-    return frames, {"pipeline_s": t1 - t0, "generate_s": t2 - t1, "dit_calls": pipe.transformer.calls - calls0}
+    return frames, {"pipeline_s": t1 - t0, "generate_s": t2 - t1, "dit_calls": pipe.transformer.calls - calls0,
+                    "timesteps": timesteps, "schedule": spec.schedule.to_dict()}
 
 
 def generate(image_path: str | os.PathLike, spec: GenerateSpec, backend_name: str, output: str | os.PathLike,

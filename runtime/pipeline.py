@@ -18,14 +18,18 @@ UniPC flow scheduler. Nothing is downloaded, so `wanrt generate` runs end to end
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import os
 import warnings
 from typing import Any
 
+import numpy as np
 import torch
 
 from wanrt.errors import BadInputError, MissingDependencyError, ModelSourceError
 from wanrt.io_contract import VideoShape
+from wanrt.runtime.schedule import Schedule
 
 TINY_VAE = {"base_dim": 3, "z_dim": 16, "dim_mult": [1, 1, 1, 1], "num_res_blocks": 1,
             "temperal_downsample": [False, True, True]}
@@ -194,9 +198,33 @@ def encode_prompt(pipe, prompt: str, max_sequence_length: int = 512) -> torch.Te
     return out.to(device=pipe.transformer.device, dtype=pipe.transformer.dtype)
 
 
+def scheduled(scheduler, schedule: Schedule):
+    """The pipeline's flow scheduler set up for `schedule`: a copy with the schedule's flow shift, whose
+    `set_timesteps` takes the schedule's timesteps as unshifted sigmas (the scheduler shifts them, as it shifts its
+    own spacing). WanImageToVideoPipeline calls `scheduler.set_timesteps(steps, device=...)` and passes neither, so
+    the copy carries them. A schedule with neither returns `scheduler` itself: the default run is unchanged."""
+    if schedule.shift is None and schedule.timesteps is None:
+        return scheduler
+    config, name = scheduler.config, type(scheduler).__name__
+    # UniPC/DPM-Solver on flow sigmas spell the shift flow_shift; FlowMatchEulerDiscreteScheduler spells it shift
+    key = "flow_shift" if config.get("use_flow_sigmas") else "shift" if "shift" in config else None
+    if key is None or config.get("use_dynamic_shifting"):
+        what = "fixed flow shift" if schedule.shift is not None else "flow-matching sigmas"
+        raise BadInputError(f"the pipeline's {name} has no {what} (a flow scheduler on fixed shift is needed)",
+                            param="shift" if schedule.shift is not None else "timesteps")
+    if schedule.sigmas is not None and "sigmas" not in inspect.signature(scheduler.set_timesteps).parameters:
+        raise BadInputError(f"timesteps: the pipeline's {name} takes no explicit sigmas (UniPC and "
+                            "FlowMatchEuler do)", param="timesteps")
+    copy = type(scheduler).from_config(config, **({key: schedule.shift} if schedule.shift is not None else {}))
+    if schedule.sigmas is not None:  # an array: UniPC shifts them with array arithmetic (a list fails there)
+        copy.set_timesteps = functools.partial(copy.set_timesteps, sigmas=np.array(schedule.sigmas))
+    return copy
+
+
 def run_pipeline(pipe, image, prompt: str, negative_prompt: str = "", frames: int = 5, height: int = 32,
-                 width: int = 32, steps: int = 2, guidance: float = 5.0, seed: int = 0):
-    """Generate one video; returns float frames [F, H, W, 3] in [0, 1] (numpy)."""
+                 width: int = 32, schedule: Schedule = Schedule(steps=2, guidance=5.0), seed: int = 0):
+    """Generate one video; returns float frames [F, H, W, 3] in [0, 1] (numpy) and the timesteps the scheduler
+    ran (read back from it). Without CFG the negative prompt is not encoded: the pipeline never uses it."""
     from PIL import Image
 
     if not isinstance(image, Image.Image):
@@ -206,14 +234,20 @@ def run_pipeline(pipe, image, prompt: str, negative_prompt: str = "", frames: in
     # latents drawn on CPU so every backend/device starts from the same noise
     shape = (1, 16, *VideoShape(frames, height, width).latent)  # 16: the Wan VAE's latent channels
     latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(pipe.transformer.device)
-    with torch.inference_mode():
-        prompt_embeds = encode_prompt(pipe, prompt)
-        negative_embeds = encode_prompt(pipe, negative_prompt or "")
-        out = pipe(image=image, prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
-                   height=height, width=width,
-                   num_frames=frames, num_inference_steps=steps, guidance_scale=guidance, latents=latents,
-                   generator=torch.Generator(device="cpu").manual_seed(seed), output_type="np")
-    return out.frames[0]
+    base = pipe.scheduler
+    pipe.scheduler = scheduled(base, schedule)
+    try:
+        with torch.inference_mode():
+            prompt_embeds = encode_prompt(pipe, prompt)
+            negative_embeds = encode_prompt(pipe, negative_prompt or "") if schedule.cfg else None
+            out = pipe(image=image, prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
+                       height=height, width=width, num_frames=frames, num_inference_steps=schedule.steps,
+                       guidance_scale=schedule.guidance, latents=latents,
+                       generator=torch.Generator(device="cpu").manual_seed(seed), output_type="np")
+        ran = [float(t) for t in pipe.scheduler.timesteps]
+    finally:
+        pipe.scheduler = base  # a cached pipeline's next job starts from its own scheduler
+    return out.frames[0], ran
 
 
 def encode_mp4(frames, path, fps: int = 16) -> None:

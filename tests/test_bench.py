@@ -9,6 +9,9 @@ from wanrt.errors import BadInputError
 from wanrt.runtime.backends import available_backends
 from wanrt.runtime.bench import (RESULTS_SCHEMA, BenchSpec, QualityGates, SweepPoint, percentile, run_bench,
                                  summarize, sweep_points)
+from wanrt.runtime.bench.measure import median_ci
+from wanrt.runtime.bench.per_video import per_video, schedule_ratios
+from wanrt.runtime.bench.report import per_video_section
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +51,45 @@ def test_statistics():
         QualityGates().rel_err_for("int4")
 
 
+def test_median_interval_covers_the_median():
+    """The order-statistic interval: its ranks, no interval below 6 samples, and its coverage on a skewed
+    (exponential, like latencies) distribution whose median is ln 2."""
+    import numpy as np
+
+    assert median_ci(list(range(1, 21))) == (6, 15) and median_ci(list(range(1, 21)), 0.975) == (5, 16)
+    assert median_ci([3.0, 1.0, 2.0, 5.0, 4.0]) is None and median_ci([1, 2, 3, 4, 5, 6]) == (1, 6)
+    draws = np.random.default_rng(0).exponential(size=(2000, 20))
+    hits = [lo <= math.log(2) <= hi for lo, hi in (median_ci(list(d)) for d in draws)]
+    assert 0.94 <= sum(hits) / len(hits) <= 0.98  # binomial coverage 95.9% at n = 20
+
+
+def _run(point, median_ms, batch=1):
+    """A finished run as the bench records it: 20 forward samples around `median_ms`."""
+    samples = [median_ms * (1 + 0.01 * (i - 10)) / 1e3 for i in range(21) if i != 10]
+    fwd = summarize(samples)
+    return {"point": point, "backend": "ort", "status": "ok", "equal_quality": True, "latency": {"forward": fwd},
+            "per_video": per_video(fwd, batch)}
+
+
+def test_per_video_seconds_and_the_schedule_ratio():
+    base, sep = _run("base", 10.0), _run("all/separate/r64", 12.5)
+    slow, fast = base["per_video"]["wan-40step-cfg"], sep["per_video"]["distill-4step"]
+    assert slow["seconds"] == pytest.approx(80 * base["latency"]["forward"]["median_ms"] / 1e3)
+    assert fast["seconds"] == pytest.approx(4 * sep["latency"]["forward"]["median_ms"] / 1e3)
+    lo, hi = base["latency"]["forward"]["median_ci95_ms"]
+    assert slow["ci95_s"] == pytest.approx([80 * lo / 1e3, 80 * hi / 1e3]) and lo < 10.0 < hi
+    assert _run("base", 10.0, batch=2)["per_video"] is None  # a video's forwards run at batch 1
+    ratios = {x["point"]: x for x in schedule_ratios([base, sep])}
+    assert ratios["base"]["ratio"] == pytest.approx(20.0) and ratios["base"]["ci95"] == [20.0, 20.0]
+    x = ratios["all/separate/r64"]  # the base row's 40-step CFG video over this row's 4-step video
+    assert x["slow_point"] == "base" and x["ratio"] == pytest.approx(80 * 10.0 / (4 * 12.5), rel=1e-3)
+    assert x["ci95"][0] < x["ratio"] < x["ci95"][1] < 20.0
+    assert schedule_ratios([{**sep, "per_video": None}]) == []  # runs from an older results.json
+    results = {"payload": {"runs": [base, sep], "summary": {"per_video": list(ratios.values())}}}
+    table = "\n".join(per_video_section(results["payload"]))
+    assert "## Per video" in table and "20.0x exact vs base" in table and f"{x['ratio']:.1f}x [" in table
+
+
 def test_results_schema(results):
     out, res = results
     on_disk = json.loads((out / "results.json").read_text())
@@ -83,6 +125,10 @@ def test_results_schema(results):
         assert r["interference"]["attempts"] >= 1 and "probe_ratio_before" in r["interference"]["checks"][0]
         if r["backend"] == "ort":
             assert "export_s" in r["setup_s"]
+        fwd, video = r["latency"]["forward"], r["per_video"]  # per video: forwards x the batch-1 forward median
+        assert video["wan-40step-cfg"]["forwards"] == 80 and video["distill-4step"]["forwards"] == 4
+        assert video["distill-4step"]["seconds"] == pytest.approx(4 * fwd["median_ms"] / 1e3)
+        assert fwd["median_ci95_ms"] is None and video["distill-4step"]["ci95_s"] is None  # 4 samples: too few
     sep = next(r for r in p["runs"] if r["point"] == "all/separate/r4" and r["backend"] == "ort")
     assert 0 < sep["flops"]["lora_share"] < 1
     assert {o["backend"] for o in p["summary"]["separate_overhead"]} == {"eager", "ort"}

@@ -126,9 +126,11 @@ def _png(path, h=40, w=56):
 def test_tiny_pipeline_generates_video(name, request, tmp_path):
     from wanrt.runtime.generate import GenerateSpec, generate_video, load_image
     from wanrt.runtime.pipeline import BackendTransformer, encode_mp4
+    from wanrt.runtime.schedule import Schedule
 
     backend = request.getfixturevalue({"eager": "eager", "compile": "compiled", "ort": "ort_backend"}[name])
-    spec = GenerateSpec(prompt="a red fox in the snow", frames=5, height=32, width=32, steps=2, seed=3)
+    spec = GenerateSpec(prompt="a red fox in the snow", frames=5, height=32, width=32,
+                        schedule=Schedule(steps=2, guidance=5.0), seed=3)
     frames, info = generate_video(backend, load_image(_png(tmp_path / "in.png")), spec)
     assert frames.shape == (5, 32, 32, 3) and frames.dtype == np.float32
     assert 0.0 <= frames.min() <= frames.max() <= 1.0 and np.isfinite(frames).all()

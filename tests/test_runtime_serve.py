@@ -78,6 +78,7 @@ def _engine_describe():
 
 def test_openai_client_mp4_equals_wanrt_generate(ray_server, tmp_path):
     from wanrt.runtime.generate import GenerateSpec, generate
+    from wanrt.runtime.schedule import Schedule
 
     url, art = ray_server["url"], ray_server["artifacts"]
     client = _client(url)
@@ -89,7 +90,8 @@ def test_openai_client_mp4_equals_wanrt_generate(ray_server, tmp_path):
     assert video.status == "completed" and video.progress == 100 and video.size == "32x32"
     served = client.videos.download_content(video.id, variant="video").read()
     # the same job through `wanrt generate`'s function: same engine, image, seed, steps, tiny pipeline
-    spec = GenerateSpec(prompt="a cat", frames=5, height=32, width=32, steps=2, seed=3)
+    spec = GenerateSpec(prompt="a cat", frames=5, height=32, width=32, schedule=Schedule(steps=2, guidance=5.0),
+                        seed=3)
     generate(image, spec, "ort", tmp_path / "ref.mp4", engine=str(art["merged_a"]))
     assert served == (tmp_path / "ref.mp4").read_bytes()
 

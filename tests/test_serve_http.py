@@ -125,6 +125,25 @@ def test_json_body_with_a_data_url(server):
     assert done.status == "completed"
 
 
+def test_openai_client_job_with_a_4_step_schedule(server, worker):
+    """A recipe is one extra field: the replica makes 4 transformer calls (4 steps, no CFG) and the job object says
+    the schedule it ran; a schedule that contradicts itself is a 400 naming the field, before a job exists."""
+    client = _client(server.url)
+    before = worker.forwards
+    video = client.videos.create_and_poll(prompt="a cat", input_reference=("in.png", png_bytes(), "image/png"),
+                                          extra_body={"recipe": "distill-4step", "seed": 1}, **TINY)
+    assert video.status == "completed" and video.progress == 100
+    assert worker.forwards - before == 4
+    ran = video.model_extra["wanrt"]
+    assert (ran["steps"], ran["guidance"], ran["timesteps"], ran["shift"], ran["recipe"]) == \
+        (4, 1.0, [1000.0, 750.0, 500.0, 250.0], 5.0, "distill-4step")
+    jobs = len(client.videos.list(limit=100).data)
+    with pytest.raises(openai.BadRequestError) as e:
+        _create(client, recipe="distill-4step", steps=8)
+    assert e.value.body["param"] == "steps" and "disagrees" in e.value.body["message"]
+    assert len(client.videos.list(limit=100).data) == jobs
+
+
 def test_client_errors_are_typed(server):
     client = _client(server.url)
     with pytest.raises(openai.NotFoundError) as e:

@@ -12,7 +12,8 @@ from wanrt.errors import BadInputError
 from wanrt.runtime.serving.catalog import Catalog, EngineInfo
 from wanrt.runtime.serving.limits import ApiError, Limits
 from wanrt.runtime.serving.job_store import JobStore
-from wanrt.runtime.serving.requests import (check_image, parse_json_object, parse_predict_request,
+from wanrt.runtime.schedule import Schedule
+from wanrt.runtime.serving.requests import (VideoRequest, check_image, parse_json_object, parse_predict_request,
                                             parse_video_request)
 
 from tests.serve_helpers import png_bytes
@@ -66,6 +67,38 @@ def test_video_request_defaults_and_routing():
 def test_video_request_refusals(fields, status, param):
     got_status, got_param, _ = _status(_video, **fields)
     assert (got_status, got_param) == (status, param)
+
+
+def test_video_request_schedule():
+    """A recipe resolves into the request's fields (what the replica runs and the job object echoes); a multipart
+    text list and a JSON list read alike; a job stored before the schedule fields still loads."""
+    r = _video(recipe="distill-4step")
+    assert (r.steps, r.guidance, r.timesteps, r.shift, r.recipe) == (4, 1.0, (1000.0, 750.0, 500.0, 250.0), 5.0,
+                                                                     "distill-4step")
+    assert r.schedule().forwards == 4 and not r.schedule().cfg
+    text = _video(timesteps="900,500", shift="2.5", guidance="1")
+    assert (text.steps, text.timesteps, text.shift) == (2, (900.0, 500.0), 2.5)
+    assert _video(timesteps=[900, 500], shift=2.5, guidance=1).schedule() == text.schedule()
+    assert (_video().steps, _video().guidance, _video().timesteps) == (2, 5.0, None)  # defaults as before
+    stored = VideoRequest.from_dict(json.loads(json.dumps(r.to_dict())))  # through the job store's JSON
+    assert stored.schedule() == r.schedule()
+    old = {k: v for k, v in text.to_dict().items() if k not in ("timesteps", "shift", "recipe")}
+    assert VideoRequest.from_dict(old).schedule() == Schedule(steps=2, guidance=1.0)
+
+
+@pytest.mark.parametrize("fields,param,text", [
+    ({"recipe": "fast"}, "recipe", "choose from"), ({"recipe": 5}, "recipe", "recipe name"),
+    ({"recipe": "distill-4step", "steps": 8}, "steps", "steps 8 disagrees with timesteps (recipe distill-4step)"),
+    ({"timesteps": "1000,1200"}, "timesteps", "outside (0, 1000]"),
+    ({"timesteps": [500, 900]}, "timesteps", "strictly decreasing"),
+    ({"timesteps": list(range(60, 0, -1))}, "timesteps", "limit is 50"),  # bounded before it is read
+    ({"timesteps": {"a": 1}}, "timesteps", "list of numbers"),
+    ({"timesteps": [1000, "x"]}, "timesteps", "not a number"),
+    ({"shift": 0}, "shift", "above 0"), ({"shift": "nan"}, "shift", "finite"),
+])
+def test_video_request_schedule_refusals(fields, param, text):
+    status, got_param, message = _status(_video, **fields)
+    assert (status, got_param) == (400, param) and text in message, message
 
 
 def test_prompt_capped_in_tokens_not_only_bytes():

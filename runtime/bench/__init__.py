@@ -18,7 +18,8 @@ Modules, one concern each (imports run down this list, never up):
     measure    clocks, latency statistics, matmul peak, load probe, memory, relative error
     store      BenchArtifacts: exports/engines of the sweep in the cache root
     video      VideoQuality: per-frame PSNR/SSIM/LPIPS and FVD against eager's videos
-    summary    summarize_runs: speed-ups, separate-mode overhead, goals, noise floor
+    per_video  per_video, schedule_ratios: seconds per video of the declared schedules, 40-step CFG vs 4-step
+    summary    summarize_runs: speed-ups, separate-mode overhead, goals, noise floor, schedule ratios
     report     render_report: report.md
     plots      write_plots: PNGs (matplotlib optional)
     ui         BenchUi: terminal progress and the final table

@@ -21,13 +21,29 @@ def _sync(device: torch.device) -> None:
 
 
 def summarize(samples_s: list[float]) -> dict[str, Any]:
-    """Latency statistics in milliseconds: median, p90 (linear interpolation), mean, min, max, all samples."""
+    """Latency statistics in milliseconds: median with its 95% confidence interval (None below 6 samples), p90
+    (linear interpolation), mean, min, max, all samples."""
     ms = sorted(s * 1e3 for s in samples_s)
     if not ms:
         return {"n": 0}
-    return {"n": len(ms), "median_ms": statistics.median(ms), "p90_ms": percentile(ms, 90),
-            "mean_ms": statistics.fmean(ms), "min_ms": ms[0], "max_ms": ms[-1],
+    ci = median_ci(ms)
+    return {"n": len(ms), "median_ms": statistics.median(ms), "median_ci95_ms": list(ci) if ci else None,
+            "p90_ms": percentile(ms, 90), "mean_ms": statistics.fmean(ms), "min_ms": ms[0], "max_ms": ms[-1],
             "samples_ms": [round(s * 1e3, 4) for s in samples_s]}
+
+
+def median_ci(values: list[float], level: float = 0.95) -> tuple[float, float] | None:
+    """Distribution-free confidence interval of the median: the order statistics x_(j) and x_(n+1-j) for the
+    largest j whose coverage 1 - 2 P(Binomial(n, 1/2) < j) is at least `level`. No assumption on the shape of the
+    latency distribution (it is skewed); None when n is too small (fewer than 6 samples at 95%)."""
+    xs = sorted(values)
+    n, j, below = len(xs), 0, 0.0
+    for k in range(n):
+        below += math.comb(n, k) / 2**n  # P(B <= k)
+        if 2 * below > 1 - level:
+            break
+        j = k + 1
+    return (xs[j - 1], xs[n - j]) if j else None
 
 
 def percentile(sorted_values: list[float], q: float) -> float:

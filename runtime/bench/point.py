@@ -20,6 +20,7 @@ from wanrt.errors import WanrtError
 from wanrt.runtime import backends as B
 from wanrt.runtime.bench.measure import (LoadProbe, measure_memory, memory_in_use, percentile, rel_error,
                                          time_backend, timing_record)
+from wanrt.runtime.bench.per_video import per_video
 from wanrt.runtime.bench.spec import BenchSpec, SweepPoint
 from wanrt.runtime.bench.sweep_store import BenchArtifacts
 from wanrt.runtime.bench.ui import BenchUi
@@ -176,6 +177,7 @@ def _finish_point(ctx: PointContext, samples: dict[int, tuple[list[float], list[
                 kernel = s.peak_kernels[run["backend"]]
                 run.update(timing_record(fwd, steps, ctx.flops, ctx.spec.batch, s.peaks.get(kernel)),
                            peak_kernel=kernel)
+                run["per_video"] = per_video(run["latency"]["forward"], ctx.spec.batch)
                 run["setup_s"] = {**run.get("setup_s", {}), **backend.setup}
                 run["backend_info"] = backend.describe()
                 run["quality"] = _quality(ctx, run["backend"], backend)

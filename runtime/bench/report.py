@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from wanrt.engines import registry
+from wanrt.runtime.bench.per_video import FAST, SLOW
 from wanrt.runtime.bench.vs_finetuned import render_finetuned_section
 
 
@@ -22,7 +23,8 @@ def render_report(results: dict[str, Any]) -> str:
     """report.md: header (command, machine, protocol, peak, gates), one table per target set, then comparisons
     between equal-quality runs, video quality, FVD, what failed a gate, noise floor, goals."""
     p = results["payload"]
-    lines = _header(results) + _point_tables(p["runs"]) + _comparisons(p["summary"]) + _video_sections(p)
+    lines = _header(results) + _point_tables(p["runs"]) + _comparisons(p["summary"]) + per_video_section(p)
+    lines += _video_sections(p)
     lines += _exclusions(p["summary"]) + _goals(p["summary"]["goals"])
     lines += render_finetuned_section(p)  # issue 11: rank vs the full fine-tune, when that was the reference
     return "\n".join(lines)
@@ -119,6 +121,37 @@ def _comparisons(s: dict[str, Any]) -> list[str]:
                   f"| {fmt(o['flop_share'], 1, True)} | {o['gap_points']:+.1f} |" for o in s["separate_overhead"]]
         lines.append("")
     return lines
+
+
+def per_video_section(p: dict[str, Any]) -> list[str]:
+    """DiT seconds per video of each declared schedule, and the 40-step CFG vs 4-step no-CFG ratio (equal-quality
+    runs at batch 1 only), each with its 95% interval."""
+    ratios = p["summary"].get("per_video") or []
+    if not ratios:
+        return []
+    runs = {(r["point"], r["backend"]): r for r in p["runs"]}
+    lines = ["## Per video (DiT seconds of a schedule)", "",
+             "seconds = forwards x median batch-1 forward latency (CFG: 2 forwards a step, as diffusers runs it; "
+             "VAE and encoders not included); [95% interval] from the median's order-statistic interval. The "
+             f"ratio puts {SLOW} on the backend's base row over {FAST} on the row; within one row it is the "
+             "forward-count ratio exactly.", "",
+             f"| point | backend | fwd median ms | {SLOW} s | {FAST} s | ratio |", "|---|---|---:|---:|---:|---|"]
+    for x in ratios:
+        r = runs[(x["point"], x["backend"])]
+        v, fwd = r["per_video"], r["latency"]["forward"]
+        lines.append(f"| {x['point']} | {x['backend']} | {_with_ci(fwd['median_ms'], fwd.get('median_ci95_ms'))} "
+                     f"| {_with_ci(v[SLOW]['seconds'], v[SLOW]['ci95_s'], 2)} "
+                     f"| {_with_ci(v[FAST]['seconds'], v[FAST]['ci95_s'], 2)} "
+                     f"| {_with_ci(x['ratio'], x['ci95'], 1, 'x')} vs {x['slow_point']} |")
+    return lines + [""]
+
+
+def _with_ci(value: float, ci: list[float] | None, digits: int = 1, unit: str = "") -> str:
+    """'1.14 [0.22, 9.14]'; an interval of zero width (one run's forward-count ratio) reads 'exact'."""
+    text = fmt(value, digits) + unit
+    if ci and ci[0] == ci[1]:
+        return text + " exact"
+    return text + (f" [{fmt(ci[0], digits)}, {fmt(ci[1], digits)}]" if ci else "")
 
 
 def _video_sections(p: dict[str, Any]) -> list[str]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from wanrt.runtime.bench.per_video import schedule_ratios
+
 
 def _ok(run) -> bool:
     return run.get("status") == "ok" and run.get("equal_quality", False)
@@ -62,4 +64,5 @@ def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
             noise[be] = {"rows": len(same), "min_ms": min(same), "max_ms": max(same),
                          "spread": (max(same) - min(same)) / statistics.median(same)}
     return {"speedups": speedups, "separate_overhead": overhead, "not_equal_quality": not_equal, "failed": failed,
-            "retimed_points": retimed, "disturbed_points": disturbed, "noise_floor": noise, "goals": goals}
+            "retimed_points": retimed, "disturbed_points": disturbed, "noise_floor": noise, "goals": goals,
+            "per_video": schedule_ratios([r for r in runs if _ok(r)])}

@@ -10,6 +10,7 @@ from wanrt.runtime import metrics
 from wanrt.runtime.bench.spec import BenchSpec, SweepPoint
 from wanrt.runtime.generate import GenerateSpec, generate_video
 from wanrt.runtime.pipeline import build_pipeline, install_backend
+from wanrt.runtime.schedule import Schedule
 
 DEFAULT_PROMPT = "a red fox trotting through fresh snow, soft morning light"
 
@@ -31,7 +32,8 @@ class VideoQuality:
     def __init__(self, spec: BenchSpec, shape):
         self.spec, self.shape = spec, shape
         self.gen_specs = [GenerateSpec(prompt=DEFAULT_PROMPT, frames=shape.frames, height=shape.height,
-                                       width=shape.width, steps=spec.video_steps, seed=spec.seed + i)
+                                       width=shape.width, schedule=Schedule(steps=spec.video_steps, guidance=5.0),
+                                       seed=spec.seed + i)
                           for i in range(spec.video_seeds)]
         self.image = bench_image(shape.height, shape.width, spec.seed)
         self.pipe = None

@@ -186,7 +186,8 @@ def video_object(row: dict[str, Any]) -> dict[str, Any]:
             "remixed_from_video_id": None,
             "wanrt": {"step": row["step"], "steps": steps, "lora": req["lora"], "engine": req["engine"],
                       "frames": req["frames"], "height": req["height"], "width": req["width"], "seed": req["seed"],
-                      "guidance": req["guidance"], "fps": req["fps"], "attempts": row["attempts"],
+                      "guidance": req["guidance"], "timesteps": req.get("timesteps"), "shift": req.get("shift"),
+                      "recipe": req.get("recipe"), "fps": req["fps"], "attempts": row["attempts"],
                       "queue_s": row["started_at"] - row["created_at"] if row["started_at"] else None,
                       "run_s": row["run_s"], "replica": json.loads(row["replica"]) if row["replica"] else None}}
 

@@ -21,12 +21,13 @@ from typing import Any, Mapping
 
 from wanrt.errors import BadInputError
 from wanrt.io_contract import DitSignature, VideoShape, check_latent_range, check_video_shape
+from wanrt.runtime.schedule import Schedule, resolve_schedule
 from wanrt.runtime.serving.catalog import Catalog, EngineInfo
 from wanrt.runtime.serving.limits import ApiError, Limits, bad_request
 from wanrt.text import printable, text_problem
 
 VIDEO_FIELDS = {"prompt", "negative_prompt", "model", "seconds", "size", "input_reference", "lora", "lora_scale",
-                "steps", "guidance", "seed", "frames", "fps"}
+                "steps", "timesteps", "shift", "guidance", "recipe", "seed", "frames", "fps"}
 PREDICT_FIELDS = {"frames", "height", "width", "batch", "seed", "timestep", "format", "inputs", "lora"}
 IMAGE_FORMATS = {"PNG", "JPEG", "WEBP"}
 UINT64_MAX = 2**64 - 1
@@ -57,6 +58,10 @@ class VideoRequest:
     fps: int
     seconds: str  # echoed to clients as given (or frames / fps)
     size: str  # echoed as given ("832x480": width x height)
+    # the rest of the schedule (steps and guidance above); defaults so jobs stored before them still load
+    timesteps: tuple[float, ...] | None = None  # explicit, before the shift
+    shift: float | None = None  # None: the pipeline scheduler's
+    recipe: str | None = None  # the recipe named, already resolved into the fields above
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,6 +69,10 @@ class VideoRequest:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> VideoRequest:
         return cls(**d)
+
+    def schedule(self) -> Schedule:
+        return Schedule(steps=self.steps, guidance=self.guidance, timesteps=self.timesteps, shift=self.shift,
+                        recipe=self.recipe)
 
 
 # ------------------------------------------------------------------------------------------------ scalars
@@ -208,14 +217,38 @@ def parse_video_request(fields: dict[str, Any], catalog: Catalog, limits: Limits
     else:
         frames = f0
     check_shape(engine, frames, height, width, limits)
-    steps = parse_int("steps", fields.get("steps", 2 if engine.model_source == "tiny" else 30), 1, limits.max_steps)
-    guidance = parse_float("guidance", fields.get("guidance", 5.0), 0.0, limits.max_guidance)
+    schedule = parse_schedule(fields, engine, limits)
     seed = parse_int("seed", fields.get("seed", 0), 0, UINT64_MAX)
     return VideoRequest(prompt=prompt, negative_prompt=negative, model=model, engine=engine.name, lora=lora,
-                        lora_scale=lora_scale, frames=frames, height=height, width=width, steps=steps,
-                        guidance=guidance, seed=seed, fps=fps,
+                        lora_scale=lora_scale, frames=frames, height=height, width=width, steps=schedule.steps,
+                        guidance=schedule.guidance, seed=seed, fps=fps,
                         seconds=str(seconds) if seconds not in (None, "") else f"{frames / fps:g}",
-                        size=str(fields.get("size") or f"{width}x{height}"))
+                        size=str(fields.get("size") or f"{width}x{height}"), timesteps=schedule.timesteps,
+                        shift=schedule.shift, recipe=schedule.recipe)
+
+
+def parse_schedule(fields: dict[str, Any], engine: EngineInfo, limits: Limits) -> Schedule:
+    """steps, timesteps, shift, guidance and recipe -> one checked Schedule (runtime/schedule.py, the rules
+    `wanrt generate` follows), every refusal a 400 naming its field; the step count is bounded before a
+    timestep list is read."""
+    def given(name: str) -> Any:
+        return None if fields.get(name) in (None, "") else fields[name]
+
+    steps = given("steps")
+    steps = None if steps is None else parse_int("steps", steps, 1, limits.max_steps)
+    guidance = given("guidance")
+    guidance = None if guidance is None else parse_float("guidance", guidance, 0.0, limits.max_guidance)
+    shift = given("shift")
+    shift = None if shift is None else parse_float("shift", shift, 0.0, math.inf)
+    name = given("recipe")
+    if name is not None and (not isinstance(name, str) or len(name) > 64):
+        raise bad_request("recipe must be a recipe name", "recipe")
+    try:
+        return resolve_schedule(steps=steps, timesteps=given("timesteps"), shift=shift, guidance=guidance,
+                                recipe_name=name, default_steps=2 if engine.model_source == "tiny" else 30,
+                                default_guidance=5.0, max_steps=limits.max_steps)
+    except BadInputError as e:
+        raise bad_request(str(e), e.param) from None
 
 
 def check_image(data: bytes, limits: Limits) -> tuple[str, int, int]:

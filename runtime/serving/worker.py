@@ -199,9 +199,9 @@ class VideoWorker:
             with Image.open(io.BytesIO(image)) as im:
                 picture = im.convert("RGB")
             spec = GenerateSpec(prompt=req.prompt, negative_prompt=req.negative_prompt, frames=req.frames,
-                                height=req.height, width=req.width, steps=req.steps, guidance=req.guidance,
-                                seed=req.seed, fps=req.fps)
-            per_step = 2 if req.guidance > 1.0 else 1  # diffusers runs CFG as two transformer calls per step
+                                height=req.height, width=req.width, schedule=req.schedule(), seed=req.seed,
+                                fps=req.fps)
+            per_step = spec.schedule.forwards_per_step  # diffusers runs CFG as two transformer calls per step
             calls = [0]
 
             def on_forward():
