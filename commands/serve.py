@@ -51,7 +51,8 @@ def _is_loopback(host: str) -> bool:
 # a directory of an export or an engine is --artifact in every subcommand (--engine: export's build switch)
 @deprecated_option("--engine", "--artifact", "engines", multiple=True, metavar="NAME=DIR")
 @click.option("--lora", "loras", multiple=True, metavar="NAME=FILE",
-              help="A LoRA (safetensors) for the library that separate-mode engines swap in. Repeat for more.")
+              help="A LoRA (safetensors) for the library that separate-mode engines swap in, alone or stacked; "
+                   "each must fit some engine's branch. Repeat for more.")
 @click.option("--name", default=None, help="The bundle's model name (clients pass it as `model`; default: the "
                                            "directory name).")
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
@@ -129,6 +130,8 @@ def verify(bundle, no_hashes):
               help="Ended jobs and their videos are deleted after this.")
 @click.option("--max-queue", type=click.IntRange(1), default=64, show_default=True,
               help="Queued jobs before 429 + Retry-After.")
+@click.option("--max-stack", type=click.IntRange(1), default=8, show_default=True,
+              help="LoRAs one request may stack (`loras`).")
 @click.option("--max-body-mb", type=FiniteFloat(0.01), default=16.0, show_default=True)
 @click.option("--max-frames", type=click.IntRange(1), default=81, show_default=True)
 @click.option("--max-pixels", type=click.IntRange(256), default=1280 * 720, show_default=True,
@@ -152,7 +155,7 @@ def serve(**kw):
     mb = int(kw["max_body_mb"] * 2**20)
     limits = Limits(max_body_bytes=mb, max_image_bytes=min(mb, Limits.max_image_bytes), max_frames=kw["max_frames"],
                     max_pixels=kw["max_pixels"], max_steps=kw["max_steps"], max_queue=kw["max_queue"],
-                    job_timeout_s=kw["job_timeout"])
+                    job_timeout_s=kw["job_timeout"], max_stack=kw["max_stack"])
     store = Path(kw["store"]) if kw["store"] else _default_store()
     if kw["no_ray"]:
         return _serve_in_process(kw, catalog, limits, store)

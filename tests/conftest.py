@@ -56,4 +56,4 @@ def tiny_model():
 
 # issue 13: the serve tests' session-scoped artifacts (tiny exports + bundle), shared by tests/test_serve*.py and
 # tests/test_runtime_serve.py so they are built once per run
-from tests.serve_helpers import serve_artifacts  # noqa: E402,F401
+from tests.serve_helpers import serve_artifacts, stack_artifacts  # noqa: E402,F401

@@ -44,12 +44,12 @@ def png_bytes(width: int = 32, height: int = 32, seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
-def _lora_file(path: Path, seed: int) -> Path:
+def _lora_file(path: Path, seed: int, rank: int = 4, targets: str = "all") -> Path:
     from wanrt.export.lora import synthetic_lora
     from wanrt.export.lora_formats import save_lora_file
     from wanrt.export.model import load_transformer
 
-    return save_lora_file(synthetic_lora(load_transformer(_tiny()), 4, "all", seed), path)
+    return save_lora_file(synthetic_lora(load_transformer(_tiny()), rank, targets, seed), path)
 
 
 def _export(out: Path, lora_file: Path | None, mode: str) -> Path:
@@ -77,6 +77,23 @@ def serve_artifacts(tmp_path_factory):
                 name="wan-tiny")
     return {"root": root, "lora_a": lora_a, "lora_b": lora_b, "merged_a": merged_a, "separate": separate,
             "bundle": bundle}
+
+
+@pytest.fixture(scope="session")
+def stack_artifacts(serve_artifacts):
+    """A bundle named `bundle` for LoRA stacks, around serve_artifacts' rank-4 separate export (engine `sep`):
+    library `distill` (rank 2, every target) and `style` (rank 2, self-attention), which stack inside the branch
+    (2 + 2 <= 4), and `style-b` (rank 4, every target), which with `distill` needs rank 6. Adds ~2 s."""
+    from wanrt.runtime.serving.bundle import pack_bundle
+
+    root = serve_artifacts["root"]
+    distill = _lora_file(root / "distill.safetensors", 33, rank=2)
+    style = _lora_file(root / "style.safetensors", 44, rank=2, targets="self-attn")
+    bundle = root / "stack-bundle"
+    pack_bundle(bundle, [("sep", str(serve_artifacts["separate"]))],
+                [("distill", str(distill)), ("style", str(style)), ("style-b", str(serve_artifacts["lora_b"]))],
+                name="bundle")
+    return {**serve_artifacts, "distill": distill, "style": style, "stack_bundle": bundle}
 
 
 class ThreadedServer:

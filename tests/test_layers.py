@@ -170,7 +170,8 @@ def test_backend_names_are_the_registry():
 TORCH_FREE = ("wanrt.manifests", "wanrt.io_contract", "wanrt.jsonio", "wanrt.text", "wanrt.errors",
               "wanrt.runtime.serving.app", "wanrt.runtime.serving.requests", "wanrt.runtime.serving.front",
               "wanrt.runtime.serving.bodies", "wanrt.runtime.serving.job_store", "wanrt.runtime.serving.scheduler",
-              "wanrt.runtime.serving.limits", "wanrt.runtime.schedule")
+              "wanrt.runtime.serving.limits", "wanrt.runtime.serving.stacks", "wanrt.runtime.serving.catalog",
+              "wanrt.runtime.schedule")
 HEAVY = ("torch", "diffusers", "onnx", "onnxruntime", "transformers")
 # the names of engine flavours and of the backends they bring: spelled only inside engines/ (the registry hands
 # them to everyone else)

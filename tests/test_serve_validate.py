@@ -273,7 +273,7 @@ def test_pack_verify_and_tampering(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ scheduling
-def test_scheduler_groups_by_lora_without_starving(tmp_path):
+def test_scheduler_groups_by_stack_without_starving(tmp_path):
     from wanrt.runtime.serving.scheduler import Scheduler
 
     class _NoEngine:  # the pick policy never touches the engine
@@ -282,16 +282,17 @@ def test_scheduler_groups_by_lora_without_starving(tmp_path):
     store = JobStore(tmp_path)
     sched = Scheduler(store, _NoEngine(), Limits(), group_wait_s=30.0)
     now = time.time()
-    for i, lora in enumerate(["a", "b", "a", "b", "a"]):
-        sched._queue.append({"id": f"j{i}", "lora": lora, "created_at": now})
-    sched._recent.append("a")  # LoRA a was just run: its jobs go first, no swap
+    a, b, c = (("distill", 1.0), ("style", 0.8)), (("distill", 1.0), ("style", 0.5)), (("style", 0.8),)
+    for i, stack in enumerate([a, b, a, b, a]):  # b: the same LoRAs at another strength is another stack
+        sched._queue.append({"id": f"j{i}", "stack": stack, "created_at": now})
+    sched._recent.append(a)  # stack a was just run: its jobs go first, no swap
     assert [sched._pick()["id"] for _ in range(3)] == ["j0", "j2", "j4"]
-    sched._recent.append("b")
+    sched._recent.append(b)
     assert [sched._pick()["id"] for _ in range(2)] == ["j1", "j3"]
-    # an old job is taken first whatever its LoRA: grouping never starves it
-    sched._queue.extend([{"id": "old", "lora": "c", "created_at": now - 60}, {"id": "new", "lora": "a",
-                                                                              "created_at": now}])
-    sched._recent.append("a")
+    # an old job is taken first whatever its stack: grouping never starves it
+    sched._queue.extend([{"id": "old", "stack": c, "created_at": now - 60}, {"id": "new", "stack": a,
+                                                                             "created_at": now}])
+    sched._recent.append(a)
     assert sched._pick()["id"] == "old"
     store.close()
 

@@ -225,8 +225,10 @@ class BundleManifest(Manifest):
     KIND: ClassVar[str] = "bundle"
     name: str
     files: dict[str, str]  # relpath -> sha256
-    engines: list[dict[str, Any]] = field(default_factory=list)  # {name, path, kind, backend, lora_mode, rank}
-    loras: list[dict[str, Any]] = field(default_factory=list)  # {name, path, sha256}
+    # {name, path, kind, backend, lora_mode, rank[, footprint: its branch when separate-mode and the library is not
+    # empty]}; {name, path, sha256[, rank, footprint]} (runtime/serving/stacks.py reads the footprints)
+    engines: list[dict[str, Any]] = field(default_factory=list)
+    loras: list[dict[str, Any]] = field(default_factory=list)
     sizes: dict[str, int] = field(default_factory=dict)  # relpath -> bytes
 
     def _check(self) -> None:

@@ -5,7 +5,7 @@
     GET    /v1/videos/{id}/content    the mp4 (variant=video)
     GET    /v1/videos                 list: after, limit, order -> {object: list, data, first_id, last_id, has_more}
     DELETE /v1/videos/{id}            cancels a queued/running job and deletes it and its output
-    GET    /v1/loras                  the LoRA library and which engine serves each
+    GET    /v1/loras                  the LoRA library: each LoRA's rank, targets and the engines it fits
     POST   /v1/predict                one DiT forward (engine testing)
     GET    /healthz, GET /metrics     readiness (200 ok; 503 starting | degraded, with the problems); Prometheus text
 
@@ -37,6 +37,7 @@ from wanrt.runtime.serving.bodies import read_video_body
 from wanrt.runtime.serving.catalog import Catalog
 from wanrt.runtime.serving.limits import ApiError, Limits, bad_request
 from wanrt.runtime.serving.scheduler import Scheduler
+from wanrt.runtime.serving.stacks import stack_label, stack_objects, stack_of
 from wanrt.runtime.serving.job_store import StoreUnavailable
 from wanrt.runtime.serving.requests import (
     check_image,
@@ -184,7 +185,8 @@ def video_object(row: dict[str, Any]) -> dict[str, Any]:
             "prompt": req["prompt"], "completed_at": int(row["completed_at"]) if row["completed_at"] else None,
             "expires_at": int(row["expires_at"]) if row["expires_at"] else None, "error": error,
             "remixed_from_video_id": None,
-            "wanrt": {"step": row["step"], "steps": steps, "lora": req["lora"], "engine": req["engine"],
+            "wanrt": {"step": row["step"], "steps": steps, "lora": stack_label(stack_of(req)),
+                      "loras": stack_objects(stack_of(req)), "engine": req["engine"],
                       "frames": req["frames"], "height": req["height"], "width": req["width"], "seed": req["seed"],
                       "guidance": req["guidance"], "timesteps": req.get("timesteps"), "shift": req.get("shift"),
                       "recipe": req.get("recipe"), "fps": req["fps"], "attempts": row["attempts"],

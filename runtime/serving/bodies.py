@@ -2,7 +2,9 @@
 
 Multipart (what the openai client sends) is parsed here from the raw bytes with python-multipart's parser instead of
 Starlette's form reader, which decodes a field that is not valid UTF-8 as Latin-1 (a garbled prompt accepted and
-run): a field's name and value are decoded as strict UTF-8 or refused with a 400 naming the field. JSON bodies are
+run): a field's name and value are decoded as strict UTF-8 or refused with a 400 naming the field. A LoRA stack
+(`loras`) comes in a form as the openai client spells a list of objects (`loras[][name]`, `loras[][scale]`) or as
+one field holding JSON text; requests.parse_loras checks it either way. JSON bodies are
 checked in `validate.parse_json_object` (every key and string value at any depth). The body itself is already
 bounded in size and time by the app's Guard.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from typing import Any
 
 from starlette.requests import Request
@@ -21,6 +24,7 @@ from wanrt.errors import BadInputError
 from wanrt.text import check_text, printable
 
 MAX_FORM_FIELDS = 32
+STACK_PART = re.compile(r"loras\[\]\[(name|scale)\]")  # the openai client's form spelling of a list of objects
 
 
 def _image_from_json(value: Any) -> bytes:
@@ -103,19 +107,38 @@ def parse_multipart(body: bytes, content_type: str, limits: Limits) -> list[tupl
     return out
 
 
+def multipart_stack(parts: dict[str, list[str]]) -> list[dict[str, str]]:
+    """`loras` as the openai client sends a list of objects in a form: `loras[][name]` once per entry, then
+    `loras[][scale]` once per entry, paired by position. Scales left out of some entries cannot be paired."""
+    names, scales = parts["name"], parts["scale"]
+    if scales and len(scales) != len(names):
+        raise bad_request(f"loras: the form gives {len(names)} names and {len(scales)} scales; give every entry a "
+                          "scale, or send loras as one JSON field", "loras")
+    return [{"name": n, **({"scale": scales[i]} if scales else {})} for i, n in enumerate(names)]
+
+
 async def read_video_body(request: Request, limits: Limits) -> tuple[dict[str, Any], bytes | None]:
     ctype = request.headers.get("content-type", "")
     kind = ctype.split(";")[0].strip().lower()
     if kind == "multipart/form-data":
         fields: dict[str, Any] = {}
         image = None
+        stack: dict[str, list[str]] = {"name": [], "scale": []}
         for key, value, is_file in parse_multipart(await request.body(), ctype, limits):
+            part = STACK_PART.fullmatch(key)
+            if part is not None and not is_file:
+                stack[part.group(1)].append(value)
+                continue
             if key in fields or (key == "input_reference" and image is not None):
                 raise bad_request(f"{printable(key)} is given twice", key)
             if is_file and key == "input_reference":
                 image = value
             else:
                 fields[key] = value if not is_file else None  # a file where text belongs: refused by its parser
+        if stack["name"] or stack["scale"]:
+            if "loras" in fields:
+                raise bad_request("loras is given twice (as a JSON field and as loras[][name] parts)", "loras")
+            fields["loras"] = multipart_stack(stack)
         if "input_reference" in fields:
             image = _image_from_json(fields.pop("input_reference"))
         return fields, image

@@ -1,13 +1,16 @@
 """Prebuilt bundles: engines + a LoRA library in one directory whose manifest holds the sha256 of every file.
 
-    BUNDLE/manifest.json            kind "bundle": payload {name, engines, loras, files: {relpath: sha256}, sizes}
+    BUNDLE/manifest.json            kind "bundle": payload {name, engines, loras, files: {relpath: sha256}, sizes};
+                                    a separate-mode engine's entry has its branch and a LoRA's entry its rank and
+                                    footprint (`footprint`: {ranks: {module: rank}, bias: [module]}, stacks.py)
     BUNDLE/engines/<name>/...       an export (ONNX, for ort/ov) or engine directory (TensorRT/OpenVINO), as built
     BUNDLE/loras/<name>/<file>      a LoRA file (safetensors) [+ its adapter_config.json]
 
 An engine's name is the LoRA it serves when its LoRA is merged ("base" or any name when it has none); a
-separate-mode engine serves every LoRA of the library by swapping. `verify_bundle` checks that every path stays
-inside the bundle (no absolute paths, `..` or symlinks out), that every file matches its hash and no file was
-added, and that this machine can run each engine (ONNX Runtime, OpenVINO on a CPU, TensorRT on a GPU).
+separate-mode engine serves every stack of library LoRAs that fits its branch by swapping. `verify_bundle` checks
+that every path stays inside the bundle (no absolute paths, `..` or symlinks out), that every file matches its hash
+and no file was added, and that this machine can run each engine (ONNX Runtime, OpenVINO on a CPU, TensorRT on a
+GPU).
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ import os
 import re
 import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from wanrt.runtime.serving.catalog import Catalog, engine_info
-from wanrt.runtime.serving.fit import check_library_fits
+from wanrt.runtime.serving.fit import library_fit
+from wanrt.runtime.serving.stacks import Footprint
 
 from wanrt.artifacts import (
     CONTENTS_KEY,
@@ -99,8 +104,8 @@ def pack_bundle(out: str | os.PathLike, engines: list[tuple[str, str]], loras: l
         if weights.suffix not in LORA_SUFFIXES:
             raise BadInputError(f"--lora {lname}={path}: bundles carry safetensors LoRAs only")
         lora_sources.append((lname, weights, config))
-    # a library LoRA the serving engine cannot take would fail every request naming it: refused now instead
-    check_library_fits(checked, [(lname, Path(path)) for lname, path in loras])
+    # a library LoRA no engine can take would fail every request naming it: refused now instead
+    branches, prints = library_fit(checked, [(lname, Path(path)) for lname, path in loras])
     out = check_output_dir(out, force, kind=BUNDLE_KIND)
     with atomic_output_dir(out, force=force, kind=BUNDLE_KIND) as tmp:
         entries, lora_entries = [], []
@@ -112,7 +117,8 @@ def pack_bundle(out: str | os.PathLike, engines: list[tuple[str, str]], loras: l
                 shutil.copyfile(src, dst)
             info = engine_info(ename, tmp / "engines" / ename, manifest)
             entries.append({"name": ename, "path": f"engines/{ename}", "kind": manifest.KIND,
-                            "backend": info.backend, "lora_mode": info.lora_mode, "rank": info.rank})
+                            "backend": info.backend, "lora_mode": info.lora_mode, "rank": info.rank,
+                            **({"footprint": branches[ename].to_dict()} if ename in branches else {})})
         for lname, weights, config in lora_sources:
             say(f"LoRA {lname}: {weights}")
             dst_dir = tmp / "loras" / lname
@@ -121,7 +127,8 @@ def pack_bundle(out: str | os.PathLike, engines: list[tuple[str, str]], loras: l
             if config is not None:
                 shutil.copyfile(config, dst_dir / config.name)
             lora_entries.append({"name": lname, "path": f"loras/{lname}/{weights.name}",
-                                 "sha256": sha256_file(dst_dir / weights.name)})
+                                 "sha256": sha256_file(dst_dir / weights.name), "rank": prints[lname].rank,
+                                 "footprint": prints[lname].to_dict()})
         files = {str(p.relative_to(tmp)): sha256_file(p) for p in _regular_files(tmp)}
         sizes = {str(p.relative_to(tmp)): p.stat().st_size for p in _regular_files(tmp)}
         manifest = build_manifest(BUNDLE_KIND, {"bundle": {"engines": [list(e) for e in engines],
@@ -255,9 +262,13 @@ def load_catalog(path: str | os.PathLike, verify: bool = True, pipeline: str | N
     engines = []
     for entry in manifest.engines:
         directory = confined_path(path, entry["path"], "engine directory")
-        engines.append(_engine_info(entry["name"], directory))
+        info = _engine_info(entry["name"], directory)
+        branch = Footprint.from_dict(entry.get("footprint"), f"{path}: engine {entry['name']!r}")
+        engines.append(replace(info, branch=branch) if branch is not None else info)
     loras = {}
     for entry in manifest.loras:
         loras[entry["name"]] = {"path": entry["path"], "sha256": entry.get("sha256"),
-                                "abspath": str(confined_path(path, entry["path"], "LoRA file"))}
+                                "abspath": str(confined_path(path, entry["path"], "LoRA file")),
+                                "footprint": Footprint.from_dict(entry.get("footprint"),
+                                                                 f"{path}: LoRA {entry['name']!r}")}
     return Catalog(model=manifest.name, engines=engines, loras=loras, pipeline=pipeline, bundle=str(path.resolve()))

@@ -1,8 +1,9 @@
 """What a server can run, read from a bundle manifest (or an eager preset) without loading anything heavy.
 
 The ingress validates requests against it (shape ranges per engine, LoRA names) and the replicas route with it:
-a merged engine serves exactly its own LoRA, a separate-mode engine serves any LoRA of the library by swapping its
-branch weights (`backend.set_lora`), and `lora: null` goes to an engine without a LoRA.
+a merged engine serves exactly its own LoRA at its scale, a separate-mode engine serves any stack of library LoRAs
+whose footprints fit its branch (runtime/serving/stacks.py) by swapping its branch weights (`backend.set_loras`),
+and no LoRA goes to an engine without one.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from wanrt.engines import registry
 from wanrt.export.presets import PRESETS
 from wanrt.io_contract import AXES, pixel_range
 from wanrt.manifests import EngineManifest, ExportManifest
-from wanrt.runtime.serving.limits import ApiError
+from wanrt.runtime.serving.limits import ApiError, bad_request
+from wanrt.runtime.serving.stacks import Footprint, Stack, branch_footprint, export_branch, stack_label, stack_misfit
 
 # The shape a request gets when it names none: the preset's own default, else Wan's 480p/81 frames clipped to the
 # engine's range.
@@ -37,6 +39,7 @@ class EngineInfo:
     geometry: dict[str, Any] = field(default_factory=dict)
     default_shape: tuple[int, int, int] = (5, 32, 32)
     model_source: str | None = None
+    branch: Footprint | None = None  # a separate-mode engine's branch (module -> rank, bias slots); None: unknown
 
     @property
     def swappable(self) -> bool:
@@ -47,7 +50,7 @@ class EngineInfo:
 class Catalog:
     model: str  # the name clients pass as `model` (the bundle's name)
     engines: list[EngineInfo]
-    loras: dict[str, dict[str, Any]]  # library: name -> {path, sha256, rank, ...}
+    loras: dict[str, dict[str, Any]]  # library: name -> {path, sha256, abspath, footprint: Footprint | None}
     pipeline: str | None = None  # diffusers pipeline for VAE/encoders; None: the tiny built-in one
     bundle: str | None = None  # the bundle directory
 
@@ -57,25 +60,77 @@ class Catalog:
         return sorted(set(self.loras) | set(merged) | set(own))
 
     def route(self, lora: str | None) -> EngineInfo:
-        """The engine that serves `lora` (merged engines first: no swap), ApiError 404 for an unknown name."""
-        if lora is None:
+        """The engine that serves `lora` alone at its own scale (None: the base model)."""
+        return self.route_stack(((lora, None),) if lora is not None else ())[0]
+
+    def route_stack(self, stack: Stack, field: str = "lora") -> tuple[EngineInfo, Stack]:
+        """(engine, the stack with every scale resolved) for a stack of (name, scale | None): no LoRA -> an engine
+        without one; one LoRA at a merged engine's scale -> that engine (no swap); a separate-mode engine's own
+        name alone -> that engine; library LoRAs -> the first separate-mode engine whose branch they fit. ApiError
+        naming the field (`field`: "lora" or "loras") otherwise: 404 for an unknown name, 400 `stack_does_not_fit`
+        saying what does not fit where."""
+        if not stack:
+            return self._base_engine(field), ()
+        known = set(self.lora_names())
+        for i, (name, _) in enumerate(stack):
+            if name not in known:
+                raise ApiError(404, f"LoRA {name!r} is not in this server's library (GET /v1/loras lists "
+                                    f"{', '.join(sorted(known)) or 'none'})", param=_param(field, i, "name"),
+                               code="lora_not_found")
+        if len(stack) == 1:
+            name, scale = stack[0]
             for e in self.engines:
-                if e.lora_mode is None:
-                    return e
-            for e in self.engines:  # a separate-mode engine runs the base model with its branch zeroed
-                if e.swappable:
-                    return e
-            raise ApiError(400, "this bundle has no engine without a LoRA; name one in `lora` (GET /v1/loras)",
-                           param="lora", code="lora_required")
+                if e.lora == name and scale in (None, e.lora_scale):
+                    return e, ((name, e.lora_scale),)
+            for e in self.engines:
+                if e.swappable and e.name == name:
+                    return e, ((name, scale),)
+        for i, (name, scale) in enumerate(stack):
+            if name in self.loras:
+                continue
+            merged = next((e for e in self.engines if e.lora == name), None)
+            if merged is not None and len(stack) == 1:
+                raise bad_request(f"{_param(field, 0, 'scale')} {scale:g}: engine '{merged.name}' has its LoRA merged "
+                                  f"at scale {merged.lora_scale:g}; only separate-mode engines take another scale",
+                                  _param(field, 0, "scale"))
+            where = f"merged into engine '{merged.name}'" if merged else f"engine '{name}''s own exported LoRA"
+            raise bad_request(f"LoRA {name!r} is {where} and is served alone; only library LoRAs (GET /v1/loras) "
+                              "stack", _param(field, i, "name"), "lora_not_stackable")
+        resolved = tuple((name, 1.0 if scale is None else scale) for name, scale in stack)
+        reasons = []
         for e in self.engines:
-            if e.lora == lora or (e.swappable and e.name == lora):
+            if e.swappable:
+                why = self._misfit(e, [name for name, _ in stack])
+                if why is None:
+                    return e, resolved
+                reasons.append(f"engine '{e.name}': {why}")
+        raise bad_request(f"the LoRA stack {stack_label(resolved)} fits no engine of this server: "
+                          f"{'; '.join(reasons) or 'none of its engines swaps LoRAs (separate mode)'}",
+                          _param(field, 0, None), "stack_does_not_fit")
+
+    def _base_engine(self, field: str) -> EngineInfo:
+        for e in self.engines:
+            if e.lora_mode is None:
                 return e
-        if lora in self.loras:
-            for e in self.engines:
-                if e.swappable:
-                    return e
-        raise ApiError(404, f"LoRA {lora!r} is not in this server's library (GET /v1/loras lists "
-                            f"{', '.join(self.lora_names()) or 'none'})", param="lora", code="lora_not_found")
+        for e in self.engines:  # a separate-mode engine runs the base model with its branch zeroed
+            if e.swappable:
+                return e
+        raise ApiError(400, f"this bundle has no engine without a LoRA; name one in `{field}` (GET /v1/loras)",
+                       param=field, code="lora_required")
+
+    def _misfit(self, engine: EngineInfo, names: list[str]) -> str | None:
+        """Why library LoRAs `names` do not fit `engine`'s branch together (None: they fit). Without recorded
+        footprints (a bundle packed by an older wanrt) only what `wanrt pack` checked then is known: one LoRA, on
+        the first separate-mode engine."""
+        prints = [(n, self.loras[n].get("footprint")) for n in names]
+        unknown = [n for n, fp in prints if fp is None]
+        if unknown or engine.branch is None:
+            first = next(e for e in self.engines if e.swappable)
+            if len(names) == 1 and engine is first:
+                return None
+            what = f"LoRA {unknown[0]!r}" if unknown else "its branch"
+            return f"the ranks of {what} are not recorded in the bundle: repack it with this wanrt to stack LoRAs"
+        return stack_misfit(prints, engine.branch)
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.model, "bundle": self.bundle, "pipeline": self.pipeline,
@@ -83,15 +138,30 @@ class Catalog:
                              "rank": e.rank, "latent_range": e.latent} for e in self.engines]}
 
     def lora_objects(self) -> list[dict[str, Any]]:
-        """GET /v1/loras: what each name is and which engine serves it."""
+        """GET /v1/loras: what each name is, its rank and targets, the engine that serves it alone and every
+        engine it fits."""
         out = []
         for name in self.lora_names():
-            engine = self.route(name)
             info = self.loras.get(name, {})
-            out.append({"id": name, "object": "lora", "engine": engine.name,
-                        "served_as": "merged" if engine.lora == name else "swap",
-                        "rank": info.get("rank", engine.rank), "sha256": info.get("sha256")})
+            fits = [e for e in self.engines if e.lora == name or (e.swappable and e.name == name)]
+            if name in self.loras:
+                fits += [e for e in self.engines if e.swappable and self._misfit(e, [name]) is None]
+            engine = fits[0] if fits else None  # what route(name) picks: merged, else own, else the first it fits
+            own = engine.branch if engine is not None and engine.swappable and engine.name == name else None
+            footprint = info.get("footprint") or own
+            out.append({"id": name, "object": "lora", "engine": engine.name if engine else None,
+                        "served_as": None if engine is None else "merged" if engine.lora == name else "swap",
+                        "rank": footprint.rank if footprint else engine.rank if engine else None,
+                        "targets": footprint.targets() if footprint else None,
+                        "engines": list(dict.fromkeys(e.name for e in fits)), "sha256": info.get("sha256")})
         return out
+
+
+def _param(field: str, index: int, key: str | None) -> str:
+    """The request field an error names: `lora` / `lora_scale`, or `loras` / `loras[i].name` / `loras[i].scale`."""
+    if field == "lora":
+        return "lora_scale" if key == "scale" else "lora"
+    return field if key is None else f"{field}[{index}].{key}"
 
 
 def _default_shape(source: str | None, latent: dict[str, Any] | None) -> tuple[int, int, int]:
@@ -117,11 +187,15 @@ def engine_info(name: str, directory: Path, manifest: ExportManifest | EngineMan
     mode = export_lora.get("mode") if export_lora.get("enabled") else None
     latent = {k: (int(v[0]), int(v[1])) for k, v in (manifest.shape_ranges.get("latent") or {}).items()} or None
     source = (manifest.export_specs.get("model") or {}).get("source")
+    branch = None
+    if mode == "separate":  # an engine's refittable weights have the exact shapes; an export's payload its rank
+        swap = manifest.lora if isinstance(manifest, EngineManifest) else {}
+        branch = branch_footprint(swap) if swap.get("refittable_weights") else export_branch(export_lora)
     return EngineInfo(name=name, path=str(directory), backend=backend, lora=(lora or name) if mode in ("merged", "full")
                       else None, lora_mode=mode, rank=export_lora.get("rank") if mode else None,
                       lora_scale=float(export_lora.get("lora_scale", 1.0)), latent=latent,
                       geometry=manifest.geometry or {}, default_shape=_default_shape(source, latent),
-                      model_source=source)
+                      model_source=source, branch=branch)
 
 
 def eager_catalog(model_source: str, geometry: dict[str, Any]) -> Catalog:

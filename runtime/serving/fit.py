@@ -1,6 +1,8 @@
-"""Does every LoRA of a bundle's library fit the engine that will serve it? Decided by `wanrt pack`, before anything
+"""Does every LoRA of a bundle's library fit some engine that can serve it? Decided by `wanrt pack`, before anything
 is written, with the same arithmetic and refusals as the swap a replica does at request time
-(`engines.lora_weights.swap_weights`: module set, rank budget, a bias delta the graph has a slot for).
+(`engines.lora_weights.swap_weights`: module set, rank budget, a bias delta the graph has a slot for). What it learns,
+each LoRA's footprint and each separate-mode engine's branch (runtime/serving/stacks.py), goes into the bundle
+manifest, so the ingress decides which engine a stack of LoRAs fits without loading one.
 
 A separate-mode graph carries a `lora.<module>.bias` slot only when the LoRA it was exported with had bias deltas
 (`diff_b`, as `wanrt extract` writes them); a synthetic `--rank N` export has none. Such a LoRA packed beside such
@@ -10,6 +12,7 @@ that says what to pack instead.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ from wanrt.artifacts import confined_path
 from wanrt.errors import BadInputError, EngineError, LoraError
 from wanrt.manifests import EngineManifest, ExportManifest
 from wanrt.runtime.serving.catalog import engine_info
+from wanrt.runtime.serving.stacks import Footprint, branch_footprint
 
 
 def swap_section(directory: Path, manifest: ExportManifest | EngineManifest) -> dict[str, Any]:
@@ -49,31 +53,48 @@ def _skeleton(manifest: ExportManifest | EngineManifest):
     return load_transformer(model_spec)
 
 
-def check_library_fits(engines: list[tuple[str, Path, ExportManifest | EngineManifest]],
-                       loras: list[tuple[str, Path]]) -> None:
-    """BadInputError naming the first library LoRA no engine of the bundle can serve. A library LoRA is served by
-    the first separate-mode engine (Catalog.route), so that is the engine it must fit."""
+def library_fit(engines: list[tuple[str, Path, ExportManifest | EngineManifest]],
+                loras: list[tuple[str, Path]]) -> tuple[dict[str, Footprint], dict[str, Footprint]]:
+    """({engine: branch}, {LoRA: footprint}) for the bundle manifest, by which the ingress routes stacks; raises
+    BadInputError naming the first library LoRA that no separate-mode engine of the bundle can take alone (each
+    tried with the replica's own swap arithmetic). With a library, every separate-mode engine must swap: routing
+    may pick any of them."""
     from wanrt.engines.lora_weights import swap_weights  # lazy: torch, kept out of the serve driver
     from wanrt.export.lora_formats import load_lora_file  # lazy: torch, kept out of the serve driver
 
     if not loras:
-        return
+        return {}, {}
     swappable = [(n, d, m) for n, d, m in engines if engine_info(n, d, m).swappable]
     if not swappable:
         raise BadInputError(f"--lora {loras[0][0]}: no engine of this bundle can swap a LoRA in (none was exported "
                             "with --lora-mode separate); add one, or pack a merged export of this LoRA as "
                             f"--artifact {loras[0][0]}=DIR")
-    ename, directory, manifest = swappable[0]
-    try:
-        section = swap_section(directory, manifest)
-    except EngineError as e:
-        raise BadInputError(f"--artifact {ename}: library LoRAs would be swapped into it, but {e}") from None
-    model = _skeleton(manifest)
-    for lname, path in loras:
+    sections = {}
+    for ename, directory, manifest in swappable:
         try:
-            swap_weights(section, load_lora_file(path, model))
-        except LoraError as e:
-            raise BadInputError(f"--lora {lname}: cannot be swapped into '{ename}' ({e}); export a separate-mode "
-                                f"engine from this LoRA (`wanrt export --lora {path} --lora-mode separate`: its "
-                                "graph gets the slots this LoRA needs) and pack that, or a merged one as "
-                                f"--artifact {lname}=DIR") from None
+            sections[ename] = swap_section(directory, manifest)
+        except EngineError as e:
+            raise BadInputError(f"--artifact {ename}: library LoRAs would be swapped into it, but {e}") from None
+    skeletons: dict[str, Any] = {}  # one per model an engine was exported from
+    prints = {}
+    for lname, path in loras:
+        reasons = []
+        for ename, _, manifest in swappable:
+            key = json.dumps(manifest.export_specs.get("model"), sort_keys=True)
+            if key not in skeletons:
+                skeletons[key] = _skeleton(manifest)
+            try:
+                lora = load_lora_file(path, skeletons[key])
+                swap_weights(sections[ename], lora)
+            except LoraError as e:
+                reasons.append(f"'{ename}' ({e})")
+                continue
+            prints[lname] = Footprint(ranks={n: m.rank for n, m in lora.modules.items()},
+                                      bias=frozenset(n for n, m in lora.modules.items() if m.diff_b is not None))
+            break
+        else:
+            raise BadInputError(f"--lora {lname}: fits no engine of this bundle: {'; '.join(reasons)}; export a "
+                                f"separate-mode engine from this LoRA (`wanrt export --lora {path} --lora-mode "
+                                "separate`: its graph gets the slots and rank this LoRA needs) and pack that, or a "
+                                f"merged one as --artifact {lname}=DIR")
+    return {ename: branch_footprint(section) for ename, section in sections.items()}, prints

@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at REAL NOT NULL,
     status TEXT NOT NULL,              -- queued | in_progress | completed | failed
     request TEXT NOT NULL,             -- the checked VideoRequest as JSON
-    lora TEXT,
+    lora TEXT,                         -- the LoRA stack's label (stacks.stack_label); the stack is in `request`
     step INTEGER NOT NULL DEFAULT 0,
     steps INTEGER NOT NULL DEFAULT 0,
     attempts INTEGER NOT NULL DEFAULT 0,
@@ -145,6 +145,7 @@ class JobStore:
 
     # ---------------------------------------------------------------------------------------------- writes
     def add(self, request: dict[str, Any], image: bytes, lora: str | None) -> dict[str, Any]:
+        """A queued job: `request` as JSON, `lora` its stack's label (None: no LoRA)."""
         job_id = "video_" + secrets.token_hex(12)
         write_atomic(self.image_path(job_id), image)
         try:

@@ -25,6 +25,7 @@ class Limits:
     max_guidance: float = 30.0
     max_fps: int = 60
     max_lora_scale: float = 4.0
+    max_stack: int = 8  # LoRAs in one request's `loras` stack
     max_batch: int = 2  # /v1/predict: CFG's conditional + unconditional
     max_queue: int = 64  # jobs queued (not yet running); beyond it 429 + Retry-After
     max_predict_inflight: int = 4  # concurrent /v1/predict calls; beyond it 429

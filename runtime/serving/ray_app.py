@@ -4,9 +4,9 @@
     scheduler.py + store.py, on the node that runs `wanrt serve`, so the store directory is local to it)
     -> `engine` replicas (worker.py), one job each at a time
 
-Requests reach an engine replica through a deployment handle with `multiplexed_model_id` = the job's LoRA: Ray
-routes a LoRA to a replica that already has it loaded, so separate-mode engines swap rarely, and progress events
-stream back (`stream=True`); cancelling the stream stops the job at its next DiT call.
+Requests reach an engine replica through a deployment handle with `multiplexed_model_id` = the job's LoRA stack
+(its label): Ray routes a stack to a replica that already has it loaded, so separate-mode engines swap rarely, and
+progress events stream back (`stream=True`); cancelling the stream stops the job at its next DiT call.
 
 Loopback by default: a local Ray instance is started with every address on 127.0.0.1 (Ray takes the network
 interface's address unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 is set before it starts), the front binds 127.0.0.1
@@ -28,6 +28,7 @@ from wanrt.runtime.serving.front import Front, free_loopback_port
 from wanrt.runtime.serving.job_store import JobStore
 from wanrt.runtime.serving.limits import Limits
 from wanrt.runtime.serving.scheduler import Scheduler
+from wanrt.runtime.serving.stacks import stack_label, stack_of
 from wanrt.runtime.serving.worker import VideoWorker, predict_safe, run_job
 
 BASE_MODEL_ID = "__base__"  # the multiplexed id of "no LoRA"
@@ -56,6 +57,11 @@ class ReplicaSpec:
                 "target_ongoing_requests": 1, "upscale_delay_s": 5, "downscale_delay_s": 120}
 
 
+def _model_id(request: dict[str, Any]) -> str:
+    """Ray's multiplexed model id of a job or predict call: its LoRA stack's label."""
+    return stack_label(stack_of(request)) or BASE_MODEL_ID
+
+
 def loopback_env() -> None:
     """Before Ray starts: keep its node address on 127.0.0.1 and send no usage stats (a user's env wins)."""
     for k, v in LOOPBACK_ENV.items():
@@ -69,7 +75,7 @@ class RayEngine:
         self.handle, self.slots = handle, slots
 
     async def generate(self, request: dict[str, Any], image: bytes) -> AsyncIterator[dict[str, Any]]:
-        stream = self.handle.options(stream=True, multiplexed_model_id=request.get("lora") or BASE_MODEL_ID)
+        stream = self.handle.options(stream=True, multiplexed_model_id=_model_id(request))
         response = stream.generate.remote(request, image)
         finished = False
         try:
@@ -81,7 +87,7 @@ class RayEngine:
                 response.cancel()  # DELETE/timeout: the replica's job stops at its next DiT call
 
     async def predict(self, request: dict[str, Any]) -> dict[str, Any]:
-        handle = self.handle.options(multiplexed_model_id=request.get("lora") or BASE_MODEL_ID)
+        handle = self.handle.options(multiplexed_model_id=_model_id(request))
         return await handle.predict.remote(request)
 
     async def warm(self) -> float:
@@ -107,7 +113,7 @@ def _engine_deployment():
 
         @serve.multiplexed(max_num_models_per_replica=4)
         async def _lora(self, model_id: str) -> str:
-            return model_id  # the swap itself happens per job (worker.select_lora); this registers the id
+            return model_id  # the swap itself happens per job (worker.select_loras); this registers the id
 
         async def generate(self, request: dict[str, Any], image: bytes):
             await self._lora(serve.get_multiplexed_model_id() or BASE_MODEL_ID)

@@ -24,11 +24,13 @@ from wanrt.io_contract import DitSignature, VideoShape, check_latent_range, chec
 from wanrt.runtime.schedule import Schedule, resolve_schedule
 from wanrt.runtime.serving.catalog import Catalog, EngineInfo
 from wanrt.runtime.serving.limits import ApiError, Limits, bad_request
+from wanrt.runtime.serving.stacks import Stack, stack_of
 from wanrt.text import printable, text_problem
 
 VIDEO_FIELDS = {"prompt", "negative_prompt", "model", "seconds", "size", "input_reference", "lora", "lora_scale",
-                "steps", "timesteps", "shift", "guidance", "recipe", "seed", "frames", "fps"}
-PREDICT_FIELDS = {"frames", "height", "width", "batch", "seed", "timestep", "format", "inputs", "lora"}
+                "loras", "steps", "timesteps", "shift", "guidance", "recipe", "seed", "frames", "fps"}
+PREDICT_FIELDS = {"frames", "height", "width", "batch", "seed", "timestep", "format", "inputs", "lora", "loras"}
+STACK_KEYS = {"name", "scale"}  # an entry of `loras`
 IMAGE_FORMATS = {"PNG", "JPEG", "WEBP"}
 UINT64_MAX = 2**64 - 1
 _INT_RE = re.compile(r"[+-]?\d{1,20}")
@@ -47,8 +49,7 @@ class VideoRequest:
     negative_prompt: str
     model: str
     engine: str  # the catalog engine that serves it
-    lora: str | None
-    lora_scale: float | None  # None: the LoRA's own (merged engines have it baked in)
+    loras: Stack  # (name, scale) in the client's order, scales resolved (None: an engine's own LoRA as exported)
     frames: int
     height: int
     width: int
@@ -68,7 +69,9 @@ class VideoRequest:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> VideoRequest:
-        return cls(**d)
+        """From the job store's JSON; a job stored before stacks (`lora`, `lora_scale`) is a one-entry stack."""
+        rest = {k: v for k, v in d.items() if k not in ("lora", "lora_scale")}
+        return cls(**{**rest, "loras": stack_of(d)})
 
     def schedule(self) -> Schedule:
         return Schedule(steps=self.steps, guidance=self.guidance, timesteps=self.timesteps, shift=self.shift,
@@ -156,6 +159,57 @@ def parse_lora(value: Any) -> str | None:
     return value
 
 
+def parse_loras(value: Any, limits: Limits) -> Stack:
+    """`loras`: a JSON list (a JSON body's value, or one text field of a multipart form) of {name, scale}; the
+    scale may be left out (None: the LoRA's own). Every entry is checked before anything is routed: a bounded
+    count, names (bounded, each once) and finite scales within max_lora_scale, each refusal naming its entry."""
+    if isinstance(value, str):
+        value = parse_json(value.encode("utf-8", "surrogatepass"), limits, "loras")
+    if not isinstance(value, list):
+        raise bad_request('loras must be a list of {"name", "scale"} objects', "loras")
+    if len(value) > limits.max_stack:
+        raise bad_request(f"loras has {len(value)} entries; this server stacks at most {limits.max_stack}", "loras",
+                          "too_many_loras")
+    stack: list[tuple[str, float | None]] = []
+    for i, entry in enumerate(value):
+        where = f"loras[{i}]"
+        if not isinstance(entry, dict):
+            raise bad_request(f'{where} must be an object {{"name", "scale"}}', where)
+        unknown = sorted(set(entry) - STACK_KEYS)
+        if unknown:
+            raise bad_request(f"Unknown parameter: '{where}.{unknown[0]}'", f"{where}.{unknown[0]}",
+                              "unknown_parameter")
+        name = entry.get("name")
+        if not isinstance(name, str) or not name or len(name) > 128:
+            raise bad_request(f"{where}.name must be a LoRA name (GET /v1/loras)", f"{where}.name")
+        if any(name == n for n, _ in stack):
+            raise bad_request(f"{where}.name: LoRA {name!r} is in the stack twice", f"{where}.name",
+                              "duplicate_lora")
+        raw = entry.get("scale")
+        scale = None if raw in (None, "") else parse_float(f"{where}.scale", raw, -limits.max_lora_scale,
+                                                           limits.max_lora_scale)
+        stack.append((name, scale))
+    return tuple(stack)
+
+
+def parse_stack(fields: dict[str, Any], catalog: Catalog, limits: Limits) -> tuple[EngineInfo, Stack]:
+    """The request's LoRAs -> (engine, stack): `loras`, or `lora` + `lora_scale` (a one-entry stack), routed by
+    the catalog (a stack that fits no engine is a 400 naming what does not fit)."""
+    if fields.get("loras") is not None:
+        given = sorted(k for k in ("lora", "lora_scale") if fields.get(k) not in (None, ""))
+        if given:
+            raise bad_request(f"give either loras (a stack) or lora/lora_scale (one LoRA), not both ({given[0]})",
+                              "loras")
+        return catalog.route_stack(parse_loras(fields["loras"], limits), "loras")
+    lora = parse_lora(fields.get("lora"))
+    scale = None
+    if fields.get("lora_scale") not in (None, ""):
+        scale = parse_float("lora_scale", fields["lora_scale"], -limits.max_lora_scale, limits.max_lora_scale)
+        if lora is None:
+            raise bad_request("lora_scale is the strength of `lora`: name a LoRA too", "lora_scale")
+    return catalog.route_stack(((lora, scale),) if lora is not None else ())
+
+
 # ------------------------------------------------------------------------------------------------ shapes
 def check_shape(engine: EngineInfo, frames: int, height: int, width: int, limits: Limits,
                 params: Mapping[str, str] = VIDEO_SHAPE_PARAMS) -> None:
@@ -197,14 +251,7 @@ def parse_video_request(fields: dict[str, Any], catalog: Catalog, limits: Limits
     if not isinstance(model, str) or model not in (catalog.model, "wanrt"):
         raise ApiError(404, f"model {str(model)[:80]!r} is not served here (this server serves "
                             f"{catalog.model!r})", param="model", code="model_not_found")
-    lora = parse_lora(fields.get("lora"))
-    engine = catalog.route(lora)
-    lora_scale = None
-    if fields.get("lora_scale") not in (None, ""):
-        lora_scale = parse_float("lora_scale", fields["lora_scale"], -limits.max_lora_scale, limits.max_lora_scale)
-        if not engine.swappable and lora_scale != engine.lora_scale:
-            raise bad_request(f"lora_scale {lora_scale:g}: engine '{engine.name}' has its LoRA merged at scale "
-                              f"{engine.lora_scale:g}; only separate-mode engines take another scale", "lora_scale")
+    engine, loras = parse_stack(fields, catalog, limits)
     fps = parse_int("fps", fields.get("fps", 16), 1, limits.max_fps)
     f0, h0, w0 = engine.default_shape
     width, height = parse_size(fields["size"]) if fields.get("size") not in (None, "") else (w0, h0)
@@ -219,8 +266,8 @@ def parse_video_request(fields: dict[str, Any], catalog: Catalog, limits: Limits
     check_shape(engine, frames, height, width, limits)
     schedule = parse_schedule(fields, engine, limits)
     seed = parse_int("seed", fields.get("seed", 0), 0, UINT64_MAX)
-    return VideoRequest(prompt=prompt, negative_prompt=negative, model=model, engine=engine.name, lora=lora,
-                        lora_scale=lora_scale, frames=frames, height=height, width=width, steps=schedule.steps,
+    return VideoRequest(prompt=prompt, negative_prompt=negative, model=model, engine=engine.name, loras=loras,
+                        frames=frames, height=height, width=width, steps=schedule.steps,
                         guidance=schedule.guidance, seed=seed, fps=fps,
                         seconds=str(seconds) if seconds not in (None, "") else f"{frames / fps:g}",
                         size=str(fields.get("size") or f"{width}x{height}"), timesteps=schedule.timesteps,
@@ -311,14 +358,22 @@ def _no_constants(name: str):
 
 def parse_json_object(raw: bytes, limits: Limits) -> dict[str, Any]:
     """A JSON object body; NaN/Infinity literals, 5000-digit integers and deep nesting are 400s, not crashes."""
+    obj = parse_json(raw, limits)
+    if not isinstance(obj, dict):
+        raise bad_request("the body must be a JSON object", None, "invalid_json")
+    return obj
+
+
+def parse_json(raw: bytes, limits: Limits, param: str | None = None) -> Any:
+    """Any JSON value (a body, or a field that carries JSON as text), bounded and text-checked like a body; a
+    refusal names `param`."""
     if not json_depth_ok(raw, limits.max_json_depth):
-        raise bad_request(f"JSON nested deeper than {limits.max_json_depth} levels", None, "invalid_json")
+        raise bad_request(f"JSON nested deeper than {limits.max_json_depth} levels", param, "invalid_json")
     try:
         obj = json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
-        raise bad_request(f"invalid JSON: {str(e)[:160]}", None, "invalid_json") from None
-    if not isinstance(obj, dict):
-        raise bad_request("the body must be a JSON object", None, "invalid_json")
+        raise bad_request(f"{param + ': ' if param else ''}invalid JSON: {str(e)[:160]}", param,
+                          "invalid_json") from None
     check_json_text(obj, limits)
     return obj
 
@@ -351,7 +406,7 @@ class PredictRequest:
     """POST /v1/predict, checked: either seeded inputs of a shape, or given arrays (still base64 .npy)."""
 
     engine: str
-    lora: str | None
+    loras: Stack
     batch: int
     frames: int
     height: int
@@ -396,8 +451,7 @@ def parse_predict_request(body: dict[str, Any], catalog: Catalog, limits: Limits
     fmt = body.get("format", "stats")
     if fmt not in ("stats", "npy"):
         raise bad_request("format must be 'stats' or 'npy'", "format")
-    lora = parse_lora(body.get("lora"))
-    engine = catalog.route(lora)
+    engine, loras = parse_stack(body, catalog, limits)
     given = body.get("inputs")
     given = {} if given is None else given  # [] or "" is a wrong type, not "no inputs"
     if not isinstance(given, dict):
@@ -428,7 +482,7 @@ def parse_predict_request(body: dict[str, Any], catalog: Catalog, limits: Limits
             raise bad_request(f"inputs.{name}: this model has no {name} input", f"inputs.{name}")
         if shape != want[name]:
             raise bad_request(f"inputs.{name}: shape {list(shape)}, want {list(want[name])}", f"inputs.{name}")
-    return PredictRequest(engine=engine.name, lora=lora, batch=batch, frames=frames, height=height, width=width,
+    return PredictRequest(engine=engine.name, loras=loras, batch=batch, frames=frames, height=height, width=width,
                           seed=parse_int("seed", body.get("seed", 0), 0, UINT64_MAX),
                           timestep=parse_float("timestep", body.get("timestep", 500.0), 0.0, 1000.0),
                           format=fmt, inputs=dict(given))

@@ -1,11 +1,11 @@
-"""The job queue between the API and the engines: bounded, durable, grouped by LoRA, cancellable.
+"""The job queue between the API and the engines: bounded, durable, grouped by LoRA stack, cancellable.
 
 One Scheduler lives in the ingress (one process, one asyncio loop). Accepted jobs are in the JobStore before the
 client hears "queued"; at start-up the store's `recover()` puts what a dead server was running back in the queue.
 Up to `slots` jobs run at once on the engine client (a Ray deployment handle or an in-process worker); the next job
-is the oldest one whose LoRA is already running or was just run (no swap), unless the oldest job has waited
-`group_wait_s` (no starvation). A full queue answers 429 with Retry-After from the measured wait (jobs queued x
-measured job time / slots).
+is the oldest one whose LoRA stack (names and scales) is already running or was just run (no swap), unless the
+oldest job has waited `group_wait_s` (no starvation). A full queue answers 429 with Retry-After from the measured
+wait (jobs queued x measured job time / slots).
 
 Nothing here dies silently: the dispatcher and the engine warm-up run under `_supervise` (an error is recorded,
 logged, shown on /healthz and /metrics, and retried after a doubling back-off). A store that cannot write (a full
@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from wanrt.runtime.serving.limits import ApiError, Limits
 from wanrt.runtime.serving.job_store import JobStore, StoreUnavailable
 from wanrt.runtime.serving.requests import VideoRequest
+from wanrt.runtime.serving.stacks import Stack, stack_label, stack_of
 
 log = logging.getLogger("wanrt.serve")
 
@@ -130,10 +131,10 @@ class Scheduler:
         self.store, self.engine, self.limits = store, engine, limits
         self.group_wait_s, self.expire_every_s = group_wait_s, expire_every_s
         self.metrics = Metrics()
-        self._queue: deque[dict[str, Any]] = deque()  # {id, lora, created_at}
-        self._running: dict[str, tuple[asyncio.Task, str | None]] = {}
+        self._queue: deque[dict[str, Any]] = deque()  # {id, stack, created_at}
+        self._running: dict[str, tuple[asyncio.Task, Stack]] = {}
         self._run_started: dict[str, float] = {}  # job -> when an engine took it (monotonic; dispatch until then)
-        self._recent: deque[str | None] = deque(maxlen=4)  # LoRAs most recently dispatched
+        self._recent: deque[Stack] = deque(maxlen=4)  # LoRA stacks most recently dispatched
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._predicts = 0
@@ -266,12 +267,12 @@ class Scheduler:
             raise ApiError(429, f"the queue is full ({self.limits.max_queue} jobs waiting); retry later",
                            code="queue_full", headers={"Retry-After": str(self.retry_after_s())})
         try:
-            row = self.store.add(req.to_dict(), image, req.lora)
+            row = self.store.add(req.to_dict(), image, stack_label(req.loras))
         except StoreUnavailable as e:
             self.storage_failed(e, len(image) + 4096)
             self.metrics.reject("storage_full" if e.full else "storage_error")
             raise
-        self._queue.append({"id": row["id"], "lora": req.lora, "created_at": row["created_at"]})
+        self._queue.append({"id": row["id"], "stack": req.loras, "created_at": row["created_at"]})
         self._wake.set()
         return row
 
@@ -326,9 +327,9 @@ class Scheduler:
     def _pick(self) -> dict[str, Any]:
         oldest = self._queue[0]
         if time.time() - oldest["created_at"] < self.group_wait_s:
-            warm = {lora for _, lora in self._running.values()} | set(self._recent)
+            warm = {stack for _, stack in self._running.values()} | set(self._recent)
             for item in self._queue:
-                if item["lora"] in warm:
+                if item["stack"] in warm:
                     self._queue.remove(item)
                     return item
         return self._queue.popleft()
@@ -338,7 +339,7 @@ class Scheduler:
         known = {item["id"] for item in self._queue}
         for row in self.store.queued():
             if row["id"] not in known:
-                self._queue.append({"id": row["id"], "lora": row["lora"], "created_at": row["created_at"]})
+                self._queue.append(_queued(row))
         if self.recovered.get("requeued") or self.recovered.get("failed"):
             log.warning("recovered the job store: %s", self.recovered)
 
@@ -362,10 +363,10 @@ class Scheduler:
             self._queue.appendleft(item)  # not started: it stays first in line
             raise
         if started:  # False: deleted meanwhile
-            self._recent.append(item["lora"])
+            self._recent.append(item["stack"])
             self.metrics.queue_wait.observe(max(0.0, time.time() - item["created_at"]))
             self._run_started[item["id"]] = time.monotonic()
-            self._running[item["id"]] = (asyncio.create_task(self._run(item["id"])), item["lora"])
+            self._running[item["id"]] = (asyncio.create_task(self._run(item["id"])), item["stack"])
         return False
 
     async def _run(self, job_id: str) -> None:
@@ -391,7 +392,7 @@ class Scheduler:
             # best effort: a row left in_progress is started again all the same (store.start), while a deferred
             # requeue could land after the job was started again
             self._best_effort(self.store.requeue, job_id)
-            self._queue.appendleft({"id": job_id, "lora": row["lora"], "created_at": row["created_at"]})
+            self._queue.appendleft(_queued(row))
         else:
             self._fail(job_id, "engine_unavailable", f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
                        if str(e) else type(e).__name__)
@@ -467,3 +468,8 @@ class Scheduler:
             except Exception:
                 log.exception("job expiry failed")
             await asyncio.sleep(self.expire_every_s)
+
+
+def _queued(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored job as a queue item: its stack from the request it was accepted with (survives a restart)."""
+    return {"id": row["id"], "stack": stack_of(json.loads(row["request"])), "created_at": row["created_at"]}

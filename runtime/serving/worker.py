@@ -3,9 +3,11 @@
 A job runs exactly what `wanrt generate` runs (`generate_video` + `encode_mp4` on the same backend kind, image,
 GenerateSpec and tiny-pipeline seed), so the mp4 a server returns equals the CLI's for the same settings.
 
-LoRA per request: a merged engine serves its own LoRA; a separate-mode engine swaps the requested one in with
-`backend.set_lora(LoraWeights | None)` (ORT/OpenVINO weight swap, TensorRT refit) only when it differs from the one
-loaded, and the scheduler and Ray's multiplexed routing send same-LoRA jobs to the same replica so swaps stay rare.
+LoRA per request: a merged engine serves its own LoRA; a separate-mode engine swaps the requested stack in with
+`backend.set_loras([LoraWeights at their strengths])` (one branch of the summed rank: ORT/OpenVINO weight swap,
+TensorRT refit) only when it differs from the stack loaded. Each library LoRA is loaded once and cached; a strength
+is set per request on a copy. The scheduler and Ray's multiplexed routing send same-stack jobs to the same replica
+so swaps stay rare.
 Progress (step i of N) and cancellation ride on the DiT calls: the pipeline calls the transformer once per step
 (twice with CFG), so a wrapper counts calls and stops the job at the next call once it is cancelled.
 """
@@ -27,6 +29,7 @@ from typing import Any
 
 from wanrt.runtime.serving.catalog import Catalog, EngineInfo
 from wanrt.runtime.serving.requests import PredictRequest, VideoRequest, predict_shapes
+from wanrt.runtime.serving.stacks import Stack, stack_label, stack_objects, stack_of
 
 from wanrt.engines import registry
 from wanrt.errors import BadInputError, EngineError, LoraError, MissingDependencyError, WanrtError
@@ -87,7 +90,7 @@ class VideoWorker:
         self._backends = _Lru(max_engines, on_evict=lambda w: w._backend.close())
         self._pipes = _Lru(4)
         self._loras = _Lru(8)
-        self._loaded: dict[str, tuple[str | None, float | None]] = {}  # engine -> (LoRA, scale) swapped in
+        self._loaded: dict[str, Stack] = {}  # engine -> the stack swapped in
         self._base_models: dict[str, Any] = {}
         self._lock = threading.Lock()  # one job at a time: a backend and its pipeline are not re-entrant
         self.swaps = 0
@@ -138,37 +141,38 @@ class VideoWorker:
         return read_any(engine.path, ExportManifest, EngineManifest)
 
     def lora_weights(self, engine: EngineInfo, name: str, scale: float | None):
-        """LoraWeights of a library LoRA (or of the engine's own exported LoRA) for a swap."""
-        def make():
-            from wanrt.export.api import LoraSpec, resolve_lora  # lazy: torch: in the replica only
+        """LoraWeights of a library LoRA at strength `scale` (loaded once, the strength set on a copy that shares
+        its tensors), or of the engine's own exported LoRA (None: at its exported scale)."""
+        from wanrt.export.api import LoraSpec, resolve_lora  # lazy: torch: in the replica only
 
-            if name in self.catalog.loras:
-                model = self._skeleton(engine)
-                spec = LoraSpec(file=self.catalog.loras[name]["abspath"], mode="separate",
-                                scale=1.0 if scale is None else scale)
-            else:  # the engine's own LoRA as exported (a synthetic one is scaled to the real weights' norms)
-                model = self._base_model(engine)
-                spec = LoraSpec(**self._manifest(engine).export_specs["lora"])
-                spec = replace(spec, scale=spec.scale if scale is None else scale)
-            lora, _ = resolve_lora(model, spec)
-            return lora
+        if name in self.catalog.loras:
+            def load():
+                spec = LoraSpec(file=self.catalog.loras[name]["abspath"], mode="separate")
+                return resolve_lora(self._skeleton(engine), spec)[0]
 
-        return self._loras.take((engine.name, name, scale), make)
+            return replace(self._loras.take((engine.name, name), load), lora_scale=1.0 if scale is None else scale)
 
-    def select_lora(self, engine: EngineInfo, backend: _Watched, lora: str | None, scale: float | None) -> None:
-        """Swap `lora` into a separate-mode engine unless it is already loaded there."""
+        def own():  # as exported (a synthetic one is scaled to the real weights' norms)
+            spec = LoraSpec(**self._manifest(engine).export_specs["lora"])
+            spec = replace(spec, scale=spec.scale if scale is None else scale)
+            return resolve_lora(self._base_model(engine), spec)[0]
+
+        return self._loras.take((engine.name, name, scale), own)
+
+    def select_loras(self, engine: EngineInfo, backend: _Watched, stack: Stack) -> None:
+        """Swap `stack` into a separate-mode engine unless it is already loaded there (a fresh engine holds its own
+        exported LoRA); an empty stack zeroes the branch (the base model)."""
         if not engine.swappable:
             return
-        want = (lora, scale)
-        if self._loaded.get(engine.name, (engine.name, None)) == want:
-            return  # a fresh separate engine holds its own exported LoRA
-        set_lora = getattr(backend._backend, "set_lora", None)
-        if set_lora is None:
+        stack = tuple(stack)
+        if self._loaded.get(engine.name, ((engine.name, None),)) == stack:
+            return
+        if getattr(backend._backend, "set_lora", None) is None:
             raise WanrtError(f"backend '{engine.backend}' cannot swap LoRAs in this install; pack merged engines "
                              "per LoRA instead")
-        weights = None if lora is None else self.lora_weights(engine, lora, scale)
-        set_lora(weights)
-        self._loaded[engine.name] = want
+        backend._backend.set_loras([self.lora_weights(engine, name, scale) for name, scale in stack],
+                                   [name for name, _ in stack])
+        self._loaded[engine.name] = stack
         self.swaps += 1
 
     def pipeline(self, engine: EngineInfo, backend: _Watched, seed: int):
@@ -195,7 +199,7 @@ class VideoWorker:
             if on_start is not None:
                 on_start()
             backend = self.backend(engine)
-            self.select_lora(engine, backend, req.lora, req.lora_scale)
+            self.select_loras(engine, backend, req.loras)
             with Image.open(io.BytesIO(image)) as im:
                 picture = im.convert("RGB")
             spec = GenerateSpec(prompt=req.prompt, negative_prompt=req.negative_prompt, frames=req.frames,
@@ -254,7 +258,7 @@ class VideoWorker:
                 tensors[name] = torch.randn(shape, generator=gen)
         with self._lock:
             backend = self.backend(engine)
-            self.select_lora(engine, backend, req.lora, None)
+            self.select_loras(engine, backend, req.loras)
             t0 = time.perf_counter()
             out = backend.forward(tensors["latents"], tensors["timestep"], tensors["text"], tensors.get("image"))
             backend.synchronize()
@@ -271,7 +275,8 @@ class VideoWorker:
 
         return {"shape": list(out.shape), "dtype": str(backend.dtype).replace("torch.", ""), "finite": finite,
                 "mean": stat(out.mean()), "std": stat(out.std()), "min": stat(out.min()), "max": stat(out.max()),
-                "latency_ms": latency * 1e3, "engine": engine.name, "lora": req.lora}
+                "latency_ms": latency * 1e3, "engine": engine.name, "lora": stack_label(req.loras),
+                "loras": stack_objects(req.loras)}
 
     def warm(self) -> float:
         """Load the engines this worker keeps and run one 1-step job at the first engine's default shape and
@@ -286,7 +291,7 @@ class VideoWorker:
         buf = io.BytesIO()
         Image.new("RGB", (width, height), (128, 128, 128)).save(buf, format="PNG")
         req = VideoRequest(prompt="warm-up", negative_prompt="", model=self.catalog.model, engine=engine.name,
-                           lora=engine.name if engine.swappable else None, lora_scale=None, frames=frames,
+                           loras=((engine.name, None),) if engine.swappable else (), frames=frames,
                            height=height, width=width, steps=1, guidance=5.0, seed=0, fps=16,
                            seconds=f"{frames / 16:g}", size=f"{width}x{height}")
         t0 = time.perf_counter()
@@ -371,7 +376,7 @@ async def run_job(worker: VideoWorker, request: dict[str, Any], image: bytes,
 def predict_safe(worker: VideoWorker, request: dict[str, Any]) -> dict[str, Any]:
     """{"result": stats dict | npy bytes} or {"error": {...}}: one shape across Ray and in-process calls."""
     try:
-        return {"result": worker.predict(PredictRequest(**request))}
+        return {"result": worker.predict(PredictRequest(**{**request, "loras": stack_of(request)}))}
     except Exception as e:  # noqa: BLE001 - see failure()
         return {"error": failure(e)}
 
