@@ -224,7 +224,11 @@ def stack_loras(loras: Sequence[LoraWeights], labels: Sequence[str] | None = Non
     modules = {}
     for name, entries in parts.items():
         down = torch.cat([m.down.float() for m, _ in entries])
-        up = torch.cat([m.scale(strength) * m.up.float() for m, strength in entries], dim=1)
+        up = torch.empty(entries[0][0].up.shape[0], down.shape[0])  # each LoRA's scaled B written in place, once
+        offset = 0
+        for m, strength in entries:
+            torch.mul(m.up.float(), m.scale(strength), out=up[:, offset:offset + m.rank])
+            offset += m.rank
         biases = [strength * m.diff_b.float() for m, strength in entries if m.diff_b is not None]
         modules[name] = LoraModule(down=down, up=up, diff_b=sum(biases) if biases else None)
     entries = [{"label": label, "strength": lora.lora_scale, **{k: v for k, v in lora.summary().items()

@@ -268,6 +268,22 @@ def test_fp8_qdq_validates_in_onnxruntime(backend, merged_bf16, tmp_path):
     assert all(inits[n].data_type == t for n, t in src.items())
 
 
+def test_fp8_base_keeps_the_lora_branch_unquantized(separate_fp16, tmp_path):
+    """LoRA on a quantized base (issue 20): FP8 Q/DQ on the base weights only; the separate branch's MatMuls read
+    their `lora.*` initializers unquantized (refit/swap still replace them), and the graph validates in ORT."""
+    import onnx
+
+    manifest, onnx_path = read_onnx_dir(separate_fp16)
+    dst = tmp_path / "model.fp8.onnx"
+    report = quantize_fp8(onnx_path, dst, Fp8Spec(calib=2, keep_blocks="0"), shape_ranges=manifest.shape_ranges)
+    assert report["check"]["passed"] and report["quantized_matmuls"] == 2 * 12, report["check"]
+    model = onnx.load(str(dst))
+    quantized = {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    lora = {i.name for i in model.graph.initializer if i.name.startswith("lora.")}
+    assert len(lora) == 48 and not (quantized & lora)
+    assert lora <= {i for n in model.graph.node for i in n.input}  # the branch is still in the graph, float
+
+
 def test_fp8_tolerance_and_calibration_set(merged_bf16, tmp_path):
     manifest, onnx_path = read_onnx_dir(merged_bf16)
     ranges = manifest.shape_ranges

@@ -83,10 +83,17 @@ def branch_weights(module: LowRankModule, lora_scale: float, dtype: torch.dtype,
     if rank < r:
         raise ValueError(f"rank {r} does not fit a branch of rank {rank}")
     down, up = module.down, module.up
-    a_t = torch.zeros(down.shape[1], rank, dtype=dtype)  # written once: the pad (if any) is the zeros left over
-    b_t = torch.zeros(rank, up.shape[0], dtype=dtype)
-    a_t[:, :r] = down.float().T
-    b_t[:r] = module.scale(lora_scale) * up.float().T
+    # each output written once (a swap's time is memory traffic): the values, then only the pad's zeros
+    a_t = torch.empty(down.shape[1], rank, dtype=dtype)
+    b_t = torch.empty(rank, up.shape[0], dtype=dtype)
+    a_t[:, :r] = down.T
+    scale = module.scale(lora_scale)
+    if up.dtype == dtype == torch.float32:
+        torch.mul(up.T, scale, out=b_t[:r])
+    else:
+        b_t[:r] = scale * up.float().T  # the fp32 product, cast once
+    a_t[:, r:].zero_()
+    b_t[r:].zero_()
     out = {"A": a_t, "B": b_t}
     if with_bias is None:
         with_bias = module.diff_b is not None
