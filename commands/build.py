@@ -58,7 +58,7 @@ _engine_core = option_group(
 
 _fp8_options = option_group(
     click.option("--calib", type=click.IntRange(1), default=8, show_default=True,
-                 help="FP8: number of calibration samples."),
+                 help="FP8 and OpenVINO w8a8: number of calibration samples."),
     click.option("--calib-data", type=click.Path(exists=True), default=None,
                  help="FP8: .npz file or directory of .npz input dicts (default: seeded random inputs)."),
     click.option("--calib-shape", default=None, help="FP8: FRAMESxHxW of random calibration inputs."),

@@ -90,7 +90,8 @@ class OpenVINOFlavour(LazyHooks):
         if why is not None:
             raise BadInputError(why)
         return OvEngineSpec(precision=precision, device=kw.get("ov_device") or "CPU",
-                            keep_fp32=kw.get("keep_fp32") or "wan", cache=not kw.get("no_cache"),
+                            keep_fp32=kw.get("keep_fp32") or "wan", calib=kw.get("calib") or 8,
+                            cache=not kw.get("no_cache"),
                             cache_dir=engine_cache_from_root(kw.get("cache_dir")))
 
     def spec_for(self, precision: str | None):
