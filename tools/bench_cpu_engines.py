@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from wanrt.artifacts import cache_root, library_versions, machine_info, spec_hash
+from wanrt.artifacts import atomic_path, cache_root, library_versions, machine_info, spec_hash
 from wanrt.dit_io import DitIO, ShapeRange, VideoShape
 from wanrt.tools import cpu_cost_model as cm
 
@@ -55,6 +55,15 @@ BACKENDS = [("eager fp32", "eager", "fp32"), ("eager bf16", "eager", "bf16"), ("
 PEAK_OF = {"eager fp32": "F.linear fp32", "eager bf16": "F.linear bf16", "ort fp32": "ORT MatMul fp32",
            "ov fp32": "OpenVINO FC fp32", "ov bf16": "OpenVINO FC bf16", "ov int8": "OpenVINO FC int8",
            "ov w8a8": "OpenVINO FC w8a8"}
+
+
+def write_results(out: Path, stem: str, results: dict[str, Any], markdown: str) -> None:
+    """<stem>.json (the raw results) and <stem>.md (the report) under `out`, each written whole, then a log line."""
+    out.mkdir(parents=True, exist_ok=True)
+    for suffix, text in ((".json", json.dumps(results, indent=1, default=str) + "\n"), (".md", markdown)):
+        with atomic_path(out / f"{stem}{suffix}") as tmp:
+            tmp.write_text(text)
+    log(f"wrote {out / stem}.json/.md ({results.get('seconds', 0):.0f} s)")
 
 
 def log(msg: str) -> None:
@@ -485,9 +494,7 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"ov-cpu-{args.config}"
     results["plots"] = plots(results, args.out, stem)
-    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
-    (args.out / f"{stem}.md").write_text(render(results))
-    log(f"wrote {args.out / stem}.json/.md ({results['seconds']:.0f} s)")
+    write_results(args.out, stem, results, render(results))
     return 0
 
 

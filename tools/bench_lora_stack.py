@@ -19,7 +19,6 @@ rank-`--style-rank` "style" on `--style-targets`), the same files in every deplo
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -42,7 +41,8 @@ from wanrt.export.presets import PRESETS
 from wanrt.parse import LoraEntry
 from wanrt.runtime.backends import build_transformer, create_backend
 from wanrt.runtime.bench.measure import rel_error
-from wanrt.tools.bench_cpu_engines import GATES, bootstrap_ci, feeds_for, log, skipped_backends, sweep_precision
+from wanrt.tools.bench_cpu_engines import (GATES, bootstrap_ci, feeds_for, log, skipped_backends, sweep_precision,
+                                           write_results)
 
 SCHEDULES = {"40-step CFG": 80, "4-step no-CFG": 4}  # forwards per video
 
@@ -196,11 +196,8 @@ def main(argv=None) -> int:
             b.close()
     results["load_average_end"] = list(os.getloadavg())
     results["seconds"] = time.perf_counter() - t0
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"lora-stack-{args.model}" + (f"-l{args.layers}" if args.layers else "")
-    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
-    (args.out / f"{stem}.md").write_text(render(results))
-    log(f"wrote {args.out / stem}.json/.md ({results['seconds']:.0f} s)")
+    write_results(args.out, f"lora-stack-{args.model}" + (f"-l{args.layers}" if args.layers else ""), results,
+                  render(results))
     return 0
 
 

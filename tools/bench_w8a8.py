@@ -12,7 +12,6 @@ weight-only int8 against OpenVINO's FC with int8 weights. A precision this CPU l
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -23,7 +22,7 @@ import torch
 
 from wanrt.artifacts import library_versions, machine_info
 from wanrt.engines.openvino.engine import cpu_info
-from wanrt.tools.bench_cpu_engines import log, measure_peaks, run_geometry, skipped_backends
+from wanrt.tools.bench_cpu_engines import log, measure_peaks, run_geometry, skipped_backends, write_results
 
 ONLY = ("ov fp32", "ov bf16", "ov int8", "ov w8a8")
 GEOMETRIES = [("small", None, ["17x128x224"]), ("wan2.1-i2v-14b", 1, ["5x128x224"])]
@@ -69,10 +68,7 @@ def main(argv=None) -> int:
                                             skipped, only=ONLY)
     results["load_average_end"] = list(os.getloadavg())
     results["seconds"] = time.perf_counter() - t0
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "w8a8-cpu.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
-    (args.out / "w8a8-cpu.md").write_text(render(results))
-    log(f"wrote {args.out}/w8a8-cpu.json/.md ({results['seconds']:.0f} s)")
+    write_results(args.out, "w8a8-cpu", results, render(results))
     return 0
 
 
