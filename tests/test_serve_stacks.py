@@ -181,6 +181,22 @@ def test_pack_records_footprints_and_refuses_a_lora_that_fits_no_engine(stack_ar
            "engine's rank 4" in lines[0] and not out.exists()
 
 
+def test_a_built_engine_in_a_bundle_swaps_stacks(stack_artifacts, tmp_path):
+    """An OpenVINO engine built from the separate export serves stacks as the export does: its LoRA mode and branch
+    come from the engine's own `lora` section (built engines were once read as having no LoRA)."""
+    from wanrt.engines.openvino.engine import OvEngineSpec, build_openvino_engine
+    from wanrt.runtime.serving.bundle import load_catalog, pack_bundle
+
+    engine = tmp_path / "sep-ov"
+    build_openvino_engine(stack_artifacts["separate"], OvEngineSpec(cache=False), engine)
+    pack_bundle(tmp_path / "bundle", [("sep-ov", str(engine))],
+                [("distill", str(stack_artifacts["distill"])), ("style", str(stack_artifacts["style"]))], name="b")
+    catalog = load_catalog(tmp_path / "bundle")
+    (info,) = catalog.engines
+    assert info.swappable and info.backend == "ov" and set(info.branch.ranks.values()) == {4}
+    assert catalog.route_stack((("distill", 1.0), ("style", 0.8)))[0].name == "sep-ov"
+
+
 # ------------------------------------------------------------------------------------------------ HTTP
 @pytest.fixture(scope="module")
 def stack_server(stack_artifacts, tmp_path_factory):

@@ -178,10 +178,13 @@ def _default_shape(source: str | None, latent: dict[str, Any] | None) -> tuple[i
 
 def engine_info(name: str, directory: Path, manifest: ExportManifest | EngineManifest,
                 lora: str | None = None) -> EngineInfo:
-    """EngineInfo from an export or engine manifest (an engine's export record sits in its `onnx` section)."""
+    """EngineInfo from an export or engine manifest (an engine's LoRA is its `lora` section: the mode it was built
+    with, and what its export carried under `loaded`)."""
     if isinstance(manifest, EngineManifest):
         backend = registry.get(manifest.flavour).backend
-        export_lora = manifest.onnx.get("lora") or {}
+        section = manifest.lora or {}
+        mode = section.get("mode")
+        export_lora = {**(section.get("loaded") or {}), "mode": mode, "enabled": bool(mode)}
     else:
         backend, export_lora = "ort", manifest.lora
     mode = export_lora.get("mode") if export_lora.get("enabled") else None
