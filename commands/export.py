@@ -263,9 +263,10 @@ def presets():
     for p in PRESETS.values():
         c = p.config
         table.add_row(p.name, str(c["num_layers"]), f"{c['num_attention_heads']}x{c['attention_head_dim']}",
-                      str(c["ffn_dim"]), f"{c['text_dim']}/{c['image_dim']}", str(p.default_shape),
+                      str(c["ffn_dim"]), f"{c['text_dim']}/{c['image_dim'] or '-'}", str(p.default_shape),
                       f"{p.default_shape.tokens():,}")
-    table.caption = "text and image dims (512 and 257 tokens); video: the default FRAMESxHxW"
+    table.caption = ("text and image dims (512 and 257 tokens; - : no image branch); video: the default FRAMESxHxW; "
+                     "wan2.2 presets: two experts each")
     out_console.print(table)
     for p in PRESETS.values():
         out_console.print(f"{p.name}: {p.description}", highlight=False)

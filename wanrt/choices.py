@@ -113,6 +113,15 @@ class ResizeMode(Choice):
     CENTER_CROP = "center-crop"
 
 
+class Expert(Choice):
+    """Wan2.2's two transformers of one model (diffusers: `transformer` and `transformer_2`): the high-noise expert
+    runs the steps whose timestep is at or above the pipeline's boundary (`boundary_ratio` x 1000), the low-noise
+    expert the rest."""
+
+    HIGH = "high"
+    LOW = "low"
+
+
 class Reference(Choice):
     """What `wanrt bench` compares against: eager fp32 of the same weights (engine parity) or the full fine-tune
     the LoRAs were extracted from (rank vs full)."""
