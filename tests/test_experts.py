@@ -11,12 +11,30 @@ import json
 
 import pytest
 import torch
+from click.testing import CliRunner
+from safetensors.torch import save_file
 
-from wanrt.errors import BadInputError
+from wanrt.artifacts import sha256_file
+from wanrt.commands.main import cli
+from wanrt.engines import registry
+from wanrt.errors import BadInputError, LoraError
+from wanrt.export.api import LoraSpec, export_experts
+from wanrt.export.lora import synthetic_lora
+from wanrt.export.lora_formats import load_lora_file, lora_state_dict, save_lora_file
 from wanrt.export.model import Experts, ModelSpec, load_transformer, model_experts
+from wanrt.export.onnx_export import TOLERANCE, ExportSpec
 from wanrt.export.presets import PRESETS
+from wanrt.manifests import ExpertsManifest, ExportManifest
+from wanrt.parse import LoraEntry, parse_lora_entry
+from wanrt.runtime.backends import EagerBackend, EngineBackend, build_transformer
 
 TINY22 = "tiny-wan2.2"
+TOL = TOLERANCE["fp32"]  # 1e-4
+
+
+def _rel(got, want) -> float:
+    got, want = torch.as_tensor(got), torch.as_tensor(want)
+    return float((got - want).abs().max() / want.abs().max())
 
 
 def _same_weights(a, b) -> bool:
@@ -65,3 +83,137 @@ def test_a_local_wan22_pipeline_loads_each_expert_from_its_folder(tmp_path):
     # transformer_2 without a boundary: diffusers runs `transformer` alone, and so does wanrt
     (pipe / "model_index.json").write_text(json.dumps({"boundary_ratio": None}))
     assert model_experts(ModelSpec(str(pipe))) == Experts()
+
+
+# ------------------------------------------------------------------------------------------------ 2. LoRA per expert
+def _save(lora, path, fmt):
+    return save_lora_file(lora, path, fmt)
+
+
+@pytest.fixture(scope="module")
+def experts():
+    return {e: load_transformer(ModelSpec(TINY22, expert=e)) for e in ("high", "low")}
+
+
+@pytest.fixture(scope="module")
+def loras(tmp_path_factory, experts):
+    """A different stack per expert, in the layouts Wan2.2 LoRAs come in: on the high expert a rank-4 diffusers file
+    and a rank-2 cross-attention ComfyUI file (alpha != rank); on the low expert the LOW half of a ComfyUI pair;
+    and a diffusers file holding both experts under their pipeline components (`transformer.`, `transformer_2.`)."""
+    tmp = tmp_path_factory.mktemp("loras")
+    distill = synthetic_lora(experts["high"], 4, "all", seed=21)
+    style = synthetic_lora(experts["high"], 2, "cross-attn", seed=22, relative_norm=0.2)
+    for m in style.modules.values():
+        m.alpha = 1.0
+    low = synthetic_lora(experts["low"], 4, "all", seed=23, relative_norm=0.1)
+    files = {"distill": _save(distill, tmp / "distill.safetensors", "diffusers"),
+             "style": _save(style, tmp / "style_HIGH.safetensors", "comfyui"),
+             "low": _save(low, tmp / "move_LOW.safetensors", "comfyui"),
+             "low2": _save(synthetic_lora(experts["low"], 2, "self-attn", seed=24, relative_norm=0.2),
+                           tmp / "low2.safetensors", "diffusers")}
+    both = {**lora_state_dict(distill, "diffusers"),
+            **{k.replace("transformer.", "transformer_2.", 1): v for k, v in lora_state_dict(low, "diffusers").items()}}
+    save_file(both, str(tmp / "both.safetensors"))
+    save_file({k: v for k, v in both.items() if k.startswith("transformer_2.")}, str(tmp / "only_low.safetensors"))
+    return {**files, "both": tmp / "both.safetensors", "only_low": tmp / "only_low.safetensors", "tmp": tmp,
+            "weights": {"distill": distill, "low": low}}
+
+
+def _equal_modules(got, want) -> bool:
+    return set(got.modules) == set(want.modules) and all(
+        torch.equal(got.modules[n].down, want.modules[n].down) and torch.equal(got.modules[n].up, want.modules[n].up)
+        for n in want.modules)
+
+
+def test_a_file_holding_both_experts_gives_each_its_part(loras, experts):
+    high = load_lora_file(loras["both"], experts["high"], expert="high")
+    low = load_lora_file(loras["both"], experts["low"], expert="low")
+    assert _equal_modules(high, loras["weights"]["distill"]) and _equal_modules(low, loras["weights"]["low"])
+    assert low.source["expert_keys"] == "transformer_2." and high.source["expert"] == "high"
+    # the pair convention: a one-transformer file fits either expert as is
+    assert _equal_modules(load_lora_file(loras["low"], experts["low"], expert="low"), loras["weights"]["low"])
+
+
+def test_a_file_for_the_wrong_expert_or_geometry_is_one_line(loras, experts, tmp_path):
+    with pytest.raises(LoraError, match="only the low-noise expert's keys.*give it as low:") as e:
+        load_lora_file(loras["only_low"], experts["high"], expert="high")
+    assert "\n" not in str(e.value)
+    with pytest.raises(LoraError, match="low-noise expert LoRA.*one transformer"):
+        load_lora_file(loras["only_low"], load_transformer(ModelSpec("tiny")))
+    small = synthetic_lora(load_transformer(ModelSpec("small", layers=1)), 2, "self-attn", seed=1)
+    with pytest.raises(LoraError, match="do not fit|does not fit"):  # a LoRA of another geometry (dim 512, not 24)
+        load_lora_file(_save(small, tmp_path / "small.safetensors", "comfyui"), experts["low"], expert="low")
+    with pytest.warns(UserWarning, match="name says the high-noise expert"):  # style_HIGH onto the low expert
+        load_lora_file(loras["style"], experts["low"], expert="low")
+
+
+def test_expert_prefixes_parse_and_split_per_expert(loras):
+    from wanrt.commands.options import lora_specs_by_expert
+
+    assert parse_lora_entry("high:a.safetensors:3") == LoraEntry(file="a.safetensors", strength=3.0, expert="high")
+    assert parse_lora_entry("low:synthetic:8") == LoraEntry(rank=8, expert="low")
+    kw = {"model": TINY22, "lora": (parse_lora_entry(f"high:{loras['distill']}:3"), parse_lora_entry("synthetic:2"),
+                                    parse_lora_entry(f"low:{loras['low']}:1.5")),
+          "merge": (), "lora_scale": 1.0, "targets": "all", "lora_mode": "separate", "seed": 0, "allow_pickle": False}
+    specs = lora_specs_by_expert(kw, ("high", "low"))
+    assert (specs["high"].file, specs["high"].scale, specs["high"].stack) == (
+        str(loras["distill"]), 3.0, (LoraEntry(rank=2),))
+    assert (specs["low"].rank, specs["low"].stack) == (2, (LoraEntry(file=str(loras["low"]), strength=1.5),))
+    res = CliRunner().invoke(cli, ["export", "--lora", f"high:{loras['distill']}", "-o", str(loras["tmp"] / "x")])
+    assert res.exit_code == 2 and "has one transformer" in res.output and len(res.output.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------------------------ 3. one artifact
+def _specs(loras, high_scales=(0.7, 1.3), low=("low", 0.5)):
+    return {"high": LoraSpec(file=str(loras["distill"]), scale=high_scales[0], mode="separate",
+                             stack=(LoraEntry(file=str(loras["style"]), strength=high_scales[1]),)),
+            "low": LoraSpec(file=str(loras[low[0]]), scale=low[1], mode="separate")}
+
+
+@pytest.fixture(scope="module")
+def export22(loras):
+    out = loras["tmp"] / "wan22"
+    export_experts(ModelSpec(TINY22), _specs(loras), ExportSpec(validate=False), out, progress=False)
+    return out
+
+
+def test_export_writes_one_artifact_with_both_experts(export22, loras):
+    m = ExpertsManifest.read(export22, check_files=True)
+    assert (m.members, m.boundary_ratio, tuple(m.experts)) == ("onnx", 0.9, ("high", "low"))
+    assert {f.split("/")[0] for f in m.contents} == {"high", "low"}  # the top manifest seals both members
+    for name in ("high", "low"):
+        member = ExportManifest.read(m.member_dir(export22, name), check_files=True)  # a normal export dir
+        assert member.specs["model"]["expert"] == name and m.experts[name]["sha256"] == member.sha256
+    assert [(e["label"], e["strength"], e.get("format")) for e in m.experts["high"]["lora"]["stack"]] == [
+        ("distill", 0.7, "diffusers"), ("style_HIGH", 1.3, "comfyui")]
+    assert [(e["label"], e["strength"]) for e in m.experts["low"]["lora"]["stack"]] == [("move_LOW", 0.5)]
+    with pytest.raises(BadInputError, match="one transformer"):
+        export_experts(ModelSpec("tiny"), {}, ExportSpec(validate=False), loras["tmp"] / "no", progress=False)
+    assert not (loras["tmp"] / "no").exists()
+
+
+def _feeds(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(1, 36, 2, 4, 4, generator=gen), torch.tensor([500.0]), torch.randn(1, 512, 32, generator=gen))
+
+
+def test_engines_build_per_expert_and_refit_touches_only_the_expert_named(export22, loras, tmp_path):
+    """OpenVINO fp32 engines of both experts from one export; `refit` of low swaps only its LoRA: the high
+    expert's files stay byte for byte, the low one computes the eager model with its new LoRA."""
+    from wanrt.engines.experts import build_experts, refit_experts
+
+    flavour = registry.get("openvino")
+    engines = tmp_path / "engines"
+    manifest, built = build_experts(export22, flavour, flavour.spec_for("fp32"), engines)
+    assert set(built) == {"high", "low"} and manifest["payload"]["flavour"] == "openvino"
+    before = {f: sha256_file(engines / "high" / f) for f in ("model.blob", "lora.safetensors", "manifest.json")}
+    high_out = EngineBackend(flavour, engines / "high")(*_feeds())
+    _, refit = refit_experts(engines, {"low": {"lora_file": str(loras["low2"]), "scale": 0.9}})
+    assert set(refit) == {"low"}
+    assert {f: sha256_file(engines / "high" / f) for f in before} == before  # the high expert untouched
+    assert torch.equal(EngineBackend(flavour, engines / "high")(*_feeds()), high_out)
+    m = ExpertsManifest.read(engines, check_files=True)  # resealed: the low member's new files are listed
+    assert [(e["label"], e["strength"]) for e in m.experts["low"]["lora"]["stack"]] == [("low2", 0.9)]
+    eager = build_transformer(ModelSpec(TINY22, expert="low"),
+                              LoraSpec(file=str(loras["low2"]), scale=0.9, mode="separate"))[0]
+    assert _rel(EngineBackend(flavour, engines / "low")(*_feeds()), EagerBackend(eager)(*_feeds())) <= TOL
