@@ -217,3 +217,72 @@ def test_engines_build_per_expert_and_refit_touches_only_the_expert_named(export
     eager = build_transformer(ModelSpec(TINY22, expert="low"),
                               LoraSpec(file=str(loras["low2"]), scale=0.9, mode="separate"))[0]
     assert _rel(EngineBackend(flavour, engines / "low")(*_feeds()), EagerBackend(eager)(*_feeds())) <= TOL
+    # generate takes the pair: each expert runs its steps (3 steps with CFG: 6 forwards between them)
+    from PIL import Image
+
+    from wanrt.runtime.generate import GenerateSpec, generate
+
+    Image.new("RGB", (56, 40), (200, 80, 30)).save(tmp_path / "in.png")
+    info = generate(tmp_path / "in.png", GenerateSpec(prompt="a fox", steps=3), "ov", tmp_path / "v.mp4",
+                    engine=str(engines))
+    calls = info["dit_calls_by_expert"]
+    assert (tmp_path / "v.mp4").stat().st_size > 0 and sum(calls.values()) == 6 and min(calls.values()) > 0
+
+
+# ------------------------------------------------------------------------------------------------ 4. the pipeline
+def _diffusers_reference(pipe, loras, strengths):
+    """The outside reference: diffusers' WanImageToVideoPipeline with its own transformers (transformer = high,
+    transformer_2 = low, boundary_ratio 0.9) and the LoRAs loaded by diffusers (the low one with
+    load_into_transformer_2=True), with wanrt's pipeline's VAE, text encoder and a fresh scheduler of its config."""
+    from diffusers import WanImageToVideoPipeline
+
+    high, low = (load_transformer(ModelSpec(TINY22, expert=e)) for e in ("high", "low"))
+    ref = WanImageToVideoPipeline(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=pipe.vae,
+                                  scheduler=type(pipe.scheduler).from_config(pipe.scheduler.config),
+                                  transformer=high, transformer_2=low, boundary_ratio=0.9)
+    for name, into_2 in (("distill", False), ("style", False), ("low", True)):
+        # the state dict (diffusers' converters), not the path: wanrt writes a diffusers file's peft config
+        # unprefixed, which load_lora_weights' metadata path filters away ('transformer.' keys only)
+        state = WanImageToVideoPipeline.lora_state_dict(str(loras[name]))
+        ref.load_lora_weights(state, adapter_name=name, load_into_transformer_2=into_2)
+    ref.transformer.set_adapters(["distill", "style"], weights=list(strengths[:2]))
+    ref.transformer_2.set_adapters(["low"], weights=[strengths[2]])
+    ref.set_progress_bar_config(disable=True)
+    return ref
+
+
+def _count_calls(module) -> list[int]:
+    calls = [0]
+    module.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+@pytest.mark.filterwarnings("ignore:Already found a `peft_config` attribute")  # two adapters on one transformer
+def test_two_expert_pipeline_through_engines_matches_diffusers_with_transformer_2(export22, loras):
+    """wanrt's two exports (ONNX Runtime, fp32), a different LoRA stack on each expert, as the drop-in of
+    WanImageToVideoPipeline: the same denoised latents as diffusers' own two-expert pipeline within the fp32
+    tolerance, and the switch at the same step (forwards counted per expert)."""
+    from PIL import Image
+
+    from wanrt.runtime.experts import expert_pair
+    from wanrt.runtime.pipeline import build_pipeline, dit_calls, run_pipeline
+
+    image = Image.fromarray((torch.rand(40, 56, 3, generator=torch.Generator().manual_seed(0)) * 255)
+                            .to(torch.uint8).numpy())
+    run = {"prompt": "a fox", "frames": 5, "height": 32, "width": 32, "steps": 3, "seed": 7, "output_type": "latent"}
+    pair = expert_pair("ort", artifact=export22)
+    pipe = build_pipeline(pair)
+    assert pipe.config.boundary_ratio == 0.9 and pipe.transformer_2 is not None
+    got = run_pipeline(pipe, image, **run)
+    ref = _diffusers_reference(pipe, loras, (0.7, 1.3, 0.5))
+    counts = {"high": _count_calls(ref.transformer), "low": _count_calls(ref.transformer_2)}
+    want = run_pipeline(ref, image, **run)
+    assert _rel(got, want) <= TOL
+    timesteps = ref.scheduler.timesteps
+    high_steps = int((timesteps >= 0.9 * ref.scheduler.config.num_train_timesteps).sum())
+    assert 0 < high_steps < len(timesteps)  # the schedule crosses the boundary
+    assert dit_calls(pipe) == {"high": counts["high"][0], "low": counts["low"][0]} == {
+        "high": 2 * high_steps, "low": 2 * (len(timesteps) - high_steps)}  # CFG: two forwards a step
+    ref.disable_lora()  # the same pipeline without its LoRAs: the stacks visibly change the result
+    assert _rel(run_pipeline(ref, image, **run), want) > 1e-3
+    pair.close()
