@@ -226,6 +226,12 @@ def lora_specs_by_expert(kw, experts: tuple[str, ...], rank: int | None = None) 
     its name (prefix dropped) and the unprefixed ones, in command-line order."""
     from dataclasses import replace
 
+    from wanrt.errors import BadInputError
+
+    if kw.get("finetuned"):
+        raise BadInputError("--finetuned: a full fine-tune replaces one transformer's weights, and a two-expert "
+                            "model has two; not supported for Wan2.2's experts")
+
     def mine(entries, expert):
         return tuple(replace(e, expert=None) for e in entries or () if e.expert in (None, expert))
 
