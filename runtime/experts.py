@@ -7,8 +7,8 @@ one-transformer model's backend is made. The pipeline drop-in (runtime/pipeline.
 `pipe.transformer`, `low` as `pipe.transformer_2` and sets `boundary_ratio`, so WanImageToVideoPipeline runs the high
 expert for timesteps >= boundary_ratio x 1000 and the low one after, as it does with its own transformers.
 
-Both experts stay loaded: two 14B engines in bf16 are 2 x 28.6 GB of weights (docs/results/experts-cpu.md has the
-per-engine memory and what loading one expert at a time would cost).
+Both experts stay loaded: two 14B engines in bf16 are 2 x 26.6 GiB of weights (docs/results/experts-cpu.md has the
+per-engine memory, what fits one GPU, and what loading one expert at a time would cost).
 """
 
 from __future__ import annotations

@@ -286,3 +286,20 @@ def test_two_expert_pipeline_through_engines_matches_diffusers_with_transformer_
     ref.disable_lora()  # the same pipeline without its LoRAs: the stacks visibly change the result
     assert _rel(run_pipeline(ref, image, **run), want) > 1e-3
     pair.close()
+
+
+# ------------------------------------------------------------------------------------------------ 5. the predictions
+def test_memory_and_step_split_behind_the_reported_predictions():
+    """The numbers the report rests on: the A14B expert's parameter count (diffusers' model of the preset's config),
+    the activation estimate's FFN phase at 720p (3 L D + 2 L F + text K/V + fp32 RoPE, bf16), and the steps each
+    expert runs at Wan2.2's schedules (diffusers' UniPC flow sigmas)."""
+    from wanrt.tools import bench_experts as tool
+    from wanrt.tools.cpu_cost_model import activation_bytes
+
+    memory = tool.memory()
+    assert memory["parameters_per_expert"] == 14_288_901_184  # 26.6 GiB in bf16
+    L, D, F = 75_600, 5120, 13824
+    want = (3 * L * D + 2 * L * F + 2 * 512 * D) * 2 + 2 * L * 128 * 4
+    got = activation_bytes(PRESETS["wan2.2-i2v-a14b"].config, L, batch=1, precision="bf16")
+    assert got["peak_phase"] == "ffn" and got["bytes"] == want
+    assert tool.high_steps(40, 5.0, 0.9) == 15 and tool.high_steps(20, 12.0, 0.875) == 13
