@@ -200,16 +200,16 @@ def _feeds(seed=0):
 def test_engines_build_per_expert_and_refit_touches_only_the_expert_named(export22, loras, tmp_path):
     """OpenVINO fp32 engines of both experts from one export; `refit` of low swaps only its LoRA: the high
     expert's files stay byte for byte, the low one computes the eager model with its new LoRA."""
-    from wanrt.engines.experts import build_experts, refit_experts
-
     flavour = registry.get("openvino")
     engines = tmp_path / "engines"
-    manifest, built = build_experts(export22, flavour, flavour.spec_for("fp32"), engines)
-    assert set(built) == {"high", "low"} and manifest["payload"]["flavour"] == "openvino"
+    res = CliRunner().invoke(cli, ["build", str(export22), "--flavour", "openvino", "--no-cache", "-o", str(engines)])
+    assert res.exit_code == 0, res.output
+    manifest = ExpertsManifest.read(engines, check_files=True)
+    assert (manifest.members, manifest.flavour, manifest.boundary_ratio) == ("engine", "openvino", 0.9)
     before = {f: sha256_file(engines / "high" / f) for f in ("model.blob", "lora.safetensors", "manifest.json")}
     high_out = EngineBackend(flavour, engines / "high")(*_feeds())
-    _, refit = refit_experts(engines, {"low": {"lora_file": str(loras["low2"]), "scale": 0.9}})
-    assert set(refit) == {"low"}
+    res = CliRunner().invoke(cli, ["refit", str(engines), "--lora", f"low:{loras['low2']}:0.9"])
+    assert res.exit_code == 0 and "wanrt refit (low)" in res.output, res.output
     assert {f: sha256_file(engines / "high" / f) for f in before} == before  # the high expert untouched
     assert torch.equal(EngineBackend(flavour, engines / "high")(*_feeds()), high_out)
     m = ExpertsManifest.read(engines, check_files=True)  # resealed: the low member's new files are listed
