@@ -7,6 +7,8 @@ TensorRT is one MissingDependencyError naming what to install.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
 import click
 from rich.table import Table
 
@@ -123,9 +125,15 @@ def build(onnx_dir, output, force, dry_run, progress, **kw):
       wanrt build out/sep --flavour rtx --compute-capability 8.9,12.0
       wanrt build out/r16 --flavour openvino --precision bf16   # CPU engine
     """
+    from wanrt.artifacts import artifact_kind
+    from wanrt.manifests import ExpertsManifest
+
     flavour = registry.get(kw["flavour"])
     spec = flavour.spec({**kw, "progress": progress})
     out = Path(output) if output else Path(onnx_dir) / "engine"
+    if artifact_kind(onnx_dir) == ExpertsManifest.KIND:  # Wan2.2: one engine per expert, OUT/high and OUT/low
+        _build_experts(onnx_dir, flavour, spec, out, force, dry_run)
+        return
     if dry_run:
         # one setting per row: fits 80 columns whatever the profile descriptions' length
         table = Table(title="wanrt build --dry-run", show_header=False, box=None, padding=(0, 2, 0, 0))
@@ -140,11 +148,32 @@ def build(onnx_dir, output, force, dry_run, progress, **kw):
     out_console.print(engine_table(flavour, [(str(out), manifest)]))
 
 
+def _build_experts(onnx_dir, flavour, spec, out: Path, force: bool, dry_run: bool) -> None:
+    from wanrt.engines.experts import build_experts, read_experts
+
+    if dry_run:
+        experts = read_experts(onnx_dir, "onnx")
+        table = Table(title="wanrt build --dry-run", show_header=False, box=None, padding=(0, 2, 0, 0))
+        table.add_column("setting", style="bold")
+        table.add_column("value")
+        for name in experts.experts:
+            for setting, value in flavour.dry_run(experts.member_dir(onnx_dir, name), spec):
+                table.add_row(f"{name}: {setting}", value)
+        table.add_row("output", f"{out}/{{{','.join(experts.experts)}}}")
+        out_console.print(table)
+        return
+    manifest, built = build_experts(onnx_dir, flavour, spec, out, force=force)
+    table = engine_table(flavour, [(str(out / name), m) for name, m in built.items()])
+    table.caption = f"{table.caption or ''}; experts switch at boundary {manifest['payload']['boundary_ratio']}"
+    out_console.print(table)
+
+
 @click.command()
 @click.argument("engine_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--lora", "loras", type=LoraEntryType(), multiple=True,  # a file or a peft adapter dir
               help="New LoRA file (diffusers/peft, ComfyUI/Kijai or musubi/kohya safetensors) at strength :S; "
-                   "repeat for a stack (synthetic:RANK[:S] adds a synthetic one).")
+                   "repeat for a stack (synthetic:RANK[:S] adds a synthetic one). Wan2.2: high:FILE or low:FILE "
+                   "for one expert.")
 @click.option("--rank", type=click.IntRange(1), default=None,
               help="Synthetic LoRA of this rank (no --lora), or SVD re-rank of --lora.")
 @click.option("--lora-scale", type=FINITE_FLOAT, default=None, help="LoRA strength (default: the export's).")
@@ -164,18 +193,22 @@ def refit(engine_dir, loras, rank, lora_scale, seed, allow_pickle, output, force
       rank <= the engine's (zero-padded).
     merged-mode engines: W = original base + new delta (never cumulative:
       A -> B -> A returns exactly to A).
+    Wan2.2 engines (wanrt build of a two-expert export): --lora low:FILE:S
+      refits the low-noise expert only; a plain --lora refits both.
     """
+    from wanrt.artifacts import artifact_kind
+    from wanrt.manifests import ExpertsManifest
+
     if not loras and rank is None:
         raise BadInputError("refit needs --lora FILE or --rank N")
-    first, rest = (loras[0], loras[1:]) if loras else (None, ())
-    if rank is not None and first is not None and (rest or first.rank is not None):
-        raise BadInputError("--rank re-ranks a single --lora file; a stack keeps each LoRA's rank")
+    if artifact_kind(engine_dir) == ExpertsManifest.KIND:  # Wan2.2: the experts named (a plain --lora: both)
+        _refit_experts(engine_dir, loras, rank, lora_scale, seed, allow_pickle, output, force, dry_run)
+        return
+    if any(e.expert for e in loras):
+        raise BadInputError(f"--lora {next(e for e in loras if e.expert)}: the high:/low: prefixes name Wan2.2's "
+                            f"experts; {engine_dir} is one engine")
     flavour = registry.of_engine_dir(engine_dir)
-    # a strength left out is --lora-scale's, and without one the first LoRA keeps the export's scale (None)
-    stack = lora_entries({"lora": rest, "lora_scale": lora_scale})
-    scale = lora_scale if first is None or first.strength is None else first.strength
-    lora = {"lora_file": first and first.file, "rank": (first and first.rank) or rank, "scale": scale, "seed": seed,
-            "allow_pickle": allow_pickle, "stack": stack}
+    lora = _refit_options(loras, rank, lora_scale, seed, allow_pickle)
     if dry_run:
         row = flavour.refit_dry_run(engine_dir, **lora)
         table = Table(title="wanrt refit --dry-run")
@@ -186,3 +219,45 @@ def refit(engine_dir, loras, rank, lora_scale, seed, allow_pickle, output, force
         return
     manifest = flavour.refit(engine_dir, **lora, out_dir=output, force=force)
     out_console.print(engine_table(flavour, [(str(output or engine_dir), manifest)], title="wanrt refit"))
+
+
+def _refit_options(loras, rank, lora_scale, seed, allow_pickle) -> dict[str, Any]:
+    """The flavours' refit keywords for one engine's new stack (the first entry, then the rest)."""
+    first, rest = (loras[0], loras[1:]) if loras else (None, ())
+    if rank is not None and first is not None and (rest or first.rank is not None):
+        raise BadInputError("--rank re-ranks a single --lora file; a stack keeps each LoRA's rank")
+    # a strength left out is --lora-scale's, and without one the first LoRA keeps the export's scale (None)
+    stack = lora_entries({"lora": rest, "lora_scale": lora_scale})
+    scale = lora_scale if first is None or first.strength is None else first.strength
+    return {"lora_file": first and first.file, "rank": (first and first.rank) or rank, "scale": scale, "seed": seed,
+            "allow_pickle": allow_pickle, "stack": stack}
+
+
+def _refit_experts(engine_dir, loras, rank, lora_scale, seed, allow_pickle, output, force, dry_run) -> None:
+    """`wanrt refit` of a two-expert engine: each expert named by a prefix gets its entries, a plain --lora (or
+    --rank) goes to every expert; an expert no entry names is left as it is."""
+    from dataclasses import replace
+
+    from wanrt.engines.experts import read_experts, refit_experts
+
+    experts = read_experts(engine_dir, "engine")
+    options = {}
+    for name in experts.experts:
+        mine = tuple(replace(e, expert=None) for e in loras if e.expert in (None, name))
+        if mine or not loras:
+            options[name] = _refit_options(mine, rank, lora_scale, seed, allow_pickle)
+    if dry_run:
+        rows = [{"expert": name, **registry.of_engine_dir(experts.member_dir(engine_dir, name)).refit_dry_run(
+            experts.member_dir(engine_dir, name), **opts)} for name, opts in options.items()]
+        table = Table(title="wanrt refit --dry-run")
+        for col in rows[0]:
+            table.add_column(col)
+        for row in rows:
+            table.add_row(*row.values())
+        out_console.print(table)
+        return
+    target = Path(output or engine_dir)
+    _, refit = refit_experts(engine_dir, options, out_dir=output, force=force)
+    flavour = registry.get(experts.flavour or registry.AUTO)
+    out_console.print(engine_table(flavour, [(str(target / name), m) for name, m in refit.items()],
+                                   title=f"wanrt refit ({', '.join(refit)})"))

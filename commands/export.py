@@ -16,7 +16,7 @@ from wanrt.artifacts import MANIFEST_NAME
 from wanrt.manifests import EngineManifest, ExportManifest
 from wanrt.commands.flags import deprecation_line
 from wanrt.commands.options import (SectionedCommand, dtype_option, lora_options, lora_spec_from_kwargs,
-                                    model_options, model_spec_from_kwargs, option_group)
+                                    lora_specs_by_expert, model_options, model_spec_from_kwargs, option_group)
 from wanrt.parse import SYNTHETIC_PREFIX, parse_int_list, parse_shape
 
 
@@ -164,10 +164,14 @@ def export(**kw):
       wanrt export --model wan2.1-i2v-14b --layers 2 --dtype bf16 --rank 16 \\
           -o out/slice
       wanrt export --rank 16 --engine -o out/trt   # + OUTPUT/engine
+      wanrt export --model tiny-wan2.2 --lora high:h.safetensors:3 \\
+          --lora low:l.safetensors:1.5 -o out/wan22   # out/wan22/high, low
     """
     from wanrt.artifacts import check_output_dir
+    from wanrt.engines.experts import build_experts
     from wanrt.engines.trt.acceptance import tensorrt_acceptance
-    from wanrt.export.api import export_model, export_ranks
+    from wanrt.export.api import export_experts, export_model, export_ranks
+    from wanrt.export.model import model_experts
 
     if kw["rank"] is not None and "," in str(kw["rank"]):
         deprecation_line("--rank with a list", "--ranks")  # one flag, one value; the sweep is the plural
@@ -180,8 +184,15 @@ def export(**kw):
     model_spec = model_spec_from_kwargs(kw)
     _check_lora_file(kw)
     out = Path(kw["output"])
-    check_output_dir(out, kw["force"], kind="onnx")
-    if ranks is not None and len(ranks) > 1:
+    experts = model_experts(model_spec)
+    check_output_dir(out, kw["force"], kind="experts" if experts.names else "onnx")
+    if experts.names:  # Wan2.2: one artifact, OUTPUT/high and OUTPUT/low, each expert with its own LoRA stack
+        if ranks is not None and len(ranks) > 1:
+            raise BadInputError("--ranks: a two-expert model exports one rank (its artifact holds both experts)")
+        manifest = export_experts(model_spec, lora_specs_by_expert(kw, experts.names, ranks[0] if ranks else None),
+                                  export_spec, out, force=kw["force"], acceptance=tensorrt_acceptance)
+        rows = [(str(out / e), ExportManifest.read(out / e).to_dict()) for e in manifest["payload"]["experts"]]
+    elif ranks is not None and len(ranks) > 1:
         manifests = export_ranks(model_spec, lora_spec_from_kwargs(kw), export_spec, ranks, out, force=kw["force"],
                                  acceptance=tensorrt_acceptance)
         rows = [(str(out / f"r{r}"), m) for r, m in zip(ranks, manifests)]
@@ -193,7 +204,10 @@ def export(**kw):
     if kw["engine"]:
         flavour = registry.get(kw["flavour"])
         spec = flavour.spec(kw)
-        built = [flavour.build(d, spec, Path(d) / "engine", force=kw["force"]) for d, _ in rows]
+        if experts.names:  # one engine per expert, OUTPUT/engine/high and OUTPUT/engine/low
+            built = list(build_experts(out, flavour, spec, out / "engine", force=kw["force"])[1].values())
+        else:
+            built = [flavour.build(d, spec, Path(d) / "engine", force=kw["force"]) for d, _ in rows]
     for note in kw.get("_notes", []):  # after the work: a bad input (found by the export itself) stays one line
         err_console.print(note, highlight=False, soft_wrap=True)
     # one table per command: with --engine, the engine's precision and size replace the TensorRT parse column
@@ -262,9 +276,10 @@ def presets():
     for p in PRESETS.values():
         c = p.config
         table.add_row(p.name, str(c["num_layers"]), f"{c['num_attention_heads']}x{c['attention_head_dim']}",
-                      str(c["ffn_dim"]), f"{c['text_dim']}/{c['image_dim']}", str(p.default_shape),
+                      str(c["ffn_dim"]), f"{c['text_dim']}/{c['image_dim'] or '-'}", str(p.default_shape),
                       f"{p.default_shape.tokens():,}")
-    table.caption = "text and image dims (512 and 257 tokens); video: the default FRAMESxHxW"
+    table.caption = ("text and image dims (512 and 257 tokens; - : no image branch); video: the default FRAMESxHxW; "
+                     "wan2.2 presets: two experts each")
     out_console.print(table)
     for p in PRESETS.values():
         out_console.print(f"{p.name}: {p.description}", highlight=False)

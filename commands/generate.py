@@ -6,7 +6,8 @@ import click
 
 from wanrt.commands.flags import deprecated_option
 from wanrt.commands.options import (FINITE_FLOAT, SEED, FiniteFloat, Text, backend_option, device_options,
-                                    lora_options, lora_spec_from_kwargs, model_options, model_spec_from_kwargs,
+                                    lora_options, lora_spec_from_kwargs, lora_specs_by_expert, model_options,
+                                    model_spec_from_kwargs,
                                     run_dtype_option)
 from wanrt.console import err_console, out_console
 from wanrt.errors import BadInputError
@@ -29,8 +30,8 @@ def _single_rank(kw) -> int | None:
 @click.option("--negative-prompt", default="", show_default=True, type=Text(MAX_PROMPT_BYTES))
 @backend_option("eager")
 @click.option("--artifact", type=click.Path(file_okay=False), default=None,
-              help="ONNX export directory (ort) or engine directory (trt). ort without it exports once into the "
-                   "cache.")
+              help="ONNX export directory (ort) or engine directory (trt); Wan2.2: the two-expert artifact of "
+                   "`wanrt export` or `wanrt build`. ort without it exports once into the cache.")
 @deprecated_option("--engine", "--artifact", "artifact", type=click.Path(file_okay=False))
 @model_options
 @lora_options
@@ -60,6 +61,8 @@ def _single_rank(kw) -> int | None:
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 def generate(**kw):
     """Image + prompt -> mp4 with any backend as the pipeline's transformer."""
+    from wanrt.export.model import model_experts
+    from wanrt.runtime.experts import is_experts_artifact
     from wanrt.runtime.generate import GenerateSpec, generate as run
 
     shape = parse_shape(kw["shape"], "--shape")
@@ -69,16 +72,22 @@ def generate(**kw):
     spec = GenerateSpec(prompt=kw["prompt"], negative_prompt=kw["negative_prompt"], frames=shape.frames,
                         height=shape.height, width=shape.width, schedule=schedule, seed=kw["noise_seed"],
                         fps=kw["fps"])
-    info = run(kw["image"], spec, kw["backend"], kw["output"], model_spec=model_spec_from_kwargs(kw),
-               lora_spec=lora_spec_from_kwargs(kw, _single_rank(kw)), engine=kw["artifact"], device=kw["device"],
-               pipeline=kw["pipeline"], force=kw["force"], threads=kw["threads"], cuda_graph=kw["cuda_graph"],
-               say=lambda m: err_console.print(f"[dim]{m}[/dim]"))
+    model_spec = model_spec_from_kwargs(kw)
+    # Wan2.2: an experts artifact, or a two-expert --model with a LoRA stack per expert (high:/low: prefixes)
+    experts = () if is_experts_artifact(kw["artifact"]) else model_experts(model_spec).names
+    lora = {"expert_loras": lora_specs_by_expert(kw, experts, _single_rank(kw))} if experts else \
+        {"lora_spec": None if is_experts_artifact(kw["artifact"]) else lora_spec_from_kwargs(kw, _single_rank(kw))}
+    info = run(kw["image"], spec, kw["backend"], kw["output"], model_spec=model_spec, engine=kw["artifact"],
+               device=kw["device"], pipeline=kw["pipeline"], force=kw["force"], threads=kw["threads"],
+               cuda_graph=kw["cuda_graph"], say=lambda m: err_console.print(f"[dim]{m}[/dim]"), **lora)
+    by_expert = info.get("dit_calls_by_expert")
+    split = f": {', '.join(f'{e} {n}' for e, n in by_expert.items())}" if by_expert else ""
     out_console.print(f"wrote {info['output']}: {info['frames']} frames {info['height']}x{info['width']}, "
-                      f"{info['dit_calls']} DiT calls ({schedule.describe()}) with '{kw['backend']}' in "
+                      f"{info['dit_calls']} DiT calls{split} ({schedule.describe()}) with '{kw['backend']}' in "
                       f"{info['generate_s']:.1f} s",
                       highlight=False)
     if kw["model"] in PRESETS and kw["pipeline"] is None:
         err_console.print(f"note: the '{kw['model']}' preset and the built-in pipeline have seeded random weights, "
                           "so the video is colour noise, not your prompt: it shows the pipeline runs end to end. "
-                          "Pass --model and --pipeline of a real Wan2.1 I2V checkpoint for a real video.",
+                          "Pass --model and --pipeline of a real Wan I2V checkpoint for a real video.",
                           highlight=False)

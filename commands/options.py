@@ -138,7 +138,8 @@ lora_options = option_group(
     click.option("--lora", "lora", type=LoraEntryType(), multiple=True,
                  help="LoRA file (safetensors) or peft adapter directory: diffusers/peft, ComfyUI/Kijai or "
                       "musubi/kohya format, at strength :S. Repeat for a stack (one swappable branch); "
-                      "synthetic:RANK[:S] adds a seeded synthetic LoRA."),
+                      "synthetic:RANK[:S] adds a seeded synthetic LoRA. Wan2.2: high:FILE[:S] or low:FILE[:S] "
+                      "for one expert; without a prefix, both."),
     click.option("--merge", "merge", type=LoraEntryType(), multiple=True,
                  help="A LoRA folded into the base weights in every mode (a distill LoRA the deployment keeps); "
                       "the --lora entries stay swappable. Repeatable, FILE[:S]."),
@@ -203,6 +204,10 @@ def lora_spec_from_kwargs(kw, rank: int | None = None):
     from wanrt.errors import BadInputError
     from wanrt.export.api import LoraSpec
 
+    tagged = [e for e in (*(kw.get("lora") or ()), *(kw.get("merge") or ())) if e.expert is not None]
+    if tagged:
+        raise BadInputError(f"--lora {tagged[0]}: the {tagged[0].expert}: prefix names one of Wan2.2's experts; "
+                            f"--model {kw.get('model')} has one transformer")
     entries = lora_entries(kw)
     first, rest = (entries[0], entries[1:]) if entries else (None, ())
     if rank is not None and first is not None and (rest or first.rank is not None):
@@ -214,3 +219,21 @@ def lora_spec_from_kwargs(kw, rank: int | None = None):
                     scale=first.strength if first else kw["lora_scale"], seed=kw["seed"],
                     allow_pickle=kw["allow_pickle"], finetuned=kw.get("finetuned"), stack=rest,
                     merge=lora_entries(kw, "merge"), max_rank=kw.get("max_rank"))
+
+
+def lora_specs_by_expert(kw, experts: tuple[str, ...], rank: int | None = None) -> dict:
+    """{expert: LoraSpec} of a two-expert model: each expert's spec holds the --lora/--merge entries prefixed with
+    its name (prefix dropped) and the unprefixed ones, in command-line order."""
+    from dataclasses import replace
+
+    from wanrt.errors import BadInputError
+
+    if kw.get("finetuned"):
+        raise BadInputError("--finetuned: a full fine-tune replaces one transformer's weights, and a two-expert "
+                            "model has two; not supported for Wan2.2's experts")
+
+    def mine(entries, expert):
+        return tuple(replace(e, expert=None) for e in entries or () if e.expert in (None, expert))
+
+    return {e: lora_spec_from_kwargs({**kw, "lora": mine(kw.get("lora"), e), "merge": mine(kw.get("merge"), e)},
+                                     rank) for e in experts}

@@ -1,7 +1,8 @@
 """`wanrt export` as functions: ModelSpec + LoraSpec + ExportSpec -> a validated ONNX directory.
 
-`export_model` exports one (model, LoRA, mode); `export_ranks` one directory per rank of a rank study. Both write
-into a temporary directory renamed at the end, so a failed export leaves nothing that looks valid.
+`export_model` exports one (model, LoRA, mode); `export_ranks` one directory per rank of a rank study;
+`export_experts` both of Wan2.2's experts into one artifact. All write into a temporary directory renamed at the
+end, so a failed export leaves nothing that looks valid.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from wanrt.export import validate
 from wanrt.export.finetuned import finetuned_reference
 from wanrt.export.finite import check_finite_initializers
 from wanrt.export.lora_formats import load_lora_file
-from wanrt.export.model import ModelSpec, load_transformer, model_geometry, preset_config
+from wanrt.export.model import ModelSpec, load_transformer, model_experts, model_geometry, preset_config
+from wanrt.manifests import ExportManifest, ExpertsManifest, lora_record
 from wanrt.export.onnx_export import ExportSpec, export_onnx
 
 # A check of the saved graph by a consumer above the export layer: path -> report (manifest `trt_parse`).
@@ -79,8 +81,10 @@ class LoraSpec:
         return first + self.stack
 
 
-def resolve_lora(model: torch.nn.Module, spec: LoraSpec) -> tuple[LoraWeights | None, dict[str, float] | None]:
-    """LoraSpec -> canonical LoraWeights (file | synthetic | SVD re-rank | stack | dense), plus re-rank energies."""
+def resolve_lora(model: torch.nn.Module, spec: LoraSpec,
+                 expert: str | None = None) -> tuple[LoraWeights | None, dict[str, float] | None]:
+    """LoraSpec -> canonical LoraWeights (file | synthetic | SVD re-rank | stack | dense), plus re-rank energies.
+    `expert`: which of Wan2.2's experts `model` is (files holding both experts give it its part)."""
     LoraMode.parse(spec.mode, "--lora-mode", LoraError)
     if not spec.enabled:
         return None, None
@@ -93,10 +97,11 @@ def resolve_lora(model: torch.nn.Module, spec: LoraSpec) -> tuple[LoraWeights | 
             raise LoraError("--rank re-ranks a single --lora file; a stack keeps each LoRA's rank (--max-rank sets "
                             "the branch's)")
         entries = spec.entries()
-        lora = stack_loras([entry_lora(model, e, spec, i) for i, e in enumerate(entries)], [e.label for e in entries])
+        lora = stack_loras([entry_lora(model, e, spec, i, expert) for i, e in enumerate(entries)],
+                           [e.label for e in entries])
     elif spec.file is not None:
-        lora = _on_targets(load_lora_file(spec.file, model, lora_scale=spec.scale, allow_pickle=spec.allow_pickle),
-                           model, spec.targets)
+        lora = _on_targets(load_lora_file(spec.file, model, lora_scale=spec.scale, allow_pickle=spec.allow_pickle,
+                                          expert=expert), model, spec.targets)
         if spec.rank is not None and (spec.rank != lora.rank or lora.rank is None):
             lora, energy = rerank(lora, spec.rank)
     else:
@@ -111,11 +116,16 @@ def resolve_lora(model: torch.nn.Module, spec: LoraSpec) -> tuple[LoraWeights | 
     return lora, energy
 
 
-def entry_lora(model: torch.nn.Module, entry: LoraEntry, spec: LoraSpec, index: int = 0) -> LoraWeights:
+def entry_lora(model: torch.nn.Module, entry: LoraEntry, spec: LoraSpec, index: int = 0,
+               expert: str | None = None) -> LoraWeights:
     """One stack entry at its strength: a file restricted to the spec's targets, or a synthetic LoRA on them
-    (seeded seed + index, so two synthetic entries of a stack differ)."""
+    (seeded seed + index, so two synthetic entries of a stack differ). `expert` as in resolve_lora."""
+    if entry.expert not in (None, expert):
+        raise LoraError(f"--lora {entry}: given to the {entry.expert} expert, loaded onto "
+                        f"{'a one-transformer model' if expert is None else f'the {expert} expert'}")
     if entry.file is not None:
-        lora = load_lora_file(entry.file, model, lora_scale=entry.strength, allow_pickle=spec.allow_pickle)
+        lora = load_lora_file(entry.file, model, lora_scale=entry.strength, allow_pickle=spec.allow_pickle,
+                              expert=expert)
         return _on_targets(lora, model, spec.targets)
     lora = synthetic_lora(model, entry.rank, spec.targets, seed=spec.seed + index)
     lora.lora_scale = entry.strength
@@ -132,13 +142,13 @@ def _on_targets(lora: LoraWeights, model: torch.nn.Module, targets: str) -> Lora
     return lora
 
 
-def merge_entries_into(model: torch.nn.Module, spec: LoraSpec) -> LoraWeights | None:
+def merge_entries_into(model: torch.nn.Module, spec: LoraSpec, expert: str | None = None) -> LoraWeights | None:
     """Fold `spec.merge` (one stack at its strengths) into the base weights in place: what the export does before
     its LoRA step and a refit does to rebuild the same base. Returns what was merged (None: nothing)."""
     if not spec.merge:
         return None
-    lora = stack_loras([entry_lora(model, e, replace(spec, targets="all"), 100 + i) for i, e in enumerate(spec.merge)],
-                       [e.label for e in spec.merge])
+    lora = stack_loras([entry_lora(model, e, replace(spec, targets="all"), 100 + i, expert)
+                        for i, e in enumerate(spec.merge)], [e.label for e in spec.merge])
     apply_lora(model, lora, "merged")
     return lora
 
@@ -214,6 +224,30 @@ def export_ranks(model_spec: ModelSpec, lora_spec: LoraSpec, export_spec: Export
     return manifests
 
 
+def export_experts(model_spec: ModelSpec, lora_specs: dict[str, LoraSpec], export_spec: ExportSpec,
+                   out_dir: str | Path, force: bool = False, progress: bool | None = None,
+                   acceptance: Acceptance | None = None, say: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """A two-expert model (Wan2.2) as ONE artifact: out_dir/high and out_dir/low, each a complete validated export
+    of its expert with its own LoRA spec (`lora_specs[expert]`), and out_dir/manifest.json (kind "experts": the
+    boundary, each expert's folder, ONNX sha256 and LoRA stack), written last. All or nothing."""
+    experts = model_experts(model_spec)
+    if not experts.names:
+        raise BadInputError(f"--model {model_spec.source} has one transformer; export it with export_model")
+    with atomic_output_dir(out_dir, force=force, kind=ExpertsManifest.KIND) as tmp:  # refuses a bad out_dir first
+        members = {}
+        for name in experts.names:
+            (tmp / name).mkdir()
+            members[name] = _export_into(replace(model_spec, expert=name), lora_specs[name], export_spec, tmp / name,
+                                         progress, acceptance, say)
+        payload = {"members": ExportManifest.KIND, "boundary_ratio": experts.boundary_ratio,
+                   "experts": {name: {"dir": name, "sha256": m["payload"]["sha256"],
+                                      "lora": lora_record(m["payload"]["lora"])} for name, m in members.items()}}
+        manifest = build_manifest(ExpertsManifest.KIND, {"model": model_spec, "lora": lora_specs,
+                                                         "export": export_spec}, payload)
+        write_manifest(tmp, manifest)  # last: it lists (and hashes) every file of both members
+    return manifest
+
+
 def _export_into(model_spec: ModelSpec, lora_spec: LoraSpec, export_spec: ExportSpec, directory: Path,
                  progress: bool | None, acceptance: Acceptance | None,
                  say: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -223,7 +257,8 @@ def _export_into(model_spec: ModelSpec, lora_spec: LoraSpec, export_spec: Export
     model_spec = replace(model_spec, dtype=export_spec.dtype)
     t_start = time.perf_counter()
     shapes = _shape_range(model_spec, export_spec)  # before any load: a range the model cannot take is bad input
-    with StepProgress(f"export {model_spec.source}", steps, enabled=progress, say=say) as step:
+    title = f"export {model_spec.source}" + (f" ({model_spec.expert} expert)" if model_spec.expert else "")
+    with StepProgress(title, steps, enabled=progress, say=say) as step:
         # 1. model
         step("load model")
         model = load_transformer(model_spec)
@@ -231,8 +266,8 @@ def _export_into(model_spec: ModelSpec, lora_spec: LoraSpec, export_spec: Export
         geometry = model_geometry(model)
         # 2. LoRA
         step("LoRA")
-        merged_in = merge_entries_into(model, lora_spec)
-        lora, energy = resolve_lora(model, lora_spec)
+        merged_in = merge_entries_into(model, lora_spec, model_spec.expert)
+        lora, energy = resolve_lora(model, lora_spec, model_spec.expert)
         if lora is not None:
             apply_lora(model, lora, lora_spec.mode)
         lora_payload = _lora_payload(lora, lora_spec, model, energy)

@@ -31,6 +31,13 @@ Decisions:
 - A T2V LoRA on the I2V model: the image K/V projections are simply not adapted (reported as
   `source["image_kv_untouched"]`); an I2V LoRA on a T2V model (image keys, no image branch) is refused.
 - Keys that match nothing: all -> LoraError; some -> warnings.warn with counts, the rest loads.
+- Wan2.2's two experts (`expert`, load_lora_file): a file of one transformer (every format; Wan2.2's HIGH/LOW
+  LoRAs are pairs of such files) fits either expert. A diffusers file that holds both, each under its pipeline
+  component (`transformer.` for the high-noise expert, `transformer_2.` for the low-noise one, as a pipeline packs
+  a LoRA per component), gives each expert its part; its `transformer_2.` keys alone given to the high expert, or
+  to a one-transformer model, are refused in one line. (diffusers' own `load_lora_weights(...,
+  load_into_transformer_2=True)` reads a file's `transformer.` keys into transformer_2: the pair convention.) A file
+  whose name says HIGH or LOW loaded onto the other expert is warned about, not refused: a name is no proof.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ import os
 import re
 import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +66,8 @@ log = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".pt", ".ckpt", ".bin", ".pth")
 METADATA_KEY = "lora_adapter_metadata"  # diffusers' LORA_ADAPTER_METADATA_KEY
+# diffusers' pipeline component of each Wan2.2 expert: a packed file's key (and metadata) prefix
+EXPERT_COMPONENTS = {"high": "transformer", "low": "transformer_2"}
 PEFT_WEIGHT_NAMES = ("adapter_model.safetensors", "pytorch_lora_weights.safetensors", "adapter_model.bin",
                      "pytorch_lora_weights.bin")
 
@@ -237,7 +246,8 @@ def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     return sd, metadata
 
 
-def _peft_config(metadata: dict[str, str], config_path: Path | None) -> dict[str, Any] | None:
+def _peft_config(metadata: dict[str, str], config_path: Path | None,
+                 component: str = "transformer") -> dict[str, Any] | None:
     if config_path is not None:
         try:
             return read_json(config_path)  # bounded: size, depth, regular files only
@@ -253,8 +263,9 @@ def _peft_config(metadata: dict[str, str], config_path: Path | None) -> dict[str
         return None
     if not isinstance(cfg, dict):
         raise LoraError(f"metadata {METADATA_KEY} is a JSON {type(cfg).__name__}, not an object")
-    if any(k.startswith("transformer.") for k in cfg):  # pipeline.save_lora_weights packs with the component prefix
-        cfg = {k[len("transformer."):]: v for k, v in cfg.items() if k.startswith("transformer.")}
+    prefix = f"{component}."
+    if any(k.startswith(prefix) for k in cfg):  # pipeline.save_lora_weights packs with the component prefix
+        cfg = {k[len(prefix):]: v for k, v in cfg.items() if k.startswith(prefix)}
     return cfg
 
 
@@ -398,18 +409,60 @@ def validate_lora_file(path: str | os.PathLike, allow_pickle: bool = False) -> L
 
 # ------------------------------------------------------------------------------------------- loading
 def load_lora_file(path: str | os.PathLike, model: nn.Module, lora_scale: float = 1.0,
-                   allow_pickle: bool = False) -> LoraWeights:
-    """Read a LoRA file (any format above) for `model` into the canonical LoraWeights; every problem is a LoraError."""
+                   allow_pickle: bool = False, expert: str | None = None) -> LoraWeights:
+    """Read a LoRA file (any format above) for `model` into the canonical LoraWeights; every problem is a LoraError.
+    `expert`: which of Wan2.2's experts `model` is (None: a one-transformer model), for files that hold both."""
     if not (_is_number(lora_scale)):
         raise LoraError(f"--lora-scale {lora_scale!r}: must be a finite number")
-    f = validate_lora_file(path, allow_pickle)
+    f, split = expert_part(validate_lora_file(path, allow_pickle), expert)
     res = _Resolver(model)
     parts, unmatched, zero_skipped = _match_keys(f, res, model)
     modules, bias_only = _assemble_modules(f, res, parts, unmatched)
     lora = LoraWeights(modules, lora_scale=float(lora_scale))
     check_fits(model, lora)  # names the module and both shapes
     lora.source = _source_info(f, res, model, modules, unmatched, zero_skipped, bias_only)
+    if expert is not None:
+        lora.source["expert"] = expert
+        if split:
+            lora.source["expert_keys"] = f"{EXPERT_COMPONENTS[expert]}."
     return lora
+
+
+def expert_part(f: LoraFile, expert: str | None) -> tuple[LoraFile, bool]:
+    """The part of `f` that `expert` loads (module docstring, "Wan2.2's two experts"), and whether `f` held both
+    experts' keys. Refuses low-expert keys given to the high expert or to a one-transformer model."""
+    low = f"{EXPERT_COMPONENTS['low']}."
+    low_keys = [k for k in f.sd if k.startswith(low)]
+    name = f.weights_path.name
+    if not low_keys:
+        _warn_if_named_for_other(f.weights_path, expert)
+        return f, False
+    only_low = len(low_keys) == len(f.sd)
+    if expert is None and only_low:
+        raise LoraError(f"{name}: a Wan2.2 low-noise expert LoRA (only '{low}' keys, e.g. {low_keys[0]!r}); this "
+                        f"model has one transformer")
+    if expert is None:
+        return f, False  # as diffusers' load_lora_weights: the `transformer.` part, the rest warned as unmatched
+    if expert != "low":
+        if only_low:
+            raise LoraError(f"{name}: holds only the low-noise expert's keys ('{low}...'), given to the {expert} "
+                            f"expert; give it as low:{f.weights_path}")
+        return replace(f, sd={k: v for k, v in f.sd.items() if not k.startswith(low)}), True
+    return replace(f, sd={k[len(low):]: v for k, v in f.sd.items() if k.startswith(low)},
+                   cfg=_peft_config(f.metadata, f.config_path, EXPERT_COMPONENTS["low"])), True
+
+
+def _warn_if_named_for_other(path: Path, expert: str | None) -> None:
+    """Wan2.2 LoRA pairs are named ..._HIGH / ..._high_noise and ..._LOW / ..._low_noise: a file whose name says one
+    expert loaded onto the other is most likely a mix-up (one warning; a name proves nothing, so no refusal)."""
+    tokens = set(re.split(r"[^a-z0-9]+", path.stem.lower()))
+    said = [e for e in EXPERT_COMPONENTS if e in tokens or f"{e}noise" in tokens]
+    if expert is None or len(said) != 1 or said[0] == expert:
+        return
+    msg = (f"{path.name}: the name says the {said[0]}-noise expert; it is loaded onto the {expert}-noise one "
+           f"(check its high:/low: prefix; a plain --lora goes to both experts)")
+    warnings.warn(msg, stacklevel=4)
+    log.warning(msg)
 
 
 _Parts = dict[str, dict[str, tuple[str, torch.Tensor]]]  # linear -> kind -> (file key, tensor)

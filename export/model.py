@@ -2,6 +2,10 @@
 
 All three end in the same `WanTransformer3DModel`, cast the same way (`_keep_in_fp32_modules` stay fp32), so a real
 checkpoint goes through exactly the code path the tests exercise on presets.
+
+A model with two experts (Wan2.2 A14B: `model_experts`) is loaded one expert at a time (`ModelSpec.expert`): a
+preset's expert is its seed plus the expert's offset, a checkpoint's is `transformer/` (high) or `transformer_2/`
+(low), its boundary the pipeline's `model_index.json` `boundary_ratio`.
 """
 
 from __future__ import annotations
@@ -15,10 +19,15 @@ from typing import Any, Iterator
 
 import torch
 
+from wanrt.choices import Expert
 from wanrt.dit_io import TORCH_DTYPES
 from wanrt.errors import BadInputError, ModelSourceError, NetworkError
 from wanrt.export.presets import PRESETS, Preset
+from wanrt.jsonio import read_json
 from wanrt.manifests import EngineManifest, ExportManifest
+
+# where each expert lives in a diffusers Wan2.2 pipeline (WanImageToVideoPipeline's `transformer`/`transformer_2`)
+EXPERT_SUBFOLDERS = {Expert.HIGH.value: "transformer", Expert.LOW.value: "transformer_2"}
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -28,6 +37,7 @@ class ModelSpec:
     layers: int | None = None  # keep the first N blocks (timing on one GPU, slices on small machines)
     dtype: str = "fp32"
     seed: int = 0  # presets only
+    expert: str | None = None  # which of a two-expert model's transformers (model_experts); None: the one
 
     @property
     def is_preset(self) -> bool:
@@ -40,6 +50,61 @@ class ModelSpec:
     @property
     def torch_dtype(self) -> torch.dtype:
         return TORCH_DTYPES[self.dtype]
+
+
+@dataclass(frozen=True)
+class Experts:
+    """A model's experts: none (one transformer), or Wan2.2's high and low with the pipeline's boundary."""
+
+    names: tuple[str, ...] = ()
+    boundary_ratio: float | None = None
+
+
+def model_experts(spec: ModelSpec) -> Experts:
+    """The experts of `spec`'s source: a preset's, or a local pipeline's with `transformer_2/` (boundary from its
+    model_index.json), or a hub id's whose model_index.json is in the hub cache (no network: an uncached hub id
+    loads `transformer/` alone, as before experts existed)."""
+    if spec.is_preset:
+        return Experts(spec.preset.experts, spec.preset.boundary_ratio)
+    path = Path(spec.source).expanduser()
+    if path.exists():
+        index = path / "model_index.json"
+        if not (path / EXPERT_SUBFOLDERS[Expert.LOW] / "config.json").is_file():
+            return Experts()
+    else:
+        index = _cached_hub_file(spec.source, "model_index.json")
+        if index is None:
+            return Experts()
+    doc = read_json(index) if Path(index).is_file() else {}
+    ratio = doc.get("boundary_ratio") if isinstance(doc, dict) else None
+    if ratio is None:
+        return Experts()  # transformer_2 without a boundary: diffusers runs `transformer` alone, so does wanrt
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
+        raise ModelSourceError(f"{index}: boundary_ratio {ratio!r} is not a number between 0 and 1")
+    return Experts(Expert.values(), float(ratio))
+
+
+def _cached_hub_file(source: str, name: str) -> Path | None:
+    if source.count("/") != 1 or source.startswith((".", "/", "~")):
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    hit = try_to_load_from_cache(source, name)
+    return Path(hit) if isinstance(hit, str) else None
+
+
+def check_expert(spec: ModelSpec, experts: Experts | None = None) -> None:
+    """`spec.expert` names one of the model's experts, and a two-expert model is loaded one expert at a time."""
+    experts = model_experts(spec) if experts is None else experts
+    if spec.expert is None and experts.names:
+        raise BadInputError(f"--model {spec.source} has two experts ({', '.join(experts.names)}), one transformer "
+                            f"each: `wanrt export` writes both into one artifact (build, refit and generate take "
+                            f"it); this runs one transformer")
+    if spec.expert is not None and spec.expert not in experts.names:
+        if not experts.names:
+            raise BadInputError(f"expert {spec.expert!r}: --model {spec.source} has one transformer (the high:/low: "
+                                f"experts are Wan2.2's)")
+        raise BadInputError(f"expert {spec.expert!r}: choose one of {', '.join(experts.names)}")
 
 
 def exported_model_spec(manifest: ExportManifest | EngineManifest) -> ModelSpec:
@@ -118,10 +183,16 @@ def preset_config(spec: ModelSpec) -> dict[str, Any]:
     return config
 
 
-def _resolve_checkpoint(source: str) -> tuple[str, dict[str, Any]]:
-    """A local pipeline dir (with transformer/), a transformer dir, or a hub id (cached or downloadable)."""
+def _resolve_checkpoint(source: str, expert: str | None = None) -> tuple[str, dict[str, Any]]:
+    """A local pipeline dir (with transformer/, and transformer_2/ for Wan2.2's low expert), a transformer dir, or
+    a hub id (cached or downloadable)."""
     path = Path(source).expanduser()
+    subfolder = EXPERT_SUBFOLDERS[expert or Expert.HIGH]
     if path.exists():
+        if expert is not None:
+            if not (path / subfolder / "config.json").is_file():
+                raise ModelSourceError(f"{source}: no {subfolder}/config.json (the {expert}-noise expert)")
+            return str(path), {"subfolder": subfolder}
         if (path / "transformer" / "config.json").is_file():
             return str(path), {"subfolder": "transformer"}
         if (path / "config.json").is_file():
@@ -129,7 +200,7 @@ def _resolve_checkpoint(source: str) -> tuple[str, dict[str, Any]]:
         raise ModelSourceError(f"{source}: neither a diffusers checkpoint (config.json) nor a pipeline (transformer/)")
     if source.count("/") != 1 or source.startswith((".", "/", "~")):
         raise ModelSourceError(f"--model {source!r}: not a preset ({', '.join(PRESETS)}), a directory, or a hub id")
-    return source, {"subfolder": "transformer"}
+    return source, {"subfolder": subfolder}
 
 
 HUB_PROBE_TIMEOUT_S = 5.0
@@ -184,14 +255,15 @@ def load_transformer(spec: ModelSpec) -> torch.nn.Module:
 
     if spec.dtype not in TORCH_DTYPES:
         raise BadInputError(f"--dtype {spec.dtype}: choose one of {', '.join(TORCH_DTYPES)}")
+    check_expert(spec)
     if spec.is_preset:
-        # 1. build in fp32 from a fixed seed so a preset is the same model on every machine
+        # 1. build in fp32 from a fixed seed so a preset is the same model on every machine (each expert its own)
         with torch.random.fork_rng(devices=[]), _cast_linears_as_built(spec.torch_dtype):
-            torch.manual_seed(spec.seed)
+            torch.manual_seed(spec.seed + spec.preset.expert_seeds.get(spec.expert, 0))
             model = WanTransformer3DModel(**preset_config(spec))
     else:
         # 1. same class, real weights; offline with no local copy is one clear error
-        name, kwargs = _resolve_checkpoint(spec.source)
+        name, kwargs = _resolve_checkpoint(spec.source, spec.expert)
         if not Path(name).exists():
             kwargs.update(_hub_access(name, kwargs.get("subfolder")))
         try:

@@ -452,8 +452,8 @@ def build_transformer(model_spec, lora_spec=None) -> tuple[torch.nn.Module, dict
     model = load_transformer(model_spec)
     if lora_spec is None:
         return model, {}
-    merge_entries_into(model, lora_spec)
-    lora, _ = resolve_lora(model, lora_spec)
+    merge_entries_into(model, lora_spec, model_spec.expert)
+    lora, _ = resolve_lora(model, lora_spec, model_spec.expert)
     if lora is None:
         return model, {}
     apply_lora(model, lora, lora_spec.mode)
@@ -486,7 +486,8 @@ def backend_from_specs(name: str, model_spec=None, lora_spec=None, engine: str |
     if REGISTRY[name].needs == "model":
         if engine is not None:
             raise BadInputError(f"--artifact is for backends ort/trt; '{name}' builds the model from --model")
-        say(f"building {model_spec.source} ({model_spec.dtype})")
+        expert = f", {model_spec.expert} expert" if model_spec.expert else ""
+        say(f"building {model_spec.source} ({model_spec.dtype}{expert})")
         model, _ = build_transformer(model_spec, lora_spec)
         return create_backend(name, model=model, device=device, **(compile_options or {}))
     flavour = registry.for_backend(name)

@@ -14,7 +14,8 @@ from wanrt.dit_io import check_latent_range, check_video_shape
 from wanrt.artifacts import atomic_path, check_writable
 from wanrt.errors import BadInputError, StorageError, os_error_line
 from wanrt.runtime.backends import backend_from_specs
-from wanrt.runtime.pipeline import build_pipeline, encode_mp4, run_pipeline
+from wanrt.runtime.experts import expert_pair, is_experts_artifact
+from wanrt.runtime.pipeline import build_pipeline, dit_calls, encode_mp4, run_pipeline
 from wanrt.runtime.schedule import Schedule
 
 
@@ -75,19 +76,25 @@ def generate_video(backend, image, spec: GenerateSpec, pipeline: str | None = No
     if pipe is None:
         pipe = build_pipeline(backend, checkpoint=pipeline, seed=spec.seed, progress=progress)
     t1 = time.perf_counter()
-    calls0 = pipe.transformer.calls
+    calls0 = dit_calls(pipe)
     frames, timesteps = run_pipeline(pipe, image, spec.prompt, spec.negative_prompt, frames=spec.frames,
                                      height=spec.height, width=spec.width, schedule=spec.schedule, seed=spec.seed)
     t2 = time.perf_counter()
-    return frames, {"pipeline_s": t1 - t0, "generate_s": t2 - t1, "dit_calls": pipe.transformer.calls - calls0,
-                    "timesteps": timesteps, "schedule": spec.schedule.to_dict()}
+    calls = {k: n - calls0[k] for k, n in dit_calls(pipe).items()}
+    timing = {"pipeline_s": t1 - t0, "generate_s": t2 - t1, "dit_calls": sum(calls.values()),
+              "timesteps": timesteps, "schedule": spec.schedule.to_dict()}
+    if len(calls) > 1:  # Wan2.2: the forwards each expert ran (the switch is at diffusers' boundary step)
+        timing["dit_calls_by_expert"] = calls
+    return frames, timing
 
 
 def generate(image_path: str | os.PathLike, spec: GenerateSpec, backend_name: str, output: str | os.PathLike,
              model_spec=None, lora_spec=None, engine: str | None = None, device: str = "cpu",
              pipeline: str | None = None, force: bool = False, threads: int | None = None,
-             cuda_graph: bool = False, say: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """The whole command: load image, make backend, run the pipeline, write the mp4 atomically."""
+             cuda_graph: bool = False, say: Callable[[str], None] | None = None,
+             expert_loras: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The whole command: load image, make backend, run the pipeline, write the mp4 atomically. Wan2.2 (an
+    experts artifact as `engine`, or a two-expert model with `expert_loras` {expert: LoraSpec}): both experts."""
     output = Path(output)
     if output.suffix.lower() != ".mp4":
         raise BadInputError(f"-o {output}: the output is an .mp4 file")
@@ -99,8 +106,12 @@ def generate(image_path: str | os.PathLike, spec: GenerateSpec, backend_name: st
     image = load_image(image_path)
     if threads:
         torch.set_num_threads(threads)
-    backend = backend_from_specs(backend_name, model_spec, lora_spec, engine=engine, device=device,
-                                 threads=threads, cuda_graph=cuda_graph, progress=say)
+    if expert_loras is not None or is_experts_artifact(engine):
+        backend = expert_pair(backend_name, model_spec, expert_loras, artifact=engine, device=device,
+                              threads=threads, cuda_graph=cuda_graph, progress=say)
+    else:
+        backend = backend_from_specs(backend_name, model_spec, lora_spec, engine=engine, device=device,
+                                     threads=threads, cuda_graph=cuda_graph, progress=say)
     try:
         frames, timing = generate_video(backend, image, spec, pipeline=pipeline)
     finally:

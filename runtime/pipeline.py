@@ -7,7 +7,9 @@ What WanImageToVideoPipeline (diffusers 0.42) reads from `pipe.transformer`:
   - `__call__(hidden_states=, timestep=, encoder_hidden_states=, encoder_hidden_states_image=,
     attention_kwargs=, return_dict=False)[0]`;
   - being a torch.nn.Module with a `device` (the pipeline's `_execution_device`/`device` walk its components).
-`transformer_2`/`boundary_ratio` (Wan 2.2 two-stage) stay None; `expand_timesteps` stays False (Wan 2.1).
+Wan2.2's two experts (an ExpertPair, runtime/experts.py): the high one becomes `pipe.transformer`, the low one
+`pipe.transformer_2`, and `boundary_ratio` is set in the pipeline's config, so diffusers switches at its own boundary
+step; a one-transformer backend leaves both None. `expand_timesteps` stays False (Wan2.2's 5B TI2V is not covered).
 
 The tiny pipeline (`build_pipeline` with no checkpoint) builds every other component inline from seeded random
 weights sized to the transformer's text/image dims: AutoencoderKLWan (diffusers' test geometry), a byte-level
@@ -29,6 +31,7 @@ import torch
 
 from wanrt.errors import BadInputError, MissingDependencyError, ModelSourceError
 from wanrt.io_contract import VideoShape
+from wanrt.runtime.experts import ExpertPair
 from wanrt.runtime.schedule import Schedule
 
 TINY_VAE = {"base_dim": 3, "z_dim": 16, "dim_mult": [1, 1, 1, 1], "num_res_blocks": 1,
@@ -76,12 +79,27 @@ class BackendTransformer(torch.nn.Module):
 
 
 def install_backend(pipe, backend) -> BackendTransformer:
-    """Replace `pipe.transformer` with `backend`, keeping scheduler, VAE and encoders. Returns the drop-in."""
-    drop_in = backend if isinstance(backend, BackendTransformer) else BackendTransformer(backend)
+    """Replace `pipe.transformer` with `backend` (an ExpertPair: also `pipe.transformer_2` and the boundary),
+    keeping scheduler, VAE and encoders. Returns the drop-in of `pipe.transformer`."""
+    high, low, ratio = (backend.high, backend.low, backend.boundary_ratio) if isinstance(backend, ExpertPair) \
+        else (backend, None, None)
+    drop_in = high if isinstance(high, BackendTransformer) else BackendTransformer(high)
     pipe.transformer = drop_in
-    if getattr(pipe, "transformer_2", None) is not None:
-        raise BadInputError("two-stage (Wan 2.2) pipelines are not supported: transformer_2 is set")
+    if low is not None:
+        pipe.transformer_2 = low if isinstance(low, BackendTransformer) else BackendTransformer(low)
+        pipe.register_to_config(boundary_ratio=ratio)
+    elif getattr(pipe, "transformer_2", None) is not None or getattr(pipe.config, "boundary_ratio", None):
+        raise BadInputError("this pipeline is Wan2.2's two-expert one (transformer_2, boundary_ratio): run it with "
+                            "a two-expert artifact (wanrt export --model of a Wan2.2 checkpoint)")
     return drop_in
+
+
+def dit_calls(pipe) -> dict[str, int]:
+    """DiT forwards so far, per drop-in: {"high": n, "low": n} for two experts, else {"transformer": n}."""
+    low = getattr(pipe, "transformer_2", None)
+    if low is None:
+        return {"transformer": pipe.transformer.calls}
+    return {"high": pipe.transformer.calls, "low": low.calls}
 
 
 # ------------------------------------------------------------------------------------------------ tiny parts
@@ -135,11 +153,11 @@ def _tiny_components(text_dim: int, image_dim: int | None, seed: int = 0) -> dic
 
 
 def build_pipeline(backend, checkpoint: str | None = None, seed: int = 0, progress: bool = False):
-    """A WanImageToVideoPipeline whose transformer is `backend`.
+    """A WanImageToVideoPipeline whose transformer is `backend` (an ExpertPair: both of Wan2.2's experts).
 
     checkpoint None: the tiny pipeline (components built inline, sized to the backend's text/image dims).
     Otherwise a diffusers Wan I2V pipeline directory or hub id: its scheduler, VAE and encoders are loaded in
-    float32 (text encoder and CLIP in the backend's dtype on GPU) and its own transformer is never loaded.
+    float32 (text encoder and CLIP in the backend's dtype on GPU) and its own transformers are never loaded.
     """
     from diffusers import WanImageToVideoPipeline
 
@@ -154,7 +172,8 @@ def build_pipeline(backend, checkpoint: str | None = None, seed: int = 0, progre
             pipe = WanImageToVideoPipeline(transformer=None, **parts)
     else:
         try:
-            pipe = WanImageToVideoPipeline.from_pretrained(checkpoint, transformer=None, torch_dtype=torch.float32)
+            pipe = WanImageToVideoPipeline.from_pretrained(checkpoint, transformer=None, transformer_2=None,
+                                                           torch_dtype=torch.float32)
         except (OSError, ValueError) as e:
             raise ModelSourceError(f"--pipeline {checkpoint!r}: cannot load ({str(e).splitlines()[0]})") from None
     device = backend.device
@@ -222,9 +241,11 @@ def scheduled(scheduler, schedule: Schedule):
 
 
 def run_pipeline(pipe, image, prompt: str, negative_prompt: str = "", frames: int = 5, height: int = 32,
-                 width: int = 32, schedule: Schedule = Schedule(steps=2, guidance=5.0), seed: int = 0):
+                 width: int = 32, schedule: Schedule = Schedule(steps=2, guidance=5.0), seed: int = 0,
+                 output_type: str = "np"):
     """Generate one video; returns float frames [F, H, W, 3] in [0, 1] (numpy) and the timesteps the scheduler
-    ran (read back from it). Without CFG the negative prompt is not encoded: the pipeline never uses it."""
+    ran (read back from it); output_type "latent": the denoised latents [C, F, H, W] (torch) instead of frames.
+    Without CFG the negative prompt is not encoded: the pipeline never uses it."""
     from PIL import Image
 
     if not isinstance(image, Image.Image):
@@ -243,7 +264,7 @@ def run_pipeline(pipe, image, prompt: str, negative_prompt: str = "", frames: in
             out = pipe(image=image, prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
                        height=height, width=width, num_frames=frames, num_inference_steps=schedule.steps,
                        guidance_scale=schedule.guidance, latents=latents,
-                       generator=torch.Generator(device="cpu").manual_seed(seed), output_type="np")
+                       generator=torch.Generator(device="cpu").manual_seed(seed), output_type=output_type)
         ran = [float(t) for t in pipe.scheduler.timesteps]
     finally:
         pipe.scheduler = base  # a cached pipeline's next job starts from its own scheduler

@@ -11,6 +11,12 @@ Ops per block (tokens L, text T, image I, dim D, FFN F, batch B; `ab`/`wb` bytes
   elementwise (norms, adaLN modulation, gates, residuals, RoPE, qk-norm): ELEMENTWISE_PASSES reads+writes of L x D
   and one of L x F (GELU); FLOPs ignored (no matmul unit runs them)
 Each op's time is max(FLOPs / peak, bytes / bandwidth); the forward is their sum (no overlap between ops).
+
+Memory (`activation_bytes`, an estimate of what an engine must hold besides its weights): the largest set of tensors
+alive at once in one block of a forward that frees each tensor after its last use and runs attention fused (flash:
+no L x S score matrix): the attention phase holds the residual, its modulated norm, Q, K, V and the attention output
+(6 L D); the FFN phase the residual, its norm, the FFN hidden before and after GELU and the FFN output (3 L D +
+2 L F); plus the text K/V of the cross-attention (2 T D) and the RoPE tables (2 L head_dim, fp32).
 """
 
 from __future__ import annotations
@@ -128,3 +134,16 @@ def gpu_predictions(config: dict[str, Any], tokens: int, batch: int = 2, rank: i
                              "lora_intensity_flop_per_byte": (lora["flops"] / lora["bytes"]) if lora else None,
                              "ridge_flop_per_byte": peaks[precision] / peaks["bandwidth"]})
     return rows
+
+
+def activation_bytes(config: dict[str, Any], tokens: int, batch: int = 1, precision: str = "bf16") -> dict[str, Any]:
+    """Peak activation bytes of one forward (module docstring, "Memory"): the larger phase and what it holds."""
+    ab = BYTES[precision][1]
+    d, f = config["num_attention_heads"] * config["attention_head_dim"], config["ffn_dim"]
+    L, T = tokens * batch, TEXT_TOKENS * batch
+    phases = {"attention": 6 * L * d, "ffn": 3 * L * d + 2 * L * f}
+    phase = max(phases, key=phases.get)
+    text_kv = 2 * T * d
+    rope = 2 * L * config["attention_head_dim"] * 4 / ab  # fp32 cos/sin, counted in activation elements
+    return {"bytes": (phases[phase] + text_kv + rope) * ab, "peak_phase": phase, "tokens": tokens, "batch": batch,
+            "precision": precision}

@@ -68,3 +68,6 @@ ResizeMode = choice("ResizeMode", "How FVD brings frames to the I3D input size (
                     "bilinear", "bilinear-tf1", "center-crop")
 Reference = choice("Reference", "What `wanrt bench` compares against: eager fp32 of the same weights (engine parity) "
                    "or the full fine-tune the LoRAs were extracted from (rank vs full).", "eager", "finetuned")
+Expert = choice("Expert", "Wan2.2's two transformers of one model (diffusers: `transformer` and `transformer_2`): "
+                "the high-noise expert runs the steps whose timestep is at or above the pipeline's boundary "
+                "(`boundary_ratio` x 1000), the low-noise expert the rest.", "high", "low")

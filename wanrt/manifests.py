@@ -1,5 +1,5 @@
-"""Typed manifests: one frozen class per artifact kind that wanrt reads back (an export, an engine, a bundle), the
-payload keys each kind must carry declared once, as its typed fields.
+"""Typed manifests: one frozen class per artifact kind that wanrt reads back (an export, an engine, a bundle, a
+model's experts), the payload keys each kind must carry declared once, as its typed fields.
 
 The JSON is what `artifacts.build_manifest` writes; the writers are unchanged and every manifest already on disk
 reads as before. These classes sit on top of it: `read(dir)` goes through `artifacts.read_manifest` (the bounded
@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from wanrt.artifacts import MANIFEST_NAME, load_artifact, read_manifest
+from wanrt.artifacts import MANIFEST_NAME, confined_path, load_artifact, read_manifest
+from wanrt.choices import Expert
 from wanrt.errors import BadInputError
 
 M = TypeVar("M", bound="Manifest")
@@ -249,7 +250,63 @@ class BundleManifest(Manifest):
                 raise bad(f"payload.{key} must be a list of {{name, path}} objects")
 
 
-KINDS: dict[str, type[Manifest]] = {c.KIND: c for c in (ExportManifest, EngineManifest, BundleManifest)}
+@dataclass(frozen=True, kw_only=True)
+class ExpertsManifest(Manifest):
+    """A model with experts (Wan2.2's high- and low-noise transformers), from `wanrt export` or `wanrt build`: one
+    member artifact per expert in its own folder (each a complete export or engine with its own manifest), the
+    boundary where the pipeline switches, and each expert's folder, main-file sha256 and LoRA stack. Written last,
+    so its `contents` seal every member's files too."""
+
+    KIND: ClassVar[str] = "experts"
+    members: str  # the members' kind: "onnx" (wanrt export) or "engine" (wanrt build)
+    boundary_ratio: float  # the high expert runs timesteps >= boundary_ratio x 1000 (diffusers' rule)
+    experts: dict[str, Any]  # expert -> {dir, sha256, lora}
+    flavour: str | None = None  # engines: the flavour that built them
+
+    def _check(self) -> None:
+        def bad(what: str) -> BadInputError:
+            return BadInputError(f"{self.source}: malformed experts manifest ({what})")
+
+        if self.members not in (ExportManifest.KIND, EngineManifest.KIND):
+            raise bad(f"payload.members {self.members!r} is not 'onnx' or 'engine'")
+        if not 0 < self.boundary_ratio < 1:
+            raise bad(f"payload.boundary_ratio {self.boundary_ratio!r} is not between 0 and 1")
+        if tuple(self.experts) != Expert.values():
+            raise bad(f"payload.experts names {sorted(self.experts)}, expected {', '.join(Expert.values())}")
+        for name, entry in self.experts.items():
+            if not (isinstance(entry, dict) and isinstance(entry.get("dir"), str) and entry.get("dir")):
+                raise bad(f"payload.experts.{name} has no folder ('dir')")
+
+    def member_dir(self, directory: str | os.PathLike, expert: str) -> Path:
+        """The folder of `expert`'s member artifact, confined to `directory`."""
+        return confined_path(directory, self.experts[expert]["dir"], f"expert {expert} folder", self.source)
+
+    @property
+    def member_class(self) -> type[Manifest]:
+        return ExportManifest if self.members == ExportManifest.KIND else EngineManifest
+
+
+_STACK_KEYS = ("label", "strength", "kind", "rank", "format", "sha256", "path", "seed", "expert_keys")
+
+
+def lora_record(lora: dict[str, Any] | None) -> dict[str, Any]:
+    """What an experts manifest keeps of one member's LoRA: mode, rank and the stack (each LoRA's label, strength
+    and source: kind, rank, format, sha256, path), plus what --merge folded in; from an export's `lora` section or
+    an engine's `loaded` record."""
+    lora = lora or {}
+    if not lora.get("enabled"):
+        return {"enabled": False}
+    stack = lora.get("stack") or [{"label": Path(lora["path"]).stem if lora.get("path") else lora.get("kind"),
+                                   "strength": lora.get("lora_scale"), **lora}]
+    record = {"enabled": True, "mode": lora.get("mode"), "rank": lora.get("rank"),
+              "stack": [{k: e[k] for k in _STACK_KEYS if e.get(k) is not None} for e in stack]}
+    if lora.get("merged_in"):
+        record["merged_in"] = [{k: e[k] for k in _STACK_KEYS if e.get(k) is not None} for e in lora["merged_in"]]
+    return record
+
+
+KINDS: dict[str, type[Manifest]] = {c.KIND: c for c in (ExportManifest, EngineManifest, BundleManifest,
+                                                         ExpertsManifest)}
 
 
 def read_any(directory: str | os.PathLike, *kinds: type[Manifest], check_files: bool = False) -> Manifest:

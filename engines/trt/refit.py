@@ -74,7 +74,7 @@ def load_base_model(manifest: EngineManifest):
     model_spec, lora_spec = onnx_specs(manifest)
     dtype = manifest.dtype or model_spec.dtype
     model = load_transformer(replace(model_spec, dtype=dtype))
-    merge_entries_into(model, lora_spec)
+    merge_entries_into(model, lora_spec, model_spec.expert)
     return model
 
 
@@ -110,7 +110,7 @@ def resolve_new_lora(manifest: EngineManifest, model, lora_file: str | None = No
     spec = replace(old, file=lora_file, rank=rank, stack=tuple(stack), targets=targets or old.targets,
                    mode=manifest.lora["mode"], scale=old.scale if scale is None else scale,
                    seed=old.seed if seed is None else seed, allow_pickle=allow_pickle)
-    lora, _energy = resolve_lora(model, spec)
+    lora, _energy = resolve_lora(model, spec, onnx_specs(manifest)[0].expert)  # a Wan2.2 expert's engine: its part
     return lora
 
 
