@@ -30,11 +30,11 @@ def read_experts(directory: str | os.PathLike, members: str) -> ExpertsManifest:
 
 
 def build_experts(experts_dir: str | os.PathLike, flavour, spec: Any, out: str | os.PathLike,
-                  force: bool = False) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+                  force: bool = False) -> tuple[dict[str, Any], dict[str, EngineManifest]]:
     """One engine per expert of an experts export, OUT/<expert>; returns (experts manifest, {expert: engine
     manifest})."""
     source = read_experts(experts_dir, ExportManifest.KIND)
-    built: dict[str, dict[str, Any]] = {}
+    built: dict[str, EngineManifest] = {}
     with atomic_output_dir(out, force=force, kind=ExpertsManifest.KIND) as tmp:
         for name in source.experts:
             built[name] = flavour.build(source.member_dir(experts_dir, name), spec, tmp / name)
@@ -52,7 +52,7 @@ def refit_experts(engine_dir: str | os.PathLike, loras: dict[str, dict[str, Any]
         raise BadInputError(f"{engine_dir}: no expert {unknown[0]!r} (it holds {', '.join(source.experts)})")
     target = Path(out_dir) if out_dir is not None else Path(engine_dir)
     in_place = target.resolve() == Path(engine_dir).resolve()
-    members: dict[str, dict[str, Any]] = {}
+    members: dict[str, EngineManifest] = {}
     with atomic_output_dir(target, force=force or in_place, kind=ExpertsManifest.KIND) as tmp:
         for name in source.experts:
             member = source.member_dir(engine_dir, name)
@@ -60,17 +60,16 @@ def refit_experts(engine_dir: str | os.PathLike, loras: dict[str, dict[str, Any]
                 members[name] = registry.of_engine_dir(member).refit(member, **loras[name], out_dir=tmp / name)
             else:
                 shutil.copytree(member, tmp / name)
-                members[name] = EngineManifest.read(tmp / name).to_dict()
+                members[name] = EngineManifest.read(tmp / name)
         manifest = _seal(tmp, source, source.flavour, members, source.specs)
     return manifest, {name: members[name] for name in loras}
 
 
-def _seal(tmp: Path, source: ExpertsManifest, flavour: str | None, members: dict[str, dict[str, Any]],
+def _seal(tmp: Path, source: ExpertsManifest, flavour: str | None, members: dict[str, EngineManifest],
           specs: dict[str, Any]) -> dict[str, Any]:
     """Write the experts manifest of engine members into `tmp`, last."""
     experts = {}
-    for name, doc in members.items():
-        m = EngineManifest.from_dict(doc, tmp / name / "manifest.json")
+    for name, m in members.items():
         experts[name] = {"dir": name, "sha256": m.plan_sha256, "precision": m.precision,
                          "lora": lora_record({"mode": m.lora.get("mode"), **(m.lora.get("loaded") or {})})}
     payload = {"members": EngineManifest.KIND, "boundary_ratio": source.boundary_ratio, "flavour": flavour,
