@@ -1,0 +1,202 @@
+"""Graph forms of the separate LoRA branch against merged, on OpenVINO (issue 20). Writes lora-forms-<model>.json
+(raw: every ratio) and .md under -o.
+
+    python -m wanrt.tools.bench_lora_forms --model small -o docs/results          # ~10 min on a loaded 2-core CPU
+
+One rank-`--rank` synthetic LoRA on every target, exported twice (merged, separate); the separate export compiled
+in each form of engines/openvino/lora_form.FORMS, at each precision the CPU runs natively of `--precisions`:
+1. quality: each form's output against the plain form (fp32: the same sums in another order);
+2. paired overhead at the main shape: every round runs merged and each form once, the order rotating; each form's
+   per-round ratio to merged, its mean and bootstrap 95% CI (tools/bench_cpu_engines), until every half-width is
+   <= 1 point or `--rounds` is spent; against the branch's FLOP share (runtime/flops.py; the forms do the same
+   FLOPs);
+3. overhead vs tokens: the same at >= 4 shapes (fewer rounds), a least-squares line of overhead against
+   log(tokens) per form, evaluated at Wan 480p/81 frames (32,760 tokens) as an EXTRAPOLATION, not a measurement.
+The machine is recorded (CPU model and ISA flags, cores, load average before and after): on a shared machine the
+CI half-width is the honest size of the noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wanrt.artifacts import library_versions, machine_info
+from wanrt.dit_io import DitIO, ShapeRange, VideoShape
+from wanrt.engines.cache import engine_in_cache
+from wanrt.engines.openvino.engine import (OvEngine, OvEngineSpec, build_openvino_engine, cache_key, cpu_info,
+                                           supported_precisions)
+from wanrt.engines.openvino.lora_form import FORMS
+from wanrt.export.lora import synthetic_lora
+from wanrt.export.model import ModelSpec, load_transformer
+from wanrt.runtime.flops import forward_flops, lora_branches
+from wanrt.tools.bench_cpu_engines import bootstrap_ci, export_dir, log
+
+WAN_480P_TOKENS = 21 * 60 * 104 // 4  # 81 frames -> 21 latent frames, 480x832 -> 60x104 latent, 2x2 patches
+
+
+def engine(art: Path, precision: str, form: str, threads: int) -> OvEngine:
+    spec = OvEngineSpec(precision=precision, lora_form=form)
+    out = engine_in_cache(spec.cache_dir, cache_key(art, spec),
+                          lambda o: build_openvino_engine(art, spec, o, force=True, threads=threads))
+    return OvEngine(out, threads=threads)
+
+
+def feeds(config, shape: VideoShape, seed: int = 0) -> dict[str, np.ndarray]:
+    io = DitIO(config, torch.float32, ShapeRange(shape, shape))
+    return {k: v.numpy() for k, v in io.dummy_inputs(1, shape, seed=seed, timestep=500.0).items()}
+
+
+def paired(engines: dict[str, OvEngine], feed, rounds: tuple[int, int]) -> dict[str, Any]:
+    """Rounds of every engine once (order rotating), each form's ratio to merged per round, until every bootstrap
+    95% CI half-width is <= 1 point or rounds[1] are spent (checked every rounds[0])."""
+    for e in engines.values():
+        e.infer(feed)  # warm-up: OpenVINO specialises on the first call of a shape
+    labels = list(engines)
+    ratios: dict[str, list[float]] = {k: [] for k in labels if k != "merged"}
+    times: dict[str, list[float]] = {k: [] for k in labels}
+    step, budget = rounds
+    while len(times["merged"]) < budget:
+        for _ in range(step):
+            i = len(times["merged"])
+            order = labels[i % len(labels):] + labels[:i % len(labels)]
+            got = {}
+            for k in order:
+                t = time.perf_counter()
+                engines[k].infer(feed)
+                got[k] = time.perf_counter() - t
+            for k in labels:
+                times[k].append(got[k])
+            for k in ratios:
+                ratios[k].append(got[k] / got["merged"] - 1.0)
+        cis = {k: bootstrap_ci(v) for k, v in ratios.items()}
+        if all((hi - lo) / 2 <= 0.01 for lo, hi in cis.values()):
+            break
+    out = {"rounds": len(times["merged"]), "median_ms": {k: statistics.median(v) * 1e3 for k, v in times.items()}}
+    for k, v in ratios.items():
+        lo, hi = bootstrap_ci(v)
+        out[k] = {"mean_overhead": statistics.fmean(v), "ci95": [lo, hi], "half_width": (hi - lo) / 2,
+                  "ratios": v}
+    return out
+
+
+def trend(tokens: list[int], overheads: list[float], at: int = WAN_480P_TOKENS) -> dict[str, Any]:
+    """overhead = a + b ln(tokens), least squares; its value at `at` tokens (an extrapolation)."""
+    xs = [math.log(t) for t in tokens]
+    mx, my = statistics.fmean(xs), statistics.fmean(overheads)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, overheads)) / sum((x - mx) ** 2 for x in xs)
+    a = my - b * mx
+    return {"model": "overhead = a + b ln(tokens)", "a": a, "b_per_e_fold": b, "at_tokens": at,
+            "extrapolated_overhead": a + b * math.log(at)}
+
+
+def run_precision(source, precision, shapes, main_shape, rank, threads, rounds, sweep_rounds) -> dict[str, Any]:
+    model = load_transformer(ModelSpec(source))
+    config = dict(model.config)
+    branches = lora_branches(synthetic_lora(model, rank))
+    arts = {"merged": export_dir(source, None, rank, "merged"), "separate": export_dir(source, None, rank, "separate")}
+    log(f"{precision}: engines")
+    engines = {"merged": engine(arts["merged"], precision, "plain", threads),
+               **{form: engine(arts["separate"], precision, form, threads) for form in FORMS}}
+    out: dict[str, Any] = {"precision": precision, "forms": {f: engines[f].manifest.section("lora_form")
+                                                             for f in FORMS}}
+    f = feeds(config, main_shape)
+    plain = engines["plain"].infer(f)
+    out["rel_err_vs_plain"] = {form: float(np.abs(engines[form].infer(f) - plain).max() / np.abs(plain).max())
+                               for form in FORMS}
+    rows = []
+    for s in shapes:
+        shape = VideoShape(*map(int, s.split("x")))
+        log(f"{precision}: {s}")
+        r = paired(engines, feeds(config, shape), rounds if s == str(main_shape) else sweep_rounds)
+        fl = forward_flops(config, shape.latent, lora=branches, mode="separate")
+        r.update({"shape": s, "tokens": fl["tokens"], "flop_share": fl["lora_share"], "main": s == str(main_shape)})
+        rows.append(r)
+        log("  " + ", ".join(f"{k} {r[k]['mean_overhead'] * 100:+.1f}% +/-{r[k]['half_width'] * 100:.1f}"
+                             for k in FORMS) + f" (FLOP share {fl['lora_share'] * 100:.1f}%, {r['rounds']} rounds)")
+    out["rows"] = rows
+    out["trend"] = {form: trend([r["tokens"] for r in rows], [r[form]["mean_overhead"] for r in rows])
+                    for form in FORMS}
+    return out
+
+
+def render(results: dict[str, Any]) -> str:
+    m, cpu = results["machine"], results["cpu"]
+    lines = [f"# Separate LoRA graph forms vs merged ({results['model']}, rank {results['rank']}, OpenVINO)", "",
+             f"CPU {cpu['model']} ({', '.join(cpu['isa'])}), {m.get('cpu_count', '?')} cores, {results['threads']} "
+             f"threads; load average {results['load_average']} before, {results['load_average_end']} after "
+             f"(a shared machine: other jobs ran during this). Command: `{results['command']}`.", "",
+             "Forms (engines/openvino/lora_form.py): plain = one x·A GEMM per module as exported; shared-a = one "
+             "x·Concat(A) GEMM per shared input, then VariadicSplit. Same FLOPs, same swap layout.", ""]
+    for p in results["precisions"]:
+        lines += [f"## OpenVINO {p['precision']}", "",
+                  "rel. error vs plain: " + ", ".join(f"{k} {v:.1e}" for k, v in p["rel_err_vs_plain"].items()), "",
+                  "| shape | tokens | rounds | merged ms | " + " | ".join(f"{f} overhead (95% CI)" for f in FORMS)
+                  + " | FLOP share |", "|---|---|---|---|" + "---|" * len(FORMS) + "---|"]
+        for r in p["rows"]:
+            cells = [f"{r[f]['mean_overhead'] * 100:+.1f}% ({r[f]['ci95'][0] * 100:+.1f}..{r[f]['ci95'][1] * 100:+.1f})"
+                     for f in FORMS]
+            head = f"| {r['shape']}{' (main)' if r['main'] else ''} | {r['tokens']} | {r['rounds']} | "
+            lines.append(head + f"{r['median_ms']['merged']:.1f} | " + " | ".join(cells)
+                         + f" | {r['flop_share'] * 100:.1f}% |")
+        lines.append("")
+        for f, t in p["trend"].items():
+            lines.append(f"- {f}: overhead = {t['a'] * 100:.1f} {t['b_per_e_fold'] * 100:+.2f}·ln(tokens) points; "
+                         f"EXTRAPOLATED to {t['at_tokens']} tokens (Wan 480p/81 frames): "
+                         f"{t['extrapolated_overhead'] * 100:+.1f}%")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="small")
+    ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--shape", default="17x128x224", help="the main shape (small: 560 tokens)")
+    ap.add_argument("--shapes", default="5x64x64,9x128x128,17x128x224,33x256x256", help="the token sweep")
+    ap.add_argument("--precisions", default="bf16,fp32")
+    ap.add_argument("--rounds", default="40,400", help="main shape: check every N rounds, at most M")
+    ap.add_argument("--sweep-rounds", default="30,60", help="the other shapes")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("-o", "--out", type=Path, default=Path("docs/results"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    offered = supported_precisions()
+    results: dict[str, Any] = {"model": args.model, "rank": args.rank, "threads": args.threads,
+                               "command": " ".join(["python -m wanrt.tools.bench_lora_forms",
+                                                    *(argv if argv is not None else sys.argv[1:])]),
+                               "machine": machine_info(), "cpu": cpu_info(), "load_average": list(os.getloadavg()),
+                               "versions": library_versions(), "precisions": [],
+                               "skipped": {p: offered[p] for p in args.precisions.split(",") if offered.get(p)}}
+    main_shape = VideoShape(*map(int, args.shape.split("x")))
+    shapes = list(dict.fromkeys([*args.shapes.split(","), args.shape]))
+    for p in args.precisions.split(","):
+        if p in results["skipped"]:
+            log(f"skipping {p}: {results['skipped'][p]}")
+            continue
+        results["precisions"].append(run_precision(args.model, p, shapes, main_shape, args.rank, args.threads,
+                                                   tuple(map(int, args.rounds.split(","))),
+                                                   tuple(map(int, args.sweep_rounds.split(",")))))
+    results["load_average_end"] = list(os.getloadavg())
+    results["seconds"] = time.perf_counter() - t0
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"lora-forms-{args.model}"
+    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    (args.out / f"{stem}.md").write_text(render(results))
+    log(f"wrote {args.out / stem}.json/.md ({results['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
