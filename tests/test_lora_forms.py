@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
+import torch
 
 from wanrt.dit_io import DitIO, ShapeRange, VideoShape
+from wanrt.engines.lora_swap import shared_a_onnx
 from wanrt.engines.openvino.engine import OvEngine, OvEngineSpec, build_openvino_engine
 from wanrt.errors import BadInputError
 from wanrt.export.api import LoraSpec, export_model
@@ -14,7 +17,7 @@ from wanrt.export.lora import synthetic_lora
 from wanrt.export.model import ModelSpec
 from wanrt.export.onnx_export import ExportSpec
 from wanrt.export.presets import PRESETS
-from wanrt.runtime.backends import build_transformer
+from wanrt.runtime.backends import OrtBackend, build_transformer
 from wanrt.tools import cpu_cost_model as cm
 
 TOL = 1e-5  # fp32: the same sums in another order
@@ -58,6 +61,20 @@ def test_shared_a_equals_plain_and_swaps_like_a_fresh_build(art):
     build_openvino_engine(root / "fresh", OvEngineSpec(cache=False), root / "fresh-plain")
     fresh = OvEngine(root / "fresh-plain").infer(feeds)
     assert _rel(engine.infer(feeds), fresh) <= TOL and _rel(fresh, art["want"]) > 1e-3  # the swap changed it
+
+
+def test_ort_shared_a_session_equals_plain_and_swaps_like_a_fresh_export(art):
+    root, feeds = art["root"], art["feeds"]
+    args = [torch.from_numpy(feeds[k]) for k in ("latents", "timestep", "text", "image")]
+    plain = OrtBackend(root / "sep", threads=1)(*args).numpy()
+    proto = onnx.load(str(root / "sep" / "model.onnx"), load_external_data=False)
+    assert shared_a_onnx(proto) == 2 * 2 + 3 + 3  # the same groups as OpenVINO's rewrite
+    onnx.checker.check_model(proto)
+    shared = OrtBackend(root / "sep", threads=1, lora_form="shared-a")
+    assert _rel(shared(*args).numpy(), plain) <= TOL
+    shared.set_lora(synthetic_lora(art["model"], 4, seed=5))
+    fresh = OrtBackend(root / "fresh", threads=1)(*args).numpy()
+    assert _rel(shared(*args).numpy(), fresh) <= TOL
 
 
 def test_plain_keeps_its_cache_key_and_an_unknown_form_is_refused(art):
