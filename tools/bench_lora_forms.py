@@ -1,10 +1,12 @@
-"""Graph forms of the separate LoRA branch against merged, on OpenVINO (issue 20). Writes lora-forms-<model>.json
-(raw: every ratio) and .md under -o.
+"""Graph forms of the separate LoRA branch against merged, on OpenVINO and ONNX Runtime (issue 20). Writes
+lora-forms-<model>.json (raw: every ratio) and .md under -o.
 
     python -m wanrt.tools.bench_lora_forms --model small -o docs/results          # ~10 min on a loaded 2-core CPU
 
-One rank-`--rank` synthetic LoRA on every target, exported twice (merged, separate); the separate export compiled
-in each form of engines/openvino/lora_form.FORMS, at each precision the CPU runs natively of `--precisions`:
+One rank-`--rank` synthetic LoRA on every target, exported twice (merged, separate); for each of `--targets`: the
+separate export compiled in each form of engines/openvino/lora_form.FORMS at an OpenVINO precision the CPU runs
+natively ("ov bf16"), or ONNX Runtime's swappable session in each form ("ort fp32": engines/lora_swap.shared_a_onnx;
+both forms hold the same LoRA as fed inputs, so they differ only in the graph form):
 1. quality: each form's output against the plain form (fp32: the same sums in another order);
 2. paired overhead at the main shape: every round runs merged and each form once, the order rotating; each form's
    per-round ratio to merged, its mean and bootstrap 95% CI (tools/bench_cpu_engines), until every half-width is
@@ -26,7 +28,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -34,11 +36,14 @@ import torch
 from wanrt.artifacts import library_versions, machine_info
 from wanrt.dit_io import DitIO, ShapeRange, VideoShape
 from wanrt.engines.cache import engine_in_cache
-from wanrt.engines.openvino.engine import (OvEngine, OvEngineSpec, build_openvino_engine, cache_key, cpu_info,
-                                           supported_precisions)
-from wanrt.engines.openvino.lora_form import FORMS
+from wanrt.engines.lora_swap import swap_section
+from wanrt.engines.onnx_dir import onnx_initializer_info, read_onnx_dir
+from wanrt.engines.openvino.engine import (OvEngine, OvEngineSpec, build_openvino_engine, cache_key,
+                                           compile_properties, cpu_info, read_with_lora_inputs, supported_precisions)
+from wanrt.engines.openvino.lora_form import FORMS, apply_form
 from wanrt.export.lora import synthetic_lora
 from wanrt.export.model import ModelSpec, load_transformer
+from wanrt.runtime.backends import OrtBackend
 from wanrt.runtime.flops import forward_flops, lora_branches
 from wanrt.tools.bench_cpu_engines import bootstrap_ci, export_dir, log
 
@@ -57,12 +62,12 @@ def feeds(config, shape: VideoShape, seed: int = 0) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in io.dummy_inputs(1, shape, seed=seed, timestep=500.0).items()}
 
 
-def paired(engines: dict[str, OvEngine], feed, rounds: tuple[int, int]) -> dict[str, Any]:
-    """Rounds of every engine once (order rotating), each form's ratio to merged per round, until every bootstrap
+def paired(runs: dict[str, Callable[[], Any]], rounds: tuple[int, int]) -> dict[str, Any]:
+    """Rounds of every run once (order rotating), each form's ratio to "merged" per round, until every bootstrap
     95% CI half-width is <= 1 point or rounds[1] are spent (checked every rounds[0])."""
-    for e in engines.values():
-        e.infer(feed)  # warm-up: OpenVINO specialises on the first call of a shape
-    labels = list(engines)
+    for run in runs.values():
+        run()  # warm-up: OpenVINO specialises on the first call of a shape
+    labels = list(runs)
     ratios: dict[str, list[float]] = {k: [] for k in labels if k != "merged"}
     times: dict[str, list[float]] = {k: [] for k in labels}
     step, budget = rounds
@@ -73,7 +78,7 @@ def paired(engines: dict[str, OvEngine], feed, rounds: tuple[int, int]) -> dict[
             got = {}
             for k in order:
                 t = time.perf_counter()
-                engines[k].infer(feed)
+                runs[k]()
                 got[k] = time.perf_counter() - t
             for k in labels:
                 times[k].append(got[k])
@@ -100,25 +105,50 @@ def trend(tokens: list[int], overheads: list[float], at: int = WAN_480P_TOKENS) 
             "extrapolated_overhead": a + b * math.log(at)}
 
 
-def run_precision(source, precision, shapes, main_shape, rank, threads, rounds, sweep_rounds) -> dict[str, Any]:
+def ort_runs(arts: dict[str, Path], lora, threads: int) -> dict[str, Any]:
+    """ORT fp32: merged, and the separate export's swappable session in each form, all holding the same LoRA (the
+    plain session made swappable by a swap of that LoRA, so both forms run its weights as fed inputs)."""
+    out = {"merged": OrtBackend(arts["merged"], threads=threads)}
+    for form in FORMS:
+        out[form] = OrtBackend(arts["separate"], threads=threads, lora_form=form)
+        out[form].set_lora(lora)
+    return out
+
+
+def run_target(source, target, shapes, main_shape, rank, threads, rounds, sweep_rounds) -> dict[str, Any]:
+    """One target (OpenVINO at a precision, or "ort fp32"): quality vs plain, paired overheads per shape, trend."""
     model = load_transformer(ModelSpec(source))
     config = dict(model.config)
-    branches = lora_branches(synthetic_lora(model, rank))
+    lora = synthetic_lora(model, rank)  # what export_dir exported (LoraSpec's default seed 0, every target)
+    branches = lora_branches(lora)
     arts = {"merged": export_dir(source, None, rank, "merged"), "separate": export_dir(source, None, rank, "separate")}
-    log(f"{precision}: engines")
-    engines = {"merged": engine(arts["merged"], precision, "plain", threads),
-               **{form: engine(arts["separate"], precision, form, threads) for form in FORMS}}
-    out: dict[str, Any] = {"precision": precision, "forms": {f: engines[f].manifest.section("lora_form")
-                                                             for f in FORMS}}
+    log(f"{target}: engines")
+    out: dict[str, Any] = {"target": target}
+    if target == "ort fp32":
+        backends = ort_runs(arts, lora, threads)
+
+        def call(k, f):
+            args = [torch.from_numpy(f[n]) for n in ("latents", "timestep", "text", "image") if n in f]
+            return lambda: backends[k](*args).numpy()
+    else:
+        precision = target.split()[-1]
+        engines = {"merged": engine(arts["merged"], precision, "plain", threads),
+                   **{form: engine(arts["separate"], precision, form, threads) for form in FORMS}}
+        out["forms"] = {f: engines[f].manifest.section("lora_form") for f in FORMS}
+
+        def call(k, f):
+            return lambda: engines[k].infer(f)
+    labels = ["merged", *FORMS]
     f = feeds(config, main_shape)
-    plain = engines["plain"].infer(f)
-    out["rel_err_vs_plain"] = {form: float(np.abs(engines[form].infer(f) - plain).max() / np.abs(plain).max())
+    plain = call("plain", f)()
+    out["rel_err_vs_plain"] = {form: float(np.abs(call(form, f)() - plain).max() / np.abs(plain).max())
                                for form in FORMS}
     rows = []
     for s in shapes:
         shape = VideoShape(*map(int, s.split("x")))
-        log(f"{precision}: {s}")
-        r = paired(engines, feeds(config, shape), rounds if s == str(main_shape) else sweep_rounds)
+        log(f"{target}: {s}")
+        fs = feeds(config, shape)
+        r = paired({k: call(k, fs) for k in labels}, rounds if s == str(main_shape) else sweep_rounds)
         fl = forward_flops(config, shape.latent, lora=branches, mode="separate")
         r.update({"shape": s, "tokens": fl["tokens"], "flop_share": fl["lora_share"], "main": s == str(main_shape)})
         rows.append(r)
@@ -130,16 +160,46 @@ def run_precision(source, precision, shapes, main_shape, rank, threads, rounds, 
     return out
 
 
+def graph_look(source: str, precision: str, rank: int, threads: int) -> dict[str, Any]:
+    """What OpenVINO's CPU plugin makes of the branch, per form, from the compiled runtime graph: its layer types,
+    and the layer each branch output Add (base + x A B) runs in: an Eltwise of its own, or fused as a post-op into
+    the base FullyConnected or the branch's MatMul (the fusion issue 20 asks about)."""
+    import collections
+
+    import openvino as ov
+
+    manifest, onnx_path = read_onnx_dir(export_dir(source, None, rank, "separate"))
+    names = list(swap_section(manifest.lora, onnx_initializer_info(onnx_path))["refittable_weights"])
+    core, out = ov.Core(), {}
+    for form in FORMS:
+        model, _ = read_with_lora_inputs(core, onnx_path, names)
+        model, _ = apply_form(model, form)
+        adds = {t.get_node().get_friendly_name() for p in model.get_parameters()
+                if p.get_friendly_name().endswith(".B") for b in p.output(0).get_target_inputs()
+                for t in b.get_node().output(0).get_target_inputs() if t.get_node().get_type_name() == "Add"}
+        compiled = core.compile_model(model, "CPU", compile_properties(precision, threads))
+        types, add_in = collections.Counter(), collections.Counter()
+        for op in compiled.get_runtime_model().get_ops():
+            info = op.get_rt_info()
+            kind = info["layerType"].astype(str)
+            types[kind] += 1
+            add_in[kind] += len(set(info["originalLayersNames"].astype(str).split(",")) & adds)
+        out[form] = {"runtime_layers": dict(sorted(types.items())), "branch_adds": len(adds),
+                     "branch_add_runs_in": {k: v for k, v in add_in.items() if v}}
+    return out
+
+
 def render(results: dict[str, Any]) -> str:
     m, cpu = results["machine"], results["cpu"]
-    lines = [f"# Separate LoRA graph forms vs merged ({results['model']}, rank {results['rank']}, OpenVINO)", "",
+    lines = [f"# Separate LoRA graph forms vs merged ({results['model']}, rank {results['rank']})", "",
              f"CPU {cpu['model']} ({', '.join(cpu['isa'])}), {m.get('cpu_count', '?')} cores, {results['threads']} "
              f"threads; load average {results['load_average']} before, {results['load_average_end']} after "
              f"(a shared machine: other jobs ran during this). Command: `{results['command']}`.", "",
-             "Forms (engines/openvino/lora_form.py): plain = one x·A GEMM per module as exported; shared-a = one "
-             "x·Concat(A) GEMM per shared input, then VariadicSplit. Same FLOPs, same swap layout.", ""]
-    for p in results["precisions"]:
-        lines += [f"## OpenVINO {p['precision']}", "",
+             "Forms (engines/openvino/lora_form.py, engines/lora_swap.shared_a_onnx): plain = one x·A GEMM per "
+             "module as exported; shared-a = one x·Concat(A) GEMM per shared input, then a split. Same FLOPs, same "
+             "swap layout.", ""]
+    for p in results["targets"]:
+        lines += [f"## {p['target']}", "",
                   "rel. error vs plain: " + ", ".join(f"{k} {v:.1e}" for k, v in p["rel_err_vs_plain"].items()), "",
                   "| shape | tokens | rounds | merged ms | " + " | ".join(f"{f} overhead (95% CI)" for f in FORMS)
                   + " | FLOP share |", "|---|---|---|---|" + "---|" * len(FORMS) + "---|"]
@@ -164,11 +224,15 @@ def main(argv=None) -> int:
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--shape", default="17x128x224", help="the main shape (small: 560 tokens)")
     ap.add_argument("--shapes", default="5x64x64,9x128x128,17x128x224,33x256x256", help="the token sweep")
-    ap.add_argument("--precisions", default="bf16,fp32")
+    ap.add_argument("--targets", default="ov bf16,ov fp32,ort fp32",
+                    help="OpenVINO precisions as 'ov P' (those the CPU lacks are skipped, saying why), and 'ort fp32'")
     ap.add_argument("--rounds", default="40,400", help="main shape: check every N rounds, at most M")
     ap.add_argument("--sweep-rounds", default="30,60", help="the other shapes")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("-o", "--out", type=Path, default=Path("docs/results"))
+    ap.add_argument("--name", default=None, help="file stem (default lora-forms-<model>)")
+    ap.add_argument("--graph-look", action="store_true",
+                    help="only compile each form and record OpenVINO's runtime graph (<stem>-graph.json)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -177,21 +241,30 @@ def main(argv=None) -> int:
                                "command": " ".join(["python -m wanrt.tools.bench_lora_forms",
                                                     *(argv if argv is not None else sys.argv[1:])]),
                                "machine": machine_info(), "cpu": cpu_info(), "load_average": list(os.getloadavg()),
-                               "versions": library_versions(), "precisions": [],
-                               "skipped": {p: offered[p] for p in args.precisions.split(",") if offered.get(p)}}
+                               "versions": library_versions(), "targets": [],
+                               "skipped": {t: offered[t.split()[-1]] for t in args.targets.split(",")
+                                           if t.startswith("ov ") and offered.get(t.split()[-1])}}
     main_shape = VideoShape(*map(int, args.shape.split("x")))
     shapes = list(dict.fromkeys([*args.shapes.split(","), args.shape]))
-    for p in args.precisions.split(","):
-        if p in results["skipped"]:
-            log(f"skipping {p}: {results['skipped'][p]}")
+    if args.graph_look:  # the exec-graph look only (seconds), no timing
+        looked = [t for t in args.targets.split(",") if t.startswith("ov ") and t not in results["skipped"]]
+        results["graph_look"] = {t: graph_look(args.model, t.split()[-1], args.rank, args.threads) for t in looked}
+        args.out.mkdir(parents=True, exist_ok=True)
+        path = args.out / f"{args.name or f'lora-forms-{args.model}'}-graph.json"
+        path.write_text(json.dumps(results, indent=1, default=str) + "\n")
+        log(f"wrote {path}")
+        return 0
+    for t in args.targets.split(","):
+        if t in results["skipped"]:
+            log(f"skipping {t}: {results['skipped'][t]}")
             continue
-        results["precisions"].append(run_precision(args.model, p, shapes, main_shape, args.rank, args.threads,
-                                                   tuple(map(int, args.rounds.split(","))),
-                                                   tuple(map(int, args.sweep_rounds.split(",")))))
+        results["targets"].append(run_target(args.model, t, shapes, main_shape, args.rank, args.threads,
+                                             tuple(map(int, args.rounds.split(","))),
+                                             tuple(map(int, args.sweep_rounds.split(",")))))
     results["load_average_end"] = list(os.getloadavg())
     results["seconds"] = time.perf_counter() - t0
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"lora-forms-{args.model}"
+    stem = args.name or f"lora-forms-{args.model}"
     (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
     (args.out / f"{stem}.md").write_text(render(results))
     log(f"wrote {args.out / stem}.json/.md ({results['seconds']:.0f} s)")
