@@ -8,14 +8,13 @@ import onnx
 import pytest
 import torch
 
+from wanrt.engines import registry
 from wanrt.dit_io import DitIO, ShapeRange, VideoShape
 from wanrt.engines.lora_swap import shared_a_onnx
 from wanrt.engines.openvino.engine import OvEngine, OvEngineSpec, build_openvino_engine
 from wanrt.errors import BadInputError
-from wanrt.export.api import LoraSpec, export_model
 from wanrt.export.lora import synthetic_lora
 from wanrt.export.model import ModelSpec
-from wanrt.export.onnx_export import ExportSpec
 from wanrt.export.presets import PRESETS
 from wanrt.runtime.backends import OrtBackend, build_transformer
 from wanrt.tools import cpu_cost_model as cm
@@ -29,23 +28,21 @@ def _rel(got, want) -> float:
 
 
 @pytest.fixture(scope="module")
-def art(tmp_path_factory):
+def art(tmp_path_factory, tiny_separate_exports):
     root = tmp_path_factory.mktemp("forms")
-    for name, seed in (("sep", 0), ("fresh", 5)):
-        export_model(ModelSpec("tiny"), LoraSpec(rank=4, mode="separate", seed=seed), ExportSpec(validate=False),
-                     root / name, progress=False)
+    exports = tiny_separate_exports
     model = build_transformer(ModelSpec("tiny"))[0]
     io = DitIO(model.config, shapes=ShapeRange(SHAPE, SHAPE))
     feeds = {k: v.numpy() for k, v in io.dummy_inputs(1, SHAPE, seed=3, timestep=500.0).items()}
-    plain = build_openvino_engine(root / "sep", OvEngineSpec(cache=False), root / "plain")
-    return {"root": root, "feeds": feeds, "model": model, "plain": plain,
+    plain = build_openvino_engine(exports["sep"], OvEngineSpec(cache=False), root / "plain")
+    return {"root": root, "exports": exports, "feeds": feeds, "model": model, "plain": plain,
             "want": OvEngine(root / "plain").infer(feeds)}
 
 
 def test_shared_a_equals_plain_and_swaps_like_a_fresh_build(art):
-    root, feeds = art["root"], art["feeds"]
+    root, exports, feeds = art["root"], art["exports"], art["feeds"]
     spec = OvEngineSpec(lora_form="shared-a", cache=False)
-    manifest = build_openvino_engine(root / "sep", spec, root / "shared")
+    manifest = build_openvino_engine(exports["sep"], spec, root / "shared")
     report = manifest.section("lora_form")
     # tiny has 2 blocks: each block's attn1 q/k/v share its video tokens; attn2 k/v of every block read the same
     # text tensor, and add_k/add_v of every block the same image tensor (one GEMM across blocks)
@@ -58,22 +55,22 @@ def test_shared_a_equals_plain_and_swaps_like_a_fresh_build(art):
     assert _rel(engine.infer(feeds), art["want"]) <= TOL
     # a swap on the rewritten engine equals a fresh (plain) build of the new LoRA's export
     engine.set_lora(synthetic_lora(art["model"], 4, seed=5))
-    build_openvino_engine(root / "fresh", OvEngineSpec(cache=False), root / "fresh-plain")
+    build_openvino_engine(exports["fresh"], OvEngineSpec(cache=False), root / "fresh-plain")
     fresh = OvEngine(root / "fresh-plain").infer(feeds)
     assert _rel(engine.infer(feeds), fresh) <= TOL and _rel(fresh, art["want"]) > 1e-3  # the swap changed it
 
 
 def test_ort_shared_a_session_equals_plain_and_swaps_like_a_fresh_export(art):
-    root, feeds = art["root"], art["feeds"]
+    exports, feeds = art["exports"], art["feeds"]
     args = [torch.from_numpy(feeds[k]) for k in ("latents", "timestep", "text", "image")]
-    plain = OrtBackend(root / "sep", threads=1)(*args).numpy()
-    proto = onnx.load(str(root / "sep" / "model.onnx"), load_external_data=False)
+    plain = OrtBackend(exports["sep"], threads=1)(*args).numpy()
+    proto = onnx.load(str(exports["sep"] / "model.onnx"), load_external_data=False)
     assert shared_a_onnx(proto) == 2 * 2 + 3 + 3  # the same groups as OpenVINO's rewrite
     onnx.checker.check_model(proto)
-    shared = OrtBackend(root / "sep", threads=1, lora_form="shared-a")
+    shared = OrtBackend(exports["sep"], threads=1, lora_form="shared-a")
     assert _rel(shared(*args).numpy(), plain) <= TOL
     shared.set_lora(synthetic_lora(art["model"], 4, seed=5))
-    fresh = OrtBackend(root / "fresh", threads=1)(*args).numpy()
+    fresh = OrtBackend(exports["fresh"], threads=1)(*args).numpy()
     assert _rel(shared(*args).numpy(), fresh) <= TOL
 
 
@@ -81,7 +78,7 @@ def test_plain_keeps_its_cache_key_and_an_unknown_form_is_refused(art):
     assert "lora_form" not in OvEngineSpec().key_fields()  # engines built before the forms keep their key
     assert art["plain"].section("lora_form") == {"form": "plain", "groups": []}
     with pytest.raises(BadInputError, match="--lora-form fused"):
-        build_openvino_engine(art["root"] / "sep", OvEngineSpec(lora_form="fused", cache=False),
+        build_openvino_engine(art["exports"]["sep"], OvEngineSpec(lora_form="fused", cache=False),
                               art["root"] / "bad")
     assert not (art["root"] / "bad").exists()
 
@@ -96,3 +93,10 @@ def test_cost_model_shared_a_same_flops_fewer_bytes():
     assert saved >= 40 * 2 * (2 * 32760) * 5120 * 2
     rows = cm.form_predictions(config, 32760)
     assert {r["label"] for r in rows} == {"PREDICTION"} and len(rows) == 2 * 2 * 2
+
+
+def test_build_option_reaches_the_spec_and_the_dry_run(art):
+    flavour = registry.get("openvino")
+    spec = flavour.spec({"precision": "fp32", "lora_form": "shared-a", "no_cache": True})
+    assert spec.lora_form == "shared-a" and flavour.spec({"precision": "fp32"}).lora_form == "plain"
+    assert ("LoRA form", "shared-a") in flavour.dry_run(art["exports"]["sep"], spec)

@@ -1,7 +1,7 @@
 """Graph forms of the separate LoRA branch against merged, on OpenVINO and ONNX Runtime (issue 20). Writes
 lora-forms-<model>.json (raw: every ratio) and .md under -o.
 
-    python -m wanrt.tools.bench_lora_forms --model small -o docs/results          # ~10 min on a loaded 2-core CPU
+    python -m wanrt.tools.bench_lora_forms --model small -o docs/results          # ~20 min on a loaded 2-core CPU
 
 One rank-`--rank` synthetic LoRA on every target, exported twice (merged, separate); for each of `--targets`: the
 separate export compiled in each form of engines/openvino/lora_form.FORMS at an OpenVINO precision the CPU runs
@@ -12,8 +12,9 @@ both forms hold the same LoRA as fed inputs, so they differ only in the graph fo
    per-round ratio to merged, its mean and bootstrap 95% CI (tools/bench_cpu_engines), until every half-width is
    <= 1 point or `--rounds` is spent; against the branch's FLOP share (runtime/flops.py; the forms do the same
    FLOPs);
-3. overhead vs tokens: the same at >= 4 shapes (fewer rounds), a least-squares line of overhead against
-   log(tokens) per form, evaluated at Wan 480p/81 frames (32,760 tokens) as an EXTRAPOLATION, not a measurement.
+3. overhead vs tokens: the same at >= 4 shapes (fewer rounds); the branch's extra ms and merged's ms each fitted
+   as a line in tokens (trend), evaluated at Wan 480p/81 frames (32,760 tokens) as an EXTRAPOLATION, not a
+   measurement; and shared-a against plain in the same rounds (paired difference).
 The machine is recorded (CPU model and ISA flags, cores, load average before and after): on a shared machine the
 CI half-width is the honest size of the noise.
 """
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -45,7 +45,9 @@ from wanrt.export.lora import synthetic_lora
 from wanrt.export.model import ModelSpec, load_transformer
 from wanrt.runtime.backends import OrtBackend
 from wanrt.runtime.flops import forward_flops, lora_branches
+from wanrt.export.presets import PRESETS
 from wanrt.tools.bench_cpu_engines import bootstrap_ci, export_dir, log
+from wanrt.tools.cpu_cost_model import form_predictions
 
 WAN_480P_TOKENS = 21 * 60 * 104 // 4  # 81 frames -> 21 latent frames, 480x832 -> 60x104 latent, 2x2 patches
 
@@ -95,14 +97,30 @@ def paired(runs: dict[str, Callable[[], Any]], rounds: tuple[int, int]) -> dict[
     return out
 
 
-def trend(tokens: list[int], overheads: list[float], at: int = WAN_480P_TOKENS) -> dict[str, Any]:
-    """overhead = a + b ln(tokens), least squares; its value at `at` tokens (an extrapolation)."""
-    xs = [math.log(t) for t in tokens]
-    mx, my = statistics.fmean(xs), statistics.fmean(overheads)
-    b = sum((x - mx) * (y - my) for x, y in zip(xs, overheads)) / sum((x - mx) ** 2 for x in xs)
-    a = my - b * mx
-    return {"model": "overhead = a + b ln(tokens)", "a": a, "b_per_e_fold": b, "at_tokens": at,
-            "extrapolated_overhead": a + b * math.log(at)}
+def _line(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least-squares (intercept, slope)."""
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    return my - slope * mx, slope
+
+
+def trend(rows: list[dict[str, Any]], form: str, at: int = WAN_480P_TOKENS) -> dict[str, Any]:
+    """The branch's extra time and merged's time, each a line in tokens (a fixed per-op cost + a per-token cost):
+    the overhead tends to the ratio of the per-token slopes; evaluated at `at` tokens as an EXTRAPOLATION (merged's
+    quadratic self-attention term is not in a line, so the value at 32k tokens overstates the overhead)."""
+    tokens = [r["tokens"] for r in rows]
+    extra = _line(tokens, [r["median_ms"][form] - r["median_ms"]["merged"] for r in rows])
+    merged = _line(tokens, [r["median_ms"]["merged"] for r in rows])
+    return {"model": "extra ms = a + b tokens; merged ms = c + d tokens", "extra_ms": extra, "merged_ms": merged,
+            "per_token_share": extra[1] / merged[1], "at_tokens": at,
+            "extrapolated_overhead": (extra[0] + extra[1] * at) / (merged[0] + merged[1] * at)}
+
+
+def paired_difference(row: dict[str, Any], form: str, base: str = "plain") -> dict[str, Any]:
+    """`form` against `base` in the same rounds: the per-round difference of their overheads, mean and 95% CI."""
+    d = [a - b for a, b in zip(row[form]["ratios"], row[base]["ratios"])]
+    lo, hi = bootstrap_ci(d)
+    return {"mean": statistics.fmean(d), "ci95": [lo, hi]}
 
 
 def ort_runs(arts: dict[str, Path], lora, threads: int) -> dict[str, Any]:
@@ -155,8 +173,7 @@ def run_target(source, target, shapes, main_shape, rank, threads, rounds, sweep_
         log("  " + ", ".join(f"{k} {r[k]['mean_overhead'] * 100:+.1f}% +/-{r[k]['half_width'] * 100:.1f}"
                              for k in FORMS) + f" (FLOP share {fl['lora_share'] * 100:.1f}%, {r['rounds']} rounds)")
     out["rows"] = rows
-    out["trend"] = {form: trend([r["tokens"] for r in rows], [r[form]["mean_overhead"] for r in rows])
-                    for form in FORMS}
+    out["trend"] = {form: trend(rows, form) for form in FORMS}
     return out
 
 
@@ -189,6 +206,11 @@ def graph_look(source: str, precision: str, rank: int, threads: int) -> dict[str
     return out
 
 
+def gpu_prediction(rank: int) -> list[dict[str, Any]]:
+    """The roofline cost model's PREDICTION per form on the 14B geometry at 480p/81 frames, CFG batch 2."""
+    return form_predictions(dict(PRESETS["wan2.1-i2v-14b"].config), WAN_480P_TOKENS, batch=2, rank=rank)
+
+
 def render(results: dict[str, Any]) -> str:
     m, cpu = results["machine"], results["cpu"]
     lines = [f"# Separate LoRA graph forms vs merged ({results['model']}, rank {results['rank']})", "",
@@ -210,11 +232,25 @@ def render(results: dict[str, Any]) -> str:
             lines.append(head + f"{r['median_ms']['merged']:.1f} | " + " | ".join(cells)
                          + f" | {r['flop_share'] * 100:.1f}% |")
         lines.append("")
-        for f, t in p["trend"].items():
-            lines.append(f"- {f}: overhead = {t['a'] * 100:.1f} {t['b_per_e_fold'] * 100:+.2f}·ln(tokens) points; "
-                         f"EXTRAPOLATED to {t['at_tokens']} tokens (Wan 480p/81 frames): "
-                         f"{t['extrapolated_overhead'] * 100:+.1f}%")
+        for r in p["rows"]:
+            d = paired_difference(r, "shared-a")
+            lines.append(f"- {r['shape']}: shared-a − plain, same rounds: {d['mean'] * 100:+.1f} points (95% CI "
+                         f"{d['ci95'][0] * 100:+.1f}..{d['ci95'][1] * 100:+.1f})")
         lines.append("")
+        for f, t in p["trend"].items():
+            lines.append(f"- {f} trend: extra {t['extra_ms'][0]:.1f} + {t['extra_ms'][1] * 1e3:.2f}/1k tokens ms, "
+                         f"merged {t['merged_ms'][0]:.1f} + {t['merged_ms'][1] * 1e3:.1f}/1k tokens ms: per-token "
+                         f"share {t['per_token_share'] * 100:.1f}%; EXTRAPOLATED to {t['at_tokens']} tokens (Wan "
+                         f"480p/81 frames): {t['extrapolated_overhead'] * 100:+.1f}% (not a measurement)")
+        lines.append("")
+    lines += ["## Cost model: PREDICTION, not a measurement", "",
+              f"tools/cpu_cost_model.form_predictions: Wan2.1 14B, {WAN_480P_TOKENS} tokens (480x832, 81 frames), CFG "
+              "batch 2, rank 16, published dense peaks; roofline per op (no launch cost). fp8 rows run the branch at "
+              "the base's rate and bytes.", "",
+              "| GPU | precision | form | merged s | separate s | predicted overhead |", "|---|---|---|---|---|---|"]
+    for r in results.get("gpu_prediction", []):
+        lines.append(f"| {r['gpu']} | {r['precision']} | {r['form']} | {r['merged_s']:.2f} | {r['separate_s']:.2f} | "
+                     f"{r['predicted_overhead'] * 100:+.1f}% |")
     return "\n".join(lines) + "\n"
 
 
@@ -223,17 +259,27 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="small")
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--shape", default="17x128x224", help="the main shape (small: 560 tokens)")
-    ap.add_argument("--shapes", default="5x64x64,9x128x128,17x128x224,33x256x256", help="the token sweep")
-    ap.add_argument("--targets", default="ov bf16,ov fp32,ort fp32",
+    ap.add_argument("--shapes", default="5x64x64,9x128x128,17x128x224,17x192x320",
+                    help="the token sweep (small: 32, 192, 560, 1200 tokens)")
+    ap.add_argument("--targets", default="ov bf16,ort fp32",
                     help="OpenVINO precisions as 'ov P' (those the CPU lacks are skipped, saying why), and 'ort fp32'")
-    ap.add_argument("--rounds", default="40,400", help="main shape: check every N rounds, at most M")
-    ap.add_argument("--sweep-rounds", default="30,60", help="the other shapes")
+    ap.add_argument("--rounds", default="40,200", help="main shape: check every N rounds, at most M")
+    ap.add_argument("--sweep-rounds", default="20,20", help="the other shapes")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("-o", "--out", type=Path, default=Path("docs/results"))
     ap.add_argument("--name", default=None, help="file stem (default lora-forms-<model>)")
     ap.add_argument("--graph-look", action="store_true",
                     help="only compile each form and record OpenVINO's runtime graph (<stem>-graph.json)")
+    ap.add_argument("--render", type=Path, default=None, help="only re-render the .md of a raw JSON this tool wrote")
     args = ap.parse_args(argv)
+    if args.render is not None:
+        results = json.loads(args.render.read_text())
+        for p in results["targets"]:
+            p["trend"] = {form: trend(p["rows"], form) for form in FORMS}
+        results["gpu_prediction"] = gpu_prediction(results["rank"])
+        args.render.write_text(json.dumps(results, indent=1, default=str) + "\n")
+        args.render.with_suffix(".md").write_text(render(results))
+        return 0
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     offered = supported_precisions()
@@ -242,6 +288,7 @@ def main(argv=None) -> int:
                                                     *(argv if argv is not None else sys.argv[1:])]),
                                "machine": machine_info(), "cpu": cpu_info(), "load_average": list(os.getloadavg()),
                                "versions": library_versions(), "targets": [],
+                               "gpu_prediction": gpu_prediction(args.rank),
                                "skipped": {t: offered[t.split()[-1]] for t in args.targets.split(",")
                                            if t.startswith("ov ") and offered.get(t.split()[-1])}}
     main_shape = VideoShape(*map(int, args.shape.split("x")))
@@ -254,19 +301,20 @@ def main(argv=None) -> int:
         path.write_text(json.dumps(results, indent=1, default=str) + "\n")
         log(f"wrote {path}")
         return 0
+    rounds, sweep = tuple(map(int, args.rounds.split(","))), tuple(map(int, args.sweep_rounds.split(",")))
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.name or f"lora-forms-{args.model}"
     for t in args.targets.split(","):
         if t in results["skipped"]:
             log(f"skipping {t}: {results['skipped'][t]}")
             continue
-        results["targets"].append(run_target(args.model, t, shapes, main_shape, args.rank, args.threads,
-                                             tuple(map(int, args.rounds.split(","))),
-                                             tuple(map(int, args.sweep_rounds.split(",")))))
-    results["load_average_end"] = list(os.getloadavg())
-    results["seconds"] = time.perf_counter() - t0
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.name or f"lora-forms-{args.model}"
-    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
-    (args.out / f"{stem}.md").write_text(render(results))
+        results["targets"].append(run_target(args.model, t, shapes, main_shape, args.rank, args.threads, rounds,
+                                             sweep))
+        results["load_average_end"] = list(os.getloadavg())
+        results["seconds"] = time.perf_counter() - t0
+        # written after every target: a long run stopped part way keeps what it measured
+        (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+        (args.out / f"{stem}.md").write_text(render(results))
     log(f"wrote {args.out / stem}.json/.md ({results['seconds']:.0f} s)")
     return 0
 
