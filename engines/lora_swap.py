@@ -23,8 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from wanrt.engines.onnx_dir import lora_refit_names
-from wanrt.errors import EngineError
+from wanrt.errors import BadInputError, EngineError
 
 SWAP_KIND = "swap"  # the `refit` value of a lora section whose weights are swapped as data (not TensorRT refit)
 
@@ -68,12 +70,17 @@ def record_swap(section: dict[str, Any], lora, source: dict[str, Any]) -> None:
     section["loaded"] = loaded_identity(lora, source)
 
 
-def overridable_onnx(onnx_path: Path, names: list[str]) -> bytes:
-    """The graph proto of `onnx_path` with `names` (initializers) also listed as graph inputs, serialized.
+def overridable_onnx(onnx_path: Path, names: list[str], lora_form: str = "plain") -> bytes:
+    """The graph proto of `onnx_path` with `names` (initializers) also listed as graph inputs, serialized, in
+    LoRA graph form `lora_form` (shared_a_onnx; engines/openvino/lora_form.py has the OpenVINO twin).
     External weights are not read: the session loads them from the export directory (see ort_session_options)."""
     import onnx
 
     model = onnx.load(str(onnx_path), load_external_data=False)
+    if lora_form == "shared-a":
+        shared_a_onnx(model)
+    elif lora_form != "plain":
+        raise BadInputError(f"lora_form {lora_form!r}: choose plain or shared-a")
     inits = {i.name: i for i in model.graph.initializer}
     present = {i.name for i in model.graph.input}
     for name in names:
@@ -87,3 +94,40 @@ def overridable_onnx(onnx_path: Path, names: list[str]) -> bytes:
         model.ir_version = 4
     return model.SerializeToString()
 
+
+
+def shared_a_onnx(model) -> int:
+    """Rewrite `model` (an onnx ModelProto, in place) so the LoRA A MatMuls that read the same tensor are one
+    MatMul of x with Concat(A_1..A_n) along N, then a Split into each module's x A_i: the swap layout (initializers
+    `lora.<module>.A/B`) is unchanged and the Concat runs per inference on the fed weights. Returns how many A
+    MatMuls it removed."""
+    import onnx
+
+    dims = {i.name: list(i.dims) for i in model.graph.initializer}
+    nodes = list(model.graph.node)
+    groups: dict[str, list[int]] = {}
+    for k, n in enumerate(nodes):
+        if n.op_type == "MatMul" and n.input[1].startswith("lora.") and n.input[1].endswith(".A") \
+                and len(dims.get(n.input[1], ())) == 2:
+            groups.setdefault(n.input[0], []).append(k)
+    replace: dict[int, list] = {}
+    drop: set[int] = set()
+    for x, ks in groups.items():
+        if len(ks) < 2:
+            continue
+        a_names = [nodes[k].input[1] for k in ks]
+        tag = f"wanrt.shared_a.{a_names[0]}"
+        sizes = onnx.numpy_helper.from_array(np.array([dims[a][1] for a in a_names], "int64"),
+                                             f"{tag}.split")
+        model.graph.initializer.append(sizes)
+        replace[ks[0]] = [onnx.helper.make_node("Concat", a_names, [f"{tag}.cat"], axis=-1, name=f"{tag}.concat"),
+                          onnx.helper.make_node("MatMul", [x, f"{tag}.cat"], [f"{tag}.xa"], name=f"{tag}.matmul"),
+                          onnx.helper.make_node("Split", [f"{tag}.xa", sizes.name],
+                                                [nodes[k].output[0] for k in ks], axis=-1, name=f"{tag}.split")]
+        drop.update(ks)
+    out = []
+    for k, n in enumerate(nodes):  # the group's nodes where its first A MatMul was: x and the A's exist there
+        out.extend(replace.get(k, []) if k in drop else [n])
+    del model.graph.node[:]
+    model.graph.node.extend(out)
+    return len(drop) - len(replace)

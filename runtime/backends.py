@@ -200,7 +200,7 @@ class OrtBackend(BackendBase):
     def __init__(self, artifact: str | Path, device: torch.device | str = "cpu", threads: int | None = None,
                  providers: list | None = None,
                  verify: bool = False,  # noqa: ARG002 - every load checks each listed file's sha256 (read_onnx_dir)
-                 optimization: str = "all"):
+                 optimization: str = "all", lora_form: str = "plain"):
         ort = _require_ort()
         t0 = time.perf_counter()
         artifact = Path(artifact)
@@ -247,6 +247,9 @@ class OrtBackend(BackendBase):
         self._session_args = (onnx_path, opts, providers)
         self._lora_feeds: dict[str, torch.Tensor] = {}
         self._lora_section: dict[str, Any] | None = None
+        self.lora_form = lora_form  # the LoRA branch's graph form in the swappable session (lora_swap.shared_a_onnx)
+        if lora_form != "plain":  # a rewritten graph is the swappable one: build it now (EngineError unless separate)
+            self._make_swappable()
         self.setup["load_s"] = time.perf_counter() - t0
 
     def forward(self, latents, timestep, text, image=None) -> torch.Tensor:
@@ -297,7 +300,7 @@ class OrtBackend(BackendBase):
         t0 = time.perf_counter()
         # the proto is loaded without its weights; ORT finds external data beside the original file
         opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(onnx_path.parent))
-        proto = overridable_onnx(onnx_path, list(section["refittable_weights"]))
+        proto = overridable_onnx(onnx_path, list(section["refittable_weights"]), self.lora_form)
         try:
             self.session = ort.InferenceSession(proto, sess_options=opts, providers=providers)
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types

@@ -57,3 +57,18 @@ def tiny_model():
 # issue 13: the serve tests' session-scoped artifacts (tiny exports + bundle), shared by tests/test_serve*.py and
 # tests/test_runtime_serve.py so they are built once per run
 from tests.serve_helpers import serve_artifacts, stack_artifacts  # noqa: E402,F401
+
+
+@pytest.fixture(scope="session")
+def tiny_separate_exports(tmp_path_factory):
+    """Two `tiny` separate-mode exports with rank-4 synthetic LoRAs, seeds 0 ("sep") and 5 ("fresh": what a swap to
+    seed 5 must equal), built once per run for tests/test_w8a8.py and tests/test_lora_forms.py (~30 s each)."""
+    from wanrt.export.api import LoraSpec, export_model
+    from wanrt.export.model import ModelSpec
+    from wanrt.export.onnx_export import ExportSpec
+
+    root = tmp_path_factory.mktemp("tiny-separate")
+    for name, seed in (("sep", 0), ("fresh", 5)):
+        export_model(ModelSpec("tiny"), LoraSpec(rank=4, mode="separate", seed=seed), ExportSpec(validate=False),
+                     root / name, progress=False)
+    return {"sep": root / "sep", "fresh": root / "fresh"}

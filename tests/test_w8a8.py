@@ -11,10 +11,9 @@ import torch
 
 from wanrt.dit_io import DitIO, ShapeRange, VideoShape
 from wanrt.engines.openvino.engine import OvEngine, OvEngineSpec, build_openvino_engine
-from wanrt.export.api import LoraSpec, export_model
+from wanrt.export.api import LoraSpec
 from wanrt.export.lora import synthetic_lora
 from wanrt.export.model import ModelSpec
-from wanrt.export.onnx_export import ExportSpec
 from wanrt.runtime.backends import build_transformer
 
 INT8_GATE = 5e-2
@@ -26,14 +25,12 @@ def _rel(got, want) -> float:
 
 
 @pytest.fixture(scope="module")
-def art(tmp_path_factory):
+def art(tmp_path_factory, tiny_separate_exports):
     root = tmp_path_factory.mktemp("w8a8")
-    for name, seed in (("sep", 0), ("fresh", 5)):
-        export_model(ModelSpec("tiny"), LoraSpec(rank=4, mode="separate", seed=seed), ExportSpec(validate=False),
-                     root / name, progress=False)
+    exports = tiny_separate_exports
     io = DitIO(build_transformer(ModelSpec("tiny"))[0].config, shapes=ShapeRange(SHAPE, SHAPE))
     inputs = io.dummy_inputs(1, SHAPE, seed=3, timestep=500.0)
-    return {"root": root, "inputs": inputs, "feeds": {k: v.numpy() for k, v in inputs.items()}}
+    return {"root": root, "exports": exports, "inputs": inputs, "feeds": {k: v.numpy() for k, v in inputs.items()}}
 
 
 def _eager(spec: LoraSpec, inputs) -> np.ndarray:
@@ -47,7 +44,7 @@ def _eager(spec: LoraSpec, inputs) -> np.ndarray:
 def test_quantized_base_with_a_swappable_lora_branch(precision, art):
     spec = OvEngineSpec(precision=precision, cache=False)
     out = art["root"] / precision
-    manifest = build_openvino_engine(art["root"] / "sep", spec, out)
+    manifest = build_openvino_engine(art["exports"]["sep"], spec, out)
     report = manifest.section("precision_report")["int8"]
     assert report["count"] > 0 and all("lora" not in n for n in report["quantized_nodes"])
     engine = OvEngine(out)
@@ -55,14 +52,14 @@ def test_quantized_base_with_a_swappable_lora_branch(precision, art):
     assert _rel(engine.infer(art["feeds"]), want) <= INT8_GATE
     # a swap to another LoRA equals a fresh quantized build of that LoRA's export, within the int8 gate
     engine.set_lora(synthetic_lora(build_transformer(ModelSpec("tiny"))[0], 4, seed=5))
-    build_openvino_engine(art["root"] / "fresh", spec, art["root"] / f"{precision}-fresh")
+    build_openvino_engine(art["exports"]["fresh"], spec, art["root"] / f"{precision}-fresh")
     fresh = OvEngine(art["root"] / f"{precision}-fresh")
     assert _rel(engine.infer(art["feeds"]), fresh.infer(art["feeds"])) <= INT8_GATE
     assert _rel(engine.infer(art["feeds"]), _eager(LoraSpec(rank=4, mode="merged", seed=5), art["inputs"])) <= INT8_GATE
 
 
 def test_w8a8_records_its_policy_and_calibration(art):
-    manifest = build_openvino_engine(art["root"] / "sep", OvEngineSpec(precision="w8a8", calib=3, cache=False),
+    manifest = build_openvino_engine(art["exports"]["sep"], OvEngineSpec(precision="w8a8", calib=3, cache=False),
                                      art["root"] / "w8a8-c3")
     report = manifest.section("precision_report")["int8"]
     assert report["calibration_samples"] == 3 and report["policy"]["smooth_quant_alpha"] == -1.0

@@ -10,6 +10,9 @@ Ops per block (tokens L, text T, image I, dim D, FFN F, batch B; `ab`/`wb` bytes
   attention L x S (fused)      FLOPs 4 L S D               bytes (2 L + 2 S) D ab
   elementwise (norms, adaLN modulation, gates, residuals, RoPE, qk-norm): ELEMENTWISE_PASSES reads+writes of L x D
   and one of L x F (GELU); FLOPs ignored (no matmul unit runs them)
+  LoRA branch, form shared-a    one A GEMM per shared input (attn1 q/k/v of a block; attn2 k/v of every block: the
+                                text; add_k/add_v of every block: the image), x read once for sum(r) columns; each
+                                module's B GEMM then reads its slice of x A (engines/openvino/lora_form.py)
 Each op's time is max(FLOPs / peak, bytes / bandwidth); the forward is their sum (no overlap between ops).
 
 Memory (`activation_bytes`, an estimate of what an engine must hold besides its weights): the largest set of tensors
@@ -61,9 +64,31 @@ def _lora(name, m, i, o, r, ab) -> Op:
     return Op(name, "lora", 2.0 * m * r * (i + o), r * (i + o) * ab + m * (i + 2 * r + 2 * o) * ab)
 
 
+def _lora_a(name, m, i, rs, ab) -> Op:
+    """x [m, i] @ Concat(A) [i, sum rs]: x read once, x A written."""
+    r = sum(rs)
+    return Op(name, "lora", 2.0 * m * r * i, r * i * ab + m * (i + r) * ab)
+
+
+def _lora_b(name, m, o, r, ab) -> Op:
+    """(x A) [m, r] @ B [r, o], added to the base output: x A read, the branch output written, read and added."""
+    return Op(name, "lora", 2.0 * m * r * o, r * o * ab + m * (r + 2 * o) * ab)
+
+
+def shared_groups(config: dict[str, Any]) -> list[tuple[str, ...]]:
+    """The module groups that read the same input (what the shared-a form gives one A GEMM)."""
+    n = config["num_layers"]
+    groups = [tuple(f"blocks.{b}.attn1.to_{x}" for x in "qkv") for b in range(n)]
+    groups.append(tuple(f"blocks.{b}.attn2.to_{x}" for b in range(n) for x in "kv"))
+    if config.get("image_dim") is not None:
+        groups.append(tuple(f"blocks.{b}.attn2.add_{x}_proj" for b in range(n) for x in "kv"))
+    return groups
+
+
 def forward_ops(config: dict[str, Any], tokens: int, batch: int = 1, precision: str = "fp32",
-                lora_rank: int | None = None, mode: str = "merged") -> list[Op]:
-    """The ops of one forward (all batch elements). `config`: a WanTransformer3DModel config (dict)."""
+                lora_rank: int | None = None, mode: str = "merged", lora_form: str = "plain") -> list[Op]:
+    """The ops of one forward (all batch elements). `config`: a WanTransformer3DModel config (dict). `lora_form`
+    (separate mode): plain (one A and B GEMM per module) or shared-a (see the module docstring)."""
     wb, ab = BYTES[precision]
     d = config["num_attention_heads"] * config["attention_head_dim"]
     f, L, T = config["ffn_dim"], tokens * batch, TEXT_TOKENS * batch
@@ -71,6 +96,7 @@ def forward_ops(config: dict[str, Any], tokens: int, batch: int = 1, precision: 
     n_img = IMAGE_TOKENS * batch if has_image else 0
     kv_in = config.get("added_kv_proj_dim") or d
     ops: list[Op] = []
+    shared = {m: g for g in shared_groups(config) for m in g} if lora_form == "shared-a" else {}
     for b in range(config["num_layers"]):
         p = f"blocks.{b}."
         linears = [("attn1.to_q", L, d, d), ("attn1.to_k", L, d, d), ("attn1.to_v", L, d, d),
@@ -81,8 +107,15 @@ def forward_ops(config: dict[str, Any], tokens: int, batch: int = 1, precision: 
             linears += [("attn2.add_k_proj", n_img, kv_in, d), ("attn2.add_v_proj", n_img, kv_in, d)]
         for name, m, i, o in linears:
             ops.append(_linear(p + name, m, i, o, wb, ab))
-            if lora_rank and mode == "separate":
+            if not (lora_rank and mode == "separate"):
+                continue
+            group = shared.get(p + name)
+            if group is None:
                 ops.append(_lora(p + name + ".lora", m, i, o, lora_rank, ab))
+                continue
+            if group[0] == p + name:  # the group's one A GEMM, at its first module
+                ops.append(_lora_a(p + name + ".lora_a_shared", m, i, [lora_rank] * len(group), ab))
+            ops.append(_lora_b(p + name + ".lora_b", m, o, lora_rank, ab))
         per = L // batch
         for name, s in (("attn1.sdpa", per), ("attn2.sdpa_text", TEXT_TOKENS), ("attn2.sdpa_image", n_img // batch)):
             if s:
@@ -100,6 +133,24 @@ def forward_ops(config: dict[str, Any], tokens: int, batch: int = 1, precision: 
         ops.append(_linear("image_embedder.2", n_img, e, d, wb, ab))
     ops.append(_linear("proj_out", L, d, config["out_channels"] * patch, wb, ab))
     return ops
+
+
+def form_predictions(config: dict[str, Any], tokens: int, batch: int = 2, rank: int = 16,
+                     forms: tuple[str, ...] = ("plain", "shared-a")) -> list[dict[str, Any]]:
+    """PREDICTED overhead of a separate rank-`rank` branch over merged, per GPU, precision and graph form, on
+    published peaks (roofline: no per-op launch cost, which is what a CUDA graph or a fused epilogue removes)."""
+    rows = []
+    for gpu, peaks in GPU_PEAKS.items():
+        for precision in ("bf16", "fp8"):
+            merged = predict(forward_ops(config, tokens, batch, precision), peaks[precision], peaks["bandwidth"])
+            for form in forms:
+                ops = forward_ops(config, tokens, batch, precision, rank, "separate", form)
+                sep = predict(ops, peaks[precision], peaks["bandwidth"])
+                rows.append({"gpu": gpu, "precision": precision, "form": form, "rank": rank, "batch": batch,
+                             "tokens": tokens, "merged_s": merged["seconds"], "separate_s": sep["seconds"],
+                             "predicted_overhead": sep["seconds"] / merged["seconds"] - 1.0,
+                             "lora_s": sep["by_kind_s"].get("lora", 0.0), "label": "PREDICTION"})
+    return rows
 
 
 def predict(ops: list[Op], peak: float, bandwidth: float) -> dict[str, Any]:

@@ -47,6 +47,7 @@ from wanrt.artifacts import (
 from wanrt.engines.cache import EngineCache, engine_cache_dir, same_engine
 from wanrt.engines.openvino import CAPABILITY, FLAVOUR, INSTALL_HINT, PRECISIONS
 from wanrt.engines.openvino import precision as ov_precision
+from wanrt.engines.openvino.lora_form import DEFAULT_FORM, apply_form, check_form
 from wanrt.engines.onnx_dir import export_digests, onnx_initializer_info, read_onnx_dir
 from wanrt.engines.lora_swap import (SWAP_KIND, check_swappable, loaded_from_export, loaded_identity, record_swap,
                                     swap_section)
@@ -146,6 +147,7 @@ class OvEngineSpec:
     device: str = "CPU"  # an OpenVINO device name: CPU, GPU, GPU.1
     keep_fp32: str = "wan"  # bf16/int8/w8a8: which nodes stay fp32 (engines/openvino/precision.KEEP_POLICIES)
     calib: int = 8  # w8a8: calibration samples (calibration_feeds)
+    lora_form: str = DEFAULT_FORM  # separate LoRA: the branch's graph form (engines/openvino/lora_form.FORMS)
     cache: bool = True
     cache_dir: str | None = None
 
@@ -155,6 +157,8 @@ class OvEngineSpec:
             d["keep_fp32"] = self.keep_fp32
         if self.precision == "w8a8":
             d["calib"] = self.calib
+        if self.lora_form != "plain":  # plain is what every engine built before the forms: its keys stay
+            d["lora_form"] = self.lora_form
         return d
 
 
@@ -246,6 +250,7 @@ def _cache(spec: OvEngineSpec):
 def _resolve(onnx_dir: str | os.PathLike, spec: OvEngineSpec):
     """Every decision before the compile: (export manifest, ONNX path, Core, device capabilities, CPU, ONNX sha256,
     cache key). Refuses a non-fp32 export and a precision the device lacks."""
+    check_form(spec.lora_form)
     export_manifest, onnx_path = read_onnx_dir(onnx_dir)
     if (export_manifest.dtype or "fp32") != "fp32":
         raise BadInputError(f"{onnx_dir}: the openvino flavour compiles an fp32 export (precision comes from "
@@ -285,6 +290,7 @@ def build_openvino_engine(onnx_dir: str | os.PathLike, spec: OvEngineSpec, out_d
         timings: dict[str, float] = {}
         t = time.perf_counter()
         model, defaults = read_with_lora_inputs(core, onnx_path, lora_names)
+        model, form_report = apply_form(model, spec.lora_form)
         timings["read"] = time.perf_counter() - t
         with tempfile.TemporaryDirectory(prefix="wanrt-ov-", dir=tmp) as work:
             t = time.perf_counter()
@@ -319,6 +325,7 @@ def build_openvino_engine(onnx_dir: str | os.PathLike, spec: OvEngineSpec, out_d
             "cpu": cpu,
             "precision": spec.precision,
             "precision_report": precision_report,
+            "lora_form": form_report,
             "io": {i["name"]: i for i in export_manifest.inputs},
             "onnx": {"dir": str(Path(onnx_dir).resolve()), "sha256": onnx_sha, "dtype": "fp32",
                      "geometry": export_manifest.geometry, "shape_ranges": export_manifest.shape_ranges},

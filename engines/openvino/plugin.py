@@ -15,6 +15,7 @@ import click
 
 from wanrt.engines.cache import engine_cache_from_root
 from wanrt.engines.openvino import BACKEND, FLAVOUR, INSTALL_HINT, PRECISIONS
+from wanrt.engines.openvino.lora_form import DEFAULT_FORM, FORMS
 from wanrt.engines.openvino.precision import KEEP_POLICIES
 from wanrt.engines.registry import LazyHooks
 from wanrt.errors import BadInputError
@@ -30,6 +31,9 @@ OPTIONS = (
     click.option("--keep-fp32", "keep_fp32", type=click.Choice(tuple(KEEP_POLICIES)), default="wan",
                  show_default=True,
                  help="openvino bf16/int8/w8a8: what stays fp32 (wan: the timestep embedding, as Wan keeps it)."),
+    click.option("--lora-form", "lora_form", type=click.Choice(FORMS), default=DEFAULT_FORM, show_default=True,
+                 help="openvino, separate LoRA: the branch's graph form (shared-a: one x·A GEMM for the modules "
+                      "that read the same input; the swap layout is the same)."),
 )
 
 
@@ -91,6 +95,7 @@ class OpenVINOFlavour(LazyHooks):
             raise BadInputError(why)
         return OvEngineSpec(precision=precision, device=kw.get("ov_device") or "CPU",
                             keep_fp32=kw.get("keep_fp32") or "wan", calib=kw.get("calib") or 8,
+                            lora_form=kw.get("lora_form") or DEFAULT_FORM,
                             cache=not kw.get("no_cache"),
                             cache_dir=engine_cache_from_root(kw.get("cache_dir")))
 
@@ -105,7 +110,7 @@ class OpenVINOFlavour(LazyHooks):
         ov = require_openvino()
         caps = check_precision_supported(ov.Core(), spec.device, spec.precision)
         return [("OpenVINO", f"{ov.__version__} {spec.device} ({', '.join(caps)})"), ("export", str(onnx_dir)),
-                ("precision", spec.precision), ("keep fp32", spec.keep_fp32)]
+                ("precision", spec.precision), ("keep fp32", spec.keep_fp32), ("LoRA form", spec.lora_form)]
 
     def summary_row(self, out: str, m: EngineManifest) -> tuple[str, ...]:
         report = m.section("precision_report") or {}

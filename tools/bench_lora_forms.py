@@ -1,0 +1,323 @@
+"""Graph forms of the separate LoRA branch against merged, on OpenVINO and ONNX Runtime (issue 20). Writes
+lora-forms-<model>.json (raw: every ratio) and .md under -o.
+
+    python -m wanrt.tools.bench_lora_forms --model small -o docs/results          # ~20 min on a loaded 2-core CPU
+
+One rank-`--rank` synthetic LoRA on every target, exported twice (merged, separate); for each of `--targets`: the
+separate export compiled in each form of engines/openvino/lora_form.FORMS at an OpenVINO precision the CPU runs
+natively ("ov bf16"), or ONNX Runtime's swappable session in each form ("ort fp32": engines/lora_swap.shared_a_onnx;
+both forms hold the same LoRA as fed inputs, so they differ only in the graph form):
+1. quality: each form's output against the plain form (fp32: the same sums in another order);
+2. paired overhead at the main shape: every round runs merged and each form once, the order rotating; each form's
+   per-round ratio to merged, its mean and bootstrap 95% CI (tools/bench_cpu_engines), until every half-width is
+   <= 1 point or `--rounds` is spent; against the branch's FLOP share (runtime/flops.py; the forms do the same
+   FLOPs);
+3. overhead vs tokens: the same at >= 4 shapes (fewer rounds); the branch's extra ms and merged's ms each fitted
+   as a line in tokens (trend), evaluated at Wan 480p/81 frames (32,760 tokens) as an EXTRAPOLATION, not a
+   measurement; and shared-a against plain in the same rounds (paired difference).
+The machine is recorded (CPU model and ISA flags, cores, load average before and after): on a shared machine the
+CI half-width is the honest size of the noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from wanrt.artifacts import library_versions, machine_info
+from wanrt.dit_io import DitIO, ShapeRange, VideoShape
+from wanrt.engines.cache import engine_in_cache
+from wanrt.engines.lora_swap import swap_section
+from wanrt.engines.onnx_dir import onnx_initializer_info, read_onnx_dir
+from wanrt.engines.openvino.engine import (OvEngine, OvEngineSpec, build_openvino_engine, cache_key,
+                                           compile_properties, cpu_info, read_with_lora_inputs, supported_precisions)
+from wanrt.engines.openvino.lora_form import FORMS, apply_form
+from wanrt.export.lora import synthetic_lora
+from wanrt.export.model import ModelSpec, load_transformer
+from wanrt.runtime.backends import OrtBackend
+from wanrt.runtime.flops import forward_flops, lora_branches
+from wanrt.export.presets import PRESETS
+from wanrt.tools.bench_cpu_engines import bootstrap_ci, export_dir, log
+from wanrt.tools.cpu_cost_model import form_predictions
+
+WAN_480P_TOKENS = 21 * 60 * 104 // 4  # 81 frames -> 21 latent frames, 480x832 -> 60x104 latent, 2x2 patches
+
+
+def engine(art: Path, precision: str, form: str, threads: int) -> OvEngine:
+    spec = OvEngineSpec(precision=precision, lora_form=form)
+    out = engine_in_cache(spec.cache_dir, cache_key(art, spec),
+                          lambda o: build_openvino_engine(art, spec, o, force=True, threads=threads))
+    return OvEngine(out, threads=threads)
+
+
+def feeds(config, shape: VideoShape, seed: int = 0) -> dict[str, np.ndarray]:
+    io = DitIO(config, torch.float32, ShapeRange(shape, shape))
+    return {k: v.numpy() for k, v in io.dummy_inputs(1, shape, seed=seed, timestep=500.0).items()}
+
+
+def paired(runs: dict[str, Callable[[], Any]], rounds: tuple[int, int]) -> dict[str, Any]:
+    """Rounds of every run once (order rotating), each form's ratio to "merged" per round, until every bootstrap
+    95% CI half-width is <= 1 point or rounds[1] are spent (checked every rounds[0])."""
+    for run in runs.values():
+        run()  # warm-up: OpenVINO specialises on the first call of a shape
+    labels = list(runs)
+    ratios: dict[str, list[float]] = {k: [] for k in labels if k != "merged"}
+    times: dict[str, list[float]] = {k: [] for k in labels}
+    step, budget = rounds
+    while len(times["merged"]) < budget:
+        for _ in range(step):
+            i = len(times["merged"])
+            order = labels[i % len(labels):] + labels[:i % len(labels)]
+            got = {}
+            for k in order:
+                t = time.perf_counter()
+                runs[k]()
+                got[k] = time.perf_counter() - t
+            for k in labels:
+                times[k].append(got[k])
+            for k in ratios:
+                ratios[k].append(got[k] / got["merged"] - 1.0)
+        cis = {k: bootstrap_ci(v) for k, v in ratios.items()}
+        if all((hi - lo) / 2 <= 0.01 for lo, hi in cis.values()):
+            break
+    out = {"rounds": len(times["merged"]), "median_ms": {k: statistics.median(v) * 1e3 for k, v in times.items()}}
+    for k, v in ratios.items():
+        lo, hi = bootstrap_ci(v)
+        out[k] = {"mean_overhead": statistics.fmean(v), "ci95": [lo, hi], "half_width": (hi - lo) / 2,
+                  "ratios": v}
+    return out
+
+
+def _line(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least-squares (intercept, slope)."""
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    return my - slope * mx, slope
+
+
+def trend(rows: list[dict[str, Any]], form: str, at: int = WAN_480P_TOKENS) -> dict[str, Any]:
+    """The branch's extra time and merged's time, each a line in tokens (a fixed per-op cost + a per-token cost):
+    the overhead tends to the ratio of the per-token slopes; evaluated at `at` tokens as an EXTRAPOLATION (merged's
+    quadratic self-attention term is not in a line, so the value at 32k tokens overstates the overhead)."""
+    tokens = [r["tokens"] for r in rows]
+    extra = _line(tokens, [r["median_ms"][form] - r["median_ms"]["merged"] for r in rows])
+    merged = _line(tokens, [r["median_ms"]["merged"] for r in rows])
+    return {"model": "extra ms = a + b tokens; merged ms = c + d tokens", "extra_ms": extra, "merged_ms": merged,
+            "per_token_share": extra[1] / merged[1], "at_tokens": at,
+            "extrapolated_overhead": (extra[0] + extra[1] * at) / (merged[0] + merged[1] * at)}
+
+
+def paired_difference(row: dict[str, Any], form: str, base: str = "plain") -> dict[str, Any]:
+    """`form` against `base` in the same rounds: the per-round difference of their overheads, mean and 95% CI."""
+    d = [a - b for a, b in zip(row[form]["ratios"], row[base]["ratios"])]
+    lo, hi = bootstrap_ci(d)
+    return {"mean": statistics.fmean(d), "ci95": [lo, hi]}
+
+
+def ort_runs(arts: dict[str, Path], lora, threads: int) -> dict[str, Any]:
+    """ORT fp32: merged, and the separate export's swappable session in each form, all holding the same LoRA (the
+    plain session made swappable by a swap of that LoRA, so both forms run its weights as fed inputs)."""
+    out = {"merged": OrtBackend(arts["merged"], threads=threads)}
+    for form in FORMS:
+        out[form] = OrtBackend(arts["separate"], threads=threads, lora_form=form)
+        out[form].set_lora(lora)
+    return out
+
+
+def run_target(source, target, shapes, main_shape, rank, threads, rounds, sweep_rounds) -> dict[str, Any]:
+    """One target (OpenVINO at a precision, or "ort fp32"): quality vs plain, paired overheads per shape, trend."""
+    model = load_transformer(ModelSpec(source))
+    config = dict(model.config)
+    lora = synthetic_lora(model, rank)  # what export_dir exported (LoraSpec's default seed 0, every target)
+    branches = lora_branches(lora)
+    arts = {"merged": export_dir(source, None, rank, "merged"), "separate": export_dir(source, None, rank, "separate")}
+    log(f"{target}: engines")
+    out: dict[str, Any] = {"target": target}
+    if target == "ort fp32":
+        backends = ort_runs(arts, lora, threads)
+
+        def call(k, f):
+            args = [torch.from_numpy(f[n]) for n in ("latents", "timestep", "text", "image") if n in f]
+            return lambda: backends[k](*args).numpy()
+    else:
+        precision = target.split()[-1]
+        engines = {"merged": engine(arts["merged"], precision, "plain", threads),
+                   **{form: engine(arts["separate"], precision, form, threads) for form in FORMS}}
+        out["forms"] = {f: engines[f].manifest.section("lora_form") for f in FORMS}
+
+        def call(k, f):
+            return lambda: engines[k].infer(f)
+    labels = ["merged", *FORMS]
+    f = feeds(config, main_shape)
+    plain = call("plain", f)()
+    out["rel_err_vs_plain"] = {form: float(np.abs(call(form, f)() - plain).max() / np.abs(plain).max())
+                               for form in FORMS}
+    rows = []
+    for s in shapes:
+        shape = VideoShape(*map(int, s.split("x")))
+        log(f"{target}: {s}")
+        fs = feeds(config, shape)
+        r = paired({k: call(k, fs) for k in labels}, rounds if s == str(main_shape) else sweep_rounds)
+        fl = forward_flops(config, shape.latent, lora=branches, mode="separate")
+        r.update({"shape": s, "tokens": fl["tokens"], "flop_share": fl["lora_share"], "main": s == str(main_shape)})
+        rows.append(r)
+        log("  " + ", ".join(f"{k} {r[k]['mean_overhead'] * 100:+.1f}% +/-{r[k]['half_width'] * 100:.1f}"
+                             for k in FORMS) + f" (FLOP share {fl['lora_share'] * 100:.1f}%, {r['rounds']} rounds)")
+    out["rows"] = rows
+    out["trend"] = {form: trend(rows, form) for form in FORMS}
+    return out
+
+
+def graph_look(source: str, precision: str, rank: int, threads: int) -> dict[str, Any]:
+    """What OpenVINO's CPU plugin makes of the branch, per form, from the compiled runtime graph: its layer types,
+    and the layer each branch output Add (base + x A B) runs in: an Eltwise of its own, or fused as a post-op into
+    the base FullyConnected or the branch's MatMul (the fusion issue 20 asks about)."""
+    import collections
+
+    import openvino as ov
+
+    manifest, onnx_path = read_onnx_dir(export_dir(source, None, rank, "separate"))
+    names = list(swap_section(manifest.lora, onnx_initializer_info(onnx_path))["refittable_weights"])
+    core, out = ov.Core(), {}
+    for form in FORMS:
+        model, _ = read_with_lora_inputs(core, onnx_path, names)
+        model, _ = apply_form(model, form)
+        adds = {t.get_node().get_friendly_name() for p in model.get_parameters()
+                if p.get_friendly_name().endswith(".B") for b in p.output(0).get_target_inputs()
+                for t in b.get_node().output(0).get_target_inputs() if t.get_node().get_type_name() == "Add"}
+        compiled = core.compile_model(model, "CPU", compile_properties(precision, threads))
+        types, add_in = collections.Counter(), collections.Counter()
+        for op in compiled.get_runtime_model().get_ops():
+            info = op.get_rt_info()
+            kind = info["layerType"].astype(str)
+            types[kind] += 1
+            add_in[kind] += len(set(info["originalLayersNames"].astype(str).split(",")) & adds)
+        out[form] = {"runtime_layers": dict(sorted(types.items())), "branch_adds": len(adds),
+                     "branch_add_runs_in": {k: v for k, v in add_in.items() if v}}
+    return out
+
+
+def gpu_prediction(rank: int) -> list[dict[str, Any]]:
+    """The roofline cost model's PREDICTION per form on the 14B geometry at 480p/81 frames, CFG batch 2."""
+    return form_predictions(dict(PRESETS["wan2.1-i2v-14b"].config), WAN_480P_TOKENS, batch=2, rank=rank)
+
+
+def render(results: dict[str, Any]) -> str:
+    m, cpu = results["machine"], results["cpu"]
+    lines = [f"# Separate LoRA graph forms vs merged ({results['model']}, rank {results['rank']})", "",
+             f"CPU {cpu['model']} ({', '.join(cpu['isa'])}), {m.get('cpu_count', '?')} cores, {results['threads']} "
+             f"threads; load average {results['load_average']} before, {results['load_average_end']} after "
+             f"(a shared machine: other jobs ran during this). Command: `{results['command']}`.", "",
+             "Forms (engines/openvino/lora_form.py, engines/lora_swap.shared_a_onnx): plain = one x·A GEMM per "
+             "module as exported; shared-a = one x·Concat(A) GEMM per shared input, then a split. Same FLOPs, same "
+             "swap layout.", ""]
+    for p in results["targets"]:
+        lines += [f"## {p['target']}", "",
+                  "rel. error vs plain: " + ", ".join(f"{k} {v:.1e}" for k, v in p["rel_err_vs_plain"].items()), "",
+                  "| shape | tokens | rounds | merged ms | " + " | ".join(f"{f} overhead (95% CI)" for f in FORMS)
+                  + " | FLOP share |", "|---|---|---|---|" + "---|" * len(FORMS) + "---|"]
+        for r in p["rows"]:
+            cells = [f"{r[f]['mean_overhead'] * 100:+.1f}% ({r[f]['ci95'][0] * 100:+.1f}..{r[f]['ci95'][1] * 100:+.1f})"
+                     for f in FORMS]
+            head = f"| {r['shape']}{' (main)' if r['main'] else ''} | {r['tokens']} | {r['rounds']} | "
+            lines.append(head + f"{r['median_ms']['merged']:.1f} | " + " | ".join(cells)
+                         + f" | {r['flop_share'] * 100:.1f}% |")
+        lines.append("")
+        for r in p["rows"]:
+            d = paired_difference(r, "shared-a")
+            lines.append(f"- {r['shape']}: shared-a − plain, same rounds: {d['mean'] * 100:+.1f} points (95% CI "
+                         f"{d['ci95'][0] * 100:+.1f}..{d['ci95'][1] * 100:+.1f})")
+        lines.append("")
+        for f, t in p["trend"].items():
+            lines.append(f"- {f} trend: extra {t['extra_ms'][0]:.1f} + {t['extra_ms'][1] * 1e3:.2f}/1k tokens ms, "
+                         f"merged {t['merged_ms'][0]:.1f} + {t['merged_ms'][1] * 1e3:.1f}/1k tokens ms: per-token "
+                         f"share {t['per_token_share'] * 100:.1f}%; EXTRAPOLATED to {t['at_tokens']} tokens (Wan "
+                         f"480p/81 frames): {t['extrapolated_overhead'] * 100:+.1f}% (not a measurement)")
+        lines.append("")
+    lines += ["## Cost model: PREDICTION, not a measurement", "",
+              f"tools/cpu_cost_model.form_predictions: Wan2.1 14B, {WAN_480P_TOKENS} tokens (480x832, 81 frames), CFG "
+              "batch 2, rank 16, published dense peaks; roofline per op (no launch cost). fp8 rows run the branch at "
+              "the base's rate and bytes.", "",
+              "| GPU | precision | form | merged s | separate s | predicted overhead |", "|---|---|---|---|---|---|"]
+    for r in results.get("gpu_prediction", []):
+        lines.append(f"| {r['gpu']} | {r['precision']} | {r['form']} | {r['merged_s']:.2f} | {r['separate_s']:.2f} | "
+                     f"{r['predicted_overhead'] * 100:+.1f}% |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="small")
+    ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--shape", default="17x128x224", help="the main shape (small: 560 tokens)")
+    ap.add_argument("--shapes", default="5x64x64,9x128x128,17x128x224,17x192x320",
+                    help="the token sweep (small: 32, 192, 560, 1200 tokens)")
+    ap.add_argument("--targets", default="ov bf16,ort fp32",
+                    help="OpenVINO precisions as 'ov P' (those the CPU lacks are skipped, saying why), and 'ort fp32'")
+    ap.add_argument("--rounds", default="40,200", help="main shape: check every N rounds, at most M")
+    ap.add_argument("--sweep-rounds", default="20,20", help="the other shapes")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("-o", "--out", type=Path, default=Path("docs/results"))
+    ap.add_argument("--name", default=None, help="file stem (default lora-forms-<model>)")
+    ap.add_argument("--graph-look", action="store_true",
+                    help="only compile each form and record OpenVINO's runtime graph (<stem>-graph.json)")
+    ap.add_argument("--render", type=Path, default=None, help="only re-render the .md of a raw JSON this tool wrote")
+    args = ap.parse_args(argv)
+    if args.render is not None:
+        results = json.loads(args.render.read_text())
+        for p in results["targets"]:
+            p["trend"] = {form: trend(p["rows"], form) for form in FORMS}
+        results["gpu_prediction"] = gpu_prediction(results["rank"])
+        args.render.write_text(json.dumps(results, indent=1, default=str) + "\n")
+        args.render.with_suffix(".md").write_text(render(results))
+        return 0
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    offered = supported_precisions()
+    results: dict[str, Any] = {"model": args.model, "rank": args.rank, "threads": args.threads,
+                               "command": " ".join(["python -m wanrt.tools.bench_lora_forms",
+                                                    *(argv if argv is not None else sys.argv[1:])]),
+                               "machine": machine_info(), "cpu": cpu_info(), "load_average": list(os.getloadavg()),
+                               "versions": library_versions(), "targets": [],
+                               "gpu_prediction": gpu_prediction(args.rank),
+                               "skipped": {t: offered[t.split()[-1]] for t in args.targets.split(",")
+                                           if t.startswith("ov ") and offered.get(t.split()[-1])}}
+    main_shape = VideoShape(*map(int, args.shape.split("x")))
+    shapes = list(dict.fromkeys([*args.shapes.split(","), args.shape]))
+    if args.graph_look:  # the exec-graph look only (seconds), no timing
+        looked = [t for t in args.targets.split(",") if t.startswith("ov ") and t not in results["skipped"]]
+        results["graph_look"] = {t: graph_look(args.model, t.split()[-1], args.rank, args.threads) for t in looked}
+        args.out.mkdir(parents=True, exist_ok=True)
+        path = args.out / f"{args.name or f'lora-forms-{args.model}'}-graph.json"
+        path.write_text(json.dumps(results, indent=1, default=str) + "\n")
+        log(f"wrote {path}")
+        return 0
+    rounds, sweep = tuple(map(int, args.rounds.split(","))), tuple(map(int, args.sweep_rounds.split(",")))
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.name or f"lora-forms-{args.model}"
+    for t in args.targets.split(","):
+        if t in results["skipped"]:
+            log(f"skipping {t}: {results['skipped'][t]}")
+            continue
+        results["targets"].append(run_target(args.model, t, shapes, main_shape, args.rank, args.threads, rounds,
+                                             sweep))
+        results["load_average_end"] = list(os.getloadavg())
+        results["seconds"] = time.perf_counter() - t0
+        # written after every target: a long run stopped part way keeps what it measured
+        (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+        (args.out / f"{stem}.md").write_text(render(results))
+    log(f"wrote {args.out / stem}.json/.md ({results['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
