@@ -47,7 +47,7 @@ def test_i2v_inputs_have_wan_channels():
 
 def test_full_fine_tune_lowers_validation_loss_and_lora_starts_from_it(data, tmp_path):
     torch.set_num_threads(1)
-    cfg = ts.TrainConfig(data=str(data), steps=30, batch=2, lr=3e-3, val_every=30, val_clips=4)
+    cfg = ts.TrainConfig(data=str(data), preset="tiny", steps=30, batch=2, lr=3e-3, val_every=30, val_clips=4)
     model, names, record = ts.train(cfg, log=lambda _: None)
     (_, before), (_, after) = record["validation"]
     assert names is None and after < 0.9 * before, record["validation"]

@@ -4,8 +4,9 @@
     python -m wanrt.tools.train_small --data data/motion -o runs/pretrain --steps 300
     python -m wanrt.tools.train_small --data data/motion-down --init runs/pretrain -o runs/r8 --method lora --rank 8
 
-Model: diffusers WanTransformer3DModel at an export/presets.py config (`tiny` by default; `--layers` keeps the first
-N blocks), built from its seeded random init or loaded from `--init` (a full-weights run of this tool). Data and
+Model: diffusers WanTransformer3DModel at a reduced config: `motion` (MODELS: the tiny preset's config at width 128)
+by default, or any export/presets.py preset; `--layers` keeps the first N blocks; built from its seeded random init
+or loaded from `--init` (a full-weights run of this tool). Data and
 conditioning: tools/motion_latents.py (an exact invertible pixel <-> latent map, Wan's 16 + 4 + 16 = 36 input
 channels, an image-embedding input from the first frame, a fixed text block per motion).
 
@@ -33,6 +34,7 @@ import numpy as np
 import safetensors.torch
 import torch
 import torch.nn.functional as F
+from diffusers import WanTransformer3DModel
 from peft import LoraConfig, inject_adapter_in_model
 
 from wanrt.artifacts import (atomic_output_dir, build_manifest, load_artifact, write_bytes_atomic, write_json,
@@ -41,18 +43,24 @@ from wanrt.errors import BadInputError, WanrtError
 from wanrt.export.lora import LoraModule, LoraWeights, resolve_targets
 from wanrt.export.lora_formats import save_lora_file
 from wanrt.export.model import ModelSpec, load_transformer
+from wanrt.export.presets import PRESETS
 from wanrt.tools.motion_clips import KIND as CLIPS_KIND
 from wanrt.tools.motion_latents import FixedEmbeddings, PixelLatentMap, i2v_condition
 
 KIND = "motion-train"
 WEIGHTS = "weights.safetensors"
 METHODS = ("full", "lora")
+# The default model: the tiny preset's I2V config at width 128 (4 heads x 32), FFN 256. The tiny preset itself
+# (width 24) is narrower than one token's output (patch 1x2x2 x 16 channels = 64 values), so it cannot even carry a
+# token through; trained 400 steps here its samples stayed noise (docs/results/motion-task.md).
+MODELS = {"motion": {**PRESETS["tiny"].config, "num_attention_heads": 4, "attention_head_dim": 32,
+                     "ffn_dim": 256, "added_kv_proj_dim": 128}}
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     data: str
-    preset: str = "tiny"
+    preset: str = "motion"  # MODELS or an export/presets.py preset
     layers: int | None = None
     model_seed: int = 0
     init: str | None = None  # a `motion-train` directory with full weights
@@ -80,8 +88,23 @@ def load_split(data: str | Path, split: str) -> tuple[torch.Tensor, torch.Tensor
     return torch.from_numpy(clips), torch.from_numpy(motions.astype(np.int64))
 
 
+def _seeded_model(config: dict[str, Any], cfg: TrainConfig) -> torch.nn.Module:
+    if cfg.layers is not None:
+        if not 1 <= cfg.layers <= config["num_layers"]:
+            raise BadInputError(f"--layers {cfg.layers}: {cfg.preset} has {config['num_layers']} blocks",
+                                param="layers")
+        config = {**config, "num_layers": cfg.layers}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.model_seed)
+        return WanTransformer3DModel(**config)
+
+
 def build_model(cfg: TrainConfig) -> torch.nn.Module:
-    model = load_transformer(ModelSpec(source=cfg.preset, layers=cfg.layers, seed=cfg.model_seed))
+    """`--model` from MODELS (seeded init) or an export/presets.py preset (wanrt's loader), then `--init`."""
+    if cfg.preset in MODELS:
+        model = _seeded_model(MODELS[cfg.preset], cfg)
+    else:
+        model = load_transformer(ModelSpec(source=cfg.preset, layers=cfg.layers, seed=cfg.model_seed))
     if cfg.init is not None:
         init = load_artifact(cfg.init, kind=KIND)
         if init["specs"]["method"] != "full":
@@ -210,7 +233,8 @@ def save_run(out: Path, cfg: TrainConfig, model: torch.nn.Module, names: list[st
 @click.command()
 @click.option("--data", required=True, type=click.Path(), help="a motion-clips directory (tools/motion_clips.py)")
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path))
-@click.option("--model", "preset", default="tiny", show_default=True, help="export/presets.py preset")
+@click.option("--model", "preset", default="motion", show_default=True,
+              help="motion (width 128, see MODELS) or an export/presets.py preset")
 @click.option("--layers", type=int, default=None, help="keep the first N blocks")
 @click.option("--init", type=click.Path(), default=None, help="start from a full-weights motion-train run")
 @click.option("--method", type=click.Choice(METHODS), default="full", show_default=True)
