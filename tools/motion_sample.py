@@ -1,0 +1,82 @@
+"""Sample clips from a trained small motion model (tools/train_small.py): Euler steps of the flow, I2V from a
+held-out clip's first frame, decoded by the exact latent map; writes a PNG strip (real clip above, sample below).
+
+    python -m wanrt.tools.motion_sample --run runs/pretrain --data data/motion -o sample.png --clips 3
+
+The sampler integrates dx/ds = v (the model's prediction of noise - x0) from s = 1 (noise) to s = 0 on the shifted
+grid s_i = shift u_i / (1 + (shift - 1) u_i), u_i = 1 - i / steps (Wan's flow shift, as in training); no CFG. A LoRA
+run is merged onto its --init weights with wanrt's loader (export/lora_formats.py) before sampling.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+
+from wanrt.artifacts import load_artifact, write_bytes_atomic
+from wanrt.errors import BadInputError, WanrtError
+from wanrt.export.lora import apply_lora
+from wanrt.export.lora_formats import load_lora_file
+from wanrt.tools.motion_clips import frame_strip_png
+from wanrt.tools.train_small import KIND, WEIGHTS, FlowMatching, TrainConfig, build_model, load_split
+
+
+def load_run(run: str | Path) -> tuple[torch.nn.Module, TrainConfig]:
+    """The run's model in eval mode: full weights as saved, or a LoRA merged onto its --init."""
+    specs = load_artifact(run, kind=KIND)["specs"]
+    cfg = TrainConfig(**specs)
+    if cfg.method == "full":
+        model = build_model(replace(cfg, init=str(run)))
+    else:
+        model = build_model(cfg)
+        apply_lora(model, load_lora_file(Path(run) / WEIGHTS, model), "merged")
+    return model.eval().requires_grad_(False), cfg
+
+
+@torch.no_grad()
+def sample(fm: FlowMatching, first: torch.Tensor, motions: torch.Tensor, frames: int, steps: int,
+           generator: torch.Generator) -> torch.Tensor:
+    """uint8 [B, T, H, W, 3] sampled from the first frames [B, H, W, 3] and motion indices [B]."""
+    if steps < 1:
+        raise BadInputError(f"--steps {steps}: at least 1", param="steps")
+    b, h, w, _ = first.shape
+    clips = torch.zeros(b, frames, h, w, 3, dtype=torch.uint8)
+    clips[:, 0] = first  # only frame 0 reaches the model (condition and image embedding)
+    x = torch.randn(b, 16, frames, h // 2, w // 2, generator=generator)
+    grid = fm.shifted(torch.linspace(1.0, 0.0, steps + 1))
+    for s, s_next in zip(grid[:-1], grid[1:]):
+        x = x + (s_next - s) * fm.velocity(x, s.expand(b), clips, motions)
+    return fm.latents.to_uint8(fm.latents.decode(x))
+
+
+@click.command()
+@click.option("--run", required=True, type=click.Path(), help="a motion-train directory")
+@click.option("--data", required=True, type=click.Path(), help="a motion-clips directory")
+@click.option("--split", default="test", show_default=True)
+@click.option("--clips", type=int, default=3, show_default=True, help="first N clips of the split")
+@click.option("--steps", type=int, default=20, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="PNG to write")
+def main(run, data, split, clips, steps, seed, out):
+    """Sample from a trained run; write real-over-sample frame strips."""
+    torch.set_num_threads(1)
+    try:
+        model, cfg = load_run(run)
+        real, motions = load_split(data, split)
+        real, motions = real[:clips], motions[:clips]
+        fake = sample(FlowMatching(model, cfg.shift), real[:, 0], motions, real.shape[1], steps,
+                      torch.Generator().manual_seed(seed))
+        rows = [np.asarray(c) for pair in zip(real, fake) for c in pair]
+        write_bytes_atomic(out, frame_strip_png(rows, scale=max(1, 128 // real.shape[2])))
+    except WanrtError as e:
+        sys.exit(f"error: {e}")
+    print(f"wrote {out}: {len(real)} clips of {split}, real above sample, {steps} Euler steps")
+
+
+if __name__ == "__main__":
+    main()
