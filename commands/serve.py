@@ -47,7 +47,8 @@ def _is_loopback(host: str) -> bool:
 @click.option("-o", "--output", type=click.Path(file_okay=False), required=True, help="The bundle directory.")
 @click.option("--artifact", "engines", multiple=True, metavar="NAME=DIR",
               help="An export or engine directory. NAME is the LoRA a merged engine serves (e.g. 'base' for none); "
-                   "a separate-mode engine serves the whole library. Repeat for more.  [required]")
+                   "a separate-mode engine serves the whole library; a Wan2.2 experts artifact is one engine "
+                   "(both experts, a stack per expert). Repeat for more.  [required]")
 # a directory of an export or an engine is --artifact in every subcommand (--engine: export's build switch)
 @deprecated_option("--engine", "--artifact", "engines", multiple=True, metavar="NAME=DIR")
 @click.option("--lora", "loras", multiple=True, metavar="NAME=FILE",

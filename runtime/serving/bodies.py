@@ -24,7 +24,7 @@ from wanrt.errors import BadInputError
 from wanrt.text import check_text, printable
 
 MAX_FORM_FIELDS = 32
-STACK_PART = re.compile(r"loras\[\]\[(name|scale)\]")  # the openai client's form spelling of a list of objects
+STACK_PART = re.compile(r"loras\[\]\[(name|scale|expert)\]")  # the openai client's form spelling of a list of objects
 
 
 def _image_from_json(value: Any) -> bytes:
@@ -109,12 +109,14 @@ def parse_multipart(body: bytes, content_type: str, limits: Limits) -> list[tupl
 
 def multipart_stack(parts: dict[str, list[str]]) -> list[dict[str, str]]:
     """`loras` as the openai client sends a list of objects in a form: `loras[][name]` once per entry, then
-    `loras[][scale]` once per entry, paired by position. Scales left out of some entries cannot be paired."""
-    names, scales = parts["name"], parts["scale"]
-    if scales and len(scales) != len(names):
-        raise bad_request(f"loras: the form gives {len(names)} names and {len(scales)} scales; give every entry a "
-                          "scale, or send loras as one JSON field", "loras")
-    return [{"name": n, **({"scale": scales[i]} if scales else {})} for i, n in enumerate(names)]
+    `loras[][scale]` (and `loras[][expert]`) once per entry, paired by position. Scales or experts left out of some
+    entries cannot be paired."""
+    names = parts["name"]
+    for key in ("scale", "expert"):
+        if parts[key] and len(parts[key]) != len(names):
+            raise bad_request(f"loras: the form gives {len(names)} names and {len(parts[key])} {key}s; give every "
+                              f"entry a {key}, or send loras as one JSON field", "loras")
+    return [{"name": n, **{k: parts[k][i] for k in ("scale", "expert") if parts[k]}} for i, n in enumerate(names)]
 
 
 async def read_video_body(request: Request, limits: Limits) -> tuple[dict[str, Any], bytes | None]:
@@ -123,7 +125,7 @@ async def read_video_body(request: Request, limits: Limits) -> tuple[dict[str, A
     if kind == "multipart/form-data":
         fields: dict[str, Any] = {}
         image = None
-        stack: dict[str, list[str]] = {"name": [], "scale": []}
+        stack: dict[str, list[str]] = {"name": [], "scale": [], "expert": []}
         for key, value, is_file in parse_multipart(await request.body(), ctype, limits):
             part = STACK_PART.fullmatch(key)
             if part is not None and not is_file:
@@ -135,7 +137,7 @@ async def read_video_body(request: Request, limits: Limits) -> tuple[dict[str, A
                 image = value
             else:
                 fields[key] = value if not is_file else None  # a file where text belongs: refused by its parser
-        if stack["name"] or stack["scale"]:
+        if any(stack.values()):
             if "loras" in fields:
                 raise bad_request("loras is given twice (as a JSON field and as loras[][name] parts)", "loras")
             fields["loras"] = multipart_stack(stack)

@@ -3,7 +3,9 @@
     BUNDLE/manifest.json            kind "bundle": payload {name, engines, loras, files: {relpath: sha256}, sizes};
                                     a separate-mode engine's entry has its branch and a LoRA's entry its rank and
                                     footprint (`footprint`: {ranks: {module: rank}, bias: [module]}, stacks.py)
-    BUNDLE/engines/<name>/...       an export (ONNX, for ort/ov) or engine directory (TensorRT/OpenVINO), as built
+    BUNDLE/engines/<name>/...       an export (ONNX, for ort/ov) or engine directory (TensorRT/OpenVINO), as built;
+                                    or a Wan2.2 experts artifact (<name>/high, <name>/low: one engine to clients,
+                                    its entry has `experts` {expert: {rank, footprint}} and `boundary_ratio`)
     BUNDLE/loras/<name>/<file>      a LoRA file (safetensors) [+ its adapter_config.json]
 
 An engine's name is the LoRA it serves when its LoRA is merged ("base" or any name when it has none); a
@@ -23,9 +25,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from wanrt.runtime.serving.catalog import Catalog, engine_info
+from wanrt.runtime.serving.catalog import Catalog, EngineInfo, engine_info, experts_info
 from wanrt.runtime.serving.fit import library_fit
-from wanrt.runtime.serving.stacks import Footprint
+from wanrt.runtime.serving.stacks import Footprint, expert_entry
 
 from wanrt.artifacts import (
     CONTENTS_KEY,
@@ -40,9 +42,10 @@ from wanrt.artifacts import (
 )
 from wanrt.engines import registry
 from wanrt.errors import BadInputError, WanrtError
-from wanrt.manifests import BundleManifest, EngineManifest, ExportManifest, read_any
+from wanrt.manifests import BundleManifest, EngineManifest, ExportManifest, ExpertsManifest, read_any
 
 BUNDLE_KIND = BundleManifest.KIND
+ARTIFACT_KINDS = (ExportManifest, EngineManifest, ExpertsManifest)  # what --artifact takes (experts: Wan2.2's pair)
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 LORA_SUFFIXES = (".safetensors",)
 
@@ -71,7 +74,7 @@ def _regular_files(directory: Path) -> list[Path]:
     return sorted(out)
 
 
-def _artifact_files(directory: Path, manifest: ExportManifest | EngineManifest) -> list[Path]:
+def _artifact_files(directory: Path, manifest: ExportManifest | EngineManifest | ExpertsManifest) -> list[Path]:
     """What pack copies of an export/engine: its manifest and exactly the files the manifest lists (after checking
     their sha256), never a `.env` or `.git/` of the user's that sits beside them. A manifest from before wanrt
     listed its files: its non-dot files."""
@@ -97,7 +100,7 @@ def pack_bundle(out: str | os.PathLike, engines: list[tuple[str, str]], loras: l
         raise BadInputError(f"name {dupes[0]!r} is used twice (engine and LoRA names share one namespace)")
     checked = []
     for ename, directory in engines:
-        checked.append((ename, Path(directory), read_any(directory, ExportManifest, EngineManifest)))
+        checked.append((ename, Path(directory), read_any(directory, *ARTIFACT_KINDS)))
     lora_sources = []
     for lname, path in loras:
         weights, config = check_lora_source(path)
@@ -105,7 +108,7 @@ def pack_bundle(out: str | os.PathLike, engines: list[tuple[str, str]], loras: l
             raise BadInputError(f"--lora {lname}={path}: bundles carry safetensors LoRAs only")
         lora_sources.append((lname, weights, config))
     # a library LoRA no engine can take would fail every request naming it: refused now instead
-    branches, prints = library_fit(checked, [(lname, Path(path)) for lname, path in loras])
+    branches, prints = library_fit(_fit_members(checked), [(lname, Path(path)) for lname, path in loras])
     out = check_output_dir(out, force, kind=BUNDLE_KIND)
     with atomic_output_dir(out, force=force, kind=BUNDLE_KIND) as tmp:
         entries, lora_entries = [], []
@@ -115,10 +118,11 @@ def pack_bundle(out: str | os.PathLike, engines: list[tuple[str, str]], loras: l
                 dst = tmp / "engines" / ename / src.relative_to(directory)
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src, dst)
-            info = engine_info(ename, tmp / "engines" / ename, manifest)
+            info = _engine_info(ename, tmp / "engines" / ename, manifest)
             entries.append({"name": ename, "path": f"engines/{ename}", "kind": manifest.KIND,
                             "backend": info.backend, "lora_mode": info.lora_mode, "rank": info.rank,
-                            **({"footprint": branches[ename].to_dict()} if ename in branches else {})})
+                            **({"footprint": branches[ename].to_dict()} if ename in branches else {}),
+                            **_experts_entry(ename, info, branches)})
         for lname, weights, config in lora_sources:
             say(f"LoRA {lname}: {weights}")
             dst_dir = tmp / "loras" / lname
@@ -139,6 +143,31 @@ def pack_bundle(out: str | os.PathLike, engines: list[tuple[str, str]], loras: l
     return BundleManifest.from_dict(manifest, Path(out) / MANIFEST_NAME)
 
 
+def _fit_members(checked: list[tuple[str, Path, Any]]) -> list[tuple[str, Path, ExportManifest | EngineManifest]]:
+    """The artifacts library_fit tries LoRAs on: an experts artifact as its two members (`NAME@EXPERT`), each with
+    its own branch; the others as they are."""
+    out = []
+    for ename, directory, manifest in checked:
+        if isinstance(manifest, ExpertsManifest):
+            for expert in manifest.experts:
+                member = manifest.member_dir(directory, expert)
+                out.append((expert_entry(ename, expert), member, read_any(member, manifest.member_class)))
+        else:
+            out.append((ename, directory, manifest))
+    return out
+
+
+def _experts_entry(ename: str, info: EngineInfo, branches: dict[str, Footprint]) -> dict[str, Any]:
+    """An experts engine's bundle entry fields: its experts (each one's rank and recorded branch) and boundary."""
+    if not info.experts:
+        return {}
+    experts = {}
+    for expert, member in info.experts:
+        branch = branches.get(expert_entry(ename, expert))
+        experts[expert] = {"rank": member.rank, **({"footprint": branch.to_dict()} if branch else {})}
+    return {"experts": experts, "boundary_ratio": info.boundary_ratio}
+
+
 # ------------------------------------------------------------------------------------------------ verify
 def _runtime_problem(backend: str) -> str | None:
     """Why this machine cannot run an engine of `backend`, or None (the backend registry's own check: ONNX Runtime
@@ -155,11 +184,15 @@ def _runtime_problem(backend: str) -> str | None:
     return None
 
 
-def _engine_info(name: str, directory: Path, manifest: ExportManifest | EngineManifest | None = None):
-    """catalog.engine_info on a manifest that is input (read from `directory` unless given): a field of the wrong
-    type is one line, not a traceback."""
-    manifest = manifest or read_any(directory, ExportManifest, EngineManifest)
+def _engine_info(name: str, directory: Path, manifest: ExportManifest | EngineManifest | ExpertsManifest | None = None,
+                 branches: dict[str, Footprint] | None = None) -> EngineInfo:
+    """catalog.engine_info (experts_info for a Wan2.2 experts artifact, with each expert's recorded `branches`) on
+    a manifest that is input (read from `directory` unless given): a field of the wrong type is one line, not a
+    traceback."""
+    manifest = manifest or read_any(directory, *ARTIFACT_KINDS)
     try:
+        if isinstance(manifest, ExpertsManifest):
+            return experts_info(name, directory, manifest, branches)
         return engine_info(name, directory, manifest)
     except (TypeError, ValueError, AttributeError, KeyError, IndexError) as e:
         raise BadInputError(f"{directory / MANIFEST_NAME}: malformed manifest ({type(e).__name__}: "
@@ -262,7 +295,11 @@ def load_catalog(path: str | os.PathLike, verify: bool = True, pipeline: str | N
     engines = []
     for entry in manifest.engines:
         directory = confined_path(path, entry["path"], "engine directory")
-        info = _engine_info(entry["name"], directory)
+        experts = entry.get("experts") if isinstance(entry.get("experts"), dict) else {}
+        info = _engine_info(entry["name"], directory, branches={
+            x: fp for x, e in experts.items()
+            if (fp := Footprint.from_dict(e.get("footprint") if isinstance(e, dict) else None,
+                                          f"{path}: engine {entry['name']!r} expert {x}")) is not None})
         branch = Footprint.from_dict(entry.get("footprint"), f"{path}: engine {entry['name']!r}")
         engines.append(replace(info, branch=branch) if branch is not None else info)
     loras = {}

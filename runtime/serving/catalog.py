@@ -8,16 +8,27 @@ and no LoRA goes to an engine without one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from wanrt.engines import registry
+from wanrt.errors import BadInputError
 from wanrt.export.presets import PRESETS
 from wanrt.io_contract import AXES, pixel_range
-from wanrt.manifests import EngineManifest, ExportManifest
+from wanrt.manifests import EngineManifest, ExportManifest, ExpertsManifest, read_any
 from wanrt.runtime.serving.limits import ApiError, bad_request
-from wanrt.runtime.serving.stacks import Footprint, Stack, branch_footprint, export_branch, stack_label, stack_misfit
+from wanrt.runtime.serving.stacks import (
+    Footprint,
+    Stack,
+    branch_footprint,
+    expert_stack,
+    export_branch,
+    per_expert,
+    split_entry,
+    stack_label,
+    stack_misfit,
+)
 
 # The shape a request gets when it names none: the preset's own default, else Wan's 480p/81 frames clipped to the
 # engine's range.
@@ -40,10 +51,16 @@ class EngineInfo:
     default_shape: tuple[int, int, int] = (5, 32, 32)
     model_source: str | None = None
     branch: Footprint | None = None  # a separate-mode engine's branch (module -> rank, bias slots); None: unknown
+    # Wan2.2: ((expert, its member engine), ...) in order high, low, and where the pipeline switches; () otherwise
+    experts: tuple[tuple[str, EngineInfo], ...] = ()
+    boundary_ratio: float | None = None
 
     @property
     def swappable(self) -> bool:
         return self.lora_mode == "separate"
+
+    def member(self, expert: str) -> EngineInfo:
+        return dict(self.experts)[expert]
 
 
 @dataclass
@@ -56,7 +73,7 @@ class Catalog:
 
     def lora_names(self) -> list[str]:
         merged = [e.lora for e in self.engines if e.lora]
-        own = [e.name for e in self.engines if e.swappable]
+        own = [e.name for e in self.engines if e.swappable and not e.experts]  # an experts engine: library only
         return sorted(set(self.loras) | set(merged) | set(own))
 
     def route(self, lora: str | None) -> EngineInfo:
@@ -72,20 +89,22 @@ class Catalog:
         if not stack:
             return self._base_engine(field), ()
         known = set(self.lora_names())
-        for i, (name, _) in enumerate(stack):
+        for i, (entry, _) in enumerate(stack):
+            name = split_entry(entry)[0]
             if name not in known:
                 raise ApiError(404, f"LoRA {name!r} is not in this server's library (GET /v1/loras lists "
                                     f"{', '.join(sorted(known)) or 'none'})", param=_param(field, i, "name"),
                                code="lora_not_found")
-        if len(stack) == 1:
+        if len(stack) == 1 and not per_expert(stack):
             name, scale = stack[0]
             for e in self.engines:
                 if e.lora == name and scale in (None, e.lora_scale):
                     return e, ((name, e.lora_scale),)
             for e in self.engines:
-                if e.swappable and e.name == name:
+                if e.swappable and e.name == name and not e.experts:
                     return e, ((name, scale),)
-        for i, (name, scale) in enumerate(stack):
+        for i, (entry, scale) in enumerate(stack):
+            name = split_entry(entry)[0]
             if name in self.loras:
                 continue
             merged = next((e for e in self.engines if e.lora == name), None)
@@ -100,7 +119,7 @@ class Catalog:
         reasons = []
         for e in self.engines:
             if e.swappable:
-                why = self._misfit(e, [name for name, _ in stack])
+                why = self._stack_misfit(e, stack)
                 if why is None:
                     return e, resolved
                 reasons.append(f"engine '{e.name}': {why}")
@@ -117,6 +136,19 @@ class Catalog:
                 return e
         raise ApiError(400, f"this bundle has no engine without a LoRA; name one in `{field}` (GET /v1/loras)",
                        param=field, code="lora_required")
+
+    def _stack_misfit(self, engine: EngineInfo, stack: Stack) -> str | None:
+        """Why `stack` does not fit `engine` (None: it does). An experts engine: each expert's stack (its own
+        entries and those naming no expert) must fit that expert's branch; an entry naming an expert needs one."""
+        if not engine.experts:
+            if per_expert(stack):
+                return "it has no experts (an entry's `expert` needs a Wan2.2 experts engine)"
+            return self._misfit(engine, [name for name, _ in stack])
+        for expert, member in engine.experts:
+            why = self._misfit(member, [name for name, _ in expert_stack(stack, expert)])
+            if why is not None:
+                return f"expert {expert}: {why}"
+        return None
 
     def _misfit(self, engine: EngineInfo, names: list[str]) -> str | None:
         """Why library LoRAs `names` do not fit `engine`'s branch together (None: they fit). Without recorded
@@ -143,9 +175,9 @@ class Catalog:
         out = []
         for name in self.lora_names():
             info = self.loras.get(name, {})
-            fits = [e for e in self.engines if e.lora == name or (e.swappable and e.name == name)]
+            fits = [e for e in self.engines if e.lora == name or (e.swappable and e.name == name and not e.experts)]
             if name in self.loras:
-                fits += [e for e in self.engines if e.swappable and self._misfit(e, [name]) is None]
+                fits += [e for e in self.engines if e.swappable and self._stack_misfit(e, ((name, None),)) is None]
             engine = fits[0] if fits else None  # what route(name) picks: merged, else own, else the first it fits
             own = engine.branch if engine is not None and engine.swappable and engine.name == name else None
             footprint = info.get("footprint") or own
@@ -199,6 +231,26 @@ def engine_info(name: str, directory: Path, manifest: ExportManifest | EngineMan
                       lora_scale=float(export_lora.get("lora_scale", 1.0)), latent=latent,
                       geometry=manifest.geometry or {}, default_shape=_default_shape(source, latent),
                       model_source=source, branch=branch)
+
+
+def experts_info(name: str, directory: Path, manifest: ExpertsManifest,
+                 branches: dict[str, Footprint] | None = None) -> EngineInfo:
+    """EngineInfo of a Wan2.2 experts artifact (export or engines): one engine to the router, whose members are
+    each expert's EngineInfo (with its recorded branch from `branches`, when given). Backend, range and shape are
+    the high expert's (both are exported over one range); it swaps when both experts do."""
+    members = []
+    for expert in manifest.experts:
+        member_dir = manifest.member_dir(directory, expert)
+        info = engine_info(f"{name}@{expert}", member_dir, read_any(member_dir, manifest.member_class))
+        branch = (branches or {}).get(expert)
+        members.append((expert, replace(info, branch=branch) if branch is not None else info))
+    high = members[0][1]
+    modes = {m.lora_mode for _, m in members}
+    if len(modes) > 1 or not modes <= {None, "separate"}:  # a merged LoRA would be served as the base model
+        raise BadInputError(f"{directory}: its experts' LoRA modes are {sorted(map(str, modes))}; a server takes "
+                            "an experts artifact whose experts both have no LoRA or both a separate-mode one")
+    return replace(high, name=name, path=str(directory), lora=None, branch=None, experts=tuple(members),
+                   boundary_ratio=manifest.boundary_ratio)
 
 
 def eager_catalog(model_source: str, geometry: dict[str, Any]) -> Catalog:

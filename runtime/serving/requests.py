@@ -24,13 +24,13 @@ from wanrt.io_contract import DitSignature, VideoShape, check_latent_range, chec
 from wanrt.runtime.schedule import Schedule, resolve_schedule
 from wanrt.runtime.serving.catalog import Catalog, EngineInfo
 from wanrt.runtime.serving.limits import ApiError, Limits, bad_request
-from wanrt.runtime.serving.stacks import Stack, stack_of
+from wanrt.runtime.serving.stacks import EXPERTS, Stack, expert_entry, split_entry, stack_of
 from wanrt.text import printable, text_problem
 
 VIDEO_FIELDS = {"prompt", "negative_prompt", "model", "seconds", "size", "input_reference", "lora", "lora_scale",
                 "loras", "steps", "timesteps", "shift", "guidance", "recipe", "seed", "frames", "fps"}
 PREDICT_FIELDS = {"frames", "height", "width", "batch", "seed", "timestep", "format", "inputs", "lora", "loras"}
-STACK_KEYS = {"name", "scale"}  # an entry of `loras`
+STACK_KEYS = {"name", "scale", "expert"}  # an entry of `loras` (expert: Wan2.2's high or low; absent: both)
 IMAGE_FORMATS = {"PNG", "JPEG", "WEBP"}
 UINT64_MAX = 2**64 - 1
 _INT_RE = re.compile(r"[+-]?\d{1,20}")
@@ -160,9 +160,10 @@ def parse_lora(value: Any) -> str | None:
 
 
 def parse_loras(value: Any, limits: Limits) -> Stack:
-    """`loras`: a JSON list (a JSON body's value, or one text field of a multipart form) of {name, scale}; the
-    scale may be left out (None: the LoRA's own). Every entry is checked before anything is routed: a bounded
-    count, names (bounded, each once) and finite scales within max_lora_scale, each refusal naming its entry."""
+    """`loras`: a JSON list (a JSON body's value, or one text field of a multipart form) of {name, scale[,
+    expert]}; the scale may be left out (None: the LoRA's own), the expert too (both of Wan2.2's experts). Every
+    entry is checked before anything is routed: a bounded count, names (bounded, each once per expert), experts and
+    finite scales within max_lora_scale, each refusal naming its entry."""
     if isinstance(value, str):
         value = parse_json(value.encode("utf-8", "surrogatepass"), limits, "loras")
     if not isinstance(value, list):
@@ -182,13 +183,21 @@ def parse_loras(value: Any, limits: Limits) -> Stack:
         name = entry.get("name")
         if not isinstance(name, str) or not name or len(name) > 128:
             raise bad_request(f"{where}.name must be a LoRA name (GET /v1/loras)", f"{where}.name")
-        if any(name == n for n, _ in stack):
+        expert = entry.get("expert")
+        if expert in ("", None):
+            expert = None
+        elif expert not in EXPERTS:
+            raise bad_request(f"{where}.expert must be one of {', '.join(EXPERTS)} (Wan2.2's experts; leave it out "
+                              "for both)", f"{where}.expert")
+        # the same LoRA may go to each expert once (e.g. distill at 3 on high, 1.5 on low), never twice to one
+        if any(name == n and None in (expert, e) or (name, expert) == (n, e)
+               for n, e in (split_entry(x) for x, _ in stack)):
             raise bad_request(f"{where}.name: LoRA {name!r} is in the stack twice", f"{where}.name",
                               "duplicate_lora")
         raw = entry.get("scale")
         scale = None if raw in (None, "") else parse_float(f"{where}.scale", raw, -limits.max_lora_scale,
                                                            limits.max_lora_scale)
-        stack.append((name, scale))
+        stack.append((expert_entry(name, expert), scale))
     return tuple(stack)
 
 

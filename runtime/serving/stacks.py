@@ -7,6 +7,11 @@ branch (wanrt.export.lora.stack_loras: per module, the LoRAs' ranks add up), so 
 LoRA's modules are inside the branch's, every bias delta has a bias slot, and on each module the summed rank is at
 most the branch's (a smaller sum is zero-padded: exact). `wanrt pack` records both footprints in the bundle
 manifest (runtime/serving/fit.py) so the ingress routes by them without loading a LoRA, ONNX or torch.
+
+Wan2.2's experts engine (runtime/experts.py's pair) takes a stack per expert: an entry that names an expert is kept
+in the stack as `NAME@EXPERT` (bundle names cannot hold '@'), one without applies to both. Stacks stay (name, scale)
+pairs, so labels, the scheduler's grouping, Ray's routing ids and stored jobs carry the full per-expert stack as they
+carry any other.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from wanrt.choices import Expert
 from wanrt.errors import BadInputError
 from wanrt.export.targets import TARGET_GROUPS
 
@@ -124,6 +130,39 @@ def stack_label(stack: Stack) -> str | None:
     return "+".join(name if scale is None else f"{name}:{scale!r}" for name, scale in stack)
 
 
+def expert_entry(name: str, expert: str | None) -> str:
+    """A stack entry's name: the LoRA's, with `@expert` when it applies to that expert only."""
+    return name if expert is None else f"{name}@{expert}"
+
+
+def split_entry(entry: str) -> tuple[str, str | None]:
+    """(LoRA name, expert or None: both) of a stack entry's name."""
+    name, _, expert = entry.partition("@")
+    return name, expert or None
+
+
+def expert_stack(stack: Stack, expert: str) -> Stack:
+    """The entries of `stack` that apply to `expert` (its own and those naming no expert), as plain LoRA names."""
+    out = []
+    for entry, scale in stack:
+        name, only = split_entry(entry)
+        if only in (None, expert):
+            out.append((name, scale))
+    return tuple(out)
+
+
+def per_expert(stack: Stack) -> bool:
+    """Does any entry name an expert?"""
+    return any(split_entry(entry)[1] is not None for entry, _ in stack)
+
+
 def stack_objects(stack: Stack) -> list[dict[str, Any]]:
-    """The stack as the API shows it: [{name, scale}]."""
-    return [{"name": name, "scale": scale} for name, scale in stack]
+    """The stack as the API shows it: [{name, scale}], with `expert` on an entry that names one."""
+    out = []
+    for entry, scale in stack:
+        name, expert = split_entry(entry)
+        out.append({"name": name, "scale": scale, **({"expert": expert} if expert else {})})
+    return out
+
+
+EXPERTS = Expert.values()

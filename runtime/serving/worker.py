@@ -5,7 +5,8 @@ GenerateSpec and tiny-pipeline seed), so the mp4 a server returns equals the CLI
 
 LoRA per request: a merged engine serves its own LoRA; a separate-mode engine swaps the requested stack in with
 `backend.set_loras([LoraWeights at their strengths])` (one branch of the summed rank: ORT/OpenVINO weight swap,
-TensorRT refit) only when it differs from the stack loaded. Each library LoRA is loaded once and cached; a strength
+TensorRT refit) only when it differs from the stack loaded; a Wan2.2 experts engine loads as its ExpertPair and
+swaps each expert's stack on that expert's backend. Each library LoRA is loaded once and cached; a strength
 is set per request on a copy. The scheduler and Ray's multiplexed routing send same-stack jobs to the same replica
 so swaps stay rare.
 Progress (step i of N) and cancellation ride on the DiT calls: the pipeline calls the transformer once per step
@@ -29,7 +30,7 @@ from typing import Any
 
 from wanrt.runtime.serving.catalog import Catalog, EngineInfo
 from wanrt.runtime.serving.requests import PredictRequest, VideoRequest, predict_shapes
-from wanrt.runtime.serving.stacks import Stack, stack_label, stack_objects, stack_of
+from wanrt.runtime.serving.stacks import Stack, expert_stack, stack_label, stack_objects, stack_of
 
 from wanrt.engines import registry
 from wanrt.errors import BadInputError, EngineError, LoraError, MissingDependencyError, WanrtError
@@ -87,7 +88,7 @@ class VideoWorker:
             torch.set_num_threads(threads)
         self.catalog, self.device, self.threads, self.verify = catalog, device, threads, verify
         self._engines = {e.name: e for e in catalog.engines}
-        self._backends = _Lru(max_engines, on_evict=lambda w: w._backend.close())
+        self._backends = _Lru(max_engines, on_evict=lambda w: w.close())
         self._pipes = _Lru(4)
         self._loras = _Lru(8)
         self._loaded: dict[str, Stack] = {}  # engine -> the stack swapped in
@@ -98,8 +99,24 @@ class VideoWorker:
         self.warm_s: float | None = None  # the warm-up job's seconds, once it ran
 
     # ---------------------------------------------------------------------------------------------- loading
-    def backend(self, engine: EngineInfo) -> _Watched:
-        return self._backends.take(engine.name, lambda: _Watched(self._load_backend(engine)))
+    def backend(self, engine: EngineInfo):
+        """The engine's backend, watched (_Watched); an experts engine's is the ExpertPair of its watched
+        members, which the pipeline and generate take as Wan2.2's two transformers."""
+        return self._backends.take(engine.name, lambda: self._load_pair(engine) if engine.experts
+                                   else _Watched(self._load_backend(engine)))
+
+    def _load_pair(self, engine: EngineInfo):
+        from wanrt.runtime.experts import ExpertPair  # lazy: torch: replicas load it, the Ray driver imports this
+
+        members: dict[str, _Watched] = {}
+        try:
+            for expert, member in engine.experts:
+                members[expert] = _Watched(self._load_backend(member))
+            return ExpertPair(members["high"], members["low"], engine.boundary_ratio)
+        except BaseException:  # the first expert's sessions are not left open when the second fails
+            for m in members.values():
+                m.close()
+            raise
 
     def _load_backend(self, engine: EngineInfo):
         from wanrt.runtime import backends as B  # lazy: torch: replicas load it, the Ray driver imports this module
@@ -159,10 +176,15 @@ class VideoWorker:
 
         return self._loras.take((engine.name, name, scale), own)
 
-    def select_loras(self, engine: EngineInfo, backend: _Watched, stack: Stack) -> None:
+    def select_loras(self, engine: EngineInfo, backend, stack: Stack) -> None:
         """Swap `stack` into a separate-mode engine unless it is already loaded there (a fresh engine holds its own
-        exported LoRA); an empty stack zeroes the branch (the base model)."""
+        exported LoRA); an empty stack zeroes the branch (the base model). An experts engine: each expert gets its
+        own entries and those naming no expert, on its own backend."""
         if not engine.swappable:
+            return
+        if engine.experts:
+            for expert, member in engine.experts:
+                self.select_loras(member, backend.experts()[expert], expert_stack(stack, expert))
             return
         stack = tuple(stack)
         if self._loaded.get(engine.name, ((engine.name, None),)) == stack:
@@ -200,6 +222,7 @@ class VideoWorker:
                 on_start()
             backend = self.backend(engine)
             self.select_loras(engine, backend, req.loras)
+            watched = list(backend.experts().values()) if engine.experts else [backend]
             with Image.open(io.BytesIO(image)) as im:
                 picture = im.convert("RGB")
             spec = GenerateSpec(prompt=req.prompt, negative_prompt=req.negative_prompt, frames=req.frames,
@@ -217,11 +240,13 @@ class VideoWorker:
                 self.forwards += 1
 
             pipe = self.pipeline(engine, backend, req.seed)
-            backend.on_forward = on_forward
+            for w in watched:
+                w.on_forward = on_forward
             try:
                 frames, _ = generate_video(backend, picture, spec, pipe=pipe)
             finally:
-                backend.on_forward = None
+                for w in watched:
+                    w.on_forward = None
             if cancelled.is_set():  # cancelled during the last step or the VAE decode: do not encode
                 raise JobCancelled()
             progress(req.steps, req.steps)
@@ -259,6 +284,8 @@ class VideoWorker:
         with self._lock:
             backend = self.backend(engine)
             self.select_loras(engine, backend, req.loras)
+            if engine.experts:  # the expert diffusers runs at this timestep
+                backend = backend.high if req.timestep >= engine.boundary_ratio * 1000 else backend.low
             t0 = time.perf_counter()
             out = backend.forward(tensors["latents"], tensors["timestep"], tensors["text"], tensors.get("image"))
             backend.synchronize()
@@ -291,7 +318,8 @@ class VideoWorker:
         buf = io.BytesIO()
         Image.new("RGB", (width, height), (128, 128, 128)).save(buf, format="PNG")
         req = VideoRequest(prompt="warm-up", negative_prompt="", model=self.catalog.model, engine=engine.name,
-                           loras=((engine.name, None),) if engine.swappable else (), frames=frames,
+                           loras=((engine.name, None),) if engine.swappable and not engine.experts else (),
+                           frames=frames,
                            height=height, width=width, steps=1, guidance=5.0, seed=0, fps=16,
                            seconds=f"{frames / 16:g}", size=f"{width}x{height}")
         t0 = time.perf_counter()
