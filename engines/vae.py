@@ -16,12 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from wanrt.artifacts import check_artifact_files, read_manifest
 from wanrt.errors import BadInputError, MissingDependencyError
+from wanrt.manifests import VaeDecoderManifest
 
-FIRST_NAME = "first.onnx"  # export/vae.py writes these; engines/ reads an export directory, never imports export/
-STEP_NAME = "step.onnx"
-VAE_KIND = "vae-decoder"
 VAE_BACKENDS = ("ort", "openvino")
 SPATIAL_RATIO = 8  # Wan2.1 VAE: 8x spatial, 4x temporal
 
@@ -76,12 +73,10 @@ class VaeDecoder:
         if backend not in SESSIONS:
             raise BadInputError(f"VAE backend {backend!r}: choose one of {', '.join(VAE_BACKENDS)}", param="backend")
         export_dir = Path(export_dir)
-        manifest = read_manifest(export_dir, kind=VAE_KIND)
-        check_artifact_files(export_dir, manifest)
-        self.n_cache = int(manifest["payload"]["n_cache"])
-        self.z_dim = int(manifest["payload"]["z_dim"])
-        self.first = SESSIONS[backend](export_dir / FIRST_NAME, threads)
-        self.step = SESSIONS[backend](export_dir / STEP_NAME, threads)
+        manifest = VaeDecoderManifest.read(export_dir, check_files=True)  # every file's size and sha256 too
+        self.n_cache, self.z_dim = manifest.n_cache, manifest.z_dim
+        self.first = SESSIONS[backend](export_dir / manifest.first, threads)
+        self.step = SESSIONS[backend](export_dir / manifest.step, threads)
         self.cache_in = [f"cache.in.{i}" for i in range(self.n_cache)]
 
     def _check(self, z: np.ndarray) -> np.ndarray:

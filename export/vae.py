@@ -28,10 +28,10 @@ import torch
 
 from wanrt.artifacts import atomic_output_dir, build_manifest, write_manifest
 from wanrt.errors import BadInputError
+from wanrt.manifests import VaeDecoderManifest
 
-FIRST_NAME = "first.onnx"
-STEP_NAME = "step.onnx"
-VAE_KIND = "vae-decoder"
+FIRST_NAME = VaeDecoderManifest.first
+STEP_NAME = VaeDecoderManifest.step
 CACHE_FRAMES = 2  # diffusers' CACHE_T: the past frames a 3-tap causal conv needs
 OPSET = 18
 
@@ -158,8 +158,8 @@ def export_vae_decoder(vae, out_dir: str | Path, latent_hw: tuple[int, int] = (8
         torch.onnx.export(step, (z[:, :, 1:2], *cache), tmp / STEP_NAME, input_names=["z", *ins],
                           output_names=["frames", *outs], dynamic_axes=_dynamic_axes(["z", *ins], ["frames", *outs]),
                           opset_version=OPSET, dynamo=False)
-        payload = {"component": VAE_KIND, "z_dim": geometry.z_dim, "n_cache": n,
+        payload = {"z_dim": geometry.z_dim, "n_cache": n,
                    "cache_shapes": [list(s) for s in geometry.cache_shapes], "trace_latent_hw": list(latent_hw),
                    "vae_config": dict(vae.config), "opset": OPSET}
-        write_manifest(tmp, build_manifest(VAE_KIND, {"latent_hw": list(latent_hw)}, payload))
+        write_manifest(tmp, build_manifest(VaeDecoderManifest.KIND, {"latent_hw": list(latent_hw)}, payload))
     return Path(out_dir), geometry

@@ -3,14 +3,17 @@ diffusers' `AutoencoderKLWan.decode` fp32 on a CI-sized config (base_dim 8, z_di
 by tools/bench_vae.py). Gate: every frame's PSNR >= 35 dB and max |out - ref| / max |ref| <= 1e-4 (fp32: the same
 arithmetic re-ordered; measured ~2e-6)."""
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKLWan
 
 from wanrt.engines.vae import TileSpec, VaeDecoder
-from wanrt.errors import BadInputError
+from wanrt.errors import BadInputError, WanrtError
 from wanrt.export.vae import STEP_NAME, export_vae_decoder
+from wanrt.manifests import VaeDecoderManifest
 from wanrt.tools.bench_vae import latents, parity
 
 REL_ERR = 1e-4
@@ -91,3 +94,16 @@ def test_wan22_residual_vae_is_refused(tmp_path):
     with pytest.raises(BadInputError, match="Wan2.1 VAE layout"):
         export_vae_decoder(vae, tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_manifest_is_typed_and_files_are_checked(small_vae, tmp_path):
+    _, export_dir, geometry = small_vae
+    m = VaeDecoderManifest.read(export_dir)
+    assert (m.z_dim, m.n_cache, m.first, m.step) == (4, geometry.n_cache, "first.onnx", "step.onnx")
+    assert [tuple(s) for s in m.cache_shapes] == list(geometry.cache_shapes)
+    copy = tmp_path / "copy"
+    shutil.copytree(export_dir, copy)
+    with open(copy / m.step, "ab") as f:  # a step graph that is not the one the manifest recorded
+        f.write(b"\0")
+    with pytest.raises(WanrtError, match="step.onnx"):
+        VaeDecoder(copy, "ort")
