@@ -63,9 +63,13 @@ class _FirstChunk(torch.nn.Module):
         self.vae = vae
         self.n = vae._cached_conv_counts["decoder"]
         self._upsampler_inputs: list[torch.Tensor] = []
-        for m in vae.decoder.modules():
-            if getattr(m, "mode", None) == "upsample3d":
-                m.register_forward_pre_hook(self._record)
+        self._hooks = [m.register_forward_pre_hook(self._record) for m in vae.decoder.modules()
+                       if getattr(m, "mode", None) == "upsample3d"]
+
+    def remove_hooks(self) -> None:
+        """The caller's VAE is left as it came (the hooks would keep every upsampler input of later decodes)."""
+        for h in self._hooks:
+            h.remove()
 
     def _record(self, _module, args):
         self._upsampler_inputs.append(args[0])
@@ -141,8 +145,16 @@ def export_vae_decoder(vae, out_dir: str | Path, latent_hw: tuple[int, int] = (8
     `latent_hw` is only the trace shape: height and width are dynamic axes.
     """
     _check_supported(vae)
-    vae = vae.eval().float()
+    vae = vae.eval().float()  # the graphs are fp32, as the parity reference is
     first, step = _FirstChunk(vae), _StepChunk(vae)
+    try:
+        return _export_graphs(vae, first, step, Path(out_dir), latent_hw, force)
+    finally:
+        first.remove_hooks()
+
+
+def _export_graphs(vae, first: _FirstChunk, step: _StepChunk, out_dir: Path, latent_hw: tuple[int, int],
+                   force: bool) -> tuple[Path, VaeGeometry]:
     z = _dummy_latents(vae, *latent_hw)
     with torch.no_grad():
         _, *cache = first(z[:, :, :1])
@@ -162,4 +174,4 @@ def export_vae_decoder(vae, out_dir: str | Path, latent_hw: tuple[int, int] = (8
                    "cache_shapes": [list(s) for s in geometry.cache_shapes], "trace_latent_hw": list(latent_hw),
                    "vae_config": dict(vae.config), "opset": OPSET}
         write_manifest(tmp, build_manifest(VaeDecoderManifest.KIND, {"latent_hw": list(latent_hw)}, payload))
-    return Path(out_dir), geometry
+    return out_dir, geometry

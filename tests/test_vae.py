@@ -107,3 +107,10 @@ def test_manifest_is_typed_and_files_are_checked(small_vae, tmp_path):
         f.write(b"\0")
     with pytest.raises(WanrtError, match="step.onnx"):
         VaeDecoder(copy, "ort")
+
+
+def test_export_leaves_the_vae_as_it_was(small_vae):
+    vae, _, _ = small_vae
+    upsamplers = [m for m in vae.decoder.modules() if getattr(m, "mode", None) == "upsample3d"]
+    assert upsamplers and not any(m._forward_pre_hooks for m in upsamplers)
+    assert {m.mode for m in vae.decoder.modules() if isinstance(m, torch.nn.Upsample)} == {"nearest-exact"}
