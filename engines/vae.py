@@ -99,7 +99,8 @@ class VaeDecoder:
         """(B, z_dim, T, h, w) latents -> (B, 3, 1 + 4(T-1), 8h, 8w) video in [-1, 1], float32 numpy."""
         z = self._check(np.asarray(latents))
         one = self._decode_one if tile is None else (lambda s: self._tiled_one(s, tile))
-        return np.clip(np.concatenate([one(z[b:b + 1]) for b in range(z.shape[0])], axis=0), -1.0, 1.0)
+        video = np.concatenate([one(z[b:b + 1]) for b in range(z.shape[0])], axis=0)
+        return np.clip(video, -1.0, 1.0, out=video)  # in place: an 81-frame 480p video is 390 MB
 
     def _tiled_one(self, z: np.ndarray, tile: TileSpec) -> np.ndarray:
         """diffusers' `tiled_decode` (used when the latent exceeds the tile), over the same chunk graphs."""
