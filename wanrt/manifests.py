@@ -305,6 +305,22 @@ def lora_record(lora: dict[str, Any] | None) -> dict[str, Any]:
     return record
 
 
+@dataclass(frozen=True, kw_only=True)
+class VaeDecoderManifest(Manifest):
+    """export/vae.py: the Wan VAE decoder as two chunk graphs with the causal cache explicit (engines/vae.py runs
+    them). Not in KINDS: `read_any` callers expect the DiT's artifacts; VAE readers ask for this kind by name."""
+
+    KIND: ClassVar[str] = "vae-decoder"
+    z_dim: int
+    n_cache: int
+    cache_shapes: list[list[int]]  # at trace_latent_hw; the last two axes scale with the latent's h, w
+    trace_latent_hw: list[int]
+    vae_config: dict[str, Any]
+    opset: int
+    first: str = "first.onnx"  # latent frame 0 -> frames, cache.out.*
+    step: str = "step.onnx"  # latent frame i > 0, cache.in.* -> frames, cache.out.*
+
+
 KINDS: dict[str, type[Manifest]] = {c.KIND: c for c in (ExportManifest, EngineManifest, BundleManifest,
                                                          ExpertsManifest)}
 
