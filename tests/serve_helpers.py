@@ -136,6 +136,13 @@ def local_service(catalog, store_dir, limits=None, token=None, ttl_s=3600.0, wor
     return Service(catalog, limits, scheduler, token=token, poll_after_ms=100)
 
 
+def openai_client(url: str, token: str = "unused", timeout: float = 120):
+    """The official client against a test server: no retries, so a refusal is seen as the server gave it."""
+    import openai
+
+    return openai.OpenAI(base_url=url + "/v1", api_key=token, max_retries=0, timeout=timeout)
+
+
 def wait_for(predicate, timeout: float = 60.0, every: float = 0.1):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

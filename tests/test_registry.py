@@ -17,7 +17,7 @@ def test_the_registry_names_every_flavour_once_and_the_cli_offers_them():
     assert registry.names() == ("tensorrt", "rtx", "openvino")
     assert registry.choices() == ("auto", *registry.names()) and registry.get("auto").name == "tensorrt"
     assert registry.backends() == ("trt", "ov") and set(registry.backends()) <= set(Backend.values())
-    assert registry.precision_choices() == ("fp32", "fp16", "bf16", "fp8", "int8")
+    assert registry.precision_choices() == ("fp32", "fp16", "bf16", "fp8", "int8", "w8a8")
     help_text = CliRunner().invoke(cli, ["build", "--help"]).output
     assert "[auto|tensorrt|rtx|openvino]" in help_text and "OpenVINO (--flavour openvino):" in help_text
 

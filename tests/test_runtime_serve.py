@@ -12,7 +12,7 @@ import numpy as np
 import openai
 import pytest
 
-from tests.serve_helpers import free_port, png_bytes, set_ray_env, wait_for
+from tests.serve_helpers import openai_client, free_port, png_bytes, set_ray_env, wait_for
 
 set_ray_env()  # before Ray is imported (it reads its address settings at import)
 warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -66,8 +66,6 @@ def ray_server(serve_artifacts, tmp_path_factory):
         kill_leftovers(before, root)
 
 
-def _client(url):
-    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
 
 
 def _engine_describe():
@@ -81,7 +79,7 @@ def test_openai_client_mp4_equals_wanrt_generate(ray_server, tmp_path):
     from wanrt.runtime.schedule import Schedule
 
     url, art = ray_server["url"], ray_server["artifacts"]
-    client = _client(url)
+    client = openai_client(url)
     image = tmp_path / "in.png"
     image.write_bytes(png_bytes())
     video = client.videos.create_and_poll(prompt="a cat", model="wan-tiny", size="32x32",
@@ -175,7 +173,7 @@ def test_lora_swap_on_a_separate_engine(ray_server):
 
 def test_cancel_running_job_on_a_replica(ray_server):
     url = ray_server["url"]
-    client = _client(url)
+    client = openai_client(url)
     # the replica takes one request at a time, so describe() waits behind a running job: read it before and after
     before = _engine_describe()["forwards"]
     job = client.videos.create(prompt="a long one", model="wan-tiny", size="128x128",

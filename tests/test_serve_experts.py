@@ -14,7 +14,7 @@ from wanrt.runtime.serving.bundle import load_catalog, pack_bundle, verify_bundl
 from wanrt.runtime.serving.limits import ApiError, Limits
 from wanrt.runtime.serving.requests import parse_video_request
 
-from tests.serve_helpers import ThreadedServer, local_service, png_bytes, wait_for
+from tests.serve_helpers import openai_client, ThreadedServer, local_service, png_bytes, wait_for
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
@@ -105,12 +105,10 @@ def experts_server(experts_bundle, tmp_path_factory):
     service.scheduler.store.close()
 
 
-def _client(url):
-    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
 
 
 def test_a_job_with_a_stack_per_expert_swaps_each_expert(experts_server):
-    client = _client(experts_server.url)
+    client = openai_client(experts_server.url)
     worker = experts_server.service.scheduler.engine.worker
     wait_for(lambda: experts_server.service.scheduler.ready)
     before = worker.forwards
@@ -129,7 +127,7 @@ def test_a_job_with_a_stack_per_expert_swaps_each_expert(experts_server):
 
 def test_a_bad_expert_is_a_400_naming_the_field(experts_server):
     with pytest.raises(openai.BadRequestError) as e:
-        _client(experts_server.url).videos.create(
+        openai_client(experts_server.url).videos.create(
             prompt="a cat", model="wan22-bundle", size="32x32", input_reference=("in.png", png_bytes(), "image/png"),
             extra_body={"loras": [{"name": "distill", "scale": 1.0, "expert": "medium"}]})
     assert (e.value.body["param"], e.value.body["code"]) == ("loras[0].expert", "invalid_value")

@@ -19,7 +19,7 @@ import numpy as np
 import openai
 import pytest
 
-from tests.serve_helpers import ThreadedServer, free_port, local_service, png_bytes, wait_for
+from tests.serve_helpers import openai_client, ThreadedServer, free_port, local_service, png_bytes, wait_for
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
@@ -55,8 +55,6 @@ def server(catalog, worker, tmp_path_factory):
         yield srv
 
 
-def _client(url, token="unused"):
-    return openai.OpenAI(base_url=url + "/v1", api_key=token, max_retries=0, timeout=60)
 
 
 def _raw(url, method, path, body=None, headers=None, timeout=10):
@@ -94,7 +92,7 @@ def _create(client, **extra):
 
 # ------------------------------------------------------------------------------------------------ the client
 def test_openai_client_jobs_list_and_delete(server):
-    client = _client(server.url)
+    client = openai_client(server.url)
     videos = [client.videos.create_and_poll(prompt=f"a cat {i}", input_reference=("in.png", png_bytes(), "image/png"),
                                             extra_body={"steps": 1, "seed": i}, **TINY)
               for i in range(3)]
@@ -121,14 +119,14 @@ def test_json_body_with_a_data_url(server):
     assert status == 200
     job = _strict(raw)
     assert job["object"] == "video" and job["status"] in ("queued", "in_progress") and job["wanrt"]["frames"] == 5
-    done = _client(server.url).videos.poll(job["id"])
+    done = openai_client(server.url).videos.poll(job["id"])
     assert done.status == "completed"
 
 
 def test_openai_client_job_with_a_4_step_schedule(server, worker):
     """A recipe is one extra field: the replica makes 4 transformer calls (4 steps, no CFG) and the job object says
     the schedule it ran; a schedule that contradicts itself is a 400 naming the field, before a job exists."""
-    client = _client(server.url)
+    client = openai_client(server.url)
     before = worker.forwards
     video = client.videos.create_and_poll(prompt="a cat", input_reference=("in.png", png_bytes(), "image/png"),
                                           extra_body={"recipe": "distill-4step", "seed": 1}, **TINY)
@@ -145,7 +143,7 @@ def test_openai_client_job_with_a_4_step_schedule(server, worker):
 
 
 def test_client_errors_are_typed(server):
-    client = _client(server.url)
+    client = openai_client(server.url)
     with pytest.raises(openai.NotFoundError) as e:
         _create(client, lora="no-such-lora")
     assert e.value.body["code"] == "lora_not_found"
@@ -245,11 +243,11 @@ def test_token_required_and_checked(catalog, worker, tmp_path):
     service = local_service(catalog, tmp_path / "store", token="s3cret", worker=worker)
     with ThreadedServer(build_app(service)) as srv:
         with pytest.raises(openai.AuthenticationError):
-            _client(srv.url, token="wrong").videos.list()
+            openai_client(srv.url, token="wrong").videos.list()
         status, _, raw = _raw(srv.url, "GET", "/v1/videos")
         assert status == 401 and _error(raw)["code"] == "missing_token"
         wait_for(lambda: _raw(srv.url, "GET", "/healthz")[0] == 200, timeout=60)  # health needs no token
-        assert _client(srv.url, token="s3cret").videos.list().data == []
+        assert openai_client(srv.url, token="s3cret").videos.list().data == []
     service.scheduler.store.close()
 
 
@@ -259,7 +257,7 @@ def test_cancel_running_job_and_queue_full(catalog, worker, tmp_path):
 
     service = local_service(catalog, tmp_path / "store", Limits(max_queue=1, max_steps=400), worker=worker)
     with ThreadedServer(build_app(service)) as srv:
-        client = _client(srv.url)
+        client = openai_client(srv.url)
         long_job = _create(client, **VERY_LONG)
         wait_for(lambda: client.videos.retrieve(long_job.id).status == "in_progress"
                  and client.videos.retrieve(long_job.id).model_extra["wanrt"]["step"] >= 1)
@@ -287,7 +285,7 @@ def test_job_timeout_fails_the_job_and_frees_the_engine(catalog, worker, tmp_pat
 
     service = local_service(catalog, tmp_path / "store", Limits(job_timeout_s=0.5), worker=worker)
     with ThreadedServer(build_app(service)) as srv:
-        client = _client(srv.url)
+        client = openai_client(srv.url)
         before = worker.forwards
         job = client.videos.poll(_create(client, **LONG).id)
         assert job.status == "failed" and job.error.code == "timeout"
@@ -312,7 +310,7 @@ def test_killed_server_loses_no_accepted_job(catalog, worker, tmp_path):
     proc = _start_server(store, port)  # a real `wanrt serve` process, so that it can really die
     try:
         wait_for(lambda: _ok(url), timeout=120, every=0.3)
-        client = _client(url)
+        client = openai_client(url)
         running = _create(client, **LONG)
         queued = [_create(client, steps=1, seed=i) for i in range(2)]
         wait_for(lambda: client.videos.retrieve(running.id).status == "in_progress")
@@ -322,7 +320,7 @@ def test_killed_server_loses_no_accepted_job(catalog, worker, tmp_path):
     # the restart opens the same store (in this process: the store, not the process, is what must survive)
     service = local_service(catalog, store, worker=worker)
     with ThreadedServer(build_app(service), port=port) as srv:
-        client = _client(srv.url)
+        client = openai_client(srv.url)
         results = [client.videos.poll(v.id) for v in (running, *queued)]
         assert [v.status for v in results] == ["completed"] * 3
         assert results[0].model_extra["wanrt"]["attempts"] == 2  # the interrupted run was re-run, not dropped

@@ -21,7 +21,7 @@ from wanrt.runtime.serving.limits import ApiError, Limits
 from wanrt.runtime.serving.requests import VideoRequest, parse_predict_request, parse_video_request
 from wanrt.runtime.serving.stacks import Footprint
 
-from tests.serve_helpers import ThreadedServer, local_service, png_bytes, wait_for
+from tests.serve_helpers import openai_client, ThreadedServer, local_service, png_bytes, wait_for
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
@@ -210,12 +210,10 @@ def stack_server(stack_artifacts, tmp_path_factory):
     service.scheduler.store.close()
 
 
-def _client(url):
-    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
 
 
 def test_openai_client_runs_a_two_lora_stack_with_a_4_step_schedule(stack_server):
-    client = _client(stack_server.url)
+    client = openai_client(stack_server.url)
     worker = stack_server.service.scheduler.engine.worker
     wait_for(lambda: stack_server.service.scheduler.ready)  # the warm-up job's forwards are done
     before = worker.forwards
@@ -233,7 +231,7 @@ def test_openai_client_runs_a_two_lora_stack_with_a_4_step_schedule(stack_server
 
 def test_a_stack_that_fits_no_engine_is_a_400_naming_it(stack_server):
     with pytest.raises(openai.BadRequestError) as e:
-        _client(stack_server.url).videos.create(
+        openai_client(stack_server.url).videos.create(
             prompt="a cat", model="bundle", size="32x32", input_reference=("in.png", png_bytes(), "image/png"),
             extra_body={"loras": [{"name": "distill", "scale": 1.0}, {"name": "style-b", "scale": 0.5}]})
     err = e.value.body
@@ -243,7 +241,7 @@ def test_a_stack_that_fits_no_engine_is_a_400_naming_it(stack_server):
 
 
 def test_multipart_loras_as_one_json_field_or_unpairable_parts(stack_server):
-    client = _client(stack_server.url)
+    client = openai_client(stack_server.url)
     form = {"prompt": "a cat", "model": "bundle", "size": "32x32",
             "input_reference": ("in.png", png_bytes(), "image/png")}
     stack = [{"name": "style", "scale": -0.5}, {"name": "distill"}]  # one field of JSON text: scales may be left out
