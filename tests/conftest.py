@@ -67,8 +67,14 @@ def tiny_separate_exports(tmp_path_factory):
     from wanrt.export.model import ModelSpec
     from wanrt.export.onnx_export import ExportSpec
 
+    from wanrt.dit_io import DitIO, ShapeRange, VideoShape
+
     root = tmp_path_factory.mktemp("tiny-separate")
     for name, seed in (("sep", 0), ("fresh", 5)):
         export_model(ModelSpec("tiny"), LoraSpec(rank=4, mode="separate", seed=seed), ExportSpec(validate=False),
                      root / name, progress=False)
-    return {"sep": root / "sep", "fresh": root / "fresh"}
+    shape = VideoShape(5, 32, 32)  # the seeded inputs both files run the engines on (torch, and numpy feeds)
+    geometry = {"in_channels": 36, "text_dim": 32, "image_dim": 16}  # the tiny preset's
+    inputs = DitIO(geometry, shapes=ShapeRange(shape, shape)).dummy_inputs(1, shape, seed=3, timestep=500.0)
+    return {"sep": root / "sep", "fresh": root / "fresh", "inputs": inputs,
+            "feeds": {k: v.numpy() for k, v in inputs.items()}}

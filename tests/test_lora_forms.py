@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from wanrt.engines import registry
-from wanrt.dit_io import DitIO, ShapeRange, VideoShape
 from wanrt.engines.lora_swap import shared_a_onnx
 from wanrt.engines.openvino.engine import OvEngine, OvEngineSpec, build_openvino_engine
 from wanrt.errors import BadInputError
@@ -20,7 +19,6 @@ from wanrt.runtime.backends import OrtBackend, build_transformer
 from wanrt.tools import cpu_cost_model as cm
 
 TOL = 1e-5  # fp32: the same sums in another order
-SHAPE = VideoShape(5, 32, 32)
 
 
 def _rel(got, want) -> float:
@@ -32,8 +30,7 @@ def art(tmp_path_factory, tiny_separate_exports):
     root = tmp_path_factory.mktemp("forms")
     exports = tiny_separate_exports
     model = build_transformer(ModelSpec("tiny"))[0]
-    io = DitIO(model.config, shapes=ShapeRange(SHAPE, SHAPE))
-    feeds = {k: v.numpy() for k, v in io.dummy_inputs(1, SHAPE, seed=3, timestep=500.0).items()}
+    feeds = exports["feeds"]
     plain = build_openvino_engine(exports["sep"], OvEngineSpec(cache=False), root / "plain")
     return {"root": root, "exports": exports, "feeds": feeds, "model": model, "plain": plain,
             "want": OvEngine(root / "plain").infer(feeds)}
