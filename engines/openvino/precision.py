@@ -289,9 +289,10 @@ def linear_matmuls(model) -> list:
 
 
 # W8A8 choices as data, from one exploratory run (`small`, rank-16 separate export, 8 calibration samples, max-abs
-# error vs eager fp32 at 5x64x64, t=500; not kept as a results file): SmoothQuant at NNCF's transformer default (alpha 0.95) 7.8e-2, fails the 5e-2 gate;
-# SmoothQuant off 2.1e-2; the MIXED preset (asymmetric activations) 7.5e-2 with SmoothQuant. Wan's activations have
-# no outlier channels for SmoothQuant to migrate, so it only moves error into the weights.
+# error vs eager fp32 at 5x64x64, t=500; not kept as a results file): SmoothQuant at NNCF's transformer default
+# (alpha 0.95) 7.8e-2, over the 5e-2 gate; SmoothQuant off 2.1e-2; the MIXED preset (asymmetric activations) 7.5e-2
+# with SmoothQuant. The seeded presets' activations have no outlier channels for SmoothQuant to migrate, so it only
+# moved error into the weights; a real checkpoint may differ.
 W8A8_POLICY = {"preset": "PERFORMANCE", "smooth_quant_alpha": -1.0}  # -1: SmoothQuant off (NNCF's convention)
 
 
