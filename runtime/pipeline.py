@@ -222,8 +222,12 @@ def scheduled(scheduler, schedule: Schedule):
     `set_timesteps` takes the schedule's timesteps as unshifted sigmas (the scheduler shifts them, as it shifts its
     own spacing). WanImageToVideoPipeline calls `scheduler.set_timesteps(steps, device=...)` and passes neither, so
     the copy carries them. A schedule with neither returns `scheduler` itself: the default run is unchanged."""
-    if schedule.shift is None and schedule.timesteps is None:
-        return scheduler
+    chosen = scheduler if schedule.shift is None and schedule.timesteps is None else _with_schedule(scheduler, schedule)
+    _check_distinct_timesteps(chosen, schedule)
+    return chosen
+
+
+def _with_schedule(scheduler, schedule: Schedule):
     config, name = scheduler.config, type(scheduler).__name__
     # UniPC/DPM-Solver on flow sigmas spell the shift flow_shift; FlowMatchEulerDiscreteScheduler spells it shift
     key = "flow_shift" if config.get("use_flow_sigmas") else "shift" if "shift" in config else None
@@ -238,6 +242,24 @@ def scheduled(scheduler, schedule: Schedule):
     if schedule.sigmas is not None:  # an array: UniPC shifts them with array arithmetic (a list fails there)
         copy.set_timesteps = functools.partial(copy.set_timesteps, sigmas=np.array(schedule.sigmas))
     return copy
+
+
+def _check_distinct_timesteps(scheduler, schedule: Schedule) -> None:
+    """Refuse a schedule the scheduler rounds to a repeated timestep. UniPC keeps integer timesteps, so with many
+    steps at a high shift the first ones collide (shift 3: from 334 steps, shift 5: from 201); its step index then
+    starts one late and the last step fails an assertion after the whole run. Probed on a fresh copy, so the
+    pipeline's own scheduler is untouched."""
+    probe = type(scheduler).from_config(scheduler.config)
+    if isinstance(scheduler.set_timesteps, functools.partial):  # the schedule's sigmas ride on the partial
+        probe.set_timesteps = functools.partial(probe.set_timesteps, **scheduler.set_timesteps.keywords)
+    probe.set_timesteps(schedule.steps)
+    ts = [float(t) for t in probe.timesteps]
+    repeated = sorted({t for t in ts if ts.count(t) > 1}, reverse=True)
+    if repeated:
+        shift = probe.config.get("flow_shift", probe.config.get("shift"))
+        what, fix = ("timesteps", "space them further apart") if schedule.timesteps else ("steps", "use fewer steps")
+        raise BadInputError(f"{what} ({schedule.steps} steps): the pipeline's {type(scheduler).__name__} (shift "
+                            f"{shift:g}) rounds them to a repeated timestep ({repeated[0]:g}); {fix}", param=what)
 
 
 def run_pipeline(pipe, image, prompt: str, negative_prompt: str = "", frames: int = 5, height: int = 32,

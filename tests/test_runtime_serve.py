@@ -58,7 +58,7 @@ def ray_server(serve_artifacts, tmp_path_factory):
     try:
         catalog = load_catalog(serve_artifacts["bundle"])
         store = tmp_path_factory.mktemp("ray-store")
-        app = ray_app.build_application(catalog, Limits(max_steps=400), ray_app.ReplicaSpec(num_cpus=0, threads=1),
+        app = ray_app.build_application(catalog, Limits(max_steps=990), ray_app.ReplicaSpec(num_cpus=0, threads=1),
                                         str(store), 3600.0, None, poll_after_ms=200, graceful_shutdown_s=2.0)
         ray_app.run_application(app)
         yield {"url": f"http://127.0.0.1:{port}", "artifacts": serve_artifacts}
@@ -178,12 +178,15 @@ def test_cancel_running_job_on_a_replica(ray_server):
     before = _engine_describe()["forwards"]
     job = client.videos.create(prompt="a long one", model="wan-tiny", size="128x128",
                                input_reference=("in.png", png_bytes(), "image/png"),
-                               extra_body={"lora": "style-a", "frames": 17, "steps": 400})  # 800 DiT calls
+                               # 1980 DiT calls, several seconds at the profile's largest shape (17x128x128):
+                               # long beside the cancel's path even on a loaded machine. Shift 1 keeps UniPC's 990
+                               # integer timesteps distinct (at the tiny pipeline's shift 3 they repeat from 334)
+                               extra_body={"lora": "style-a", "frames": 17, "steps": 990, "shift": 1.0})
     wait_for(lambda: client.videos.retrieve(job.id).model_extra["wanrt"]["step"] >= 1, timeout=120)
     assert client.videos.delete(job.id).deleted
     wait_for(lambda: not _engine_describe()["busy"], timeout=30, every=0.2)
-    # stopped soon after DELETE (the cancel crosses the ingress, Ray and a thread: a few dozen calls), not after 800
-    assert _engine_describe()["forwards"] - before < 400
+    # stopped soon after DELETE (the cancel crosses the ingress, Ray and a thread: a few dozen calls), not after 1980
+    assert _engine_describe()["forwards"] - before < 990
     with pytest.raises(openai.NotFoundError):
         client.videos.retrieve(job.id)
     health = json.loads(urllib.request.urlopen(url + "/healthz", timeout=10).read())

@@ -101,6 +101,24 @@ def test_scheduler_runs_the_schedule_shifted(kind):
         scheduled(dpm, s)
 
 
+def test_a_schedule_the_scheduler_rounds_to_a_repeated_timestep_is_refused_before_the_run():
+    """UniPC keeps integer timesteps: at shift 3, 334 steps start 999, 999 and its last step fails an assertion
+    after the whole run (a server job then ended as an internal error). 333 steps are distinct and pass."""
+    import diffusers
+
+    from wanrt.runtime.pipeline import scheduled
+
+    base = diffusers.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                             num_train_timesteps=1000, flow_shift=3.0)
+    assert scheduled(base, Schedule(steps=333, guidance=1.0)) is base
+    with pytest.raises(BadInputError, match=r"steps \(334 steps\).*repeated timestep \(999\); use fewer") as e:
+        scheduled(base, Schedule(steps=334, guidance=1.0))
+    assert e.value.param == "steps"
+    with pytest.raises(BadInputError, match="shift 5.*space them further apart") as e:
+        scheduled(base, Schedule(steps=2, guidance=1.0, timesteps=(1000, 999.9), shift=5.0))
+    assert e.value.param == "timesteps"
+
+
 # ------------------------------------------------------------------------------------------------ the pipeline
 class CountingBackend:
     """The real eager tiny backend, each forward recorded: (batch, timesteps, text) as the pipeline passed them."""
