@@ -5,6 +5,8 @@ for anything else means a broken install, for a user as for CI: it fails the run
 whether or not `CI` is set. A module-level `pytest.importorskip` is a collection-time skip and fails the same way.
 """
 
+import shutil
+
 import pytest
 
 # A skip reason must start with one of these (the skip's own text, as `pytest -rs` prints it).
@@ -60,7 +62,23 @@ from tests.serve_helpers import serve_artifacts, stack_artifacts  # noqa: E402,F
 
 
 @pytest.fixture(scope="session")
-def tiny_separate_exports(tmp_path_factory):
+def tiny_rank4_exports(tmp_path_factory):
+    """`tiny` with the seeded rank-4 synthetic LoRA (seed 0), merged and separate, exported once per run (~15 s
+    each, most of it torch.export) for the modules that need exactly these; each copies them into
+    its own folder, so nothing a test writes beside or into one reaches another module."""
+    from wanrt.export.api import LoraSpec, export_model
+    from wanrt.export.model import ModelSpec
+    from wanrt.export.onnx_export import ExportSpec
+
+    root = tmp_path_factory.mktemp("tiny-rank4")
+    for mode in ("separate", "merged"):
+        export_model(ModelSpec("tiny"), LoraSpec(rank=4, mode=mode, seed=0), ExportSpec(validate=False), root / mode,
+                     progress=False)
+    return {mode: root / mode for mode in ("separate", "merged")}
+
+
+@pytest.fixture(scope="session")
+def tiny_separate_exports(tmp_path_factory, tiny_rank4_exports):
     """Two `tiny` separate-mode exports with rank-4 synthetic LoRAs, seeds 0 ("sep") and 5 ("fresh": what a swap to
     seed 5 must equal), built once per run for tests/test_w8a8.py and tests/test_lora_forms.py (~30 s each)."""
     from wanrt.export.api import LoraSpec, export_model
@@ -70,9 +88,9 @@ def tiny_separate_exports(tmp_path_factory):
     from wanrt.dit_io import DitIO, ShapeRange, VideoShape
 
     root = tmp_path_factory.mktemp("tiny-separate")
-    for name, seed in (("sep", 0), ("fresh", 5)):
-        export_model(ModelSpec("tiny"), LoraSpec(rank=4, mode="separate", seed=seed), ExportSpec(validate=False),
-                     root / name, progress=False)
+    shutil.copytree(tiny_rank4_exports["separate"], root / "sep")
+    export_model(ModelSpec("tiny"), LoraSpec(rank=4, mode="separate", seed=5), ExportSpec(validate=False),
+                 root / "fresh", progress=False)
     shape = VideoShape(5, 32, 32)  # the seeded inputs both files run the engines on (torch, and numpy feeds)
     geometry = {"in_channels": 36, "text_dim": 32, "image_dim": 16}  # the tiny preset's
     inputs = DitIO(geometry, shapes=ShapeRange(shape, shape)).dummy_inputs(1, shape, seed=3, timestep=500.0)

@@ -5,6 +5,7 @@ shared by the module."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 
 import numpy as np
@@ -29,7 +30,7 @@ SHAPE = VideoShape(9, 48, 64)
 
 
 @pytest.fixture(scope="module")
-def ov_art(tmp_path_factory):
+def ov_art(tmp_path_factory, tiny_rank4_exports):
     """Exports: r4 separate (the engine's), the rank-2 LoRA as a file, a fresh separate export of that file, a merged
     r4 export; the eager fp32 reference on seeded inputs."""
     from wanrt.export.api import LoraSpec, export_model
@@ -41,13 +42,13 @@ def ov_art(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ov")
     spec = ExportSpec(validate=False)
-    export_model(ModelSpec("tiny"), LoraSpec(rank=4, mode="separate"), spec, root / "sep4", progress=False)
+    shutil.copytree(tiny_rank4_exports["separate"], root / "sep4")
     model = load_transformer(ModelSpec("tiny"))
     lora2 = synthetic_lora(model, rank=2, seed=11)
     lora_file = save_lora_file(lora2, root / "r2.safetensors")
     export_model(ModelSpec("tiny"), LoraSpec(file=str(lora_file), mode="separate"), spec, root / "fresh2",
                  progress=False)
-    export_model(ModelSpec("tiny"), LoraSpec(rank=4, mode="merged"), spec, root / "merged4", progress=False)
+    shutil.copytree(tiny_rank4_exports["merged"], root / "merged4")
     manifest = json.loads((root / "sep4" / "manifest.json").read_text())
     feeds = DitIO(manifest["payload"]["geometry"], torch.float32, ShapeRange(SHAPE, SHAPE)).dummy_inputs(1, SHAPE)
     eager, _ = build_transformer(ModelSpec("tiny"), LoraSpec(rank=4, mode="separate"))

@@ -21,15 +21,10 @@ NO_BF16 = {"WANRT_OV_CAPABILITIES": "FP32,INT8"}  # what OpenVINO reports on an 
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory):
-    from wanrt.export.api import LoraSpec, export_model
-    from wanrt.export.model import ModelSpec
-    from wanrt.export.onnx_export import ExportSpec
-
+def exports(tmp_path_factory, tiny_rank4_exports):
     root = tmp_path_factory.mktemp("ov2")
     for name, mode in (("sep", "separate"), ("merged", "merged")):
-        export_model(ModelSpec("tiny"), LoraSpec(rank=4, mode=mode), ExportSpec(validate=False), root / name,
-                     progress=False)
+        shutil.copytree(tiny_rank4_exports[mode], root / name)
     return root
 
 
