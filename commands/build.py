@@ -13,7 +13,7 @@ import click
 from rich.table import Table
 
 from wanrt.choices import Fp8Backend, Refit
-from wanrt.console import out_console
+from wanrt.console import compact_table, out_console
 from wanrt.engines import registry
 from wanrt.errors import BadInputError
 from wanrt.manifests import EngineManifest
@@ -92,11 +92,7 @@ engine_options = option_group(_engine_core, _fp8_options, _flavour_options, _cac
 
 def engine_table(flavour, rows: list[tuple[str, EngineManifest]], title: str = "wanrt build") -> Table:
     """One row per engine, sized for 80 columns (the flavour's columns; details are in each manifest.json)."""
-    from rich import box
-
-    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
-    for col in flavour.summary_columns:
-        table.add_column(col, justify="right" if col in ("MiB", "s", "int8") else "left")
+    table = compact_table(title, flavour.summary_columns, right=("MiB", "s", "int8"))
     for out, m in rows:
         table.add_row(*flavour.summary_row(out, m))
     table.caption = flavour.summary_caption([m for _, m in rows])
