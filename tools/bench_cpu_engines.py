@@ -74,9 +74,10 @@ def log(msg: str) -> None:
 
 def header(tool: str, argv: list[str] | None, **fields: Any) -> dict[str, Any]:
     """What every bench records before it measures: the exact command, the machine, the library versions and the
-    load average; `fields` add to them or replace them."""
+    load average; `fields` add to them (a `machine` or `versions` given replaces the default)."""
     return {"command": " ".join([f"python -m wanrt.tools.{tool}", *(argv if argv is not None else sys.argv[1:])]),
-            "machine": machine_info(), "versions": library_versions(), "load_average": list(os.getloadavg()),
+            "machine": fields.pop("machine", None) or machine_info(),
+            "versions": fields.pop("versions", None) or library_versions(), "load_average": list(os.getloadavg()),
             **fields}
 
 
