@@ -13,7 +13,7 @@ import click
 from rich.table import Table
 
 from wanrt.choices import Fp8Backend, Refit
-from wanrt.console import out_console
+from wanrt.console import compact_table, out_console
 from wanrt.engines import registry
 from wanrt.errors import BadInputError
 from wanrt.manifests import EngineManifest
@@ -92,14 +92,30 @@ engine_options = option_group(_engine_core, _fp8_options, _flavour_options, _cac
 
 def engine_table(flavour, rows: list[tuple[str, EngineManifest]], title: str = "wanrt build") -> Table:
     """One row per engine, sized for 80 columns (the flavour's columns; details are in each manifest.json)."""
-    from rich import box
-
-    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
-    for col in flavour.summary_columns:
-        table.add_column(col, justify="right" if col in ("MiB", "s", "int8") else "left")
+    table = compact_table(title, flavour.summary_columns, right=("MiB", "s", "int8"))
     for out, m in rows:
         table.add_row(*flavour.summary_row(out, m))
     table.caption = flavour.summary_caption([m for _, m in rows])
+    return table
+
+
+def settings_table(rows: list[tuple[str, str]]) -> Table:
+    """`wanrt build --dry-run`: one setting per row, so it fits 80 columns whatever a profile description's length."""
+    table = Table(title="wanrt build --dry-run", show_header=False, box=None, padding=(0, 2, 0, 0))
+    table.add_column("setting", style="bold")
+    table.add_column("value")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def rows_table(title: str, rows: list[dict[str, str]]) -> Table:
+    """A column per key of the first row, a row per dict."""
+    table = Table(title=title)
+    for col in rows[0]:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row.values())
     return table
 
 
@@ -135,14 +151,7 @@ def build(onnx_dir, output, force, dry_run, progress, **kw):
         _build_experts(onnx_dir, flavour, spec, out, force, dry_run)
         return
     if dry_run:
-        # one setting per row: fits 80 columns whatever the profile descriptions' length
-        table = Table(title="wanrt build --dry-run", show_header=False, box=None, padding=(0, 2, 0, 0))
-        table.add_column("setting", style="bold")
-        table.add_column("value")
-        for row in flavour.dry_run(onnx_dir, spec):
-            table.add_row(*row)
-        table.add_row("output", str(out))
-        out_console.print(table)
+        out_console.print(settings_table([*flavour.dry_run(onnx_dir, spec), ("output", str(out))]))
         return
     manifest = flavour.build(onnx_dir, spec, out, force=force)
     out_console.print(engine_table(flavour, [(str(out), manifest)]))
@@ -153,14 +162,10 @@ def _build_experts(onnx_dir, flavour, spec, out: Path, force: bool, dry_run: boo
 
     if dry_run:
         experts = read_experts(onnx_dir, "onnx")
-        table = Table(title="wanrt build --dry-run", show_header=False, box=None, padding=(0, 2, 0, 0))
-        table.add_column("setting", style="bold")
-        table.add_column("value")
-        for name in experts.experts:
-            for setting, value in flavour.dry_run(experts.member_dir(onnx_dir, name), spec):
-                table.add_row(f"{name}: {setting}", value)
-        table.add_row("output", f"{out}/{{{','.join(experts.experts)}}}")
-        out_console.print(table)
+        out_console.print(settings_table(
+            [(f"{name}: {setting}", value) for name in experts.experts
+             for setting, value in flavour.dry_run(experts.member_dir(onnx_dir, name), spec)]
+            + [("output", f"{out}/{{{','.join(experts.experts)}}}")]))
         return
     manifest, built = build_experts(onnx_dir, flavour, spec, out, force=force)
     table = engine_table(flavour, [(str(out / name), m) for name, m in built.items()])
@@ -210,12 +215,7 @@ def refit(engine_dir, loras, rank, lora_scale, seed, allow_pickle, output, force
     flavour = registry.of_engine_dir(engine_dir)
     lora = _refit_options(loras, rank, lora_scale, seed, allow_pickle)
     if dry_run:
-        row = flavour.refit_dry_run(engine_dir, **lora)
-        table = Table(title="wanrt refit --dry-run")
-        for col in row:
-            table.add_column(col)
-        table.add_row(*row.values())
-        out_console.print(table)
+        out_console.print(rows_table("wanrt refit --dry-run", [flavour.refit_dry_run(engine_dir, **lora)]))
         return
     manifest = flavour.refit(engine_dir, **lora, out_dir=output, force=force)
     out_console.print(engine_table(flavour, [(str(output or engine_dir), manifest)], title="wanrt refit"))
@@ -249,12 +249,7 @@ def _refit_experts(engine_dir, loras, rank, lora_scale, seed, allow_pickle, outp
     if dry_run:
         rows = [{"expert": name, **registry.of_engine_dir(experts.member_dir(engine_dir, name)).refit_dry_run(
             experts.member_dir(engine_dir, name), **opts)} for name, opts in options.items()]
-        table = Table(title="wanrt refit --dry-run")
-        for col in rows[0]:
-            table.add_column(col)
-        for row in rows:
-            table.add_row(*row.values())
-        out_console.print(table)
+        out_console.print(rows_table("wanrt refit --dry-run", rows))
         return
     target = Path(output or engine_dir)
     _, refit = refit_experts(engine_dir, options, out_dir=output, force=force)

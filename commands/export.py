@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from wanrt.console import err_console, out_console
+from wanrt.console import compact_table, err_console, out_console
 from wanrt.commands.build import engine_options
 from wanrt.engines import registry
 from wanrt.errors import BadInputError
@@ -22,12 +22,9 @@ from wanrt.parse import SYNTHETIC_PREFIX, parse_int_list, parse_shape
 
 def summary_table(rows: list[tuple[str, dict]], title: str = "wanrt export") -> Table:
     """One row per export, sized for 80 columns (LoRA parameter count and FLOPs are in each manifest.json)."""
-    from rich import box
-
     parsers = set()
-    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
-    for col in ("output", "mode", "rank", "dtype", "ORT max rel err", "TensorRT parse", "s"):
-        table.add_column(col, justify="right" if col in ("rank", "s") else "left")
+    table = compact_table(title, ("output", "mode", "rank", "dtype", "ORT max rel err", "TensorRT parse", "s"),
+                          right=("rank", "s"))
     for out, doc in rows:
         m = ExportManifest.from_dict(doc, Path(out) / MANIFEST_NAME)
         lora, v = m.lora, m.validation
@@ -216,11 +213,8 @@ def export(**kw):
 
 def export_engine_table(rows: list[tuple[str, dict]], engines: list[EngineManifest]) -> Table:
     """`export --engine`: one row per export with the engine built from it (engine at <output>/engine)."""
-    from rich import box
-
-    table = Table(title="wanrt export --engine", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
-    for col in ("output", "mode", "rank", "ORT max rel err", "engine", "MiB", "refit", "s"):
-        table.add_column(col, justify="right" if col in ("rank", "MiB", "s") else "left")
+    table = compact_table("wanrt export --engine", ("output", "mode", "rank", "ORT max rel err", "engine", "MiB",
+                                                    "refit", "s"), right=("rank", "MiB", "s"))
     for (out, doc), em in zip(rows, engines):
         m = ExportManifest.from_dict(doc, Path(out) / MANIFEST_NAME)
         lora, v = m.lora, m.validation
@@ -266,13 +260,10 @@ def presets():
     """List the built-in model presets."""
     from wanrt.export.presets import PRESETS
 
-    from rich import box
-
     # sized for 80 columns: the geometry in the table, each description on its own line below it
-    table = Table(title="wanrt presets (seeded random weights)", box=box.SIMPLE_HEAD, pad_edge=False,
-                  padding=(0, 1, 0, 0))
-    for col in ("name", "blocks", "heads x dim", "FFN", "text/image", "video", "tokens"):
-        table.add_column(col, no_wrap=True, justify="left" if col in ("name", "video") else "right")
+    table = compact_table("wanrt presets (seeded random weights)",
+                          ("name", "blocks", "heads x dim", "FFN", "text/image", "video", "tokens"),
+                          right=("blocks", "heads x dim", "FFN", "text/image", "tokens"), no_wrap=True)
     for p in PRESETS.values():
         c = p.config
         table.add_row(p.name, str(c["num_layers"]), f"{c['num_attention_heads']}x{c['attention_head_dim']}",

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from wanrt.errors import BadInputError, MissingDependencyError
+from wanrt.io_contract import VAE_STRIDE
 from wanrt.manifests import VaeDecoderManifest
 
 VAE_BACKENDS = ("ort", "openvino")
-SPATIAL_RATIO = 8  # Wan2.1 VAE: 8x spatial, 4x temporal
 
 
 @dataclass(frozen=True)
@@ -105,10 +105,11 @@ class VaeDecoder:
     def _tiled_one(self, z: np.ndarray, tile: TileSpec) -> np.ndarray:
         """diffusers' `tiled_decode` (used when the latent exceeds the tile), over the same chunk graphs."""
         h, w = z.shape[3:]
-        lh, lw = tile.min_height // SPATIAL_RATIO, tile.min_width // SPATIAL_RATIO
+        ratio = VAE_STRIDE[1]  # pixels per latent, spatially
+        lh, lw = tile.min_height // ratio, tile.min_width // ratio
         if h <= lh and w <= lw:
             return self._decode_one(z)
-        sh, sw = tile.stride_height // SPATIAL_RATIO, tile.stride_width // SPATIAL_RATIO
+        sh, sw = tile.stride_height // ratio, tile.stride_width // ratio
         blend_h, blend_w = tile.min_height - tile.stride_height, tile.min_width - tile.stride_width
         rows = [[self._decode_one(np.ascontiguousarray(z[:, :, :, i:i + lh, j:j + lw])) for j in range(0, w, sw)]
                 for i in range(0, h, sh)]
@@ -123,7 +124,7 @@ class VaeDecoder:
                 row[j] = t  # diffusers blends in place: the next tile blends against the blended one
                 parts.append(t[:, :, :, :tile.stride_height, :tile.stride_width])
             result_rows.append(np.concatenate(parts, axis=4))
-        return np.concatenate(result_rows, axis=3)[:, :, :, :h * SPATIAL_RATIO, :w * SPATIAL_RATIO]
+        return np.concatenate(result_rows, axis=3)[:, :, :, :h * ratio, :w * ratio]
 
 
 def _blend(a: np.ndarray, b: np.ndarray, extent: int, axis: int) -> np.ndarray:

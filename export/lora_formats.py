@@ -59,7 +59,7 @@ from wanrt.export.lora import LoraModule, LoraWeights, check_fits, linear_module
 from wanrt.artifacts import atomic_path, sha256_file, write_text_atomic
 from wanrt import jsonio
 from wanrt.choices import ComfyuiKeys, LoraFormat
-from wanrt.errors import BadInputError, LoraError, WanrtError
+from wanrt.errors import BadInputError, LoraError, WanrtError, first_line
 from wanrt.jsonio import read_json
 
 log = logging.getLogger(__name__)
@@ -174,11 +174,6 @@ def _split_key(key: str) -> tuple[str, str]:
 
 
 # ------------------------------------------------------------------------------------------------ reading
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
-
-
 def check_lora_exists(path: str | os.PathLike) -> None:
     """The one wording of a missing LoRA source (a file or a peft adapter directory), for every command."""
     if not Path(path).expanduser().exists():
@@ -225,7 +220,7 @@ def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
-            raise LoraError(f"{path.name}: cannot load pickle with weights_only=True: {_first_line(e)}") from None
+            raise LoraError(f"{path.name}: cannot load pickle with weights_only=True: {first_line(e)}") from None
         for nested in ("state_dict", "module", "model"):
             if isinstance(obj, dict) and isinstance(obj.get(nested), dict):
                 obj = obj[nested]
@@ -240,7 +235,7 @@ def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
             sd = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # noqa: BLE001 - SafetensorError and friends: truncated, corrupt, not safetensors
         raise LoraError(f"{path.name}: not a readable safetensors file (truncated or corrupt?): "
-                        f"{_first_line(e)}") from None
+                        f"{first_line(e)}") from None
     if not sd:
         raise LoraError(f"{path.name}: the file holds no tensors")
     return sd, metadata
@@ -252,7 +247,7 @@ def _peft_config(metadata: dict[str, str], config_path: Path | None,
         try:
             return read_json(config_path)  # bounded: size, depth, regular files only
         except WanrtError as e:
-            raise LoraError(f"unreadable adapter_config.json: {_first_line(e)}") from None
+            raise LoraError(f"unreadable adapter_config.json: {first_line(e)}") from None
     raw = metadata.get(METADATA_KEY)
     if not raw:
         return None

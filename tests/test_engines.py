@@ -21,14 +21,10 @@ from wanrt.engines.trt.build import configure_from_onnx_dir, lora_section
 from wanrt.engines.trt.engine_spec import EngineSpec
 from wanrt.engines.trt.network import mark_refittable, parse_network
 from wanrt.engines.trt.resolve import prepare
-from wanrt.engines.trt.fp8 import (
-    Fp8Spec,
-    load_calibration_set,
-    make_simulatable,
-    calibration_session,
-    parse_keep_blocks,
-    quantize_fp8,
-)
+from wanrt.engines.trt.fp8.calibration import calibration_session, load_calibration_set
+from wanrt.engines.trt.fp8.qdq import make_simulatable
+from wanrt.engines.trt.fp8.quantize import Fp8Spec, quantize_fp8
+from wanrt.engines.trt.fp8.selection import parse_keep_blocks
 from wanrt.engines.trt.profiles import (
     ProfileSpec,
     check_against_export,

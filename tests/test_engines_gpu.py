@@ -29,7 +29,7 @@ def _export(out: Path, mode: str, dtype: str, rank: int = 4):
 def _build(onnx_dir: Path, out: Path, **kw):
     from wanrt.engines.trt.build import build_engine_from_onnx_dir
     from wanrt.engines.trt.engine_spec import EngineSpec
-    from wanrt.engines.trt.fp8 import Fp8Spec
+    from wanrt.engines.trt.fp8.quantize import Fp8Spec
 
     spec = EngineSpec(profiles=(SHAPE_PROFILE,), cache=False, fp8=Fp8Spec(calib=2, keep_blocks="0"), **kw)
     return build_engine_from_onnx_dir(onnx_dir, spec, out)

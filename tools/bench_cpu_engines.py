@@ -22,12 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -68,6 +70,32 @@ def write_results(out: Path, stem: str, results: dict[str, Any], markdown: str) 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def header(tool: str, argv: list[str] | None, **fields: Any) -> dict[str, Any]:
+    """What every bench records before it measures: the exact command, the machine, the library versions and the
+    load average; `fields` add to them (a `machine` or `versions` given replaces the default)."""
+    return {"command": " ".join([f"python -m wanrt.tools.{tool}", *(argv if argv is not None else sys.argv[1:])]),
+            "machine": fields.pop("machine", None) or machine_info(),
+            "versions": fields.pop("versions", None) or library_versions(), "load_average": list(os.getloadavg()),
+            **fields}
+
+
+def finish(results: dict[str, Any], t0: float) -> None:
+    """The load average at the end and the wall time since `t0`."""
+    results["load_average_end"] = list(os.getloadavg())
+    results["seconds"] = time.perf_counter() - t0
+
+
+def time_rounds(calls: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
+    """Seconds of each call per round, interleaved: every round runs every call once, so drift hits all alike."""
+    samples: dict[str, list[float]] = {label: [] for label in calls}
+    for _ in range(rounds):
+        for label, fn in calls.items():
+            t = time.perf_counter()
+            fn()
+            samples[label].append(time.perf_counter() - t)
+    return samples
 
 
 # ------------------------------------------------------------------------------------------------ 1. peaks
@@ -155,12 +183,7 @@ def run_geometry(source, layers, shapes, threads, repeats, peaks, skipped,
         feeds = feeds_for(backends["eager fp32"][0], shape)
         ref = backends["eager fp32"][0](*feeds)
         outs = {label: b(*feeds) for label, (b, _) in backends.items()}  # warm-up + quality
-        samples = {label: [] for label in backends}
-        for _ in range(repeats):  # interleaved: each round runs every backend once
-            for label, (b, _) in backends.items():
-                t = time.perf_counter()
-                b(*feeds)
-                samples[label].append(time.perf_counter() - t)
+        samples = time_rounds({label: partial(b, *feeds) for label, (b, _) in backends.items()}, repeats)
         cost = forward_flops(dict(config), shape.latent)
         flops = cost["total"]
         tokens = flops and cost["tokens"]
@@ -259,12 +282,7 @@ def token_sweep(source, layers, shapes, threads, repeats, skipped) -> dict[str, 
         feeds = feeds_for(next(iter(backends.values())), shape)
         for b in backends.values():  # warm-up (OpenVINO specialises on the first call of a shape)
             b(*feeds)
-        samples: dict[str, list[float]] = {label: [] for label in backends}
-        for _ in range(repeats):
-            for label, b in backends.items():
-                t = time.perf_counter()
-                b(*feeds)
-                samples[label].append(time.perf_counter() - t)
+        samples = time_rounds({label: partial(b, *feeds) for label, b in backends.items()}, repeats)
         for label in backends:
             rows.append({"shape": s, "tokens": shape.tokens(), "backend": label,
                          "median_s": statistics.median(samples[label])})
@@ -284,14 +302,9 @@ def rank_sweep(source, layers, shape_s, ranks, threads, repeats, precision: str)
     backends["separate r16 cross-attn"] = make_backend("ov", precision, source, layers, threads, 16, "separate",
                                                        "cross-attn")
     feeds = feeds_for(backends["merged r16"], shape)
-    samples = {k: [] for k in backends}
     for b in backends.values():
         b(*feeds)
-    for _ in range(repeats):
-        for k, b in backends.items():
-            t = time.perf_counter()
-            b(*feeds)
-            samples[k].append(time.perf_counter() - t)
+    samples = time_rounds({k: partial(b, *feeds) for k, b in backends.items()}, repeats)
     med = {k: statistics.median(v) for k, v in samples.items()}
     for b in backends.values():
         b.close()
@@ -453,8 +466,6 @@ def plots(results: dict[str, Any], out: Path, stem: str) -> list[str]:
 
 
 def main(argv=None) -> int:
-    import os
-
     import openvino as ov
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -466,11 +477,8 @@ def main(argv=None) -> int:
     cfg = CONFIGS[args.config]
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    results: dict[str, Any] = {"config": args.config, "threads": args.threads, "note": args.note,
-                               "command": " ".join(["python -m wanrt.tools.bench_cpu_engines",
-                                                    *(argv if argv is not None else sys.argv[1:])]),
-                               "machine": machine_info(), "load_average": list(os.getloadavg()),
-                               "versions": {**library_versions(), "openvino": ov.__version__}}
+    results = header("bench_cpu_engines", argv, config=args.config, threads=args.threads, note=args.note,
+                     versions={**library_versions(), "openvino": ov.__version__})
     skipped = results["skipped"] = skipped_backends()
     for label, why in skipped.items():  # measured what the CPU has; says what it skipped
         log(f"skipping {label}: {why}")
@@ -489,8 +497,7 @@ def main(argv=None) -> int:
     results["ranks"] = rank_sweep(*cfg["rank_point"], cfg["ranks"], args.threads, cfg["repeats"], precision)
     results["cost_model"] = validate_cost_model(results["backends"], results["peaks"])
     results["gpu_prediction"] = real_geometry_prediction()
-    results["load_average_end"] = list(os.getloadavg())
-    results["seconds"] = time.perf_counter() - t0
+    finish(results, t0)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"ov-cpu-{args.config}"
     results["plots"] = plots(results, args.out, stem)

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -33,7 +31,6 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from wanrt.artifacts import library_versions, machine_info
 from wanrt.dit_io import DitIO, ShapeRange, VideoShape
 from wanrt.engines.cache import engine_in_cache
 from wanrt.engines.lora_swap import swap_section
@@ -46,7 +43,7 @@ from wanrt.export.model import ModelSpec, load_transformer
 from wanrt.runtime.backends import OrtBackend
 from wanrt.runtime.flops import forward_flops, lora_branches
 from wanrt.export.presets import PRESETS
-from wanrt.tools.bench_cpu_engines import bootstrap_ci, export_dir, log
+from wanrt.tools.bench_cpu_engines import bootstrap_ci, export_dir, finish, header, log, write_results
 from wanrt.tools.cpu_cost_model import form_predictions
 
 WAN_480P_TOKENS = 21 * 60 * 104 // 4  # 81 frames -> 21 latent frames, 480x832 -> 60x104 latent, 2x2 patches
@@ -277,20 +274,15 @@ def main(argv=None) -> int:
         for p in results["targets"]:
             p["trend"] = {form: trend(p["rows"], form) for form in FORMS}
         results["gpu_prediction"] = gpu_prediction(results["rank"])
-        args.render.write_text(json.dumps(results, indent=1, default=str) + "\n")
-        args.render.with_suffix(".md").write_text(render(results))
+        write_results(args.render.parent, args.render.stem, results, render(results))
         return 0
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     offered = supported_precisions()
-    results: dict[str, Any] = {"model": args.model, "rank": args.rank, "threads": args.threads,
-                               "command": " ".join(["python -m wanrt.tools.bench_lora_forms",
-                                                    *(argv if argv is not None else sys.argv[1:])]),
-                               "machine": machine_info(), "cpu": cpu_info(), "load_average": list(os.getloadavg()),
-                               "versions": library_versions(), "targets": [],
-                               "gpu_prediction": gpu_prediction(args.rank),
-                               "skipped": {t: offered[t.split()[-1]] for t in args.targets.split(",")
-                                           if t.startswith("ov ") and offered.get(t.split()[-1])}}
+    results = header("bench_lora_forms", argv, model=args.model, rank=args.rank, threads=args.threads,
+                     cpu=cpu_info(), targets=[], gpu_prediction=gpu_prediction(args.rank),
+                     skipped={t: offered[t.split()[-1]] for t in args.targets.split(",")
+                              if t.startswith("ov ") and offered.get(t.split()[-1])})
     main_shape = VideoShape(*map(int, args.shape.split("x")))
     shapes = list(dict.fromkeys([*args.shapes.split(","), args.shape]))
     if args.graph_look:  # the exec-graph look only (seconds), no timing
@@ -310,12 +302,9 @@ def main(argv=None) -> int:
             continue
         results["targets"].append(run_target(args.model, t, shapes, main_shape, args.rank, args.threads, rounds,
                                              sweep))
-        results["load_average_end"] = list(os.getloadavg())
-        results["seconds"] = time.perf_counter() - t0
+        finish(results, t0)
         # written after every target: a long run stopped part way keeps what it measured
-        (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
-        (args.out / f"{stem}.md").write_text(render(results))
-    log(f"wrote {args.out / stem}.json/.md ({results['seconds']:.0f} s)")
+        write_results(args.out, stem, results, render(results))
     return 0
 
 

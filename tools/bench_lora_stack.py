@@ -19,9 +19,7 @@ rank-`--style-rank` "style" on `--style-targets`), the same files in every deplo
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +27,7 @@ from typing import Any
 
 import torch
 
-from wanrt.artifacts import library_versions, machine_info
+from wanrt.artifacts import machine_info
 from wanrt.dit_io import VideoShape
 from wanrt.engines.openvino.engine import cpu_info
 from wanrt.export.api import LoraSpec, export_model
@@ -41,8 +39,8 @@ from wanrt.export.presets import PRESETS
 from wanrt.parse import LoraEntry
 from wanrt.runtime.backends import build_transformer, create_backend
 from wanrt.runtime.bench.measure import rel_error
-from wanrt.tools.bench_cpu_engines import (GATES, bootstrap_ci, feeds_for, log, skipped_backends, sweep_precision,
-                                           write_results)
+from wanrt.tools.bench_cpu_engines import (GATES, bootstrap_ci, feeds_for, finish, header, log, skipped_backends,
+                                           sweep_precision, write_results)
 
 SCHEDULES = {"40-step CFG": 80, "4-step no-CFG": 4}  # forwards per video
 
@@ -166,14 +164,11 @@ def main(argv=None) -> int:
     model_spec = ModelSpec(args.model, layers=args.layers)
     shape = VideoShape(*map(int, args.shape.split("x"))) if args.shape else PRESETS[args.model].default_shape
     t0 = time.perf_counter()
-    results: dict[str, Any] = {
-        "command": " ".join(["python -m wanrt.tools.bench_lora_stack", *(argv if argv is not None else sys.argv[1:])]),
-        "machine": {**machine_info(), "cpu_isa": cpu_info()["isa"]}, "versions": library_versions(),
-        "load_average": list(os.getloadavg()),
-        "model": args.model + (f" --layers {args.layers}" if args.layers else ""), "shape": str(shape),
-        "backend": args.backend, "precision": precision, "threads": args.threads, "strengths": list(strengths),
-        "distill_rank": args.distill_rank, "style_rank": args.style_rank, "style_targets": args.style_targets,
-        "swaps": args.swaps, "deployments": {}}
+    results = header("bench_lora_stack", argv, machine={**machine_info(), "cpu_isa": cpu_info()["isa"]},
+                     model=args.model + (f" --layers {args.layers}" if args.layers else ""), shape=str(shape),
+                     backend=args.backend, precision=precision, threads=args.threads, strengths=list(strengths),
+                     distill_rank=args.distill_rank, style_rank=args.style_rank, style_targets=args.style_targets,
+                     swaps=args.swaps, deployments={})
     with tempfile.TemporaryDirectory(prefix="wanrt-stack-") as tmp:
         files = write_stack(model_spec, args, Path(tmp))
         backends, rows = {}, results["deployments"]
@@ -194,8 +189,7 @@ def main(argv=None) -> int:
                            "build_s": rows["all separate"]["build_s"]}
         for b in backends.values():
             b.close()
-    results["load_average_end"] = list(os.getloadavg())
-    results["seconds"] = time.perf_counter() - t0
+    finish(results, t0)
     write_results(args.out, f"lora-stack-{args.model}" + (f"-l{args.layers}" if args.layers else ""), results,
                   render(results))
     return 0

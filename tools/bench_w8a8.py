@@ -12,17 +12,16 @@ weight-only int8 against OpenVINO's FC with int8 weights. A precision this CPU l
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from wanrt.artifacts import library_versions, machine_info
+from wanrt.artifacts import machine_info
 from wanrt.engines.openvino.engine import cpu_info
-from wanrt.tools.bench_cpu_engines import log, measure_peaks, run_geometry, skipped_backends, write_results
+from wanrt.tools.bench_cpu_engines import (finish, header, log, measure_peaks, run_geometry, skipped_backends,
+                                           write_results)
 
 ONLY = ("ov fp32", "ov bf16", "ov int8", "ov w8a8")
 GEOMETRIES = [("small", None, ["17x128x224"]), ("wan2.1-i2v-14b", 1, ["5x128x224"])]
@@ -56,18 +55,15 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     skipped = skipped_backends()
-    results: dict[str, Any] = {
-        "command": " ".join(["python -m wanrt.tools.bench_w8a8", *(argv if argv is not None else sys.argv[1:])]),
-        "machine": {**machine_info(), "cpu_isa": cpu_info()["isa"]}, "versions": library_versions(),
-        "threads": args.threads, "load_average": list(os.getloadavg()), "skipped": skipped}
+    results = header("bench_w8a8", argv, machine={**machine_info(), "cpu_isa": cpu_info()["isa"]},
+                     threads=args.threads, skipped=skipped)
     log("peaks")
     results["peaks"] = measure_peaks(1024, 5120, 5120, skipped)
     results["backends"] = []
     for source, layers, shapes in GEOMETRIES:
         results["backends"] += run_geometry(source, layers, shapes, args.threads, args.repeats, results["peaks"],
                                             skipped, only=ONLY)
-    results["load_average_end"] = list(os.getloadavg())
-    results["seconds"] = time.perf_counter() - t0
+    finish(results, t0)
     write_results(args.out, "w8a8-cpu", results, render(results))
     return 0
 

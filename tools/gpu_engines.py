@@ -50,7 +50,7 @@ def run(args) -> dict[str, Any]:
     from wanrt.engines.trt.build import build_engine_from_onnx_dir
     from wanrt.engines.trt.engine_spec import EngineSpec
     from wanrt.engines.trt.flavour import gpu_info, installed_flavours, load_flavour
-    from wanrt.engines.trt.fp8 import Fp8Spec
+    from wanrt.engines.trt.fp8.quantize import Fp8Spec
     from wanrt.engines.trt.refit import base_weights_from_model, refit_loaded_engine, refit_weights
     from wanrt.engines.trt.engine import TRTEngine
     from wanrt.export.api import LoraSpec, export_model

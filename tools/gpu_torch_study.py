@@ -28,13 +28,12 @@ from typing import Any
 
 import torch
 
-from wanrt.artifacts import library_versions, machine_info
 from wanrt.dit_io import DitIO, ShapeRange, VideoShape
 from wanrt.export.api import LoraSpec
 from wanrt.export.model import ModelSpec
 from wanrt.runtime.backends import build_transformer
 from wanrt.runtime.flops import forward_flops, lora_branches
-from wanrt.tools.bench_cpu_engines import bootstrap_ci
+from wanrt.tools.bench_cpu_engines import bootstrap_ci, finish, header
 from wanrt.tools.cpu_cost_model import GPU_PEAKS, forward_ops, predict
 
 
@@ -106,11 +105,9 @@ def main(argv=None) -> int:
     spec = ModelSpec(args.model, layers=args.layers, dtype=dtype)
     t0 = time.perf_counter()
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    results: dict[str, Any] = {
-        "command": " ".join(["python -m wanrt.tools.gpu_torch_study", *(argv if argv is not None else sys.argv[1:])]),
-        "device": gpu or "cpu", "machine": machine_info(), "versions": library_versions(), "model": args.model,
-        "layers": args.layers, "shape": str(shape), "dtype": dtype, "rank": args.rank,
-        "tensorrt": "not measured (TensorRT is not in the lent image)"}
+    results = header("gpu_torch_study", argv, device=gpu or "cpu", model=args.model, layers=args.layers,
+                     shape=str(shape), dtype=dtype, rank=args.rank,
+                     tensorrt="not measured (TensorRT is not in the lent image)")
     models = {}
     for mode in ("merged", "separate"):
         model, _ = build_transformer(spec, LoraSpec(rank=args.rank, mode=mode))
@@ -155,7 +152,7 @@ def main(argv=None) -> int:
         results["cost_model"] = {"predicted_merged_s": pred, "measured_merged_s": eager, "ratio": eager / pred}
     else:
         results["cost_model"] = "no published peaks for this device in tools/cpu_cost_model.GPU_PEAKS"
-    results["seconds"] = time.perf_counter() - t0
+    finish(results, t0)
     args.out.mkdir(parents=True, exist_ok=True)
     name = (gpu or "cpu").replace(" ", "-").lower()
     path = args.out / f"gpu-torch-{name}.json"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wanrt.artifacts import machine_info, library_versions
+from wanrt.artifacts import library_versions
+from wanrt.tools.bench_cpu_engines import header
 
 
 def build_model(model_spec, lora_spec):
@@ -139,10 +139,9 @@ def main(argv=None) -> int:
         rows.append(row)
         print(f"{label:52s} rel {row['rel_err']:.3e}  {row['ms']:8.1f} ms  marked {row['marked_nodes']}", flush=True)
         del compiled, req, model
-    name = args.name or f"{manifest['specs']['model'].get('source', 'model')}-{args.shape}".replace("/", "_")
-    out = {"command": " ".join(["python -m wanrt.tools.ov_precision_study", *(argv or sys.argv[1:])]),
-           "machine": machine_info(), "versions": {**library_versions(), "openvino": ov.__version__},
-           "export": str(args.export_dir), "shape": args.shape, "threads": args.threads, "rows": rows}
+    name = args.name or f"{manifest.specs['model'].get('source', 'model')}-{args.shape}".replace("/", "_")
+    out = header("ov_precision_study", argv, versions={**library_versions(), "openvino": ov.__version__},
+                 export=str(args.export_dir), shape=args.shape, threads=args.threads, rows=rows)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"ov-precision-{name}.json"
     path.write_text(json.dumps(out, indent=1) + "\n")

@@ -5,12 +5,23 @@ from __future__ import annotations
 import sys
 import time
 
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 err_console = Console(stderr=True)
 # Tables are designed for 80 columns; piped output (CI logs, `| tee`) gets rich's 80, a terminal its own width.
 out_console = Console()
+
+
+def compact_table(title: str, columns: tuple[str, ...], right: tuple[str, ...] = (), **column) -> Table:
+    """A summary table sized for 80 columns: a rule under the header, one space between columns, the `right`
+    columns right-aligned (numbers)."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
+    for col in columns:
+        table.add_column(col, justify="right" if col in right else "left", **column)
+    return table
 
 
 class StepProgress:

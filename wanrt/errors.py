@@ -82,3 +82,12 @@ def os_error_line(e: OSError, action: str = "") -> str:
     reason = e.strerror or str(e) or type(e).__name__
     parts = [p for p in (action, str(where) if where else "") if p]
     return f"{': '.join(parts)}: {reason}" if parts else reason
+
+
+def first_line(e: BaseException) -> str:
+    """A library's reason in one line: the first non-empty line of its message, without C++ source locations
+    (OpenVINO's "Exception from src/...:" and "Check '...'" lines; decoders and pickle put several lines in one
+    message too), at most 160 characters."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    said = [ln for ln in lines if not ln.startswith(("Exception from ", "Check '"))] or lines
+    return (said[0] if said else type(e).__name__)[:160]

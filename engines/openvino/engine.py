@@ -51,7 +51,7 @@ from wanrt.engines.openvino.lora_form import DEFAULT_FORM, apply_form, check_for
 from wanrt.engines.onnx_dir import export_digests, onnx_initializer_info, read_onnx_dir
 from wanrt.engines.lora_swap import (SWAP_KIND, check_swappable, loaded_from_export, loaded_identity, record_swap,
                                     swap_section)
-from wanrt.errors import BadInputError, EngineError, MissingDependencyError
+from wanrt.errors import BadInputError, EngineError, MissingDependencyError, first_line
 from wanrt.manifests import EngineManifest, ExportManifest
 
 BLOB_NAME = "model.blob"
@@ -194,7 +194,7 @@ def read_with_lora_inputs(core, onnx_path: Path, lora_names: list[str]):
     try:
         model = core.read_model(str(onnx_path))
     except RuntimeError as e:  # a damaged or foreign file: OpenVINO's parser says why in its first line
-        raise BadInputError(f"{onnx_path}: OpenVINO cannot read it ({_first_line(e)}); re-export it with "
+        raise BadInputError(f"{onnx_path}: OpenVINO cannot read it ({first_line(e)}); re-export it with "
                             f"`wanrt export`") from None
     wanted = set(lora_names)
     params, defaults = [], {}
@@ -484,15 +484,8 @@ class OvEngine:
         try:
             self.request.infer()
         except RuntimeError as e:  # e.g. a shape outside what the engine was compiled for
-            raise EngineError(f"{self.dir}: OpenVINO inference failed ({_first_line(e)})") from None
+            raise EngineError(f"{self.dir}: OpenVINO inference failed ({first_line(e)})") from None
         return self.request.get_output_tensor(0).data.copy()
-
-
-def _first_line(e: BaseException) -> str:
-    """OpenVINO's reason without its C++ source locations ("Exception from src/...:" lines)."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    said = [ln for ln in lines if not ln.startswith(("Exception from ", "Check '"))] or lines
-    return (said[0] if said else type(e).__name__)[:160]
 
 
 def _check_inputs(engine_dir: Path, manifest: EngineManifest, compiled, time_compiled) -> None:

@@ -29,7 +29,7 @@ activations. The quantized node list goes into the manifest.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -59,29 +59,15 @@ def _producers(node) -> list:
     return [i.get_source_output().get_node() for i in node.inputs()]
 
 
-def forward_cone(starts: Iterable) -> dict[str, Any]:
+def cone(starts: Iterable, step: Callable[[Any], list]) -> dict[str, Any]:
+    """Every node reachable from `starts` by `step` (_consumers: downstream, _producers: upstream), by key."""
     seen: dict[str, Any] = {}
     stack = list(starts)
     while stack:
         n = stack.pop()
-        k = _key(n)
-        if k in seen:
-            continue
-        seen[k] = n
-        stack.extend(_consumers(n))
-    return seen
-
-
-def backward_cone(starts: Iterable, stop: set[str] | None = None) -> dict[str, Any]:
-    seen: dict[str, Any] = {}
-    stack = list(starts)
-    while stack:
-        n = stack.pop()
-        k = _key(n)
-        if k in seen or (stop and k in stop):
-            continue
-        seen[k] = n
-        stack.extend(_producers(n))
+        if _key(n) not in seen:
+            seen[_key(n)] = n
+            stack.extend(step(n))
     return seen
 
 
@@ -89,8 +75,8 @@ def node_groups(model, lora_names: Iterable[str] = ()) -> dict[str, dict[str, An
     """{group: {node key: node}} for GROUPS (see module docstring)."""
     params = {p.get_friendly_name(): p for p in model.get_parameters()}
     ops = list(model.get_ops())
-    video = forward_cone([params[n] for n in VIDEO_INPUTS if n in params])
-    time_cone = forward_cone([params["timestep"]]) if "timestep" in params else {}
+    video = cone([params[n] for n in VIDEO_INPUTS if n in params], _consumers)
+    time_cone = cone([params["timestep"]], _consumers) if "timestep" in params else {}
     groups: dict[str, dict[str, Any]] = {g: {} for g in GROUPS}
     groups["time"] = {k: n for k, n in time_cone.items() if k not in video and n.get_type_name() != "Result"}
     # rope: the tables are computed from shapes (ShapeOf/Range) into Sin/Cos; keep what feeds and follows them up to
@@ -98,9 +84,9 @@ def node_groups(model, lora_names: Iterable[str] = ()) -> dict[str, dict[str, An
     trig = [n for n in ops if n.get_type_name() in ("Sin", "Cos")]
     rope_tables = {}
     for n in trig:
-        rope_tables.update({k: v for k, v in backward_cone([n]).items() if v.get_type_name() != "Constant"
+        rope_tables.update({k: v for k, v in cone([n], _producers).items() if v.get_type_name() != "Constant"
                             and v.get_type_name() != "Parameter"})
-    for k, n in forward_cone(trig).items():
+    for k, n in cone(trig, _consumers).items():
         if k not in video:
             rope_tables[k] = n
     groups["rope"] = {k: n for k, n in rope_tables.items() if k not in groups["time"]}
@@ -154,8 +140,8 @@ def split_time_path(model):
     params = {p.get_friendly_name(): p for p in model.get_parameters()}
     if "timestep" not in params:
         return model, None
-    video = forward_cone([params[n] for n in VIDEO_INPUTS if n in params])
-    time_nodes = {k: n for k, n in forward_cone([params["timestep"]]).items() if k not in video}
+    video = cone([params[n] for n in VIDEO_INPUTS if n in params], _consumers)
+    time_nodes = {k: n for k, n in cone([params["timestep"]], _consumers).items() if k not in video}
     boundary = []
     for node in time_nodes.values():
         for out in node.outputs():
@@ -266,7 +252,7 @@ def quantized_matmuls(model) -> list[str]:
     for n in model.get_ops():
         if n.get_type_name() != "MatMul":
             continue
-        for src in backward_cone([_producers(n)[1]]).values():
+        for src in cone([_producers(n)[1]], _producers).values():
             is_int8 = src.get_output_element_type(0).get_type_name() in ("i8", "u8")
             if src.get_type_name() == "Constant" and is_int8:
                 out.append(n.get_friendly_name())
@@ -282,8 +268,8 @@ def linear_matmuls(model) -> list:
     for n in model.get_ops():
         if n.get_type_name() != "MatMul":
             continue
-        cone = backward_cone([_producers(n)[1]])
-        if not any(c.get_type_name() == "Parameter" for c in cone.values()):
+        upstream = cone([_producers(n)[1]], _producers)
+        if not any(c.get_type_name() == "Parameter" for c in upstream.values()):
             out.append(n)
     return out
 

@@ -34,7 +34,7 @@ from wanrt.artifacts import (MANIFEST_NAME, atomic_output_dir, build_manifest, c
                              write_manifest)
 from wanrt.engines.cache import EngineCache, engine_cache_dir, same_engine
 from wanrt.engines.trt.engine_spec import ENGINE_KIND, PLAN_NAME, EngineSpec
-from wanrt.engines.trt.fp8 import quantize_fp8
+from wanrt.engines.trt.fp8.quantize import quantize_fp8
 from wanrt.engines.lora_swap import loaded_from_export
 from wanrt.engines.trt.network import Configured, build_serialized_engine, configure, network_io
 from wanrt.engines.trt.resolve import ResolvedBuild, cpu_build_blocker, prepare

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from wanrt.engines.trt.fp8 import Fp8Spec
+from wanrt.engines.trt.fp8.quantize import Fp8Spec
 
 PLAN_NAME = "engine.plan"  # the serialized TensorRT engine ("plan" in TensorRT's own words), and only that
 ENGINE_KIND = "engine"

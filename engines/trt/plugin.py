@@ -78,7 +78,7 @@ class TensorRTFlavour(LazyHooks):
     def spec(self, kw: dict[str, Any]) -> EngineSpec:
         """`wanrt build` / `wanrt export --engine` options -> EngineSpec (flavour stays as asked: auto picks later)."""
         from wanrt.engines.trt.engine_spec import EngineSpec  # onnx + torch (its FP8 part): loaded when a build runs
-        from wanrt.engines.trt.fp8 import Fp8Spec  # the same
+        from wanrt.engines.trt.fp8.quantize import Fp8Spec  # the same
 
         ccs = tuple(c.strip() for c in (kw.get("compute_capability") or "").split(",") if c.strip())
         for cc in ccs:

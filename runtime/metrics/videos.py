@@ -13,16 +13,10 @@ from typing import Iterator
 
 import numpy as np
 
-from wanrt.errors import BadInputError, MissingDependencyError
+from wanrt.errors import BadInputError, MissingDependencyError, first_line
 
 VIDEO_EXTS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi"}
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
-
-
-def _first_line(e: BaseException) -> str:
-    """Decoders (PIL, imageio, ffmpeg) put several lines in one message; a bad input is one line."""
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return lines[0] if lines else type(e).__name__
 
 
 def natural_key(path: Path) -> list:
@@ -57,7 +51,7 @@ def _read_frames_dir(path: Path, max_frames: int | None) -> np.ndarray:
         try:
             im = np.asarray(iio.imread(f))
         except Exception as e:  # noqa: BLE001 - any decoder failure is a bad input
-            raise BadInputError(f"{f}: cannot read image ({_first_line(e)})") from None
+            raise BadInputError(f"{f}: cannot read image ({first_line(e)})") from None
         if im.dtype != np.uint8:
             raise BadInputError(f"{f}: {im.dtype} image; only 8-bit frames are supported")
         if im.ndim == 2:
@@ -86,7 +80,7 @@ def _read_video_file(path: Path, max_frames: int | None) -> np.ndarray:
                 break
         reader.close()
     except (OSError, RuntimeError, StopIteration) as e:
-        raise BadInputError(f"{path}: cannot decode video ({_first_line(e)})") from None
+        raise BadInputError(f"{path}: cannot decode video ({first_line(e)})") from None
     if not frames:
         raise BadInputError(f"{path}: no frames decoded")
     return np.stack(frames)

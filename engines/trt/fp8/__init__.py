@@ -20,18 +20,3 @@ Modules: graph (ONNX plumbing, the float32 twin), selection (which MatMuls), cal
 ranges, error check), qdq (wanrt's Q/DQ pass, simulation, transplant), modelopt (ModelOpt as the inserter),
 quantize (`quantize_fp8`, `Fp8Spec`).
 """
-
-from wanrt.engines.trt.fp8.calibration import (calibrate_amax, calibration_session, load_calibration_set,
-                                           random_calibration, relative_errors)
-from wanrt.engines.trt.fp8.graph import graph_dtype, load_model, save_model, widen_model_to_fp32
-from wanrt.engines.trt.fp8.modelopt import modelopt_available
-from wanrt.engines.trt.fp8.qdq import FP8_MAX, insert_qdq, make_simulatable, transplant_qdq
-from wanrt.engines.trt.fp8.quantize import DEFAULT_TOLERANCE, FP8_BACKENDS, Fp8Spec, quantize_fp8, resolve_backend
-from wanrt.engines.trt.fp8.selection import block_count, parse_keep_blocks, select_matmuls, weight_source
-
-__all__ = [
-    "DEFAULT_TOLERANCE", "FP8_BACKENDS", "FP8_MAX", "Fp8Spec", "block_count", "calibrate_amax", "calibration_session",
-    "graph_dtype", "insert_qdq", "load_calibration_set", "load_model", "make_simulatable", "modelopt_available",
-    "parse_keep_blocks", "quantize_fp8", "random_calibration", "relative_errors", "resolve_backend", "save_model",
-    "select_matmuls", "transplant_qdq", "weight_source", "widen_model_to_fp32",
-]
