@@ -204,6 +204,8 @@ def _bench_experts(spec, kw) -> None:
 
     spec = replace(spec, ranks=spec.ranks if kw["ranks"] else (16,),
                    modes=spec.modes if kw["lora_modes"] else ("separate",))
+    if kw["resume"]:
+        raise BadInputError("--resume: a two-expert bench is one point; run it again with --force")
     resident = kw["experts_resident"]
     out = kw["output"] or default_output(spec) + ("-one" if resident == "one" else "")
     results = run_experts_bench(spec, resident, out_dir=out, force=kw["force"],

@@ -60,3 +60,13 @@ def test_bench_reports_each_expert_the_whole_video_and_the_reload(tmp_path):
     report = (out / "report.md").read_text()
     assert "## Whole video per schedule" in report and "| eager | distill-4step | 2/2 |" in report
     assert "resident one" in res.output and "expert loads" in res.output
+
+
+def test_a_two_expert_bench_refuses_a_sweep_in_one_line_and_writes_nothing(tmp_path):
+    for flags, why in ((["--ranks", "4,8"], "runs one LoRA configuration"),
+                       (["--video-quality"], "--video-quality and --reference finetuned are for one-transformer"),
+                       (["--batch", "2"], "--batch 1")):
+        res = CliRunner().invoke(cli, ["bench", "--model", "tiny-wan2.2", *flags, "-o", str(tmp_path / "out")])
+        assert res.exit_code == 2 and why in res.output and not (tmp_path / "out").exists(), res.output
+    res = CliRunner().invoke(cli, ["bench", "--model", "tiny", "--experts-resident", "one", "-o", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "for Wan2.2's two experts" in res.output and not (tmp_path / "o").exists()

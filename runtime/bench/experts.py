@@ -69,6 +69,9 @@ def run_experts_bench(spec: BenchSpec, resident: str = "both", out_dir: str | Pa
         check_output_dir(out_dir, force, kind="bench")
     if spec.batch != 1:
         raise BadInputError("a two-expert bench times batch-1 forwards (diffusers runs CFG as two calls): --batch 1")
+    if spec.video_quality or spec.reference != "eager":
+        raise BadInputError("a two-expert bench compares each expert with eager fp32; --video-quality and "
+                            "--reference finetuned are for one-transformer models")
     device = torch.device(spec.device)
     if spec.threads:
         torch.set_num_threads(spec.threads)
