@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -14,7 +15,8 @@ from wanrt.runtime.backend_names import Backend
 from wanrt.console import err_console, out_console
 from wanrt.errors import BadInputError
 from wanrt.commands.flags import deprecated_option, deprecation_line
-from wanrt.commands.options import SEED, FiniteFloat, device_options, model_options, run_dtype_option
+from wanrt.commands.options import (SEED, FiniteFloat, device_options, experts_resident_option, model_options,
+                                    run_dtype_option)
 from wanrt.parse import parse_int_list
 
 BACKEND_CHOICES = Backend.values()
@@ -120,6 +122,7 @@ def runs_table(results: dict) -> Table:
 @click.option("--artifact", "artifact", type=click.Path(file_okay=False), default=None,
               help="A prebuilt ONNX export (ort) or engine directory (trt) to time (single point only).")
 @deprecated_option("--engine", "--artifact", "artifact", type=click.Path(file_okay=False))
+@experts_resident_option
 @click.option("--cuda-graph", is_flag=True, help="TensorRT: capture a CUDA graph per shape.")
 @click.option("--precision", type=click.Choice(registry.precision_choices()), default=None,
               help="Precision of the engine backends (each flavour refuses one it does not build here).  "
@@ -170,6 +173,10 @@ def bench(**kw):
         compile_mode=kw["compile_mode"], engine_dir=kw["artifact"], interleave=kw["interleave"],
         retries=kw["retries"], settle_s=kw["settle"], peak_size=kw["peak_size"], reference=kw["reference"],
         finetuned=kw["finetuned"])
+    if _two_experts(kw):
+        return _bench_experts(spec, kw)
+    if kw["experts_resident"] != "both":
+        raise BadInputError("--experts-resident one: for Wan2.2's two experts (a two-expert --model or --artifact)")
     kw["output"] = kw["output"] or default_output(spec)
     results = run_bench(spec, out_dir=kw["output"], force=kw["force"],
                         artifacts_dir=Path(kw["cache_dir"]) if kw["cache_dir"] else None,
@@ -180,6 +187,47 @@ def bench(**kw):
     out_console.print(f"wrote {kw['output']}/results.json, report.md and plots "
                       f"({len(results['payload']['runs'])} runs, {len(s['not_equal_quality'])} not equal quality, "
                       f"{len(s['failed'])} failed/disabled)", highlight=False, soft_wrap=True)
+
+
+def _two_experts(kw) -> bool:
+    from wanrt.export.model import ModelSpec, model_experts
+    from wanrt.runtime.experts import is_experts_artifact
+
+    return is_experts_artifact(kw["artifact"]) or bool(model_experts(ModelSpec(kw["model"], layers=kw["layers"])).names)
+
+
+def _bench_experts(spec, kw) -> None:
+    """Wan2.2's two experts: one LoRA configuration (rank 16, separate unless the flags say), every backend."""
+    from wanrt.artifacts import command_line
+    from wanrt.runtime.bench.experts import run_experts_bench
+    from wanrt.runtime.bench.spec import default_output
+
+    spec = replace(spec, ranks=spec.ranks if kw["ranks"] else (16,),
+                   modes=spec.modes if kw["lora_modes"] else ("separate",))
+    if kw["resume"]:
+        raise BadInputError("--resume: a two-expert bench is one point; run it again with --force")
+    resident = kw["experts_resident"]
+    out = kw["output"] or default_output(spec) + ("-one" if resident == "one" else "")
+    results = run_experts_bench(spec, resident, out_dir=out, force=kw["force"],
+                                cache_dir=Path(kw["cache_dir"]) if kw["cache_dir"] else None,
+                                command=command_line(), say=lambda m: err_console.print(f"[dim]{m}[/dim]"))
+    table = Table(title=f"wanrt bench: two experts, resident {resident}", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("backend", "expert", "fwd ms", "rel err", "loads", "reload s"):
+        table.add_column(col, justify="left" if col in ("backend", "expert") else "right")
+    for r in results["payload"]["runs"]:
+        for e, x in r["experts"].items():
+            q = x["quality"]
+            table.add_row(r["backend"], e, f"{x['latency']['forward']['median_ms']:,.1f}",
+                          "-" if q is None else f"{q['rel_err_max']:.1e}", str(x["loads"]["n"]),
+                          "-" if x["reload_s"] is None else f"{x['reload_s']:.2f}")
+    out_console.print(table)
+    for r in results["payload"]["runs"]:
+        v = r["per_video"]
+        out_console.print(f"{r['backend']}: " + "; ".join(
+            f"{name} {x['video_s']:.2f} s per video (high {x['forwards']['high']} + low {x['forwards']['low']} "
+            f"forwards, {x['loads_per_video']} expert loads, {x['reload_s']:.2f} s)" for name, x in v.items()),
+            highlight=False, soft_wrap=True)
+    out_console.print(f"wrote {out}/results.json and report.md", highlight=False)
 
 
 STUDY = {"model": "small", "ranks": "4,8,16,64", "lora_modes": "merged,separate,full",

@@ -6,9 +6,8 @@ import click
 
 from wanrt.commands.flags import deprecated_option
 from wanrt.commands.options import (FINITE_FLOAT, SEED, FiniteFloat, Text, backend_option, device_options,
-                                    lora_options, lora_spec_from_kwargs, lora_specs_by_expert, model_options,
-                                    model_spec_from_kwargs,
-                                    run_dtype_option)
+                                    experts_resident_option, lora_options, lora_spec_from_kwargs,
+                                    lora_specs_by_expert, model_options, model_spec_from_kwargs, run_dtype_option)
 from wanrt.console import err_console, out_console
 from wanrt.errors import BadInputError
 from wanrt.export.presets import PRESETS
@@ -56,6 +55,7 @@ def _single_rank(kw) -> int | None:
 @click.option("--noise-seed", type=SEED, default=0, show_default=True, help="Seed of the initial noise.")
 @click.option("--fps", type=click.IntRange(1), default=16, show_default=True)
 @device_options
+@experts_resident_option
 @click.option("--cuda-graph", is_flag=True, help="TensorRT: capture a CUDA graph per shape.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Output .mp4.")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
@@ -75,17 +75,25 @@ def generate(**kw):
     model_spec = model_spec_from_kwargs(kw)
     # Wan2.2: an experts artifact, or a two-expert --model with a LoRA stack per expert (high:/low: prefixes)
     experts = () if is_experts_artifact(kw["artifact"]) else model_experts(model_spec).names
+    if kw["experts_resident"] != "both" and not (experts or is_experts_artifact(kw["artifact"])):
+        raise BadInputError("--experts-resident one: for Wan2.2's two experts (a two-expert --model or --artifact)")
     lora = {"expert_loras": lora_specs_by_expert(kw, experts, _single_rank(kw))} if experts else \
         {"lora_spec": None if is_experts_artifact(kw["artifact"]) else lora_spec_from_kwargs(kw, _single_rank(kw))}
     info = run(kw["image"], spec, kw["backend"], kw["output"], model_spec=model_spec, engine=kw["artifact"],
                device=kw["device"], pipeline=kw["pipeline"], force=kw["force"], threads=kw["threads"],
-               cuda_graph=kw["cuda_graph"], say=lambda m: err_console.print(f"[dim]{m}[/dim]"), **lora)
+               cuda_graph=kw["cuda_graph"], say=lambda m: err_console.print(f"[dim]{m}[/dim]"),
+               experts_resident=kw["experts_resident"], **lora)
     by_expert = info.get("dit_calls_by_expert")
     split = f": {', '.join(f'{e} {n}' for e, n in by_expert.items())}" if by_expert else ""
     out_console.print(f"wrote {info['output']}: {info['frames']} frames {info['height']}x{info['width']}, "
                       f"{info['dit_calls']} DiT calls{split} ({schedule.describe()}) with '{kw['backend']}' in "
                       f"{info['generate_s']:.1f} s",
                       highlight=False)
+    loads = info.get("expert_loads")
+    if loads:
+        each = ", ".join(f"{x['expert']} {x['seconds']:.2f} s" for x in loads["loads"])
+        out_console.print(f"expert loads: {loads['count']}, {loads['seconds']:.2f} s ({each}; resident: "
+                          f"{loads['resident']})", highlight=False)
     if kw["model"] in PRESETS and kw["pipeline"] is None:
         err_console.print(f"note: the '{kw['model']}' preset and the built-in pipeline have seeded random weights, "
                           "so the video is colour noise, not your prompt: it shows the pipeline runs end to end. "

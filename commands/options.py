@@ -179,6 +179,14 @@ device_options = option_group(
 )
 
 
+# Wan2.2's experts kept loaded: both up front, or one at a time (runtime/experts.RESIDENT; spelled here so that
+# --help does not import torch)
+experts_resident_option = click.option(
+    "--experts-resident", type=click.Choice(("both", "one")), default="both", show_default=True,
+    help="Wan2.2: keep both experts loaded, or one at a time (the open one is freed at the boundary step and the "
+         "other loaded: two loads per video, each counted and timed) where the memory budget holds only one.")
+
+
 def backend_option(default: str):
     """--backend, one of wanrt.choices.Backend (generate, and serve's per-replica backend)."""
     return click.option("--backend", type=click.Choice(Backend.values()), default=default, show_default=True,

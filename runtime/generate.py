@@ -14,7 +14,7 @@ from wanrt.dit_io import check_latent_range, check_video_shape
 from wanrt.artifacts import atomic_path, check_writable
 from wanrt.errors import BadInputError, StorageError, os_error_line
 from wanrt.runtime.backends import backend_from_specs
-from wanrt.runtime.experts import expert_pair, is_experts_artifact
+from wanrt.runtime.experts import ExpertPair, expert_pair, is_experts_artifact
 from wanrt.runtime.pipeline import build_pipeline, dit_calls, encode_mp4, run_pipeline
 from wanrt.runtime.schedule import Schedule
 
@@ -77,6 +77,7 @@ def generate_video(backend, image, spec: GenerateSpec, pipeline: str | None = No
         pipe = build_pipeline(backend, checkpoint=pipeline, seed=spec.seed, progress=progress)
     t1 = time.perf_counter()
     calls0 = dit_calls(pipe)
+    loads0 = len(backend.loader.loads) if isinstance(backend, ExpertPair) and backend.loader else 0
     frames, timesteps = run_pipeline(pipe, image, spec.prompt, spec.negative_prompt, frames=spec.frames,
                                      height=spec.height, width=spec.width, schedule=spec.schedule, seed=spec.seed)
     t2 = time.perf_counter()
@@ -85,6 +86,8 @@ def generate_video(backend, image, spec: GenerateSpec, pipeline: str | None = No
               "timesteps": timesteps, "schedule": spec.schedule.to_dict()}
     if len(calls) > 1:  # Wan2.2: the forwards each expert ran (the switch is at diffusers' boundary step)
         timing["dit_calls_by_expert"] = calls
+    if isinstance(backend, ExpertPair) and backend.loader:  # resident "one": the loads inside generate_s
+        timing["expert_loads_in_video"] = backend.loads(loads0)
     return frames, timing
 
 
@@ -92,9 +95,10 @@ def generate(image_path: str | os.PathLike, spec: GenerateSpec, backend_name: st
              model_spec=None, lora_spec=None, engine: str | None = None, device: str = "cpu",
              pipeline: str | None = None, force: bool = False, threads: int | None = None,
              cuda_graph: bool = False, say: Callable[[str], None] | None = None,
-             expert_loras: dict[str, Any] | None = None) -> dict[str, Any]:
+             expert_loras: dict[str, Any] | None = None, experts_resident: str = "both") -> dict[str, Any]:
     """The whole command: load image, make backend, run the pipeline, write the mp4 atomically. Wan2.2 (an
-    experts artifact as `engine`, or a two-expert model with `expert_loras` {expert: LoraSpec}): both experts."""
+    experts artifact as `engine`, or a two-expert model with `expert_loras` {expert: LoraSpec}): both experts,
+    kept loaded together or one at a time (`experts_resident`); `expert_loads` counts every load the command made."""
     output = Path(output)
     if output.suffix.lower() != ".mp4":
         raise BadInputError(f"-o {output}: the output is an .mp4 file")
@@ -108,7 +112,7 @@ def generate(image_path: str | os.PathLike, spec: GenerateSpec, backend_name: st
         torch.set_num_threads(threads)
     if expert_loras is not None or is_experts_artifact(engine):
         backend = expert_pair(backend_name, model_spec, expert_loras, artifact=engine, device=device,
-                              threads=threads, cuda_graph=cuda_graph, progress=say)
+                              threads=threads, cuda_graph=cuda_graph, progress=say, resident=experts_resident)
     else:
         backend = backend_from_specs(backend_name, model_spec, lora_spec, engine=engine, device=device,
                                      threads=threads, cuda_graph=cuda_graph, progress=say)
@@ -122,5 +126,6 @@ def generate(image_path: str | os.PathLike, spec: GenerateSpec, backend_name: st
         raise StorageError(os_error_line(e, "creating the output folder")) from None
     with atomic_path(output, keep_suffix=True) as tmp:
         encode_mp4(frames, tmp, fps=spec.fps)
+    loads = {"expert_loads": backend.loads()} if isinstance(backend, ExpertPair) and backend.loader else {}
     return {"output": str(output), "frames": int(frames.shape[0]), "height": int(frames.shape[1]),
-            "width": int(frames.shape[2]), "backend": backend.describe(), **timing}
+            "width": int(frames.shape[2]), "backend": backend.describe(), **timing, **loads}

@@ -122,7 +122,7 @@ def byte_tokenizer():
 
 
 def _tiny_components(text_dim: int, image_dim: int | None, seed: int = 0) -> dict[str, Any]:
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler
+    from diffusers import AutoencoderKLWan
     from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
     tokenizer = byte_tokenizer()
@@ -145,11 +145,33 @@ def _tiny_components(text_dim: int, image_dim: int | None, seed: int = 0) -> dic
             except ImportError:  # older transformers; importing the name there is what warns without torchvision
                 from transformers import CLIPImageProcessor as processor_cls
             image_processor = processor_cls(crop_size=224, size={"shortest_edge": 224})
-    # Wan 2.1 480p settings: UniPC on flow sigmas with shift 3
-    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
-                                        num_train_timesteps=1000, flow_shift=3.0)
-    return {"tokenizer": tokenizer, "text_encoder": text_encoder, "vae": vae, "scheduler": scheduler,
+    return {"tokenizer": tokenizer, "text_encoder": text_encoder, "vae": vae, "scheduler": tiny_scheduler(),
             "image_encoder": image_encoder, "image_processor": image_processor}
+
+
+def tiny_scheduler(shift: float = 3.0):
+    """The tiny pipeline's scheduler: Wan 2.1 480p settings, UniPC on flow sigmas with shift 3."""
+    from diffusers import UniPCMultistepScheduler
+
+    return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000,
+                                   flow_shift=shift)
+
+
+def expert_steps(schedule: Schedule, boundary_ratio: float, scheduler=None) -> dict[str, int]:
+    """Steps each of Wan2.2's experts runs for `schedule` on `scheduler` (default: the tiny pipeline's), as
+    WanImageToVideoPipeline splits them: high at timesteps >= boundary_ratio x num_train_timesteps, low after."""
+    probe = _probe(scheduled(scheduler or tiny_scheduler(), schedule))
+    probe.set_timesteps(schedule.steps)
+    high = int(sum(float(t) >= boundary_ratio * probe.config.num_train_timesteps for t in probe.timesteps))
+    return {"high": high, "low": len(probe.timesteps) - high}
+
+
+def _probe(scheduler):
+    """A fresh copy of `scheduler` (with the schedule's sigmas a `scheduled` copy carries), to set timesteps on."""
+    probe = type(scheduler).from_config(scheduler.config)
+    if isinstance(scheduler.set_timesteps, functools.partial):  # the schedule's sigmas ride on the partial
+        probe.set_timesteps = functools.partial(probe.set_timesteps, **scheduler.set_timesteps.keywords)
+    return probe
 
 
 def build_pipeline(backend, checkpoint: str | None = None, seed: int = 0, progress: bool = False):
@@ -249,9 +271,7 @@ def _check_distinct_timesteps(scheduler, schedule: Schedule) -> None:
     steps at a high shift the first ones collide (shift 3: from 334 steps, shift 5: from 201); its step index then
     starts one late and the last step fails an assertion after the whole run. Probed on a fresh copy, so the
     pipeline's own scheduler is untouched."""
-    probe = type(scheduler).from_config(scheduler.config)
-    if isinstance(scheduler.set_timesteps, functools.partial):  # the schedule's sigmas ride on the partial
-        probe.set_timesteps = functools.partial(probe.set_timesteps, **scheduler.set_timesteps.keywords)
+    probe = _probe(scheduler)
     probe.set_timesteps(schedule.steps)
     ts = [float(t) for t in probe.timesteps]
     repeated = sorted({t for t in ts if ts.count(t) > 1}, reverse=True)

@@ -305,3 +305,41 @@ def test_memory_and_step_split_behind_the_reported_predictions():
     got = activation_bytes(PRESETS["wan2.2-i2v-a14b"].config, L, batch=1, precision="bf16")
     assert got["peak_phase"] == "ffn" and got["bytes"] == want
     assert tool.high_steps(40, 5.0, 0.9) == 15 and tool.high_steps(20, 12.0, 0.875) == 13
+
+
+# ------------------------------------------------------------------------------------------------ 6. one resident
+def test_one_expert_resident_reproduces_both_with_one_backend_alive_and_two_loads_a_video(export22, tmp_path):
+    """ONNX Runtime fp32, 3 steps with CFG (the schedule crosses the boundary): with one expert resident the video
+    is the both-resident one within 1e-6, at most one expert backend is ever alive (weak references to every
+    backend the loader made: a closed but referenced one counts), and the loads are as runtime/experts.py states:
+    high when the pair is made, low at the boundary, then high and low again in every later video."""
+    from PIL import Image
+
+    from wanrt.runtime.experts import expert_pair
+    from wanrt.runtime.generate import GenerateSpec, generate_video
+
+    image = Image.new("RGB", (56, 40), (200, 80, 30))
+    spec = GenerateSpec(prompt="a fox", schedule=Schedule(steps=3, guidance=5.0), seed=3)
+    both = expert_pair("ort", artifact=export22)
+    want, timing = generate_video(both, image, spec)
+    assert both.loads()["count"] == 2 and both.loads()["peak_alive"] == 2 and timing["expert_loads_in_video"] == {
+        "resident": "both", "count": 0, "seconds": 0, "loads": [], "peak_alive": 2}
+    both.close()
+    one = expert_pair("ort", artifact=export22, resident="one")
+    assert [x["expert"] for x in one.loader.loads] == ["high"] and one.loader.alive() == 1
+    videos = [generate_video(one, image, spec) for _ in range(2)]
+    for got, t in videos:
+        assert _rel(got, want) <= 1e-6 and t["dit_calls_by_expert"] == timing["dit_calls_by_expert"]
+    assert [t["expert_loads_in_video"]["count"] for _, t in videos] == [1, 2]
+    loads = one.loads()
+    assert [x["expert"] for x in loads["loads"]] == ["high", "low", "high", "low"]
+    assert loads["peak_alive"] == 1 and all(x["seconds"] > 0 for x in loads["loads"])
+    one.close()
+    assert one.loader.alive() == 0
+    with pytest.raises(BadInputError, match="--experts-resident 'some'"):
+        expert_pair("ort", artifact=export22, resident="some")
+    image.save(tmp_path / "in.png")
+    res = CliRunner().invoke(cli, ["generate", "--backend", "ort", "--artifact", str(export22), "--image",
+                                   str(tmp_path / "in.png"), "--prompt", "fox", "--shape", "5x32x32", "--steps",
+                                   "3", "--experts-resident", "one", "-o", str(tmp_path / "v.mp4")])
+    assert res.exit_code == 0 and "expert loads: 2," in res.output and "resident: one" in res.output, res.output

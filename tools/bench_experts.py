@@ -46,6 +46,8 @@ from wanrt.manifests import EngineManifest, ExpertsManifest
 from wanrt.runtime.backends import EagerBackend, build_transformer
 from wanrt.runtime.bench.measure import rel_error
 from wanrt.runtime.experts import expert_pair
+from wanrt.runtime.pipeline import expert_steps
+from wanrt.runtime.schedule import Schedule
 from wanrt.tools import cpu_cost_model as cm
 from wanrt.tools.bench_cpu_engines import GATES, bootstrap_ci, feeds_for, log
 
@@ -124,7 +126,6 @@ def video(pair, shape: VideoShape, steps: int, forwards: dict[str, Any]) -> dict
     from PIL import Image
 
     from wanrt.runtime.generate import GenerateSpec, generate_video
-    from wanrt.runtime.schedule import Schedule
 
     spec = GenerateSpec(prompt="a red fox in the snow", frames=shape.frames, height=shape.height, width=shape.width,
                         schedule=Schedule(steps=steps, guidance=5.0), seed=0)
@@ -140,13 +141,9 @@ def video(pair, shape: VideoShape, steps: int, forwards: dict[str, Any]) -> dict
 
 # ------------------------------------------------------------------------------------------------ 5. predictions
 def high_steps(steps: int, shift: float, boundary_ratio: float) -> int:
-    """Steps diffusers runs on the high-noise expert: timesteps >= boundary x 1000 of UniPC's flow schedule."""
-    from diffusers import UniPCMultistepScheduler
-
-    s = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000,
-                                flow_shift=shift)
-    s.set_timesteps(steps)
-    return int((s.timesteps >= boundary_ratio * s.config.num_train_timesteps).sum())
+    """Steps diffusers runs on the high-noise expert: timesteps >= boundary x 1000 of UniPC's flow schedule (the
+    split `wanrt bench` makes, runtime/pipeline.expert_steps)."""
+    return expert_steps(Schedule(steps=steps, guidance=5.0, shift=shift), boundary_ratio)["high"]
 
 
 def parameters(config: dict[str, Any]) -> int:
