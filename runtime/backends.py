@@ -28,7 +28,7 @@ from wanrt.engines.onnx_dir import onnx_initializer_info, read_onnx_dir
 from wanrt.engines import registry
 from wanrt.engines.trt.acceptance import tensorrt_acceptance
 from wanrt.errors import BadInputError, EngineError, MissingDependencyError, WanrtError
-from wanrt.export.api import export_model, merge_entries_into, resolve_lora
+from wanrt.export.api import LoraSpec, export_model, merge_entries_into, resolve_lora
 from wanrt.export.lora import apply_lora, stack_loras
 from wanrt.export.model import load_transformer
 from wanrt.export.onnx_export import ExportSpec
@@ -486,6 +486,7 @@ def backend_from_specs(name: str, model_spec=None, lora_spec=None, engine: str |
     directory) or exports the specs once into the cache; trt loads `engine` (an engine directory)."""
     say = progress or (lambda _m: None)
     check_backend(name, device)
+    lora_spec = lora_spec if lora_spec is not None else LoraSpec()  # none given: the base model, on every path
     if REGISTRY[name].needs == "model":
         if engine is not None:
             raise BadInputError(f"--artifact is for backends ort/trt; '{name}' builds the model from --model")
