@@ -692,7 +692,10 @@ def save_lora_file(lora: LoraWeights, path: str | os.PathLike, format: str = "di
     metadata = {"format": "pt"}
     if format in ("diffusers", "peft"):
         cfg = peft_config_dict(lora)
-        metadata[METADATA_KEY] = jsonio.dumps(cfg, f"metadata {METADATA_KEY}", indent=2, sort_keys=True)
+        # a diffusers file's config is packed under its component, as pipeline.save_lora_weights writes it:
+        # load_lora_weights(path) reads only 'transformer.' keys (unprefixed, it failed with KeyError 'model_type')
+        packed = {f"{EXPERT_COMPONENTS['high']}.{k}": v for k, v in cfg.items()} if format == "diffusers" else cfg
+        metadata[METADATA_KEY] = jsonio.dumps(packed, f"metadata {METADATA_KEY}", indent=2, sort_keys=True)
     if format == "peft":
         path.mkdir(parents=True, exist_ok=True)
         _atomic_save(sd, path / "adapter_model.safetensors", metadata)

@@ -242,10 +242,8 @@ def _diffusers_reference(pipe, loras, strengths):
                                   scheduler=type(pipe.scheduler).from_config(pipe.scheduler.config),
                                   transformer=high, transformer_2=low, boundary_ratio=0.9)
     for name, into_2 in (("distill", False), ("style", False), ("low", True)):
-        # the state dict (diffusers' converters), not the path: wanrt writes a diffusers file's peft config
-        # unprefixed, which load_lora_weights' metadata path filters away ('transformer.' keys only)
-        state = WanImageToVideoPipeline.lora_state_dict(str(loras[name]))
-        ref.load_lora_weights(state, adapter_name=name, load_into_transformer_2=into_2)
+        # the path, as a user loads a file: diffusers' converters and the peft config from its metadata
+        ref.load_lora_weights(str(loras[name]), adapter_name=name, load_into_transformer_2=into_2)
     ref.transformer.set_adapters(["distill", "style"], weights=list(strengths[:2]))
     ref.transformer_2.set_adapters(["low"], weights=[strengths[2]])
     ref.set_progress_bar_config(disable=True)
