@@ -1,7 +1,7 @@
 """W8A8 int8 OpenVINO engines against weight-only int8, bf16/fp32 and eager fp32, in one interleaved run (issue 20).
 Writes w8a8-cpu.json and .md under -o.
 
-    python -m wanrt.tools.bench_w8a8 -o docs/results                   # ~6 min on 2 cores: small + the 14B slice
+    python -m wanrt.tools.bench_w8a8 -o docs/results     # ~3.5 min on 2 quiet cores: small + the 14B slice
 
 Per geometry: every backend built from the same rank-16 merged export, timed interleaved (tools/bench_cpu_engines's
 run_geometry), its error against eager fp32 gated (int8 and w8a8: 5e-2), and its rate against the matmul peak of
@@ -12,6 +12,7 @@ weight-only int8 against OpenVINO's FC with int8 weights. A precision this CPU l
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,12 @@ import torch
 
 from wanrt.artifacts import machine_info
 from wanrt.engines.openvino.engine import cpu_info
-from wanrt.tools.bench_cpu_engines import (finish, header, log, measure_peaks, run_geometry, skipped_backends,
-                                           write_results)
+from wanrt.tools.bench_cpu_engines import (bootstrap_ci, finish, header, log, measure_peaks, run_geometry,
+                                           skipped_backends, write_results)
 
 ONLY = ("ov fp32", "ov bf16", "ov int8", "ov w8a8")
-GEOMETRIES = [("small", None, ["17x128x224"]), ("wan2.1-i2v-14b", 1, ["5x128x224"])]
+# small at 560 tokens and the 14B one-block slice at 1,344 (21x224x256: 6 x 14 x 16 latent patches), the issue's sizes
+GEOMETRIES = [("small", None, ["17x128x224"]), ("wan2.1-i2v-14b", 1, ["21x224x256"])]
 
 
 def render(results: dict[str, Any]) -> str:
@@ -38,12 +40,31 @@ def render(results: dict[str, Any]) -> str:
         mfu = f"{r['mfu']:.0%} of {r['peak_kernel']}" if r.get("mfu") else "-"
         lines.append(f"| {r['geometry']} | {r['shape']} | {r['tokens']} | {r['backend']} | {r['median_s'] * 1e3:.1f} "
                      f"| {r['rel_err']:.1e} | {'pass' if r['passes_gate'] else 'FAIL'} | {r['tflops']:.2f} | {mfu} |")
+    lines += ["", "W8A8 speed-up, paired by round (the backends ran interleaved; 95% bootstrap CI of the mean "
+              "per-round ratio): " + "; ".join(_speedups(results["backends"]))]
     peaks = results["peaks"]
     lines += ["", "Kernel peaks in this run (TFLOP/s or TOP/s): " + ", ".join(
         f"{k} {v['tflops']:.2f}" for k, v in peaks.items() if isinstance(v, dict) and "tflops" in v)]
     if results["skipped"]:
         lines.append("Skipped: " + "; ".join(f"{k}: {v}" for k, v in results["skipped"].items()))
     return "\n".join(lines) + "\n"
+
+
+def _speedups(rows: list[dict[str, Any]]) -> list[str]:
+    """Per geometry, 'vs ov int8 1.40x [1.38, 1.42]': the other backend's time over w8a8's in the same round."""
+    out = []
+    for geometry in dict.fromkeys(r["geometry"] for r in rows):
+        by = {r["backend"]: r["samples_s"] for r in rows if r["geometry"] == geometry}
+        if "ov w8a8" not in by:
+            continue
+        parts = []
+        for other in ("ov int8", "ov bf16", "ov fp32", "eager fp32"):
+            if other in by:
+                ratios = [a / b for a, b in zip(by[other], by["ov w8a8"])]
+                lo, hi = bootstrap_ci(ratios)
+                parts.append(f"vs {other} {statistics.fmean(ratios):.2f}x [{lo:.2f}, {hi:.2f}]")
+        out.append(f"{geometry}: " + ", ".join(parts))
+    return out
 
 
 def main(argv=None) -> int:
