@@ -12,8 +12,16 @@ from wanrt.console import err_console, out_console
 from wanrt.errors import BadInputError
 from wanrt.export.presets import PRESETS
 from wanrt.parse import parse_int_list, parse_shape
+from wanrt.runtime.backend_names import VaeBackend
 from wanrt.runtime.schedule import RECIPES, resolve_schedule
 from wanrt.text import MAX_PROMPT_BYTES
+
+
+def stages_line(stages: dict[str, float], total_s: float) -> str:
+    """"stages: text 0.01 s, image 0.02 s, ... (total 1.23 s)": the keys of runtime/stages.STAGES, spoken."""
+    spoken = {"vae_encode": "vae-encode"}
+    parts = ", ".join(f"{spoken.get(k, k)} {v:.2f} s" for k, v in stages.items())
+    return f"stages: {parts} (total {total_s:.2f} s)"
 
 
 def _single_rank(kw) -> int | None:
@@ -54,6 +62,9 @@ def _single_rank(kw) -> int | None:
                                                                      for r in RECIPES.values()) + ".")
 @click.option("--noise-seed", type=SEED, default=0, show_default=True, help="Seed of the initial noise.")
 @click.option("--fps", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--vae-backend", type=click.Choice(VaeBackend.values()), default=VaeBackend.EAGER.value,
+              show_default=True, help="Where the VAE decode runs: diffusers' (eager), or the decoder exported once "
+                                      "into the cache (keyed by the VAE's config and weights) on that backend, fp32.")
 @device_options
 @experts_resident_option
 @click.option("--cuda-graph", is_flag=True, help="TensorRT: capture a CUDA graph per shape.")
@@ -82,13 +93,14 @@ def generate(**kw):
     info = run(kw["image"], spec, kw["backend"], kw["output"], model_spec=model_spec, engine=kw["artifact"],
                device=kw["device"], pipeline=kw["pipeline"], force=kw["force"], threads=kw["threads"],
                cuda_graph=kw["cuda_graph"], say=lambda m: err_console.print(f"[dim]{m}[/dim]"),
-               experts_resident=kw["experts_resident"], **lora)
+               experts_resident=kw["experts_resident"], vae_backend=kw["vae_backend"], **lora)
     by_expert = info.get("dit_calls_by_expert")
     split = f": {', '.join(f'{e} {n}' for e, n in by_expert.items())}" if by_expert else ""
     out_console.print(f"wrote {info['output']}: {info['frames']} frames {info['height']}x{info['width']}, "
                       f"{info['dit_calls']} DiT calls{split} ({schedule.describe()}) with '{kw['backend']}' in "
                       f"{info['generate_s']:.1f} s",
                       highlight=False)
+    out_console.print(stages_line(info["stages"], info["total_s"]), highlight=False)
     loads = info.get("expert_loads")
     if loads:
         each = ", ".join(f"{x['expert']} {x['seconds']:.2f} s" for x in loads["loads"])

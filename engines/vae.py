@@ -16,11 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
+from wanrt.engines.openvino import BACKEND as OV_BACKEND
 from wanrt.errors import BadInputError, MissingDependencyError
 from wanrt.io_contract import VAE_STRIDE
 from wanrt.manifests import VaeDecoderManifest
 
 VAE_BACKENDS = ("ort", "openvino")
+# the same sessions under the runtime backends' names (`wanrt generate --vae-backend`): ort, and OpenVINO's "ov"
+RUNTIME_BACKENDS = {"ort": "ort", OV_BACKEND: "openvino"}
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ SESSIONS = {"ort": _OrtSession, "openvino": _OvSession}
 
 class VaeDecoder:
     def __init__(self, export_dir: str | os.PathLike, backend: str = "ort", threads: int | None = None):
+        backend = RUNTIME_BACKENDS.get(backend, backend)
         if backend not in SESSIONS:
             raise BadInputError(f"VAE backend {backend!r}: choose one of {', '.join(VAE_BACKENDS)}", param="backend")
         export_dir = Path(export_dir)

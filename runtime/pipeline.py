@@ -33,6 +33,7 @@ from wanrt.errors import BadInputError, MissingDependencyError, ModelSourceError
 from wanrt.io_contract import VideoShape
 from wanrt.runtime.experts import ExpertPair
 from wanrt.runtime.schedule import Schedule
+from wanrt.runtime.stages import StageClock, timed_stages
 
 TINY_VAE = {"base_dim": 3, "z_dim": 16, "dim_mult": [1, 1, 1, 1], "num_res_blocks": 1,
             "temperal_downsample": [False, True, True]}
@@ -284,10 +285,11 @@ def _check_distinct_timesteps(scheduler, schedule: Schedule) -> None:
 
 def run_pipeline(pipe, image, prompt: str, negative_prompt: str = "", frames: int = 5, height: int = 32,
                  width: int = 32, schedule: Schedule = Schedule(steps=2, guidance=5.0), seed: int = 0,
-                 output_type: str = "np"):
+                 output_type: str = "np", clock: StageClock | None = None, vae_decode=None):
     """Generate one video; returns float frames [F, H, W, 3] in [0, 1] (numpy) and the timesteps the scheduler
     ran (read back from it); output_type "latent": the denoised latents [C, F, H, W] (torch) instead of frames.
-    Without CFG the negative prompt is not encoded: the pipeline never uses it."""
+    Without CFG the negative prompt is not encoded: the pipeline never uses it. `clock` collects the stages'
+    seconds (runtime/stages.py); `vae_decode` runs in place of `pipe.vae.decode` (a CompiledVaeDecode)."""
     from PIL import Image
 
     if not isinstance(image, Image.Image):
@@ -299,10 +301,12 @@ def run_pipeline(pipe, image, prompt: str, negative_prompt: str = "", frames: in
     latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(pipe.transformer.device)
     base = pipe.scheduler
     pipe.scheduler = scheduled(base, schedule)
+    clock = clock or StageClock()
     try:
-        with torch.inference_mode():
-            prompt_embeds = encode_prompt(pipe, prompt)
-            negative_embeds = encode_prompt(pipe, negative_prompt or "") if schedule.cfg else None
+        with torch.inference_mode(), timed_stages(pipe, clock, decode=vae_decode):
+            with clock.stage("text"):
+                prompt_embeds = encode_prompt(pipe, prompt)
+                negative_embeds = encode_prompt(pipe, negative_prompt or "") if schedule.cfg else None
             out = pipe(image=image, prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
                        height=height, width=width, num_frames=frames, num_inference_steps=schedule.steps,
                        guidance_scale=schedule.guidance, latents=latents,
