@@ -1,0 +1,82 @@
+"""`wanrt generate --vae-backend`: the tiny pipeline's video (5x32x32, 2 steps, CFG) with its VAE decode on the
+exported chunk graphs (ORT, OpenVINO) against diffusers' own decode of the same run, and the per-stage seconds.
+Gate, the VAE tests' (tests/test_vae.py): every frame's PSNR >= 35 dB and max |out - ref| / max |ref| <= 1e-4 on
+the [0, 1] frames (fp32 on both sides; only the decoder's arithmetic order differs)."""
+
+import functools
+import re
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from wanrt.commands.main import cli
+from wanrt.engines.vae import RUNTIME_BACKENDS
+from wanrt.export.api import LoraSpec
+from wanrt.export.model import ModelSpec
+from wanrt.runtime import backends as B
+from wanrt.runtime.generate import GenerateSpec, generate_video
+from wanrt.runtime.metrics.frames import psnr
+from wanrt.runtime.pipeline import build_pipeline
+from wanrt.runtime.schedule import Schedule
+from wanrt.runtime.stages import STAGES
+
+REL_ERR = 1e-4
+PSNR_DB = 35.0
+SPEC = GenerateSpec(prompt="a red fox in the snow", frames=5, height=32, width=32,
+                    schedule=Schedule(steps=2, guidance=5.0), seed=3)
+IMAGE = Image.fromarray((np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def run(cache):
+    """One eager tiny backend and pipeline (its parts seeded as the CLI's default --noise-seed 0 seeds them, so the
+    CLI test reuses the VAE export); the exports go to a private cache. Yields: VAE backend -> (frames, info)."""
+    backend = B.backend_from_specs("eager", ModelSpec("tiny"), LoraSpec())
+    pipe = build_pipeline(backend, seed=0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WANRT_CACHE_DIR", str(cache))
+        yield functools.cache(lambda vae_backend: generate_video(backend, IMAGE, SPEC, pipe=pipe,
+                                                                 vae_backend=vae_backend))
+
+
+@pytest.mark.parametrize("vae_backend", list(RUNTIME_BACKENDS))
+def test_compiled_vae_video_equals_eager(run, vae_backend):
+    ref, ref_info = run("eager")
+    out, info = run(vae_backend)
+    assert out.shape == ref.shape == (5, 32, 32, 3)
+    rel = float(np.abs(out - ref).max() / np.abs(ref).max())
+    assert rel <= REL_ERR and min(psnr(ref, out)) >= PSNR_DB, (rel, psnr(ref, out))
+    assert info["vae_backend"] == vae_backend and info["dit_calls"] == ref_info["dit_calls"] == 4
+    assert list(info["stages"]) == [s for s in STAGES if s != "mp4"]  # mp4: the command's, not the video's
+    assert sum(info["stages"].values()) <= info["generate_s"]
+
+
+def test_cli_prints_stages_summing_to_the_total(run, cache, tmp_path, monkeypatch):
+    run(list(RUNTIME_BACKENDS)[-1])  # the export this run finds in the cache
+    monkeypatch.setenv("WANRT_CACHE_DIR", str(cache))
+    IMAGE.save(tmp_path / "in.png")
+    res = CliRunner().invoke(cli, ["generate", "--image", str(tmp_path / "in.png"), "--prompt", "a fox", "--shape",
+                                   "5x32x32", "--vae-backend", list(RUNTIME_BACKENDS)[-1], "-o",
+                                   str(tmp_path / "out.mp4")])
+    assert res.exit_code == 0, res.output
+    assert "exporting the VAE decoder" not in res.output  # the cache key is the VAE's config and weights
+    line = re.search(r"stages: (.*?) \(total ([\d.]+) s\)", " ".join(res.output.split()))
+    assert line, res.output
+    stages = dict(re.findall(r"([a-z0-9-]+) ([\d.]+) s", line.group(1)))
+    assert list(stages) == [s.replace("_", "-") for s in STAGES]
+    assert sum(float(v) for v in stages.values()) <= float(line.group(2))
+    assert (tmp_path / "out.mp4").stat().st_size > 0
+
+
+def test_bad_vae_backend_is_one_line(tmp_path):
+    res = CliRunner().invoke(cli, ["generate", "--image", "x.png", "--prompt", "a", "--vae-backend", "tensorrt",
+                                   "-o", str(tmp_path / "o.mp4")])
+    assert res.exit_code == 2 and "--vae-backend" in res.output and "'tensorrt' is not one of" in res.output
+    assert not (tmp_path / "o.mp4").exists()
