@@ -13,6 +13,7 @@ it and runs its video processor after it, so the post-processing is diffusers' o
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from wanrt.artifacts import cache_root, spec_hash, writable_cache
 from wanrt.engines.vae import TileSpec, VaeDecoder
 from wanrt.export.vae import export_vae_decoder
 
+_UNSET = object()
 STAGES = ("text", "image", "vae_encode", "dit", "vae", "mp4")  # in the order a video goes through them
 
 
@@ -62,20 +64,22 @@ def vae_weights_key(vae) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(vae.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().to(torch.float32).contiguous().cpu().numpy().tobytes())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy())  # the buffer, not a copy
     config = {k: v for k, v in vae.config.items() if not k.startswith("_")}  # "_use_default_values": set order
     return spec_hash({"vae_config": config, "weights_sha256": digest.hexdigest()})
 
 
 def vae_export_dir(vae, cache_dir: Path | None = None, say: Callable[[str], None] = lambda _m: None) -> Path:
-    """The VAE decoder's export in wanrt's cache (exports/vae-KEY), exported there once. The export casts the VAE
-    to fp32 (the graphs' precision), so the pipeline's own `vae.encode` runs fp32 afterwards too."""
+    """The VAE decoder's export in wanrt's cache (exports/vae-KEY), exported there once. The graphs are fp32 CPU
+    ones: a VAE on another device or in another dtype is exported from an fp32 CPU copy, leaving the pipeline's as
+    it is (the export casts the VAE it is given to fp32)."""
     key = f"vae-{vae_weights_key(vae)}"
     out = (cache_dir or cache_root()) / "exports" / key
     if not (out / "manifest.json").is_file():
         out = writable_cache("exports", cache_dir) / key  # read-only cache: a temporary, with a warning
         say(f"exporting the VAE decoder to ONNX ({out})")
-        export_vae_decoder(vae, out, force=True)
+        on_cpu_fp32 = all(p.device.type == "cpu" and p.dtype == torch.float32 for p in vae.parameters())
+        export_vae_decoder(vae if on_cpu_fp32 else copy.deepcopy(vae).to("cpu", torch.float32), out, force=True)
     return out
 
 
@@ -89,7 +93,8 @@ class CompiledVaeDecode:
                              vae.tile_sample_stride_width) if getattr(vae, "use_tiling", False) else None
 
     def __call__(self, z: torch.Tensor, return_dict: bool = True):
-        video = torch.from_numpy(self.decoder.decode(z.detach().float().cpu().numpy(), tile=self.tile)).to(z.device)
+        video = torch.from_numpy(self.decoder.decode(z.detach().to("cpu", torch.float32).numpy(), tile=self.tile))
+        video = video.to(z.device)
         if return_dict:
             from diffusers.models.autoencoders.vae import DecoderOutput  # lazy: diffusers, a heavy import
 
@@ -119,11 +124,15 @@ def timed_stages(pipe, clock: StageClock, decode: Callable | None = None) -> Ite
     patched = [(pipe, "encode_image", clock.timed("image", pipe.encode_image)),
                (vae, "encode", clock.timed("vae_encode", vae.encode)), (vae, "decode", decode_after_loop),
                *[(t, "forward", first_forward(t.forward)) for t in transformers]]
+    before = [(obj, name, obj.__dict__.get(name, _UNSET)) for obj, name, _ in patched]
     for obj, name, fn in patched:
         object.__setattr__(obj, name, fn)
     try:
         yield
         clock.end_dit()  # output_type "latent": no decode ends the loop
     finally:
-        for obj, name, _ in patched:
-            obj.__dict__.pop(name, None)
+        for obj, name, was in before:  # an instance attribute someone else set comes back too
+            if was is _UNSET:
+                obj.__dict__.pop(name, None)
+            else:
+                object.__setattr__(obj, name, was)

@@ -3,16 +3,18 @@ exported chunk graphs (ORT, OpenVINO) against diffusers' own decode of the same 
 Gate, the VAE tests' (tests/test_vae.py): every frame's PSNR >= 35 dB and max |out - ref| / max |ref| <= 1e-4 on
 the [0, 1] frames (fp32 on both sides; only the decoder's arithmetic order differs)."""
 
+import copy
 import functools
 import re
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
 from wanrt.commands.main import cli
-from wanrt.engines.vae import RUNTIME_BACKENDS
+from wanrt.engines.vae import RUNTIME_BACKENDS, TileSpec, VaeDecoder
 from wanrt.export.api import LoraSpec
 from wanrt.export.model import ModelSpec
 from wanrt.runtime import backends as B
@@ -20,7 +22,7 @@ from wanrt.runtime.generate import GenerateSpec, generate_video
 from wanrt.runtime.metrics.frames import psnr
 from wanrt.runtime.pipeline import build_pipeline
 from wanrt.runtime.schedule import Schedule
-from wanrt.runtime.stages import STAGES
+from wanrt.runtime.stages import STAGES, CompiledVaeDecode, vae_export_dir
 
 REL_ERR = 1e-4
 PSNR_DB = 35.0
@@ -42,8 +44,10 @@ def run(cache):
     pipe = build_pipeline(backend, seed=0)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("WANRT_CACHE_DIR", str(cache))
-        yield functools.cache(lambda vae_backend: generate_video(backend, IMAGE, SPEC, pipe=pipe,
-                                                                 vae_backend=vae_backend))
+        frames = functools.cache(lambda vae_backend: generate_video(backend, IMAGE, SPEC, pipe=pipe,
+                                                                    vae_backend=vae_backend))
+        frames.pipe = pipe
+        yield frames
 
 
 @pytest.mark.parametrize("vae_backend", list(RUNTIME_BACKENDS))
@@ -80,3 +84,22 @@ def test_bad_vae_backend_is_one_line(tmp_path):
                                    "-o", str(tmp_path / "o.mp4")])
     assert res.exit_code == 2 and "--vae-backend" in res.output and "'tensorrt' is not one of" in res.output
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_tiled_vae_pipeline_decodes_tiled(run, cache):
+    """A VAE with tiling on (diffusers' `enable_tiling`) is decoded tiled with its own tile sizes: here 16 px tiles
+    at an 8 px stride over the 32x32 frames, against diffusers' tiled decode of the same latents."""
+    run("ort")  # the export, in the cache
+    vae = copy.deepcopy(run.pipe.vae)
+    vae.enable_tiling(tile_sample_min_height=16, tile_sample_min_width=16, tile_sample_stride_height=8,
+                      tile_sample_stride_width=8)
+    decode = CompiledVaeDecode(VaeDecoder(vae_export_dir(vae, cache), "ort"), vae)
+    assert decode.tile == TileSpec(16, 16, 8, 8)
+    z = torch.randn(1, 16, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = vae.decode(z, return_dict=False)[0]
+        untiled = copy.deepcopy(run.pipe.vae).decode(z, return_dict=False)[0]
+    out = decode(z, return_dict=False)[0]
+    assert out.shape == ref.shape == (1, 3, 5, 32, 32) and out.dtype == torch.float32
+    assert float((out - ref).abs().max() / ref.abs().max()) <= REL_ERR
+    assert float((untiled - ref).abs().max()) > 1e-3  # the tiles' blend is visible: the check can tell them apart
