@@ -182,3 +182,17 @@ def test_generate_cli(tmp_path, cache_dir, monkeypatch):
     assert res.exit_code == 2 and "--force" in res.output
     res = CliRunner().invoke(cli, [*args[:-2], "--shape", "6x48x64", "-o", str(tmp_path / "b.mp4")])
     assert res.exit_code == 2 and "4k+1" in res.output
+
+
+def test_no_lora_spec_is_the_base_model_on_the_export_path(cache_dir, inputs):
+    """`lora_spec=None` (what expert_pair passes for an expert without LoRA) exports the base model, the same
+    export as `LoraSpec()`: it reached the exporter as None and failed there with an AttributeError."""
+    one_layer = ModelSpec("tiny", layers=1)
+    none = B.backend_from_specs("ort", one_layer, None, cache_dir=cache_dir)
+    base = B.backend_from_specs("ort", one_layer, LoraSpec(), cache_dir=cache_dir)
+    eager = B.backend_from_specs("eager", one_layer, None)
+    try:
+        assert none.artifact == base.artifact  # one cache entry: the same spec
+        assert _rel(none(*inputs), eager(*inputs)) < 1e-4
+    finally:
+        none.close(), base.close()
