@@ -64,7 +64,7 @@ def vae_weights_key(vae) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(vae.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy())  # the buffer, not a copy
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy())  # no copy for a CPU fp32 VAE
     config = {k: v for k, v in vae.config.items() if not k.startswith("_")}  # "_use_default_values": set order
     return spec_hash({"vae_config": config, "weights_sha256": digest.hexdigest()})
 
