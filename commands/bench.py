@@ -12,6 +12,7 @@ from rich.table import Table
 from wanrt.choices import Reference
 from wanrt.engines import registry
 from wanrt.runtime.backend_names import Backend
+from wanrt.runtime.components import COMPONENTS
 from wanrt.console import err_console, out_console
 from wanrt.errors import BadInputError
 from wanrt.commands.flags import deprecated_option, deprecation_line
@@ -141,6 +142,15 @@ def runs_table(results: dict) -> Table:
                    "finds it]")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 @click.option("--resume", is_flag=True, help="Finish an interrupted run in OUTPUT (same command, plus --resume).")
+@click.option("--pipeline", "pipeline", default=None, metavar="RECIPES",
+              help="Whole videos instead of DiT steps: each recipe (distill-4step, wan-40step-cfg, or all) through "
+                   "the pipeline, per-stage seconds, eager vs each backend (its VAE decode too where it has one), "
+                   "at equal video quality. --repeats counts rounds of videos; one LoRA (default r16 merged).")
+@click.option("--components", type=click.Choice(sorted(COMPONENTS)), default="tiny", show_default=True,
+              help="--pipeline: the built-in pipeline's encoders and VAE: tiny, or wan2.1's real geometries (VAE, "
+                   "CLIP ViT-H/14, UMT5-XXL; 14B presets).")
+@click.option("--text-layers", type=click.IntRange(1), default=None,
+              help="--pipeline --components wan2.1: UMT5 layers to build (of 24; its time scales per layer).")
 def bench(**kw):
     """Benchmark backends over LoRA ranks x modes x targets, at equal quality against eager fp32.
 
@@ -174,7 +184,12 @@ def bench(**kw):
         retries=kw["retries"], settle_s=kw["settle"], peak_size=kw["peak_size"], reference=kw["reference"],
         finetuned=kw["finetuned"])
     if _two_experts(kw):
+        if kw["pipeline"]:
+            raise BadInputError("--pipeline on Wan2.2's two experts is not built yet: `wanrt generate` prints a "
+                                "two-expert video's stages")
         return _bench_experts(spec, kw)
+    if kw["pipeline"]:
+        return _bench_pipeline(spec, kw)
     if kw["experts_resident"] != "both":
         raise BadInputError("--experts-resident one: for Wan2.2's two experts (a two-expert --model or --artifact)")
     kw["output"] = kw["output"] or default_output(spec)
@@ -228,6 +243,42 @@ def _bench_experts(spec, kw) -> None:
             f"forwards, {x['loads_per_video']} expert loads, {x['reload_s']:.2f} s)" for name, x in v.items()),
             highlight=False, soft_wrap=True)
     out_console.print(f"wrote {out}/results.json and report.md", highlight=False)
+
+
+def _bench_pipeline(spec, kw) -> None:
+    """Whole videos per recipe and stage (runtime/bench/pipeline.py): one LoRA configuration, every backend."""
+    from wanrt.artifacts import command_line
+    from wanrt.runtime.bench.pipeline import parse_recipes, run_pipeline_bench
+    from wanrt.runtime.bench.spec import default_output
+    from wanrt.runtime.stages import STAGES
+
+    recipes = parse_recipes(kw["pipeline"])
+    spec = replace(spec, ranks=spec.ranks if kw["ranks"] else (16,),
+                   modes=spec.modes if kw["lora_modes"] else ("merged",))
+    if kw["resume"]:
+        raise BadInputError("--resume: a pipeline bench is one run; run it again with --force")
+    out = kw["output"] or default_output(spec) + "-pipeline"
+    results = run_pipeline_bench(spec, recipes, out_dir=out, force=kw["force"],
+                                 cache_dir=Path(kw["cache_dir"]) if kw["cache_dir"] else None,
+                                 command=command_line(), say=lambda m: err_console.print(f"[dim]{m}[/dim]"),
+                                 components=kw["components"], text_layers=kw["text_layers"])
+    p = results["payload"]
+    table = Table(title="wanrt bench --pipeline: seconds per video and stage (medians)", box=box.SIMPLE_HEAD,
+                  pad_edge=False, padding=(0, 1, 0, 0),
+                  caption="x: eager's video / the row's, paired per round. Stages: text, CLIP, VAE encode, DiT "
+                          "loop, VAE decode (on the row's backend where it has one: ort, ov)")
+    for col in ("recipe", "row", "video", "x", "text", "clip", "venc", "dit", "vdec", "quality"):
+        table.add_column(col, justify="left" if col in ("recipe", "row", "quality") else "right", no_wrap=True)
+    for name, s in p["schedules"].items():
+        for row, r in s["rows"].items():
+            q = r["quality"]
+            table.add_row(name, row, f"{r['video_s']['median']:.2f}",
+                          "-" if r["speedup"] is None else f"{r['speedup']['median']:.2f}x",
+                          *(f"{r['stages_s'][k]:.2f}" for k in STAGES[:-1]),  # mp4: none written
+                          "ref" if q is None else "; ".join(q["failures"]) or "equal")
+    out_console.print(table)
+    out_console.print(f"goal >= {p['goal']['target']}x on {p['goal']['schedule']}: {p['goal']['verdict']}; wrote "
+                      f"{out}/results.json and report.md", highlight=False, soft_wrap=True)
 
 
 STUDY = {"model": "small", "ranks": "4,8,16,64", "lora_modes": "merged,separate,full",

@@ -12,7 +12,7 @@ from wanrt.console import err_console, out_console
 from wanrt.errors import BadInputError
 from wanrt.export.presets import PRESETS
 from wanrt.parse import parse_int_list, parse_shape
-from wanrt.runtime.backend_names import VaeBackend
+from wanrt.runtime.backend_names import StageBackend
 from wanrt.runtime.schedule import RECIPES, resolve_schedule
 from wanrt.text import MAX_PROMPT_BYTES
 
@@ -62,9 +62,11 @@ def _single_rank(kw) -> int | None:
                                                                      for r in RECIPES.values()) + ".")
 @click.option("--noise-seed", type=SEED, default=0, show_default=True, help="Seed of the initial noise.")
 @click.option("--fps", type=click.IntRange(1), default=16, show_default=True)
-@click.option("--vae-backend", type=click.Choice(VaeBackend.values()), default=VaeBackend.EAGER.value,
-              show_default=True, help="Where the VAE decode runs: diffusers' (eager), or the decoder exported once "
-                                      "into the cache (keyed by the VAE's config and weights) on that backend, fp32.")
+@click.option("--vae-backend", type=click.Choice(StageBackend.values()), default=StageBackend.EAGER.value,
+              show_default=True, help="Where the VAE encode and decode run: diffusers' (eager), or the VAE exported "
+                                      "once into the cache (keyed by its config and weights) on that backend, fp32.")
+@click.option("--encoders-backend", type=click.Choice(StageBackend.values()), default=StageBackend.EAGER.value,
+              show_default=True, help="Where the text (UMT5) and image (CLIP) encoders run, as --vae-backend.")
 @device_options
 @experts_resident_option
 @click.option("--cuda-graph", is_flag=True, help="TensorRT: capture a CUDA graph per shape.")
@@ -93,7 +95,8 @@ def generate(**kw):
     info = run(kw["image"], spec, kw["backend"], kw["output"], model_spec=model_spec, engine=kw["artifact"],
                device=kw["device"], pipeline=kw["pipeline"], force=kw["force"], threads=kw["threads"],
                cuda_graph=kw["cuda_graph"], say=lambda m: err_console.print(f"[dim]{m}[/dim]"),
-               experts_resident=kw["experts_resident"], vae_backend=kw["vae_backend"], **lora)
+               experts_resident=kw["experts_resident"], vae_backend=kw["vae_backend"],
+               encoders_backend=kw["encoders_backend"], **lora)
     by_expert = info.get("dit_calls_by_expert")
     split = f": {', '.join(f'{e} {n}' for e, n in by_expert.items())}" if by_expert else ""
     out_console.print(f"wrote {info['output']}: {info['frames']} frames {info['height']}x{info['width']}, "

@@ -1,11 +1,13 @@
-"""Run the exported Wan VAE decoder (export/vae.py) on ORT or OpenVINO: diffusers' chunk loop and tiled decode.
+"""Run the exported Wan VAE (export/vae.py) on ORT or OpenVINO: diffusers' chunk loops and tiled decode.
 
 `VaeDecoder(dir, backend).decode(latents)` equals `AutoencoderKLWan.decode(latents).sample` (fp32): latent frame 0
 through first.onnx, every later frame through step.onnx with the cache the previous call returned, frames
 concatenated, then clamped to [-1, 1] (last, as diffusers does: after blending tiles). `tile=TileSpec(...)` decodes
 overlapping spatial tiles one after the other, each with its own cache, and blends them as diffusers'
 `tiled_decode` does (same tile sizes, strides and linear blend), so peak memory is bounded by the tile, not the
-frame. Both backends run fp32 (OpenVINO's CPU plugin is pinned to f32: on bf16-capable CPUs its default is bf16).
+frame. `VaeEncoder(dir, backend).encode(video)` is diffusers' untiled `_encode` the same way (frame 0, then 4 pixel
+frames a chunk), returning the moments diffusers wraps in its Gaussian. Both backends run fp32 (OpenVINO's CPU
+plugin is pinned to f32: on bf16-capable CPUs its default is bf16).
 """
 
 from __future__ import annotations
@@ -16,15 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from wanrt.engines.openvino import BACKEND as OV_BACKEND
-from wanrt.errors import BadInputError, MissingDependencyError
+from wanrt.engines.sessions import RUNTIME_BACKENDS, SESSIONS, STAGE_BACKENDS
+from wanrt.errors import BadInputError
 from wanrt.io_contract import VAE_STRIDE
-from wanrt.manifests import VaeDecoderManifest
-
-VAE_BACKENDS = ("ort", "openvino")
-# the same sessions under the runtime backends' names (`wanrt generate --vae-backend`): ort, and OpenVINO's "ov"
-RUNTIME_BACKENDS = {"ort": "ort", OV_BACKEND: "openvino"}
-
+from wanrt.manifests import VaeDecoderManifest, VaeEncoderManifest
 
 @dataclass(frozen=True)
 class TileSpec:
@@ -36,52 +33,54 @@ class TileSpec:
     stride_width: int = 192
 
 
-class _OrtSession:
-    def __init__(self, path: Path, threads: int | None):
-        import onnxruntime as ort  # lazy: optional backend
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        self.outputs = [o.name for o in self.sess.get_outputs()]
+class _ChunkGraphs:
+    """The first/step graph pair of an export (decoder or encoder), each on a session of `backend`."""
 
-    def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.sess.run(self.outputs, feeds)
+    MANIFEST: type[VaeDecoderManifest] = VaeDecoderManifest
 
-
-class _OvSession:
-    def __init__(self, path: Path, threads: int | None):
-        try:
-            import openvino as ov  # lazy: optional backend
-        except ImportError as e:
-            raise MissingDependencyError(f"the openvino VAE backend needs OpenVINO ({e})") from None
-        props = {"INFERENCE_PRECISION_HINT": "f32"}
-        if threads:
-            props["INFERENCE_NUM_THREADS"] = threads
-        self.compiled = ov.Core().compile_model(str(path), "CPU", props)
-        self.request = self.compiled.create_infer_request()
-        self.outputs = [o.get_any_name() for o in self.compiled.outputs]
-
-    def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        res = self.request.infer(feeds)
-        # copies: the request reuses its output buffers on the next call, and the caches are fed back into it
-        return [np.array(res[self.compiled.output(n)]) for n in self.outputs]
-
-
-SESSIONS = {"ort": _OrtSession, "openvino": _OvSession}
-
-
-class VaeDecoder:
     def __init__(self, export_dir: str | os.PathLike, backend: str = "ort", threads: int | None = None):
         backend = RUNTIME_BACKENDS.get(backend, backend)
         if backend not in SESSIONS:
-            raise BadInputError(f"VAE backend {backend!r}: choose one of {', '.join(VAE_BACKENDS)}", param="backend")
+            raise BadInputError(f"VAE backend {backend!r}: choose one of {', '.join(STAGE_BACKENDS)}",
+                                param="backend")
         export_dir = Path(export_dir)
-        manifest = VaeDecoderManifest.read(export_dir, check_files=True)  # every file's size and sha256 too
+        manifest = self.MANIFEST.read(export_dir, check_files=True)  # every file's size and sha256 too
         self.n_cache, self.z_dim = manifest.n_cache, manifest.z_dim
+        self.in_channels = manifest.vae_config.get("in_channels", 3)
         self.first = SESSIONS[backend](export_dir / manifest.first, threads)
         self.step = SESSIONS[backend](export_dir / manifest.step, threads)
         self.cache_in = [f"cache.in.{i}" for i in range(self.n_cache)]
+
+    def _run(self, name: str, chunks: list[np.ndarray]) -> np.ndarray:
+        """The chunk loop: the first chunk through first.onnx, each later one through step.onnx with the cache the
+        previous call returned; the outputs concatenated along time."""
+        out, *cache = self.first({name: chunks[0]})
+        outs = [out]
+        for chunk in chunks[1:]:
+            out, *cache = self.step({name: np.ascontiguousarray(chunk), **dict(zip(self.cache_in, cache, strict=True))})
+            outs.append(out)
+        return np.concatenate(outs, axis=2)
+
+
+class VaeEncoder(_ChunkGraphs):
+    """`encode(video)` equals diffusers' `AutoencoderKLWan._encode(video)` (untiled, fp32): the moments (mean and
+    log-variance, 2 x z_dim channels) of (B, 3, 1 + 4k, H, W) pixels in [-1, 1]."""
+
+    MANIFEST = VaeEncoderManifest
+
+    def encode(self, video) -> np.ndarray:
+        x = np.ascontiguousarray(np.asarray(video), dtype=np.float32)
+        if x.ndim != 5 or x.shape[1] != self.in_channels or (x.shape[2] - 1) % VAE_STRIDE[0]:
+            raise BadInputError(f"VAE encoder input must be (batch, {self.in_channels}, 1 + 4k frames, H, W), got "
+                                f"{tuple(x.shape)}", param="video")
+        return np.concatenate([self._encode_one(x[b:b + 1]) for b in range(x.shape[0])], axis=0)
+
+    def _encode_one(self, x: np.ndarray) -> np.ndarray:
+        """One sample: diffusers' `_encode` loop, pixel frame 0 and then 4 frames a chunk."""
+        return self._run("x", [x[:, :, :1]] + [x[:, :, i:i + VAE_STRIDE[0]] for i in range(1, x.shape[2], 4)])
+
+
+class VaeDecoder(_ChunkGraphs):
 
     def _check(self, z: np.ndarray) -> np.ndarray:
         if z.ndim != 5 or z.shape[1] != self.z_dim:
@@ -90,14 +89,8 @@ class VaeDecoder:
         return np.ascontiguousarray(z, dtype=np.float32)
 
     def _decode_one(self, z: np.ndarray) -> np.ndarray:
-        """One sample (batch 1), whole frame: diffusers' `_decode` loop."""
-        frames, *cache = self.first({"z": z[:, :, :1]})
-        out = [frames]
-        for i in range(1, z.shape[2]):
-            feeds = {"z": np.ascontiguousarray(z[:, :, i:i + 1]), **dict(zip(self.cache_in, cache, strict=True))}
-            frames, *cache = self.step(feeds)
-            out.append(frames)
-        return np.concatenate(out, axis=2)
+        """One sample (batch 1), whole frame: diffusers' `_decode` loop, one latent frame a chunk."""
+        return self._run("z", [z[:, :, i:i + 1] for i in range(z.shape[2])])
 
     def decode(self, latents, tile: TileSpec | None = None) -> np.ndarray:
         """(B, z_dim, T, h, w) latents -> (B, 3, 1 + 4(T-1), 8h, 8w) video in [-1, 1], float32 numpy."""

@@ -28,7 +28,8 @@ import torch
 
 from wanrt.artifacts import atomic_output_dir, build_manifest, write_manifest
 from wanrt.errors import BadInputError
-from wanrt.manifests import VaeDecoderManifest
+from wanrt.io_contract import VAE_STRIDE
+from wanrt.manifests import VaeDecoderManifest, VaeEncoderManifest
 
 FIRST_NAME = VaeDecoderManifest.first
 STEP_NAME = VaeDecoderManifest.step
@@ -108,6 +109,34 @@ class _StepChunk(torch.nn.Module):
         return (out, *feat[:len(cache)])
 
 
+def _uniform(cache: torch.Tensor) -> torch.Tensor:
+    """A cache entry as CACHE_FRAMES frames, zeros in front (what a causal conv's zero padding would supply)."""
+    if cache.shape[2] >= CACHE_FRAMES:
+        return cache
+    return torch.cat([torch.zeros_like(cache[:, :, :1])] * (CACHE_FRAMES - cache.shape[2]) + [cache], dim=2)
+
+
+class _EncodeChunk(torch.nn.Module):
+    """diffusers' `_encode` loop body: pixel frame 0 (first) or the next 4 (a step) and the cache -> the chunk's
+    moments (quant_conv applied: a 1x1x1 conv, so per chunk equals over the concatenation) and the next cache.
+
+    diffusers keeps 1-frame entries where a conv has seen one frame (every causal conv after frame 0; each temporal
+    downsampler, which keeps only its last input frame). Both graphs write every entry as 2 frames, zeros in front:
+    a causal conv pads a 1-frame cache with one zero frame, so [0, x] is the same window, a downsampler reads only
+    the last frame, and "prepend the last cached frame" reads the same frame from [0, x] as from [x]."""
+
+    def __init__(self, vae, first: bool):
+        super().__init__()
+        self.vae, self.first = vae, first
+        self.n = vae._cached_conv_counts["encoder"]
+
+    def forward(self, x, *cache):
+        feat = [None] * self.n if self.first else list(cache)
+        used = [0]
+        out = self.vae.quant_conv(self.vae.encoder(x, feat_cache=feat, feat_idx=used))
+        return (out, *[_uniform(c) for c in feat[:used[0]]])
+
+
 @contextlib.contextmanager
 def _nearest_upsampling(vae) -> Iterator[None]:
     """The TorchScript exporter has no `nearest-exact`; at diffusers' integer 2x scale it picks the same source
@@ -147,31 +176,49 @@ def export_vae_decoder(vae, out_dir: str | Path, latent_hw: tuple[int, int] = (8
     _check_supported(vae)
     vae = vae.eval().float()  # the graphs are fp32, as the parity reference is
     first, step = _FirstChunk(vae), _StepChunk(vae)
+    z = _dummy_latents(vae, *latent_hw)
     try:
-        return _export_graphs(vae, first, step, Path(out_dir), latent_hw, force)
+        return _export_graphs(vae, first, step, z[:, :, :1], z[:, :, 1:2], VaeDecoderManifest.KIND, Path(out_dir),
+                              latent_hw, force)
     finally:
         first.remove_hooks()
 
 
-def _export_graphs(vae, first: _FirstChunk, step: _StepChunk, out_dir: Path, latent_hw: tuple[int, int],
-                   force: bool) -> tuple[Path, VaeGeometry]:
-    z = _dummy_latents(vae, *latent_hw)
+def export_vae_encoder(vae, out_dir: str | Path, latent_hw: tuple[int, int] = (8, 8), force: bool = False,
+                       ) -> tuple[Path, VaeGeometry]:
+    """The encoder's first.onnx (pixel frame 0) and step.onnx (the next 4 pixel frames) and a manifest, as the
+    decoder's (`_EncodeChunk` says how its cache is made uniform). Returns the directory and cache layout."""
+    _check_supported(vae)
+    vae = vae.eval().float()
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, vae.config.in_channels, 5, *(VAE_STRIDE[1] * d for d in latent_hw), generator=g) * 2 - 1
+    return _export_graphs(vae, _EncodeChunk(vae, first=True), _EncodeChunk(vae, first=False), x[:, :, :1], x[:, :, 1:5],
+                          VaeEncoderManifest.KIND, Path(out_dir), latent_hw, force, input_name="x",
+                          output_name="moments")
+
+
+def _export_graphs(vae, first, step, first_in: torch.Tensor, step_in: torch.Tensor, kind: str, out_dir: Path,
+                   latent_hw: tuple[int, int], force: bool, input_name: str = "z", output_name: str = "frames",
+                   ) -> tuple[Path, VaeGeometry]:
     with torch.no_grad():
-        _, *cache = first(z[:, :, :1])
+        _, *cache = first(first_in)
     n = len(cache)
     geometry = VaeGeometry(z_dim=vae.config.z_dim, cache_shapes=tuple(tuple(c.shape) for c in cache))
     outs = cache_names(n, "out")
     with (atomic_output_dir(out_dir, force=force) as tmp, torch.no_grad(), warnings.catch_warnings(),
           _nearest_upsampling(vae)):
         warnings.simplefilter("ignore")  # tracer warnings on diffusers' shape-dependent Python branches (constant here)
-        torch.onnx.export(first, (z[:, :, :1],), tmp / FIRST_NAME, input_names=["z"], output_names=["frames", *outs],
-                          dynamic_axes=_dynamic_axes(["z"], ["frames", *outs]), opset_version=OPSET, dynamo=False)
+        torch.onnx.export(first, (first_in,), tmp / FIRST_NAME, input_names=[input_name],
+                          output_names=[output_name, *outs], dynamic_axes=_dynamic_axes([input_name],
+                                                                                        [output_name, *outs]),
+                          opset_version=OPSET, dynamo=False)
         ins = cache_names(n, "in")
-        torch.onnx.export(step, (z[:, :, 1:2], *cache), tmp / STEP_NAME, input_names=["z", *ins],
-                          output_names=["frames", *outs], dynamic_axes=_dynamic_axes(["z", *ins], ["frames", *outs]),
+        torch.onnx.export(step, (step_in, *cache), tmp / STEP_NAME, input_names=[input_name, *ins],
+                          output_names=[output_name, *outs],
+                          dynamic_axes=_dynamic_axes([input_name, *ins], [output_name, *outs]),
                           opset_version=OPSET, dynamo=False)
         payload = {"z_dim": geometry.z_dim, "n_cache": n,
                    "cache_shapes": [list(s) for s in geometry.cache_shapes], "trace_latent_hw": list(latent_hw),
                    "vae_config": dict(vae.config), "opset": OPSET}
-        write_manifest(tmp, build_manifest(VaeDecoderManifest.KIND, {"latent_hw": list(latent_hw)}, payload))
+        write_manifest(tmp, build_manifest(kind, {"latent_hw": list(latent_hw)}, payload))
     return out_dir, geometry

@@ -13,13 +13,15 @@ import torch
 from wanrt.dit_io import check_latent_range, check_video_shape
 from wanrt.artifacts import atomic_path, check_writable
 from wanrt.errors import BadInputError, StorageError, os_error_line
-from wanrt.engines.vae import VaeDecoder
-from wanrt.runtime.backend_names import VaeBackend
+from wanrt.engines.vae import VaeDecoder, VaeEncoder
+from wanrt.runtime.backend_names import StageBackend
 from wanrt.runtime.backends import backend_from_specs
 from wanrt.runtime.experts import ExpertPair, expert_pair, is_experts_artifact
 from wanrt.runtime.pipeline import build_pipeline, dit_calls, encode_mp4, run_pipeline
 from wanrt.runtime.schedule import Schedule
-from wanrt.runtime.stages import CompiledVaeDecode, StageClock, vae_export_dir
+from wanrt.runtime.encoders import CompiledImageEncode, CompiledTextEncoder, encoder_session
+from wanrt.runtime.stages import (CompiledStages, CompiledVaeDecode, CompiledVaeEncode, StageClock, vae_export_dir,
+                                  weights_key)
 
 
 @dataclass(frozen=True)
@@ -70,39 +72,59 @@ def check_shape(spec: GenerateSpec, backend) -> None:
     check_latent_range(shape, (getattr(backend, "shape_ranges", None) or {}).get("latent"))
 
 
-def compiled_vae_decode(pipe, vae_backend: str, threads: int | None = None,
-                        say: Callable[[str], None] | None = None) -> CompiledVaeDecode | None:
-    """None for diffusers' own decode ("eager"); else the pipeline VAE's decoder exported once into wanrt's cache
-    (keyed by its config and weights) and run on `vae_backend`'s session (engines/vae.py)."""
-    if VaeBackend.parse(vae_backend, "--vae-backend") == VaeBackend.EAGER:
+def compiled_stages(pipe, vae_backend: str = "eager", encoders_backend: str = "eager", threads: int | None = None,
+                    say: Callable[[str], None] | None = None) -> CompiledStages | None:
+    """None when every stage is diffusers' own ("eager"); else the VAE's decoder and encoder (`vae_backend`) and
+    the text and image encoders (`encoders_backend`) exported once into wanrt's cache (keyed by config and weights)
+    and run on that backend's sessions. A tiling VAE keeps diffusers' encode (the tiled encode is not exported);
+    its decode tiles on the graphs."""
+    vae_on = StageBackend.parse(vae_backend, "--vae-backend") != StageBackend.EAGER
+    enc_on = StageBackend.parse(encoders_backend, "--encoders-backend") != StageBackend.EAGER
+    if not (vae_on or enc_on):
         return None
-    export_dir = vae_export_dir(pipe.vae, say=say or (lambda _m: None))
-    return CompiledVaeDecode(VaeDecoder(export_dir, vae_backend, threads), pipe.vae)
+    say = say or (lambda _m: None)
+    parts: dict[str, Any] = {}
+    if vae_on:
+        key = weights_key(pipe.vae, dict(pipe.vae.config))
+        parts["vae_decode"] = CompiledVaeDecode(VaeDecoder(vae_export_dir(pipe.vae, say=say, key=key), vae_backend,
+                                                           threads), pipe.vae)
+        if not getattr(pipe.vae, "use_tiling", False):
+            parts["vae_encode"] = CompiledVaeEncode(VaeEncoder(vae_export_dir(pipe.vae, say=say, part="encoder",
+                                                                              key=key), vae_backend, threads))
+    if enc_on:
+        parts["text"] = CompiledTextEncoder(encoder_session("text", pipe.text_encoder, encoders_backend, threads,
+                                                            say=say))
+        if pipe.image_encoder is not None:
+            parts["image"] = CompiledImageEncode(encoder_session("image", pipe.image_encoder, encoders_backend,
+                                                                 threads, say=say), pipe.image_processor)
+    return CompiledStages(**parts)
 
 
 def generate_video(backend, image, spec: GenerateSpec, pipeline: str | None = None, pipe=None,
                    progress: bool = False, vae_backend: str = "eager", threads: int | None = None,
-                   say: Callable[[str], None] | None = None):
+                   say: Callable[[str], None] | None = None, encoders_backend: str = "eager"):
     """Frames [F, H, W, 3] float in [0, 1] (numpy) and what the run did: timings (`stages`: seconds per stage of
     the video, runtime/stages.py), the transformer calls it made (`dit_calls`, counted at the drop-in) and the
-    timesteps the scheduler ran. `pipe` reuses a built pipeline; `vae_backend` other than eager decodes through
-    the exported VAE decoder (its export and session load count in `pipeline_s`)."""
+    timesteps the scheduler ran. `pipe` reuses a built pipeline; `vae_backend` other than eager encodes the
+    conditioning frame and decodes through the exported VAE graphs, `encoders_backend` the text and image encoders
+    (exports and session loads count in `pipeline_s`)."""
     check_shape(spec, backend)
     t0 = time.perf_counter()
     if pipe is None:
         pipe = build_pipeline(backend, checkpoint=pipeline, seed=spec.seed, progress=progress)
-    decode = compiled_vae_decode(pipe, vae_backend, threads, say)
+    compiled = compiled_stages(pipe, vae_backend, encoders_backend, threads, say)
     t1 = time.perf_counter()
     calls0 = dit_calls(pipe)
     loads0 = len(backend.loader.loads) if isinstance(backend, ExpertPair) and backend.loader else 0
     clock = StageClock()
     frames, timesteps = run_pipeline(pipe, image, spec.prompt, spec.negative_prompt, frames=spec.frames,
                                      height=spec.height, width=spec.width, schedule=spec.schedule, seed=spec.seed,
-                                     clock=clock, vae_decode=decode)
+                                     clock=clock, compiled=compiled)
     t2 = time.perf_counter()
     calls = {k: n - calls0[k] for k, n in dit_calls(pipe).items()}
     timing = {"pipeline_s": t1 - t0, "generate_s": t2 - t1, "dit_calls": sum(calls.values()),
               "timesteps": timesteps, "schedule": spec.schedule.to_dict(), "vae_backend": vae_backend,
+              "encoders_backend": encoders_backend,
               "stages": clock.ordered()}
     if len(calls) > 1:  # Wan2.2: the forwards each expert ran (the switch is at diffusers' boundary step)
         timing["dit_calls_by_expert"] = calls
@@ -116,13 +138,14 @@ def generate(image_path: str | os.PathLike, spec: GenerateSpec, backend_name: st
              pipeline: str | None = None, force: bool = False, threads: int | None = None,
              cuda_graph: bool = False, say: Callable[[str], None] | None = None,
              expert_loras: dict[str, Any] | None = None, experts_resident: str = "both",
-             vae_backend: str = "eager") -> dict[str, Any]:
+             vae_backend: str = "eager", encoders_backend: str = "eager") -> dict[str, Any]:
     """The whole command: load image, make backend, run the pipeline, write the mp4 atomically. Wan2.2 (an
     experts artifact as `engine`, or a two-expert model with `expert_loras` {expert: LoraSpec}): both experts,
     kept loaded together or one at a time (`experts_resident`); `expert_loads` counts every load the command made.
     `stages` (seconds: text, image, vae_encode, dit, vae, mp4) sum to at most `total_s`, the whole command's time."""
     t0 = time.perf_counter()
-    VaeBackend.parse(vae_backend, "--vae-backend")  # before any work
+    StageBackend.parse(vae_backend, "--vae-backend")  # before any work
+    StageBackend.parse(encoders_backend, "--encoders-backend")
     output = Path(output)
     if output.suffix.lower() != ".mp4":
         raise BadInputError(f"-o {output}: the output is an .mp4 file")
@@ -142,7 +165,7 @@ def generate(image_path: str | os.PathLike, spec: GenerateSpec, backend_name: st
                                      threads=threads, cuda_graph=cuda_graph, progress=say)
     try:
         frames, timing = generate_video(backend, image, spec, pipeline=pipeline, vae_backend=vae_backend,
-                                        threads=threads, say=say)
+                                        threads=threads, say=say, encoders_backend=encoders_backend)
     finally:
         backend.close()
     try:

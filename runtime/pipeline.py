@@ -11,10 +11,11 @@ Wan2.2's two experts (an ExpertPair, runtime/experts.py): the high one becomes `
 `pipe.transformer_2`, and `boundary_ratio` is set in the pipeline's config, so diffusers switches at its own boundary
 step; a one-transformer backend leaves both None. `expand_timesteps` stays False (Wan2.2's 5B TI2V is not covered).
 
-The tiny pipeline (`build_pipeline` with no checkpoint) builds every other component inline from seeded random
-weights sized to the transformer's text/image dims: AutoencoderKLWan (diffusers' test geometry), a byte-level
-tokenizer + UMT5 encoder, a CLIP ViT (224 px, patch 14 -> 257 image tokens) with its processor, and the Wan
-UniPC flow scheduler. Nothing is downloaded, so `wanrt generate` runs end to end on CPU for any preset.
+The built-in pipeline (`build_pipeline` with no checkpoint) builds every other component inline from seeded random
+weights (runtime/components.py: tiny ones sized to the transformer's text/image dims, or Wan2.1's real geometries):
+AutoencoderKLWan, a byte-level tokenizer + UMT5 encoder, a CLIP ViT (224 px, patch 14 -> 257 image tokens) with
+its processor, and the Wan UniPC flow scheduler. Nothing is downloaded, so `wanrt generate` runs end to end on CPU
+for any preset.
 """
 
 from __future__ import annotations
@@ -31,13 +32,10 @@ import torch
 
 from wanrt.errors import BadInputError, MissingDependencyError, ModelSourceError
 from wanrt.io_contract import VideoShape
+from wanrt.runtime.components import build_components, tiny_scheduler
 from wanrt.runtime.experts import ExpertPair
 from wanrt.runtime.schedule import Schedule
-from wanrt.runtime.stages import StageClock, timed_stages
-
-TINY_VAE = {"base_dim": 3, "z_dim": 16, "dim_mult": [1, 1, 1, 1], "num_res_blocks": 1,
-            "temperal_downsample": [False, True, True]}
-
+from wanrt.runtime.stages import CompiledStages, StageClock, timed_stages
 
 class BackendTransformer(torch.nn.Module):
     """Makes any Backend look like `WanTransformer3DModel` to the pipeline (see module docstring)."""
@@ -103,61 +101,6 @@ def dit_calls(pipe) -> dict[str, int]:
     return {"high": pipe.transformer.calls, "low": low.calls}
 
 
-# ------------------------------------------------------------------------------------------------ tiny parts
-def byte_tokenizer():
-    """A T5-style tokenizer built inline: one token per UTF-8 byte, `</s>` appended, `<pad>` = 0."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
-    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
-        vocab[ch] = len(vocab)
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        pre_tokenizers.Split("", "isolated"),
-    ])
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-                                   model_max_length=512)
-
-
-def _tiny_components(text_dim: int, image_dim: int | None, seed: int = 0) -> dict[str, Any]:
-    from diffusers import AutoencoderKLWan
-    from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
-
-    tokenizer = byte_tokenizer()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        vae = AutoencoderKLWan(**TINY_VAE).eval()
-        heads = 2
-        text_encoder = UMT5EncoderModel(UMT5Config(
-            vocab_size=len(tokenizer), d_model=text_dim, d_kv=max(8, text_dim // heads), d_ff=2 * text_dim,
-            num_layers=1, num_heads=heads, relative_attention_num_buckets=8, relative_attention_max_distance=32,
-            pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)).eval()
-        image_encoder = image_processor = None
-        if image_dim is not None:
-            image_encoder = CLIPVisionModel(CLIPVisionConfig(
-                hidden_size=image_dim, intermediate_size=2 * image_dim, num_hidden_layers=2,
-                num_attention_heads=2 if image_dim % 2 == 0 else 1, image_size=224, patch_size=14,
-                projection_dim=image_dim)).eval()
-            try:  # the PIL processor: same output, no torchvision needed
-                from transformers import CLIPImageProcessorPil as processor_cls
-            except ImportError:  # older transformers; importing the name there is what warns without torchvision
-                from transformers import CLIPImageProcessor as processor_cls
-            image_processor = processor_cls(crop_size=224, size={"shortest_edge": 224})
-    return {"tokenizer": tokenizer, "text_encoder": text_encoder, "vae": vae, "scheduler": tiny_scheduler(),
-            "image_encoder": image_encoder, "image_processor": image_processor}
-
-
-def tiny_scheduler(shift: float = 3.0):
-    """The tiny pipeline's scheduler: Wan 2.1 480p settings, UniPC on flow sigmas with shift 3."""
-    from diffusers import UniPCMultistepScheduler
-
-    return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000,
-                                   flow_shift=shift)
-
-
 def expert_steps(schedule: Schedule, boundary_ratio: float, scheduler=None) -> dict[str, int]:
     """Steps each of Wan2.2's experts runs for `schedule` on `scheduler` (default: the tiny pipeline's), as
     WanImageToVideoPipeline splits them: high at timesteps >= boundary_ratio x num_train_timesteps, low after."""
@@ -175,10 +118,12 @@ def _probe(scheduler):
     return probe
 
 
-def build_pipeline(backend, checkpoint: str | None = None, seed: int = 0, progress: bool = False):
+def build_pipeline(backend, checkpoint: str | None = None, seed: int = 0, progress: bool = False,
+                   components: str = "tiny", text_layers: int | None = None):
     """A WanImageToVideoPipeline whose transformer is `backend` (an ExpertPair: both of Wan2.2's experts).
 
-    checkpoint None: the tiny pipeline (components built inline, sized to the backend's text/image dims).
+    checkpoint None: the built-in pipeline, its other parts from seeded weights (runtime/components.py): `tiny`
+    sized to the backend's text/image dims, or `wan2.1`'s real geometries (UMT5 sliced to `text_layers`).
     Otherwise a diffusers Wan I2V pipeline directory or hub id: its scheduler, VAE and encoders are loaded in
     float32 (text encoder and CLIP in the backend's dtype on GPU) and its own transformers are never loaded.
     """
@@ -189,7 +134,8 @@ def build_pipeline(backend, checkpoint: str | None = None, seed: int = 0, progre
         text_dim, image_dim = config.get("text_dim"), config.get("image_dim")
         if text_dim is None:
             raise BadInputError("the backend does not say its text_dim (manifest geometry missing)")
-        parts = _tiny_components(int(text_dim), None if image_dim is None else int(image_dim), seed)
+        parts = build_components(int(text_dim), None if image_dim is None else int(image_dim), seed, components,
+                                 text_layers)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             pipe = WanImageToVideoPipeline(transformer=None, **parts)
@@ -224,16 +170,18 @@ def _clean_prompt(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def encode_prompt(pipe, prompt: str, max_sequence_length: int = 512) -> torch.Tensor:
+def encode_prompt(pipe, prompt: str, max_sequence_length: int = 512, text_encoder=None) -> torch.Tensor:
     """UMT5 embeddings exactly as the pipeline makes them ([1, 512, text_dim], zero past the prompt's length),
-    without requiring ftfy (diffusers' Wan pipelines import it only when installed, then call it)."""
+    without requiring ftfy (diffusers' Wan pipelines import it only when installed, then call it). `text_encoder`:
+    a drop-in for `pipe.text_encoder` (runtime/encoders.CompiledTextEncoder)."""
     inputs = pipe.tokenizer([_clean_prompt(prompt)], padding="max_length", max_length=max_sequence_length,
                             truncation=True, add_special_tokens=True, return_attention_mask=True,
                             return_tensors="pt")
     ids, mask = inputs.input_ids, inputs.attention_mask
-    device = next(pipe.text_encoder.parameters()).device
+    encoder = text_encoder or pipe.text_encoder
+    device = text_encoder.device if text_encoder is not None else next(pipe.text_encoder.parameters()).device
     with torch.inference_mode():
-        hidden = pipe.text_encoder(ids.to(device), mask.to(device)).last_hidden_state
+        hidden = encoder(ids.to(device), mask.to(device)).last_hidden_state
     length = int(mask.gt(0).sum())
     out = torch.zeros_like(hidden)
     out[:, :length] = hidden[:, :length]
@@ -285,11 +233,11 @@ def _check_distinct_timesteps(scheduler, schedule: Schedule) -> None:
 
 def run_pipeline(pipe, image, prompt: str, negative_prompt: str = "", frames: int = 5, height: int = 32,
                  width: int = 32, schedule: Schedule = Schedule(steps=2, guidance=5.0), seed: int = 0,
-                 output_type: str = "np", clock: StageClock | None = None, vae_decode=None):
+                 output_type: str = "np", clock: StageClock | None = None, compiled: CompiledStages | None = None):
     """Generate one video; returns float frames [F, H, W, 3] in [0, 1] (numpy) and the timesteps the scheduler
     ran (read back from it); output_type "latent": the denoised latents [C, F, H, W] (torch) instead of frames.
     Without CFG the negative prompt is not encoded: the pipeline never uses it. `clock` collects the stages'
-    seconds (runtime/stages.py); `vae_decode` runs in place of `pipe.vae.decode` (a CompiledVaeDecode)."""
+    seconds (runtime/stages.py); `compiled`'s drop-ins run in place of the pipeline's calls (runtime/stages.py)."""
     from PIL import Image
 
     if not isinstance(image, Image.Image):
@@ -303,10 +251,12 @@ def run_pipeline(pipe, image, prompt: str, negative_prompt: str = "", frames: in
     pipe.scheduler = scheduled(base, schedule)
     clock = clock or StageClock()
     try:
-        with torch.inference_mode(), timed_stages(pipe, clock, decode=vae_decode):
+        with torch.inference_mode(), timed_stages(pipe, clock, compiled):
             with clock.stage("text"):
-                prompt_embeds = encode_prompt(pipe, prompt)
-                negative_embeds = encode_prompt(pipe, negative_prompt or "") if schedule.cfg else None
+                text = compiled.text if compiled else None
+                prompt_embeds = encode_prompt(pipe, prompt, text_encoder=text)
+                negative_embeds = encode_prompt(pipe, negative_prompt or "", text_encoder=text) if schedule.cfg \
+                    else None
             out = pipe(image=image, prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
                        height=height, width=width, num_frames=frames, num_inference_steps=schedule.steps,
                        guidance_scale=schedule.guidance, latents=latents,

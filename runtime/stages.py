@@ -1,4 +1,4 @@
-"""Per-stage seconds of one pipeline run, and the compiled VAE decoder as a drop-in for `pipe.vae.decode`.
+"""Per-stage seconds of one pipeline run, and the compiled stages as drop-ins for the pipeline's calls.
 
 Stages are timed at the calls WanImageToVideoPipeline already makes, by wrapping them on the instance for one run
 (restored after): `encode_image` (CLIP), `vae.encode` (the conditioning frame), the DiT's denoise loop (from the
@@ -6,8 +6,9 @@ first transformer forward to the start of the VAE decode: every step's forwards 
 latents' de-normalisation, a few element-wise ops) and `vae.decode`. The text encoder and the mp4 writer are wanrt's
 own calls, timed where they are made (runtime/pipeline.run_pipeline, runtime/generate.generate).
 
-The compiled decode replaces only `vae.decode`: diffusers still de-normalises the latents (latents_mean/std) before
-it and runs its video processor after it, so the post-processing is diffusers' own on either backend.
+The compiled stages replace only those calls: diffusers still normalises the encoded latents and de-normalises them
+(latents_mean/std) before the decode, prepares the image for CLIP and the prompt's tokens, and runs its video
+processor after the decode, so pre- and post-processing are diffusers' own on every backend.
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ import copy
 import hashlib
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from wanrt.artifacts import cache_root, spec_hash, writable_cache
-from wanrt.engines.vae import TileSpec, VaeDecoder
-from wanrt.export.vae import export_vae_decoder
+from wanrt.engines.vae import TileSpec, VaeDecoder, VaeEncoder
+from wanrt.export.vae import export_vae_decoder, export_vae_encoder
 
 _UNSET = object()
 STAGES = ("text", "image", "vae_encode", "dit", "vae", "mp4")  # in the order a video goes through them
@@ -59,28 +62,40 @@ class StageClock:
         return {k: self.seconds[k] for k in STAGES if k in self.seconds}
 
 
-def vae_weights_key(vae) -> str:
-    """The cache key of a VAE's export: its config and the sha256 of its weights (fp32, as the graphs are)."""
+def weights_key(module, config: dict[str, Any]) -> str:
+    """The cache key of a module's export: its config and the sha256 of its weights (fp32, as the graphs are)."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(vae.state_dict().items()):
+    for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy())  # no copy for a CPU fp32 VAE
-    config = {k: v for k, v in vae.config.items() if not k.startswith("_")}  # "_use_default_values": set order
-    return spec_hash({"vae_config": config, "weights_sha256": digest.hexdigest()})
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy())  # no copy for CPU fp32 weights
+    config = {k: v for k, v in config.items() if not k.startswith("_")}  # "_use_default_values": set order
+    return spec_hash({"config": config, "weights_sha256": digest.hexdigest()})
 
 
-def vae_export_dir(vae, cache_dir: Path | None = None, say: Callable[[str], None] = lambda _m: None) -> Path:
-    """The VAE decoder's export in wanrt's cache (exports/vae-KEY), exported there once. The graphs are fp32 CPU
-    ones: a VAE on another device or in another dtype is exported from an fp32 CPU copy, leaving the pipeline's as
-    it is (the export casts the VAE it is given to fp32)."""
-    key = f"vae-{vae_weights_key(vae)}"
-    out = (cache_dir or cache_root()) / "exports" / key
+def cached_export(module, name: str, what: str, export: Callable[[Any, Path], Any], cache_dir: Path | None = None,
+                  say: Callable[[str], None] = lambda _m: None) -> Path:
+    """exports/NAME in wanrt's cache, made once by `export(module, dir)`. The graphs are fp32 CPU ones: a module on
+    another device or in another dtype is exported from an fp32 CPU copy, leaving the pipeline's as it is."""
+    out = (cache_dir or cache_root()) / "exports" / name
     if not (out / "manifest.json").is_file():
-        out = writable_cache("exports", cache_dir) / key  # read-only cache: a temporary, with a warning
-        say(f"exporting the VAE decoder to ONNX ({out})")
-        on_cpu_fp32 = all(p.device.type == "cpu" and p.dtype == torch.float32 for p in vae.parameters())
-        export_vae_decoder(vae if on_cpu_fp32 else copy.deepcopy(vae).to("cpu", torch.float32), out, force=True)
+        out = writable_cache("exports", cache_dir) / name  # read-only cache: a temporary, with a warning
+        say(f"exporting the {what} to ONNX ({out})")
+        on_cpu_fp32 = all(p.device.type == "cpu" and p.dtype == torch.float32 for p in module.parameters())
+        export(module if on_cpu_fp32 else copy.deepcopy(module).to("cpu", torch.float32), out)
     return out
+
+
+VAE_PARTS = {"decoder": ("vae", export_vae_decoder), "encoder": ("vae-enc", export_vae_encoder)}  # cache prefix
+
+
+def vae_export_dir(vae, cache_dir: Path | None = None, say: Callable[[str], None] = lambda _m: None,
+                   part: str = "decoder", key: str | None = None) -> Path:
+    """The VAE decoder's (or encoder's) export in wanrt's cache (exports/vae-KEY, vae-enc-KEY); `key`:
+    weights_key of the VAE, when the caller has it (hashing the real VAE's weights takes a second)."""
+    prefix, export = VAE_PARTS[part]
+    key = key or weights_key(vae, dict(vae.config))
+    return cached_export(vae, f"{prefix}-{key}", f"VAE {part}", lambda m, out: export(m, out, force=True),
+                         cache_dir, say)
 
 
 class CompiledVaeDecode:
@@ -102,12 +117,43 @@ class CompiledVaeDecode:
         return (video,)
 
 
+class CompiledVaeEncode:
+    """`vae.encode(video)` on a VaeEncoder, returning diffusers' own output type around the moments (so the
+    pipeline's `retrieve_latents(..., "argmax")` takes their mean as it does from diffusers' encode). Untiled only:
+    a tiling VAE's encode stays diffusers' (runtime/generate.compiled_stages)."""
+
+    def __init__(self, encoder: VaeEncoder):
+        self.encoder = encoder
+
+    def __call__(self, x: torch.Tensor, return_dict: bool = True):
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution  # lazy: diffusers, a heavy import
+        from diffusers.models.modeling_outputs import AutoencoderKLOutput
+
+        moments = torch.from_numpy(self.encoder.encode(x.detach().to("cpu", torch.float32).numpy())).to(x.device)
+        posterior = DiagonalGaussianDistribution(moments.to(x.dtype))
+        return AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
+
+
+@dataclass(frozen=True)
+class CompiledStages:
+    """Drop-ins for the pipeline's calls, each None where diffusers' own runs: the VAE's decode and encode
+    (`vae_encode` None also for a tiling VAE, whose tiled encode is not exported), CLIP's `encode_image` and the
+    text encoder wanrt's `encode_prompt` calls (runtime/encoders.py)."""
+
+    vae_decode: Callable | None = None
+    vae_encode: Callable | None = None
+    image: Callable | None = None
+    text: Callable | None = None
+
+
 @contextlib.contextmanager
-def timed_stages(pipe, clock: StageClock, decode: Callable | None = None) -> Iterator[None]:
-    """Within: the pipeline's CLIP encode, VAE encode, DiT loop and VAE decode timed into `clock`; `decode`, when
-    given, runs in place of `pipe.vae.decode`. The instance attributes are removed after (the methods come back)."""
-    vae = pipe.vae
-    decode = decode or vae.decode  # the bound method, taken before the instance attribute shadows it
+def timed_stages(pipe, clock: StageClock, compiled: CompiledStages | None = None) -> Iterator[None]:
+    """Within: the pipeline's CLIP encode, VAE encode, DiT loop and VAE decode timed into `clock`, each drop-in of
+    `compiled` in place of its call. The instance attributes are removed after (the methods come back)."""
+    vae, compiled = pipe.vae, compiled or CompiledStages()
+    decode = compiled.vae_decode or vae.decode  # bound methods, taken before the instance attributes shadow them
+    encode = compiled.vae_encode or vae.encode
+    encode_image = compiled.image or pipe.encode_image
     transformers = [t for t in (pipe.transformer, getattr(pipe, "transformer_2", None)) if t is not None]
 
     def first_forward(fn):
@@ -121,8 +167,8 @@ def timed_stages(pipe, clock: StageClock, decode: Callable | None = None) -> Ite
         clock.end_dit()
         return clock.timed("vae", decode)(*args, **kwargs)
 
-    patched = [(pipe, "encode_image", clock.timed("image", pipe.encode_image)),
-               (vae, "encode", clock.timed("vae_encode", vae.encode)), (vae, "decode", decode_after_loop),
+    patched = [(pipe, "encode_image", clock.timed("image", encode_image)),
+               (vae, "encode", clock.timed("vae_encode", encode)), (vae, "decode", decode_after_loop),
                *[(t, "forward", first_forward(t.forward)) for t in transformers]]
     before = [(obj, name, obj.__dict__.get(name, _UNSET)) for obj, name, _ in patched]
     for obj, name, fn in patched:

@@ -6,6 +6,7 @@ the [0, 1] frames (fp32 on both sides; only the decoder's arithmetic order diffe
 import copy
 import functools
 import re
+import types
 
 import numpy as np
 import pytest
@@ -14,15 +15,16 @@ from click.testing import CliRunner
 from PIL import Image
 
 from wanrt.commands.main import cli
-from wanrt.engines.vae import RUNTIME_BACKENDS, TileSpec, VaeDecoder
+from wanrt.engines.sessions import RUNTIME_BACKENDS
+from wanrt.engines.vae import TileSpec, VaeDecoder
 from wanrt.export.api import LoraSpec
 from wanrt.export.model import ModelSpec
 from wanrt.runtime import backends as B
-from wanrt.runtime.generate import GenerateSpec, generate_video
+from wanrt.runtime.generate import GenerateSpec, compiled_stages, generate_video
 from wanrt.runtime.metrics.frames import psnr
-from wanrt.runtime.pipeline import build_pipeline
+from wanrt.runtime.pipeline import build_pipeline, encode_prompt
 from wanrt.runtime.schedule import Schedule
-from wanrt.runtime.stages import STAGES, CompiledVaeDecode, vae_export_dir
+from wanrt.runtime.stages import STAGES, CompiledVaeDecode, CompiledVaeEncode, vae_export_dir
 
 REL_ERR = 1e-4
 PSNR_DB = 35.0
@@ -44,8 +46,8 @@ def run(cache):
     pipe = build_pipeline(backend, seed=0)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("WANRT_CACHE_DIR", str(cache))
-        frames = functools.cache(lambda vae_backend: generate_video(backend, IMAGE, SPEC, pipe=pipe,
-                                                                    vae_backend=vae_backend))
+        frames = functools.cache(lambda vae_backend, encoders_backend="eager": generate_video(
+            backend, IMAGE, SPEC, pipe=pipe, vae_backend=vae_backend, encoders_backend=encoders_backend))
         frames.pipe = pipe
         yield frames
 
@@ -103,3 +105,48 @@ def test_tiled_vae_pipeline_decodes_tiled(run, cache):
     assert out.shape == ref.shape == (1, 3, 5, 32, 32) and out.dtype == torch.float32
     assert float((out - ref).abs().max() / ref.abs().max()) <= REL_ERR
     assert float((untiled - ref).abs().max()) > 1e-3  # the tiles' blend is visible: the check can tell them apart
+
+
+@pytest.mark.parametrize("backend", list(RUNTIME_BACKENDS))
+def test_compiled_encoders_video_equals_eager(run, backend):
+    """UMT5 and CLIP on their graphs too (--encoders-backend): the same video within the gate, every stage timed."""
+    ref, _ = run("eager")
+    out, info = run(backend, backend)
+    rel = float(np.abs(out - ref).max() / np.abs(ref).max())
+    assert rel <= REL_ERR and min(psnr(ref, out)) >= PSNR_DB, (rel, psnr(ref, out))
+    assert info["encoders_backend"] == backend and set(info["stages"]) >= {"text", "image", "vae_encode"}
+
+
+def test_text_and_image_drop_ins_equal_the_modules(run, cache, monkeypatch):
+    """The encoders' drop-ins give what the modules give: the prompt's embeddings (rows past it zero) and CLIP's
+    penultimate hidden state for one image and for a list of two (first and last frame)."""
+    monkeypatch.setenv("WANRT_CACHE_DIR", str(cache))
+    pipe = run.pipe
+    stages = compiled_stages(pipe, encoders_backend="ort")
+    assert stages.vae_decode is None and stages.vae_encode is None  # --vae-backend eager
+    ref = encode_prompt(pipe, "a red fox in the snow")
+    got = encode_prompt(pipe, "a red fox in the snow", text_encoder=stages.text)
+    assert got.shape == ref.shape and float((got - ref).abs().max() / ref.abs().max()) <= REL_ERR
+    assert float(got[0, 30:].abs().max()) == 0.0  # 21 bytes + </s>: zero past the prompt, as diffusers makes it
+    with torch.no_grad():
+        for images in (IMAGE, [IMAGE, IMAGE.rotate(90)]):
+            ref = pipe.encode_image(images, torch.device("cpu"))
+            got = stages.image(images, torch.device("cpu"))
+            assert got.shape == ref.shape and float((got - ref).abs().max() / ref.abs().max()) <= REL_ERR
+
+
+def test_compiled_vae_encodes_too_except_when_tiling(run, cache, monkeypatch):
+    """Both VAE stages run on the graphs (the video-equality test above covers the encode's parity through the
+    whole pipeline); a tiling VAE keeps diffusers' encode, whose tiled form is not exported."""
+    monkeypatch.setenv("WANRT_CACHE_DIR", str(cache))
+    vae = copy.deepcopy(run.pipe.vae)
+    both = compiled_stages(types.SimpleNamespace(vae=vae), "ort")
+    assert isinstance(both.vae_encode, CompiledVaeEncode) and isinstance(both.vae_decode, CompiledVaeDecode)
+    assert both.text is None and both.image is None  # --encoders-backend eager
+    x = torch.rand(1, 3, 5, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        ref = vae.encode(x).latent_dist.mode()
+    got = both.vae_encode(x).latent_dist.mode()
+    assert float((got - ref).abs().max() / ref.abs().max()) <= REL_ERR
+    vae.enable_tiling()
+    assert compiled_stages(types.SimpleNamespace(vae=vae), "ort").vae_encode is None

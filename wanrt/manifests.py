@@ -321,6 +321,30 @@ class VaeDecoderManifest(Manifest):
     step: str = "step.onnx"  # latent frame i > 0, cache.in.* -> frames, cache.out.*
 
 
+@dataclass(frozen=True, kw_only=True)
+class VaeEncoderManifest(VaeDecoderManifest):
+    """export/vae.py: the encoder's chunk graphs, laid out as the decoder's: pixel frame 0 -> moments, cache.out.*;
+    the next 4 pixel frames, cache.in.* -> moments, cache.out.* (moments: mean and log-variance, 2 x z_dim)."""
+
+    KIND: ClassVar[str] = "vae-encoder"
+
+
+@dataclass(frozen=True, kw_only=True)
+class EncoderManifest(Manifest):
+    """export/encoders.py: the pipeline's text (UMT5) or image (CLIP) encoder as one static-shape graph. Not in
+    KINDS, as the VAE's: its readers ask for it by name."""
+
+    KIND: ClassVar[str] = "encoder"
+    encoder: str  # "text" or "image"
+    inputs: list[str]
+    output: str
+    input_shapes: list[list[int]]
+    opset: int
+    config: dict[str, Any]
+    parameters: int
+    model: str = "model.onnx"
+
+
 KINDS: dict[str, type[Manifest]] = {c.KIND: c for c in (ExportManifest, EngineManifest, BundleManifest,
                                                          ExpertsManifest)}
 

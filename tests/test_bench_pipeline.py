@@ -1,0 +1,77 @@
+"""`wanrt bench --pipeline` (issue 21, runtime/bench/pipeline.py): whole videos of a declared schedule, stage by
+stage, eager against a compiled row (ORT DiT + ORT VAE decode) at equal video quality, on the tiny pipeline.
+
+What is asserted: the rows and their VAE decode, every stage timed, the stages inside the video's seconds, the
+speed-up being eager's seconds over the row's within each round (paired), the quality sample equal to eager's
+(fp32 on both sides: PSNR far above the 35 dB gate), the forward count of the schedule, and one-line refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from wanrt.commands.main import cli
+from wanrt.runtime.bench.pipeline import parse_recipes, vae_backend_for
+from wanrt.runtime.stages import STAGES
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipeline") / "bench"
+    cache = tmp_path_factory.mktemp("cache")
+    res = CliRunner().invoke(cli, ["bench", "--model", "tiny", "--backends", "ort", "--pipeline", "distill-4step",
+                                   "--rank", "4", "--repeats", "2", "--shape", "5x32x32", "--threads", "2",
+                                   "--cache-dir", str(cache), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    return out, res.output
+
+
+def test_rows_stages_and_paired_speedup(bench_run):
+    out, text = bench_run
+    doc = json.loads((out / "results.json").read_text())
+    p = doc["payload"]
+    assert p["schema"] == "wanrt.bench.pipeline/1"
+    assert p["rows"]["eager"]["vae_backend"] == "eager" and p["rows"]["ort"]["vae_backend"] == "ort"
+    assert p["lora"] == {"rank": 4, "mode": "merged", "targets": "all", "seed": 0}
+    s = p["schedules"]["distill-4step"]
+    assert (s["schedule"]["steps"], s["schedule"]["cfg"], s["schedule"]["forwards"]) == (4, False, 4)
+    for name, row in s["rows"].items():
+        assert row["video_s"]["n"] == 2 and row["video_s"]["median"] > 0
+        assert set(row["stages_s"]) == set(STAGES[:-1])  # no mp4: the bench writes none
+        assert all(v > 0 for v in row["stages_s"].values()), (name, row["stages_s"])
+        # the stages are parts of the video; medians of parts need not sum to the median, so check per sample
+        assert sum(row["stages_s"].values()) <= max(row["video_s"]["samples"]) * 1.05
+    eager, ort = s["rows"]["eager"]["video_s"]["samples"], s["rows"]["ort"]["video_s"]["samples"]
+    ratios = sorted(e / o for e, o in zip(eager, ort))
+    assert s["rows"]["ort"]["speedup"]["median"] == pytest.approx((ratios[0] + ratios[1]) / 2, rel=1e-3)
+    assert s["rows"]["eager"]["speedup"] is None and s["rows"]["eager"]["quality"] is None
+    q = s["rows"]["ort"]["quality"]
+    assert q["psnr_min"] >= 60 and q["failures"] == []  # fp32 DiT and VAE on both sides
+    assert p["goal"]["schedule"] == "distill-4step" and p["goal"]["verdict"] != "not run"
+    report = (out / "report.md").read_text()
+    assert "## distill-4step: 4 steps, no CFG, 4 DiT forwards, 2 rounds" in report
+    assert "| ort / ort |" in report and "Goal (issue 21)" in report
+    assert "goal >= 1.5x on distill-4step" in text
+
+
+def test_recipes_and_vae_rows():
+    assert parse_recipes("all") == ("distill-4step", "wan-40step-cfg")
+    assert parse_recipes(" distill-4step ,") == ("distill-4step",)
+    assert (vae_backend_for("ov"), vae_backend_for("ort"), vae_backend_for("compile")) == ("ov", "ort", "eager")
+
+
+@pytest.mark.parametrize("args, line", [
+    (["--pipeline", "fast"], "--pipeline recipe 'fast': choose from distill-4step, wan-40step-cfg"),
+    (["--pipeline", "all", "--ranks", "4,16"], "a pipeline bench runs one LoRA configuration"),
+    (["--pipeline", "all", "--lora-mode", "full"], "--lora-mode full: a pipeline bench deploys a LoRA"),
+    (["--pipeline", "all", "--batch", "2"], "--batch 2, --artifact, --precision and --reference finetuned"),
+    (["--pipeline", "all", "--model", "tiny-wan2.2"], "--pipeline on Wan2.2's two experts is not built yet"),
+])
+def test_refusals_are_one_line_before_any_work(tmp_path, args, line):
+    res = CliRunner().invoke(cli, ["bench", "--model", "tiny", "--backends", "ort", "-o", str(tmp_path / "o"),
+                                   *args])
+    assert res.exit_code == 2, res.output
+    assert line in res.output
+    assert not (tmp_path / "o").exists()
