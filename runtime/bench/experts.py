@@ -61,9 +61,11 @@ def experts_lora_specs(spec: BenchSpec) -> dict[str, Any]:
 
 def run_experts_bench(spec: BenchSpec, resident: str = "both", out_dir: str | Path | None = None,
                       force: bool = False, cache_dir: Path | None = None, command: str | None = None,
-                      say=None) -> dict[str, Any]:
+                      say=None, artifact_loras: dict[str, Any] | None = None) -> dict[str, Any]:
     """Bench every backend of `spec` on the two-expert model (or `spec.engine_dir`, an experts artifact); returns
-    the results document and, with `out_dir`, writes results.json and report.md there."""
+    the results document and, with `out_dir`, writes results.json and report.md there. `artifact_loras`: the
+    {expert: LoraSpec} an artifact was exported with, where the caller made it (tools/bench_experts.py): its
+    experts are then compared with eager fp32 of the same stacks."""
     say = say or (lambda _m: None)
     if out_dir is not None:
         check_output_dir(out_dir, force, kind="bench")
@@ -79,7 +81,7 @@ def run_experts_bench(spec: BenchSpec, resident: str = "both", out_dir: str | Pa
     if artifact is not None and not is_experts_artifact(artifact):
         raise BadInputError(f"--artifact {artifact}: not a two-expert artifact (wanrt export/build of Wan2.2)")
     model_spec = ModelSpec(source=spec.model, layers=spec.layers, dtype=spec.dtype, seed=spec.lora_seed)
-    loras = None if artifact else experts_lora_specs(spec)
+    loras = artifact_loras if artifact else experts_lora_specs(spec)
     for name in spec.backends:
         B.check_backend(name, device)
     if spec.trt_precision is not None and artifact is None:
