@@ -59,13 +59,15 @@ PEAK_OF = {"eager fp32": "F.linear fp32", "eager bf16": "F.linear bf16", "ort fp
            "ov w8a8": "OpenVINO FC w8a8"}
 
 
-def write_results(out: Path, stem: str, results: dict[str, Any], markdown: str) -> None:
-    """<stem>.json (the raw results) and <stem>.md (the report) under `out`, each written whole, then a log line."""
+def write_results(out: Path, stem: str, results: dict[str, Any], markdown: str | None = None) -> None:
+    """<stem>.json (the raw results) and, given one, <stem>.md (the report) under `out`, each written whole, then a
+    log line."""
     out.mkdir(parents=True, exist_ok=True)
     for suffix, text in ((".json", json.dumps(results, indent=1, default=str) + "\n"), (".md", markdown)):
-        with atomic_path(out / f"{stem}{suffix}") as tmp:
-            tmp.write_text(text)
-    log(f"wrote {out / stem}.json/.md ({results.get('seconds', 0):.0f} s)")
+        if text is not None:
+            with atomic_path(out / f"{stem}{suffix}") as tmp:
+                tmp.write_text(text)
+    log(f"wrote {out / stem}.json{'/.md' if markdown is not None else ''} ({results.get('seconds', 0):.0f} s)")
 
 
 def log(msg: str) -> None:

@@ -270,10 +270,7 @@ def main(argv=None) -> int:
     if args.graph_look:  # the exec-graph look only (seconds), no timing
         looked = [t for t in args.targets.split(",") if t.startswith("ov ") and t not in results["skipped"]]
         results["graph_look"] = {t: graph_look(args.model, t.split()[-1], args.rank, args.threads) for t in looked}
-        args.out.mkdir(parents=True, exist_ok=True)
-        path = args.out / f"{args.name or f'lora-forms-{args.model}'}-graph.json"
-        path.write_text(json.dumps(results, indent=1, default=str) + "\n")
-        log(f"wrote {path}")
+        write_results(args.out, f"{args.name or f'lora-forms-{args.model}'}-graph", results)
         return 0
     rounds, sweep = tuple(map(int, args.rounds.split(","))), tuple(map(int, args.sweep_rounds.split(",")))
     args.out.mkdir(parents=True, exist_ok=True)
