@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from wanrt.artifacts import atomic_output_dir, build_manifest, check_output_dir, write_manifest
+from wanrt.artifacts import build_manifest, check_output_dir
 from wanrt.dit_io import DitIO
 from wanrt.errors import BadInputError
 from wanrt.export.model import ModelSpec
@@ -39,6 +39,7 @@ from wanrt.runtime import backends as B
 from wanrt.runtime.bench.experts_report import render_experts_report
 from wanrt.runtime.bench.measure import median_ci, rel_error, summarize, time_backend
 from wanrt.runtime.bench.per_video import RATIO_LEVEL
+from wanrt.runtime.bench.run import write_results
 from wanrt.runtime.bench.spec import BenchSpec, make_inputs
 from wanrt.runtime.experts import ExpertPair, expert_pair, is_experts_artifact
 from wanrt.runtime.pipeline import expert_steps
@@ -115,9 +116,7 @@ def run_experts_bench(spec: BenchSpec, resident: str = "both", out_dir: str | Pa
     if command is not None:
         results["command"] = command
     if out_dir is not None:
-        with atomic_output_dir(out_dir, force=True, kind="bench") as tmp:
-            (tmp / "report.md").write_text(render_experts_report(results))
-            write_manifest(tmp, dict(results), name="results.json")
+        write_results(results, out_dir, force=True, plots=False, render=render_experts_report)
     return results
 
 
