@@ -81,7 +81,7 @@ def make_artifacts(args, work: Path) -> tuple[Path, Path, dict[str, Any]]:
     build_experts(export, flavour, spec, engines, force=True)
     t2 = time.perf_counter()
     exported = ExpertsManifest.read(export)
-    return export, engines, {"export_s": t1 - t0, "build_s": t2 - t1, "specs": specs, "model_spec": model_spec,
+    return export, engines, {"export_s": t1 - t0, "build_s": t2 - t1, "specs": specs,
                              "export_timings_s": {e: ExportManifest.read(exported.member_dir(export, e)).timings_s
                                                   for e in exported.experts}}
 
