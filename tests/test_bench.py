@@ -51,6 +51,29 @@ def test_statistics():
         QualityGates().rel_err_for("int4")
 
 
+def test_sampler_samples_while_the_block_runs_and_the_rss_peak_sees_an_allocation():
+    """wanrt.memory.Sampler (peak RSS here, the rank study's load average): samples during the block, none after;
+    the RSS sampler's peak covers a 64 MiB buffer touched and freed inside the block."""
+    import time
+
+    import numpy as np
+
+    from wanrt.memory import Sampler, rss_bytes
+    from wanrt.runtime.bench.measure import _RssSampler
+
+    ticks: list[float] = []
+    with Sampler(lambda: ticks.append(time.perf_counter()), 0.005):
+        time.sleep(0.1)
+    n = len(ticks)
+    time.sleep(0.03)
+    assert 3 <= n == len(ticks)
+    with _RssSampler() as s:
+        buf = np.ones(64 * 2**20, dtype=np.uint8)  # touched: resident
+        time.sleep(0.05)
+        del buf
+    assert s.peak - s.start >= 48 * 2**20 and rss_bytes() > 0
+
+
 def test_median_interval_covers_the_median():
     """The order-statistic interval: its ranks, no interval below 6 samples, and its coverage on a skewed
     (exponential, like latencies) distribution whose median is ln 2."""

@@ -61,6 +61,32 @@ def test_cpu_bench_tool_skips_what_the_cpu_lacks(monkeypatch):
     assert tool.sweep_precision(skipped) == "fp32"  # the paired/rank sections run what the CPU has
 
 
+def test_tool_rounds_rotate_and_stop_at_the_ci_or_the_budget():
+    """The tools' one interleaved loop (bench_cpu_engines.time_rounds): a rotating order puts every call first in
+    turn; with a check it stops at the first check where each ratio's CI half-width is <= 1 point, never past the
+    budget; a call twice as slow has ratio 2 to the first."""
+    import time
+
+    from wanrt.tools import bench_cpu_engines as tool
+
+    order: list[str] = []
+
+    def call(label, seconds):
+        return lambda: (order.append(label), time.sleep(seconds))
+
+    calls = {"a": call("a", 0.002), "b": call("b", 0.004), "c": call("c", 0.002)}
+    samples = tool.time_rounds(calls, 3, rotate=True)
+    assert order == ["a", "b", "c", "b", "c", "a", "c", "a", "b"] and all(len(v) == 3 for v in samples.values())
+    steady = tool.time_rounds(calls, 40, rotate=True, check=(6, 4))
+    n = len(steady["a"])
+    assert n in (*range(6, 40, 4), 40)  # it stops only at a check (or the budget)
+    ratios, (lo, hi), half = tool.ratio_ci(steady, "b")
+    assert lo <= sum(ratios) / len(ratios) <= hi and 1.5 < sum(ratios) / len(ratios) < 2.5
+    assert n == 40 or (half <= 0.01 and tool.ratio_ci(steady, "c")[2] <= 0.01)  # early: both CIs within 1 point
+    noisy = {"a": call("a", 0), "b": lambda: time.sleep(0.001 * (1 + len(order) % 3))}
+    assert len(tool.time_rounds(noisy, 7, rotate=True, check=(3, 3))["a"]) == 7  # the budget, not a batch of 9
+
+
 def _generate(exports, engine, out):
     image = exports / "in.png"
     if not image.exists():

@@ -59,13 +59,15 @@ PEAK_OF = {"eager fp32": "F.linear fp32", "eager bf16": "F.linear bf16", "ort fp
            "ov w8a8": "OpenVINO FC w8a8"}
 
 
-def write_results(out: Path, stem: str, results: dict[str, Any], markdown: str) -> None:
-    """<stem>.json (the raw results) and <stem>.md (the report) under `out`, each written whole, then a log line."""
+def write_results(out: Path, stem: str, results: dict[str, Any], markdown: str | None = None) -> None:
+    """<stem>.json (the raw results) and, given one, <stem>.md (the report) under `out`, each written whole, then a
+    log line."""
     out.mkdir(parents=True, exist_ok=True)
     for suffix, text in ((".json", json.dumps(results, indent=1, default=str) + "\n"), (".md", markdown)):
-        with atomic_path(out / f"{stem}{suffix}") as tmp:
-            tmp.write_text(text)
-    log(f"wrote {out / stem}.json/.md ({results.get('seconds', 0):.0f} s)")
+        if text is not None:
+            with atomic_path(out / f"{stem}{suffix}") as tmp:
+                tmp.write_text(text)
+    log(f"wrote {out / stem}.json{'/.md' if markdown is not None else ''} ({results.get('seconds', 0):.0f} s)")
 
 
 def log(msg: str) -> None:
@@ -87,15 +89,34 @@ def finish(results: dict[str, Any], t0: float) -> None:
     results["seconds"] = time.perf_counter() - t0
 
 
-def time_rounds(calls: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
-    """Seconds of each call per round, interleaved: every round runs every call once, so drift hits all alike."""
-    samples: dict[str, list[float]] = {label: [] for label in calls}
-    for _ in range(rounds):
-        for label, fn in calls.items():
-            t = time.perf_counter()
-            fn()
-            samples[label].append(time.perf_counter() - t)
+def time_rounds(calls: dict[str, Callable[[], Any]], rounds: int, rotate: bool = False,
+                check: tuple[int, int] | None = None) -> dict[str, list[float]]:
+    """Seconds of each call per round, interleaved: every round runs every call once, so drift hits all alike.
+    `rotate`: the order turns by one every round (no call is always first). `check` (first, every): after `first`
+    rounds and then every `every` more, stop once each call's per-round ratio to the first call has a bootstrap 95%
+    CI half-width <= 1 point (`rounds` is then the budget)."""
+    labels = list(calls)
+    samples: dict[str, list[float]] = {label: [] for label in labels}
+    n = 0
+    while n < rounds:
+        for _ in range(min(rounds if check is None else check[0] if n == 0 else check[1], rounds - n)):
+            for label in labels[n % len(labels):] + labels[:n % len(labels)] if rotate else labels:
+                t = time.perf_counter()
+                calls[label]()
+                samples[label].append(time.perf_counter() - t)
+            n += 1
+        if check is not None and all(ratio_ci(samples, label)[2] <= 0.01 for label in labels[1:]):
+            break
     return samples
+
+
+def ratio_ci(samples: dict[str, list[float]], label: str) -> tuple[list[float], tuple[float, float], float]:
+    """`label`'s per-round ratios to the first call's (paired: the same round), their bootstrap 95% CI of the mean
+    and its half-width."""
+    first = next(iter(samples))
+    ratios = [s / m for s, m in zip(samples[label], samples[first])]
+    lo, hi = bootstrap_ci(ratios)
+    return ratios, (lo, hi), (hi - lo) / 2
 
 
 # ------------------------------------------------------------------------------------------------ 1. peaks
@@ -226,22 +247,12 @@ def paired_overhead(source, layers, shape_s, threads, pairs: tuple[int, int], pr
     shape = VideoShape(*map(int, shape_s.split("x")))
     feeds = feeds_for(merged, shape)
     merged(*feeds), sep(*feeds)
-    ratios: list[float] = []
     first, budget = pairs
-    ci = (math.nan, math.nan)
     t_start = time.perf_counter()
-    while len(ratios) < budget:
-        for i in range(first if not ratios else max(first // 2, 8)):
-            order = (merged, sep) if i % 2 == 0 else (sep, merged)
-            times = {}
-            for b in order:
-                t = time.perf_counter()
-                b(*feeds)
-                times[id(b)] = time.perf_counter() - t
-            ratios.append(times[id(sep)] / times[id(merged)] - 1.0)
-        ci = bootstrap_ci(ratios)
-        if (ci[1] - ci[0]) / 2 <= 0.01:
-            break
+    samples = time_rounds({"merged": partial(merged, *feeds), "separate": partial(sep, *feeds)}, budget,
+                          rotate=True, check=(first, max(first // 2, 8)))
+    ratios, ci, _ = ratio_ci(samples, "separate")
+    ratios, ci = [r - 1.0 for r in ratios], (ci[0] - 1.0, ci[1] - 1.0)  # the overhead: separate / merged - 1
     from wanrt.export.lora import synthetic_lora
     from wanrt.export.model import ModelSpec, load_transformer
     from wanrt.runtime.flops import lora_branches

@@ -9,9 +9,10 @@ experts-cpu.md (report) under -o.
 1. `wanrt export` of the model with a different synthetic rank-16 LoRA stack per expert (separate mode: swappable
    per expert), the distill example's strengths (3.0 on the high-noise expert, 1.5 on the low-noise one); validated;
 2. `wanrt build --flavour openvino --precision P` of that artifact: one engine per expert (engines/experts.py);
-3. per expert: load seconds (what reloading it costs), error against eager fp32 of the same expert and stack (gated
-   as the CPU bench gates: fp32 1e-4, bf16 1e-2), latency per forward interleaved (high, low, then low, high, ...)
-   with a bootstrap 95% CI of the mean;
+3. per expert, measured by `wanrt bench`'s two-expert mode (runtime/bench/experts.py, on that artifact with the stacks
+   it was exported with): loads, error against eager fp32 of the same expert and stack (gated as the bench gates:
+   fp32 1e-4, bf16 1e-2), latency of interleaved CFG steps (the order alternating) with the median's 95% CI, and the
+   whole video per schedule; its report is this report's middle section;
 4. one video through WanImageToVideoPipeline with both experts installed (the tiny built-in VAE and encoders sized
    to the model), forwards counted per expert, against the sum of the per-forward medians;
 5. PREDICTIONS (not measurements): the roofline cost model (tools/cpu_cost_model.py, checked within +/-20% against
@@ -24,17 +25,13 @@ experts-cpu.md (report) under -o.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from wanrt.artifacts import library_versions, machine_info
+from wanrt.artifacts import library_versions
 from wanrt.dit_io import VideoShape
 from wanrt.engines import registry
 from wanrt.engines.experts import build_experts
@@ -42,14 +39,15 @@ from wanrt.export.api import LoraSpec, export_experts
 from wanrt.export.model import ModelSpec
 from wanrt.export.onnx_export import ExportSpec
 from wanrt.export.presets import PRESETS
-from wanrt.manifests import EngineManifest, ExpertsManifest
-from wanrt.runtime.backends import EagerBackend, build_transformer
-from wanrt.runtime.bench.measure import rel_error
+from wanrt.manifests import EngineManifest, ExportManifest, ExpertsManifest
+from wanrt.runtime.bench.experts import run_experts_bench
+from wanrt.runtime.bench.experts_report import render_experts_report
+from wanrt.runtime.bench.spec import BenchSpec
 from wanrt.runtime.experts import expert_pair
 from wanrt.runtime.pipeline import expert_steps
 from wanrt.runtime.schedule import Schedule
 from wanrt.tools import cpu_cost_model as cm
-from wanrt.tools.bench_cpu_engines import GATES, bootstrap_ci, feeds_for, log
+from wanrt.tools.bench_cpu_engines import finish, header, log, write_results
 
 STRENGTHS = {"high": 3.0, "low": 1.5}  # a Wan2.1 distill LoRA on Wan2.2: 3 on the high-noise expert, 1.5 on the low
 GIB = 2**30
@@ -83,46 +81,21 @@ def make_artifacts(args, work: Path) -> tuple[Path, Path, dict[str, Any]]:
     build_experts(export, flavour, spec, engines, force=True)
     t2 = time.perf_counter()
     exported = ExpertsManifest.read(export)
-    return export, engines, {"export_s": t1 - t0, "build_s": t2 - t1, "specs": specs, "model_spec": model_spec,
-                             "export_timings_s": {e: _member(export, exported, e)["timings_s"]
+    return export, engines, {"export_s": t1 - t0, "build_s": t2 - t1, "specs": specs,
+                             "export_timings_s": {e: ExportManifest.read(exported.member_dir(export, e)).timings_s
                                                   for e in exported.experts}}
 
 
-def _member(directory: Path, manifest: ExpertsManifest, expert: str) -> dict[str, Any]:
-    return json.loads((manifest.member_dir(directory, expert) / "manifest.json").read_text())["payload"]
-
-
 # ------------------------------------------------------------------------------------------------ 3. experts
-def quality(pair, made: dict[str, Any], feeds, precision: str) -> dict[str, Any]:
-    """Each engine against eager fp32 of its expert with its stack (built one at a time: 14B slices are GBs)."""
-    out = {}
-    for name, backend in pair.experts().items():
-        from dataclasses import replace
-
-        model, _ = build_transformer(replace(made["model_spec"], expert=name), made["specs"][name])
-        ref = EagerBackend(model)(*feeds)
-        del model
-        err = rel_error(backend(*feeds), ref)
-        out[name] = {"rel_error": err, "gate": GATES[precision], "passed": err <= GATES[precision]}
-    return out
+def bench(args, engines: Path, made: dict[str, Any], shape: VideoShape, command: str) -> dict[str, Any]:
+    """`wanrt bench`'s two-expert measurement of the built artifact, both experts resident."""
+    spec = BenchSpec(model=args.model, layers=args.layers, frames=shape.frames, height=shape.height,
+                     width=shape.width, backends=("ov",), repeats=args.rounds, warmup=1, threads=args.threads,
+                     engine_dir=str(engines))
+    return run_experts_bench(spec, command=command, say=log, artifact_loras=made["specs"])
 
 
-def interleaved(pair, feeds, rounds: int) -> dict[str, Any]:
-    """Per-forward seconds of each expert, alternating which goes first every round."""
-    experts = pair.experts()
-    for backend in experts.values():  # warm-up
-        backend(*feeds)
-    samples: dict[str, list[float]] = {name: [] for name in experts}
-    for r in range(rounds):
-        for name in (list(experts) if r % 2 == 0 else list(experts)[::-1]):
-            t = time.perf_counter()
-            experts[name](*feeds)
-            samples[name].append(time.perf_counter() - t)
-    return {name: {"median_s": statistics.median(s), "mean_s": statistics.fmean(s), "ci95_mean_s": bootstrap_ci(s),
-                   "samples_s": s} for name, s in samples.items()}
-
-
-def video(pair, shape: VideoShape, steps: int, forwards: dict[str, Any]) -> dict[str, Any]:
+def video(pair, shape: VideoShape, steps: int, forward_s: dict[str, float]) -> dict[str, Any]:
     from PIL import Image
 
     from wanrt.runtime.generate import GenerateSpec, generate_video
@@ -135,7 +108,7 @@ def video(pair, shape: VideoShape, steps: int, forwards: dict[str, Any]) -> dict
     generate_video(pair, image, warm)  # the pipeline's own first-call costs
     _, timing = generate_video(pair, image, spec)
     calls = timing["dit_calls_by_expert"]
-    composed = sum(n * forwards[e]["median_s"] for e, n in calls.items())
+    composed = sum(n * forward_s[e] for e, n in calls.items())
     return {"steps": steps, "cfg": True, "shape": str(shape), **timing, "forwards_sum_s": composed}
 
 
@@ -225,16 +198,9 @@ def render(r: dict[str, Any]) -> str:
          f"`export_experts` (both experts, validated) {r['export_s']:.0f} s; `build_experts` (OpenVINO "
          f"{r['precision']}, one engine per expert) {r['build_s']:.0f} s. LoRA per expert: synthetic rank "
          f"{r['rank']} separate (swappable), strength {STRENGTHS['high']} on high, {STRENGTHS['low']} on low.", "",
-         "## Per expert (measured, this CPU)", "",
-         f"Shape {r['shape']} ({r['tokens']} tokens), batch 1; {r['rounds']} interleaved rounds after a warm-up.", "",
-         "| expert | median ms | mean ms [95% CI] | rel. error vs eager fp32 | gate | engine MiB | load s |",
-         "|---|---|---|---|---|---|---|"]
-    for e, t in r["forward"].items():
-        q, ld = r["quality"][e], r["loads"][e]
-        lo, hi = t["ci95_mean_s"]
-        L.append(f"| {e} | {t['median_s'] * 1e3:.1f} | {t['mean_s'] * 1e3:.1f} [{lo * 1e3:.1f}, {hi * 1e3:.1f}] | "
-                 f"{q['rel_error']:.2e} | {'pass' if q['passed'] else 'FAIL'} ({q['gate']}) | "
-                 f"{ld['bytes'] / 2**20:.1f} | {ld['load_s']:.2f} |")
+         "Engines: " + ", ".join(f"{e} {x['bytes'] / 2**20:.1f} MiB" for e, x in r["loads"].items()) + ".", ""]
+    # the measurement is `wanrt bench`'s (runtime/bench/experts.py): its report, one heading level down
+    L += ["#" + line if line.startswith("#") else line for line in render_experts_report(r["bench"]).splitlines()]
     v = r["video"]
     L += ["", f"One video through WanImageToVideoPipeline with both experts installed (built-in tiny VAE and "
           f"encoders sized to the model; boundary {r['boundary_ratio']}): {v['steps']} steps with CFG, "
@@ -323,36 +289,26 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     shape = VideoShape(*map(int, args.shape.split("x")))
     t0 = time.perf_counter()
-    r: dict[str, Any] = {"model": args.model, "layers": args.layers, "precision": args.precision, "rank": args.rank,
-                         "shape": str(shape), "tokens": shape.tokens(), "rounds": args.rounds, "threads": args.threads,
-                         "note": args.note, "machine": machine_info(), "cpu_isa": cpu_info()["isa"],
-                         "load_average": list(os.getloadavg()),
-                         "command": " ".join(["python -m wanrt.tools.bench_experts",
-                                              *(argv if argv is not None else sys.argv[1:])]),
-                         "versions": {**library_versions(), "openvino": ov.__version__}}
-    export, engines, made = make_artifacts(args, args.work)
+    r = header("bench_experts", argv, model=args.model, layers=args.layers, precision=args.precision, rank=args.rank,
+               shape=str(shape), tokens=shape.tokens(), rounds=args.rounds, threads=args.threads, note=args.note,
+               cpu_isa=cpu_info()["isa"], versions={**library_versions(), "openvino": ov.__version__})
+    _export, engines, made = make_artifacts(args, args.work)
     r.update(export_s=made["export_s"], build_s=made["build_s"], export_timings_s=made["export_timings_s"])
-    pair = expert_pair("ov", artifact=engines, threads=args.threads)
-    r["boundary_ratio"] = pair.boundary_ratio
-    r["loads"] = {e: {"load_s": b.setup["load_s"], "bytes": EngineManifest.read(engines / e).plan_bytes}
-                  for e, b in pair.experts().items()}
-    feeds = feeds_for(pair.high, shape)
-    log("quality against eager fp32")
-    r["quality"] = quality(pair, made, feeds, args.precision)
-    log("per-forward latency, interleaved")
-    r["forward"] = interleaved(pair, feeds, args.rounds)
+    r["bench"] = bench(args, engines, made, shape, r["command"])
+    experts = r["bench"]["payload"]["runs"][0]["experts"]
+    r["boundary_ratio"] = r["bench"]["payload"]["boundary_ratio"]
+    r["loads"] = {e: {"load_s": x["loads"]["median_s"], "bytes": EngineManifest.read(engines / e).plan_bytes}
+                  for e, x in experts.items()}
     log(f"one video ({args.video_steps} steps, CFG)")
-    r["video"] = video(pair, shape, args.video_steps, r["forward"])
+    pair = expert_pair("ov", artifact=engines, threads=args.threads)
+    r["video"] = video(pair, shape, args.video_steps,
+                       {e: x["latency"]["forward"]["median_ms"] / 1e3 for e, x in experts.items()})
     pair.close()
     r["predictions"] = predictions()
     r["memory"] = memory()
     r["reload"] = reload_costs(r["loads"], r["memory"]["weights_bytes_per_expert_bf16"], r["predictions"])
-    r["load_average_end"] = list(os.getloadavg())
-    r["seconds"] = time.perf_counter() - t0
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "experts-cpu.json").write_text(json.dumps(r, indent=1, default=str) + "\n")
-    (args.out / "experts-cpu.md").write_text(render(r))
-    log(f"wrote {args.out}/experts-cpu.json/.md ({r['seconds']:.0f} s)")
+    finish(r, t0)
+    write_results(args.out, "experts-cpu", r, render(r))
     return 0
 
 

@@ -13,11 +13,11 @@ import json
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 from wanrt.manifests import ExportManifest
+from wanrt.memory import Sampler, rss_bytes
 
 CONFIGS = {
     "tiny-merged": dict(model="tiny", layers=None, dtype="fp32", mode="merged"),
@@ -25,11 +25,6 @@ CONFIGS = {
     "14b-slice2-fp32": dict(model="wan2.1-i2v-14b", layers=2, dtype="fp32", mode="merged"),
     "14b-slice2-bf16": dict(model="wan2.1-i2v-14b", layers=2, dtype="bf16", mode="merged"),
 }
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
 
 
 def run_one(name: str) -> dict:
@@ -41,14 +36,10 @@ def run_one(name: str) -> dict:
     from wanrt.export.onnx_export import ExportSpec
 
     cfg = CONFIGS[name]
-    state = {"step": "start", "peaks": {}, "stop": False}
+    state, peaks = {"step": "start"}, {}
 
     def sample():
-        while not state["stop"]:
-            rss = _rss_bytes()
-            peaks = state["peaks"]
-            peaks[state["step"]] = max(peaks.get(state["step"], 0), rss)
-            time.sleep(0.02)
+        peaks[state["step"]] = max(peaks.get(state["step"], 0), rss_bytes())
 
     original_call = StepProgress.__call__
 
@@ -57,20 +48,15 @@ def run_one(name: str) -> dict:
         return original_call(self, step)
 
     StepProgress.__call__ = tracking_call
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    with tempfile.TemporaryDirectory() as tmp:
+    with Sampler(sample, 0.02), tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         manifest = export_model(ModelSpec(cfg["model"], layers=cfg["layers"]), LoraSpec(rank=16, mode=cfg["mode"]),
                                 ExportSpec(dtype=cfg["dtype"]), Path(tmp) / "out", progress=False,
                                 acceptance=tensorrt_acceptance)
         wall = time.perf_counter() - t0
         files = {p.name: p.stat().st_size for p in (Path(tmp) / "out").iterdir()}
-    state["stop"] = True
-    sampler.join()
     m = ExportManifest.from_dict(manifest)
     weights = m.initializer_bytes
-    peaks = state["peaks"]
     export_peak = max(v for k, v in peaks.items() if k in ("start", "load model", "LoRA", "reference outputs",
                                                              "trace + save ONNX"))
     return {

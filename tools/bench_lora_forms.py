@@ -43,7 +43,8 @@ from wanrt.export.model import ModelSpec, load_transformer
 from wanrt.runtime.backends import OrtBackend
 from wanrt.runtime.flops import forward_flops, lora_branches
 from wanrt.export.presets import PRESETS
-from wanrt.tools.bench_cpu_engines import bootstrap_ci, export_dir, finish, header, log, write_results
+from wanrt.tools.bench_cpu_engines import (bootstrap_ci, export_dir, finish, header, log, ratio_ci, time_rounds,
+                                           write_results)
 from wanrt.tools.cpu_cost_model import form_predictions
 
 WAN_480P_TOKENS = 21 * 60 * 104 // 4  # 81 frames -> 21 latent frames, 480x832 -> 60x104 latent, 2x2 patches
@@ -62,35 +63,16 @@ def feeds(config, shape: VideoShape, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def paired(runs: dict[str, Callable[[], Any]], rounds: tuple[int, int]) -> dict[str, Any]:
-    """Rounds of every run once (order rotating), each form's ratio to "merged" per round, until every bootstrap
-    95% CI half-width is <= 1 point or rounds[1] are spent (checked every rounds[0])."""
+    """Rounds of every run once (order rotating; "merged" first in `runs`), each form's ratio to "merged" per round,
+    until every bootstrap 95% CI half-width is <= 1 point or rounds[1] are spent (checked every rounds[0])."""
     for run in runs.values():
         run()  # warm-up: OpenVINO specialises on the first call of a shape
-    labels = list(runs)
-    ratios: dict[str, list[float]] = {k: [] for k in labels if k != "merged"}
-    times: dict[str, list[float]] = {k: [] for k in labels}
-    step, budget = rounds
-    while len(times["merged"]) < budget:
-        for _ in range(step):
-            i = len(times["merged"])
-            order = labels[i % len(labels):] + labels[:i % len(labels)]
-            got = {}
-            for k in order:
-                t = time.perf_counter()
-                runs[k]()
-                got[k] = time.perf_counter() - t
-            for k in labels:
-                times[k].append(got[k])
-            for k in ratios:
-                ratios[k].append(got[k] / got["merged"] - 1.0)
-        cis = {k: bootstrap_ci(v) for k, v in ratios.items()}
-        if all((hi - lo) / 2 <= 0.01 for lo, hi in cis.values()):
-            break
+    times = time_rounds(runs, rounds[1], rotate=True, check=(rounds[0], rounds[0]))
     out = {"rounds": len(times["merged"]), "median_ms": {k: statistics.median(v) * 1e3 for k, v in times.items()}}
-    for k, v in ratios.items():
-        lo, hi = bootstrap_ci(v)
-        out[k] = {"mean_overhead": statistics.fmean(v), "ci95": [lo, hi], "half_width": (hi - lo) / 2,
-                  "ratios": v}
+    for k in list(runs)[1:]:
+        ratios, (lo, hi), half = ratio_ci(times, k)
+        out[k] = {"mean_overhead": statistics.fmean(ratios) - 1.0, "ci95": [lo - 1.0, hi - 1.0], "half_width": half,
+                  "ratios": [r - 1.0 for r in ratios]}
     return out
 
 
@@ -288,10 +270,7 @@ def main(argv=None) -> int:
     if args.graph_look:  # the exec-graph look only (seconds), no timing
         looked = [t for t in args.targets.split(",") if t.startswith("ov ") and t not in results["skipped"]]
         results["graph_look"] = {t: graph_look(args.model, t.split()[-1], args.rank, args.threads) for t in looked}
-        args.out.mkdir(parents=True, exist_ok=True)
-        path = args.out / f"{args.name or f'lora-forms-{args.model}'}-graph.json"
-        path.write_text(json.dumps(results, indent=1, default=str) + "\n")
-        log(f"wrote {path}")
+        write_results(args.out, f"{args.name or f'lora-forms-{args.model}'}-graph", results)
         return 0
     rounds, sweep = tuple(map(int, args.rounds.split(","))), tuple(map(int, args.sweep_rounds.split(",")))
     args.out.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,8 @@ from wanrt.export.presets import PRESETS
 from wanrt.parse import LoraEntry
 from wanrt.runtime.backends import build_transformer, create_backend
 from wanrt.runtime.bench.measure import rel_error
-from wanrt.tools.bench_cpu_engines import (GATES, bootstrap_ci, feeds_for, finish, header, log, skipped_backends,
-                                           sweep_precision, write_results)
+from wanrt.tools.bench_cpu_engines import (GATES, feeds_for, finish, header, log, ratio_ci, skipped_backends,
+                                           sweep_precision, time_rounds, write_results)
 
 SCHEDULES = {"40-step CFG": 80, "4-step no-CFG": 4}  # forwards per video
 
@@ -73,29 +74,15 @@ def build(model_spec: ModelSpec, spec: LoraSpec, directory: Path, args) -> tuple
 
 def interleaved(backends: dict[str, Any], feeds, rounds: int) -> dict[str, dict[str, Any]]:
     """Rounds of every backend once, order rotated per round; ratios to merged-all with bootstrap CIs."""
-    labels = list(backends)
-    samples: dict[str, list[float]] = {label: [] for label in labels}
-    for r in range(rounds):
-        for label in labels[r % len(labels):] + labels[:r % len(labels)]:
-            t = time.perf_counter()
-            backends[label](*feeds)
-            samples[label].append(time.perf_counter() - t)
-        if r >= 15 and r % 5 == 4 and all(_half_width(samples, label) <= 0.01 for label in labels[1:]):
-            break
+    samples = time_rounds({label: partial(b, *feeds) for label, b in backends.items()}, rounds, rotate=True,
+                          check=(20, 5))
     out = {}
-    for label in labels:
-        ratios = [s / m for s, m in zip(samples[label], samples[labels[0]])]
-        lo, hi = bootstrap_ci(ratios)
+    for label in backends:
+        ratios, (lo, hi), half = ratio_ci(samples, label)
         out[label] = {"median_s": statistics.median(samples[label]), "rounds": len(ratios),
-                      "ratio_to_merged": statistics.fmean(ratios), "ci95": [lo, hi], "half_width": (hi - lo) / 2,
+                      "ratio_to_merged": statistics.fmean(ratios), "ci95": [lo, hi], "half_width": half,
                       "per_video_s": {k: n * statistics.median(samples[label]) for k, n in SCHEDULES.items()}}
     return out
-
-
-def _half_width(samples, label) -> float:
-    first = next(iter(samples))
-    lo, hi = bootstrap_ci([s / m for s, m in zip(samples[label], samples[first])], n=500)
-    return (hi - lo) / 2
 
 
 def swap_costs(backend, model_spec: ModelSpec, files: dict[str, Path], swaps: int) -> dict[str, float]:

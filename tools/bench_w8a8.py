@@ -21,7 +21,7 @@ import torch
 
 from wanrt.artifacts import machine_info
 from wanrt.engines.openvino.engine import cpu_info
-from wanrt.tools.bench_cpu_engines import (bootstrap_ci, finish, header, log, measure_peaks, run_geometry,
+from wanrt.tools.bench_cpu_engines import (finish, header, log, measure_peaks, ratio_ci, run_geometry,
                                            skipped_backends, write_results)
 
 ONLY = ("ov fp32", "ov bf16", "ov int8", "ov w8a8")
@@ -60,8 +60,7 @@ def _speedups(rows: list[dict[str, Any]]) -> list[str]:
         parts = []
         for other in ("ov int8", "ov bf16", "ov fp32", "eager fp32"):
             if other in by:
-                ratios = [a / b for a, b in zip(by[other], by["ov w8a8"])]
-                lo, hi = bootstrap_ci(ratios)
+                ratios, (lo, hi), _ = ratio_ci({"ov w8a8": by["ov w8a8"], other: by[other]}, other)
                 parts.append(f"vs {other} {statistics.fmean(ratios):.2f}x [{lo:.2f}, {hi:.2f}]")
         out.append(f"{geometry}: " + ", ".join(parts))
     return out

@@ -30,9 +30,6 @@ from typing import Any
 from wanrt.dit_io import IMAGE_TOKENS, TEXT_TOKENS
 
 ELEMENTWISE_PASSES = 16  # per block, over L x D: 3 norms, 6 modulation ops, 3 gated residuals, RoPE q/k, qk-norms
-LORA_TARGETS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k",
-                "attn2.to_v", "attn2.to_out.0", "attn2.add_k_proj", "attn2.add_v_proj", "ffn.net.0.proj",
-                "ffn.net.2")
 
 # Published dense peaks (no sparsity), FLOP/s and bytes/s: NVIDIA H100 SXM5 and H200 SXM datasheets.
 GPU_PEAKS: dict[str, dict[str, float]] = {

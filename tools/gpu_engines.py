@@ -26,28 +26,20 @@ from typing import Any
 def _events_ms(fn, warmup: int, iters: int) -> dict[str, float]:
     import torch
 
+    from wanrt.tools.gpu_torch_study import timer  # CUDA events
+
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    times.sort()
+    time_it = timer(torch.device("cuda"))
+    times = sorted(time_it(fn) * 1e3 for _ in range(iters))
     return {"median_ms": times[len(times) // 2], "min_ms": times[0], "max_ms": times[-1], "iters": iters}
-
-
-def _rel(a, b) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30))
 
 
 def run(args) -> dict[str, Any]:
     import torch
     from wanrt.engines.trt.build import build_engine_from_onnx_dir
+    from wanrt.runtime.bench.measure import rel_error
     from wanrt.engines.trt.engine_spec import EngineSpec
     from wanrt.engines.trt.flavour import gpu_info, installed_flavours, load_flavour
     from wanrt.engines.trt.fp8.quantize import Fp8Spec
@@ -124,7 +116,7 @@ def run(args) -> dict[str, Any]:
                         encoder_hidden_states_image=x["image"], return_dict=False), args.warmup, args.iters)
                 del eager
                 torch.cuda.empty_cache()
-                row["rel_error_vs_eager"] = _rel(out_a, ref)
+                row["rel_error_vs_eager"] = rel_error(out_a, ref)
                 row["latency"] = _events_ms(lambda e=engine, x=feed: e(**x), args.warmup, args.iters)
                 # refit: CPU weights + GPU refit, then A -> B -> A
                 names = [n for e in m.lora["modules"].values() for n in e.values()]

@@ -33,7 +33,7 @@ from wanrt.export.api import LoraSpec
 from wanrt.export.model import ModelSpec
 from wanrt.runtime.backends import build_transformer
 from wanrt.runtime.flops import forward_flops, lora_branches
-from wanrt.tools.bench_cpu_engines import bootstrap_ci, finish, header
+from wanrt.tools.bench_cpu_engines import bootstrap_ci, finish, header, write_results
 from wanrt.tools.cpu_cost_model import GPU_PEAKS, forward_ops, predict
 
 
@@ -153,13 +153,9 @@ def main(argv=None) -> int:
     else:
         results["cost_model"] = "no published peaks for this device in tools/cpu_cost_model.GPU_PEAKS"
     finish(results, t0)
-    args.out.mkdir(parents=True, exist_ok=True)
-    name = (gpu or "cpu").replace(" ", "-").lower()
-    path = args.out / f"gpu-torch-{name}.json"
-    path.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    write_results(args.out, "gpu-torch-" + (gpu or "cpu").replace(" ", "-").lower(), results)
     print(json.dumps({k: results[k] for k in ("device", "eager_merged_s", "separate_overhead") if k in results},
                      default=str))
-    print(f"wrote {path}")
     return 0
 
 

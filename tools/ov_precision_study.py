@@ -11,7 +11,6 @@ same seeded inputs; eager bf16 (diffusers' keep-in-fp32 modules) is measured too
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 from wanrt.artifacts import library_versions
-from wanrt.tools.bench_cpu_engines import header
+from wanrt.tools.bench_cpu_engines import header, write_results
 
 
 def build_model(model_spec, lora_spec):
@@ -142,10 +141,7 @@ def main(argv=None) -> int:
     name = args.name or f"{manifest.specs['model'].get('source', 'model')}-{args.shape}".replace("/", "_")
     out = header("ov_precision_study", argv, versions={**library_versions(), "openvino": ov.__version__},
                  export=str(args.export_dir), shape=args.shape, threads=args.threads, rows=rows)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"ov-precision-{name}.json"
-    path.write_text(json.dumps(out, indent=1) + "\n")
-    print(f"wrote {path}")
+    write_results(args.out, f"ov-precision-{name}", out)
     return 0
 
 

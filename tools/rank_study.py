@@ -18,10 +18,11 @@ import shlex
 import shutil
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 import click
+
+from wanrt.memory import Sampler
 
 RANKS = (4, 16, 64, 256)
 MODES = ("merged", "separate", "full")
@@ -30,25 +31,12 @@ TARGETS = ("all", "cross-attn")
 PNGS = ("pareto.png", "quality_vs_rank.png", "latency_vs_rank.png", "tokens_per_s_vs_rank.png")
 
 
-class LoadSampler:
+class LoadSampler(Sampler):
     """/proc/loadavg every `interval` s while the study runs (1-minute load average)."""
 
     def __init__(self, interval: float = 10.0):
-        self.interval, self.samples, self._stop = interval, [], threading.Event()
-
-    def __enter__(self):
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.samples.append(os.getloadavg()[0])
-            self._stop.wait(self.interval)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+        super().__init__(lambda: self.samples.append(os.getloadavg()[0]), interval)
+        self.samples: list[float] = []
 
     def summary(self) -> dict:
         s = sorted(self.samples)

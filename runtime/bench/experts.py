@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from wanrt.artifacts import atomic_output_dir, build_manifest, check_output_dir, write_manifest
+from wanrt.artifacts import build_manifest, check_output_dir
 from wanrt.dit_io import DitIO
 from wanrt.errors import BadInputError
 from wanrt.export.model import ModelSpec
@@ -39,6 +39,7 @@ from wanrt.runtime import backends as B
 from wanrt.runtime.bench.experts_report import render_experts_report
 from wanrt.runtime.bench.measure import median_ci, rel_error, summarize, time_backend
 from wanrt.runtime.bench.per_video import RATIO_LEVEL
+from wanrt.runtime.bench.run import write_results
 from wanrt.runtime.bench.spec import BenchSpec, make_inputs
 from wanrt.runtime.experts import ExpertPair, expert_pair, is_experts_artifact
 from wanrt.runtime.pipeline import expert_steps
@@ -61,9 +62,11 @@ def experts_lora_specs(spec: BenchSpec) -> dict[str, Any]:
 
 def run_experts_bench(spec: BenchSpec, resident: str = "both", out_dir: str | Path | None = None,
                       force: bool = False, cache_dir: Path | None = None, command: str | None = None,
-                      say=None) -> dict[str, Any]:
+                      say=None, artifact_loras: dict[str, Any] | None = None) -> dict[str, Any]:
     """Bench every backend of `spec` on the two-expert model (or `spec.engine_dir`, an experts artifact); returns
-    the results document and, with `out_dir`, writes results.json and report.md there."""
+    the results document and, with `out_dir`, writes results.json and report.md there. `artifact_loras`: the
+    {expert: LoraSpec} an artifact was exported with, where the caller made it (tools/bench_experts.py): its
+    experts are then compared with eager fp32 of the same stacks."""
     say = say or (lambda _m: None)
     if out_dir is not None:
         check_output_dir(out_dir, force, kind="bench")
@@ -79,7 +82,7 @@ def run_experts_bench(spec: BenchSpec, resident: str = "both", out_dir: str | Pa
     if artifact is not None and not is_experts_artifact(artifact):
         raise BadInputError(f"--artifact {artifact}: not a two-expert artifact (wanrt export/build of Wan2.2)")
     model_spec = ModelSpec(source=spec.model, layers=spec.layers, dtype=spec.dtype, seed=spec.lora_seed)
-    loras = None if artifact else experts_lora_specs(spec)
+    loras = artifact_loras if artifact else experts_lora_specs(spec)
     for name in spec.backends:
         B.check_backend(name, device)
     if spec.trt_precision is not None and artifact is None:
@@ -113,9 +116,7 @@ def run_experts_bench(spec: BenchSpec, resident: str = "both", out_dir: str | Pa
     if command is not None:
         results["command"] = command
     if out_dir is not None:
-        with atomic_output_dir(out_dir, force=True, kind="bench") as tmp:
-            (tmp / "report.md").write_text(render_experts_report(results))
-            write_manifest(tmp, dict(results), name="results.json")
+        write_results(results, out_dir, force=True, plots=False, render=render_experts_report)
     return results
 
 

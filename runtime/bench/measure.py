@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import gc
 import math
-import os
 import statistics
-import threading
 import time
 from typing import Any, Callable
 
 import torch
 
 from wanrt.errors import BadInputError
+from wanrt.memory import Sampler, rss_bytes
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -80,38 +79,19 @@ class LoadProbe:
         return t
 
 
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError):
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-class _RssSampler:
-    """Peak resident memory while a block runs (a thread reading /proc/self/statm every `interval` s)."""
+class _RssSampler(Sampler):
+    """Peak resident memory while a block runs (/proc/self/statm every `interval` s, and at its end)."""
 
     def __init__(self, interval: float = 0.002):
-        self.interval, self.peak, self.start = interval, 0, 0
-        self._stop = threading.Event()
+        super().__init__(self._read, interval)
+        self.start = self.peak = rss_bytes()
 
-    def __enter__(self):
-        self.start = self.peak = _rss_bytes()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _rss_bytes())
-            self._stop.wait(self.interval)
+    def _read(self) -> None:
+        self.peak = max(self.peak, rss_bytes())
 
     def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _rss_bytes())
+        super().__exit__(*exc)
+        self._read()
 
 
 def memory_in_use(device: torch.device) -> int:
@@ -121,7 +101,7 @@ def memory_in_use(device: torch.device) -> int:
         free, total = torch.cuda.mem_get_info(device)
         return total - free
     gc.collect()
-    return _rss_bytes()
+    return rss_bytes()
 
 
 def measure_memory(backend, feed: tuple, device: torch.device, before_load: int | None = None) -> dict[str, Any]:

@@ -187,10 +187,12 @@ def resumable_runs(out_dir: str | Path, spec: BenchSpec) -> list[dict[str, Any]]
     return list(payload.get("runs", []))
 
 
-def write_results(results: dict[str, Any], out_dir: str | Path, force: bool, plots: bool = True) -> None:
-    """results.json, report.md and (plots=True) the plots, written together (temp dir + rename)."""
+def write_results(results: dict[str, Any], out_dir: str | Path, force: bool, plots: bool = True,
+                  render: Callable[[dict[str, Any]], str] = render_report) -> None:
+    """results.json, report.md (`render`'s: the sweep's, or the two-expert bench's) and (plots=True) the plots,
+    written together (temp dir + rename)."""
     with atomic_output_dir(out_dir, force=force, kind="bench") as tmp:
-        (tmp / "report.md").write_text(render_report(results))
+        (tmp / "report.md").write_text(render(results))
         if plots:
             write_plots(results, tmp)
             write_pareto(results, tmp)

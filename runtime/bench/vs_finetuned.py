@@ -84,7 +84,6 @@ class FinetunedReference:
                 self.loras[(targets, r)] = lora
         del base, reader
         gc.collect()
-        self._videos_done = False
 
     @property
     def synthetic(self) -> bool:

@@ -18,7 +18,6 @@ from wanrt.engines.trt.fp8.selection import block_count, parse_keep_blocks, sele
 from wanrt.choices import Fp8Backend
 from wanrt.errors import BadInputError, MissingDependencyError, ValuesMismatch
 
-FP8_BACKENDS = Fp8Backend.values()
 DEFAULT_TOLERANCE = 0.1
 
 
