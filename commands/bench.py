@@ -183,13 +183,10 @@ def bench(**kw):
         compile_mode=kw["compile_mode"], engine_dir=kw["artifact"], interleave=kw["interleave"],
         retries=kw["retries"], settle_s=kw["settle"], peak_size=kw["peak_size"], reference=kw["reference"],
         finetuned=kw["finetuned"])
-    if _two_experts(kw):
-        if kw["pipeline"]:
-            raise BadInputError("--pipeline on Wan2.2's two experts is not built yet: `wanrt generate` prints a "
-                                "two-expert video's stages")
-        return _bench_experts(spec, kw)
     if kw["pipeline"]:
         return _bench_pipeline(spec, kw)
+    if _two_experts(kw):
+        return _bench_experts(spec, kw)
     if kw["experts_resident"] != "both":
         raise BadInputError("--experts-resident one: for Wan2.2's two experts (a two-expert --model or --artifact)")
     kw["output"] = kw["output"] or default_output(spec)
@@ -253,6 +250,8 @@ def _bench_pipeline(spec, kw) -> None:
     from wanrt.runtime.stages import STAGES
 
     recipes = parse_recipes(kw["pipeline"])
+    if kw["experts_resident"] != "both" and not _two_experts(kw):
+        raise BadInputError("--experts-resident one: for Wan2.2's two experts (a two-expert --model or --artifact)")
     spec = replace(spec, ranks=spec.ranks if kw["ranks"] else (16,),
                    modes=spec.modes if kw["lora_modes"] else ("merged",))
     if kw["resume"]:
@@ -261,7 +260,8 @@ def _bench_pipeline(spec, kw) -> None:
     results = run_pipeline_bench(spec, recipes, out_dir=out, force=kw["force"],
                                  cache_dir=Path(kw["cache_dir"]) if kw["cache_dir"] else None,
                                  command=command_line(), say=lambda m: err_console.print(f"[dim]{m}[/dim]"),
-                                 components=kw["components"], text_layers=kw["text_layers"])
+                                 components=kw["components"], text_layers=kw["text_layers"],
+                                 resident=kw["experts_resident"])
     p = results["payload"]
     table = Table(title="wanrt bench --pipeline: seconds per video and stage (medians)", box=box.SIMPLE_HEAD,
                   pad_edge=False, padding=(0, 1, 0, 0),

@@ -6,9 +6,11 @@ So this mode runs the whole WanImageToVideoPipeline per declared schedule (runti
 every stage where the pipeline makes the call (runtime/stages.py): text encode, CLIP image encode, VAE encode of the
 conditioning frame, the DiT loop, VAE decode.
 
-Rows: `eager` is diffusers' pipeline with the eager fp32 DiT and diffusers' VAE: the reference for time and for
-quality. Every other backend runs the DiT on its engine and the VAE decode on the same backend's session where
-one exists (runtime/backend_names.StageBackend: ort, ov), else diffusers' decode; the row names both.
+Rows: `eager` is diffusers' pipeline with the eager fp32 DiT, VAE and encoders: the reference for time and for
+quality. Every other backend runs the DiT on its engine and the VAE (encode and decode) and both encoders on the
+same backend's stage sessions where they exist (runtime/backend_names.StageBackend: ort, ov), else diffusers' own;
+the row names which. A two-expert model (Wan2.2) runs both experts, each with its own seeded LoRA (seed + index),
+switched at diffusers' boundary step.
 
 Timing: one untimed video per (schedule, backend) first (first-run costs; its frames are the quality sample), then
 `repeats` rounds, each running every backend once in an order rotated round by round, so drifting machine load
@@ -24,6 +26,7 @@ import gc
 import os
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,7 +35,7 @@ import torch
 from wanrt.artifacts import atomic_output_dir, build_manifest, check_output_dir, write_manifest
 from wanrt.errors import BadInputError, MissingDependencyError
 from wanrt.export.api import LoraSpec
-from wanrt.export.model import ModelSpec
+from wanrt.export.model import ModelSpec, model_experts
 from wanrt.runtime import backends as B
 from wanrt.runtime import metrics
 from wanrt.runtime.backend_names import StageBackend
@@ -40,6 +43,7 @@ from wanrt.runtime.bench.measure import median_ci
 from wanrt.runtime.bench.spec import BenchSpec
 from wanrt.runtime.bench.video import DEFAULT_PROMPT, bench_image
 from wanrt.runtime.components import component_geometry
+from wanrt.runtime.experts import expert_pair
 from wanrt.runtime.generate import compiled_stages
 from wanrt.runtime.pipeline import build_pipeline, install_backend, run_pipeline
 from wanrt.runtime.schedule import RECIPES, recipe
@@ -68,7 +72,7 @@ def vae_backend_for(backend: str) -> str:
 def run_pipeline_bench(spec: BenchSpec, recipes: tuple[str, ...], out_dir: str | Path | None = None,
                        force: bool = False, cache_dir: Path | None = None, command: str | None = None,
                        say: Callable[[str], None] | None = None, components: str = "tiny",
-                       text_layers: int | None = None) -> dict[str, Any]:
+                       text_layers: int | None = None, resident: str = "both") -> dict[str, Any]:
     """Time whole videos of every recipe on eager and every backend of `spec` (one LoRA configuration), the
     pipeline's other parts in geometry `components` (runtime/components.py); returns the results document and,
     with `out_dir`, writes results.json and report.md there."""
@@ -90,10 +94,16 @@ def run_pipeline_bench(spec: BenchSpec, recipes: tuple[str, ...], out_dir: str |
     lora = LoraSpec(rank=spec.ranks[0], targets=spec.targets[0], mode=spec.modes[0], seed=spec.lora_seed)
     t0, load_start = time.perf_counter(), list(os.getloadavg())
     rows: dict[str, dict[str, Any]] = {}
+    experts = model_experts(model_spec).names  # Wan2.2: both experts, each with its own seeded LoRA
     for name in names:
-        say(f"{name}: loading the DiT (r{lora.rank} {lora.mode}) and the VAE decode ({vae_backend_for(name)})")
-        backend = B.backend_from_specs(name, model_spec, lora, device=device, cache_dir=cache_dir,
-                                       threads=spec.threads, progress=say)
+        say(f"{name}: loading the DiT (r{lora.rank} {lora.mode}{', both experts' if experts else ''}) and the "
+            f"other stages ({vae_backend_for(name)})")
+        options = {"device": device, "cache_dir": cache_dir, "threads": spec.threads, "progress": say}
+        if experts:
+            loras = {e: replace(lora, seed=lora.seed + i) for i, e in enumerate(experts)}
+            backend = expert_pair(name, model_spec, loras, resident=resident, **options)
+        else:
+            backend = B.backend_from_specs(name, model_spec, lora, **options)
         rows[name] = {"backend": backend, "vae_backend": vae_backend_for(name)}
     say(f"building the pipeline's {components} encoders and VAE")
     pipe = build_pipeline(rows[REFERENCE]["backend"], seed=spec.seed, components=components, text_layers=text_layers)
@@ -112,6 +122,7 @@ def run_pipeline_bench(spec: BenchSpec, recipes: tuple[str, ...], out_dir: str |
                          "latent": list(shape.latent)},
                "components": {"name": components, "text_layers": text_layers, "text_layers_full": geo.text_layers},
                "lora": {"rank": lora.rank, "mode": lora.mode, "targets": lora.targets, "seed": lora.seed},
+               "experts": list(experts), "experts_resident": resident if experts else None,
                "rows": {n: {"vae_backend": r["vae_backend"], "describe": r["backend"].describe()}
                         for n, r in rows.items()},
                "schedules": schedules, "goal": _goal(schedules), "wall_s": time.perf_counter() - t0,
