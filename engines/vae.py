@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wanrt.engines.sessions import RUNTIME_BACKENDS, SESSIONS, STAGE_BACKENDS
+from wanrt.engines.sessions import RUNTIME_BACKENDS, SESSIONS, STAGE_BACKENDS, session
 from wanrt.errors import BadInputError
 from wanrt.io_contract import VAE_STRIDE
 from wanrt.manifests import VaeDecoderManifest, VaeEncoderManifest
@@ -38,7 +38,8 @@ class _ChunkGraphs:
 
     MANIFEST: type[VaeDecoderManifest] = VaeDecoderManifest
 
-    def __init__(self, export_dir: str | os.PathLike, backend: str = "ort", threads: int | None = None):
+    def __init__(self, export_dir: str | os.PathLike, backend: str = "ort", threads: int | None = None,
+                 precision: str = "fp32"):
         backend = RUNTIME_BACKENDS.get(backend, backend)
         if backend not in SESSIONS:
             raise BadInputError(f"VAE backend {backend!r}: choose one of {', '.join(STAGE_BACKENDS)}",
@@ -47,8 +48,8 @@ class _ChunkGraphs:
         manifest = self.MANIFEST.read(export_dir, check_files=True)  # every file's size and sha256 too
         self.n_cache, self.z_dim = manifest.n_cache, manifest.z_dim
         self.in_channels = manifest.vae_config.get("in_channels", 3)
-        self.first = SESSIONS[backend](export_dir / manifest.first, threads)
-        self.step = SESSIONS[backend](export_dir / manifest.step, threads)
+        self.first = session(backend, export_dir / manifest.first, threads, precision)
+        self.step = session(backend, export_dir / manifest.step, threads, precision)
         self.cache_in = [f"cache.in.{i}" for i in range(self.n_cache)]
 
     def _run(self, name: str, chunks: list[np.ndarray]) -> np.ndarray:

@@ -481,12 +481,15 @@ def export_artifact(model_spec, lora_spec, out_dir: Path, dtype: str | None = No
 def backend_from_specs(name: str, model_spec=None, lora_spec=None, engine: str | Path | None = None,
                        device: torch.device | str = "cpu", cache_dir: Path | None = None, threads: int | None = None,
                        cuda_graph: bool = False, compile_options: dict[str, Any] | None = None,
-                       progress: Callable[[str], None] | None = None) -> BackendBase:
+                       progress: Callable[[str], None] | None = None, precision: str | None = None) -> BackendBase:
     """The CLI's way to a backend: eager/compile build the model from specs; ort loads `engine` (an export
-    directory) or exports the specs once into the cache; trt loads `engine` (an engine directory)."""
+    directory) or exports the specs once into the cache; trt loads `engine` (an engine directory). `precision`:
+    for a flavour that compiles exports on load (OpenVINO), the engine's (its runner refuses what it cannot)."""
     say = progress or (lambda _m: None)
     check_backend(name, device)
     lora_spec = lora_spec if lora_spec is not None else LoraSpec()  # none given: the base model, on every path
+    if precision not in (None, "fp32") and registry.for_backend(name) is None:  # before any export
+        raise BadInputError(f"--precision {precision}: backend '{name}' runs fp32 (the model or its export as is)")
     if REGISTRY[name].needs == "model":
         if engine is not None:
             raise BadInputError(f"--artifact is for backends ort/trt; '{name}' builds the model from --model")
@@ -508,8 +511,9 @@ def backend_from_specs(name: str, model_spec=None, lora_spec=None, engine: str |
             engine = writable_cache("exports", cache_dir) / key  # read-only cache: a temporary, with a warning
             say(f"exporting {model_spec.source} to ONNX ({engine})")
             _, export_s = export_artifact(model_spec, lora_spec, Path(engine), force=True)
-    backend = create_backend(name, artifact=engine, device=device, threads=threads)  # ort, or an engine compiled
-    # from the export by its flavour at its default precision
+    options = {"precision": precision} if precision is not None and flavour is not None else {}
+    backend = create_backend(name, artifact=engine, device=device, threads=threads, **options)  # ort, or an engine
+    # compiled from the export by its flavour (at `precision`, else its default)
     if export_s is not None:
         backend.setup["export_s"] = export_s
     return backend

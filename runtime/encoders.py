@@ -24,13 +24,13 @@ from wanrt.runtime.stages import cached_export, weights_key
 
 
 def encoder_session(kind: str, encoder, backend: str, threads: int | None = None, cache_dir: Path | None = None,
-                    say: Callable[[str], None] = lambda _m: None):
+                    say: Callable[[str], None] = lambda _m: None, precision: str = "fp32"):
     """A session of `encoder`'s graph ("text" or "image"), exported into the cache the first time."""
     key = weights_key(encoder, encoder.config.to_dict())
     out = cached_export(encoder, f"{kind}-enc-{key}", f"{kind} encoder",
                         lambda m, d: export_encoder(kind, m, d, force=True), cache_dir, say)
     manifest = EncoderManifest.read(out, check_files=True)  # every file's size and sha256
-    return session(backend, out / manifest.model, threads)
+    return session(backend, out / manifest.model, threads, precision)
 
 
 class CompiledTextEncoder:

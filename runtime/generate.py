@@ -73,11 +73,12 @@ def check_shape(spec: GenerateSpec, backend) -> None:
 
 
 def compiled_stages(pipe, vae_backend: str = "eager", encoders_backend: str = "eager", threads: int | None = None,
-                    say: Callable[[str], None] | None = None) -> CompiledStages | None:
+                    say: Callable[[str], None] | None = None, precision: str = "fp32") -> CompiledStages | None:
     """None when every stage is diffusers' own ("eager"); else the VAE's decoder and encoder (`vae_backend`) and
     the text and image encoders (`encoders_backend`) exported once into wanrt's cache (keyed by config and weights)
     and run on that backend's sessions. A tiling VAE keeps diffusers' encode (the tiled encode is not exported);
-    its decode tiles on the graphs."""
+    its decode tiles on the graphs. `precision`: the sessions' (engines/sessions.py: OpenVINO bf16 where the CPU
+    runs it)."""
     vae_on = StageBackend.parse(vae_backend, "--vae-backend") != StageBackend.EAGER
     enc_on = StageBackend.parse(encoders_backend, "--encoders-backend") != StageBackend.EAGER
     if not (vae_on or enc_on):
@@ -87,16 +88,17 @@ def compiled_stages(pipe, vae_backend: str = "eager", encoders_backend: str = "e
     if vae_on:
         key = weights_key(pipe.vae, dict(pipe.vae.config))
         parts["vae_decode"] = CompiledVaeDecode(VaeDecoder(vae_export_dir(pipe.vae, say=say, key=key), vae_backend,
-                                                           threads), pipe.vae)
+                                                           threads, precision), pipe.vae)
         if not getattr(pipe.vae, "use_tiling", False):
-            parts["vae_encode"] = CompiledVaeEncode(VaeEncoder(vae_export_dir(pipe.vae, say=say, part="encoder",
-                                                                              key=key), vae_backend, threads))
+            encoder_dir = vae_export_dir(pipe.vae, say=say, part="encoder", key=key)
+            parts["vae_encode"] = CompiledVaeEncode(VaeEncoder(encoder_dir, vae_backend, threads, precision))
     if enc_on:
         parts["text"] = CompiledTextEncoder(encoder_session("text", pipe.text_encoder, encoders_backend, threads,
-                                                            say=say))
+                                                            say=say, precision=precision))
         if pipe.image_encoder is not None:
             parts["image"] = CompiledImageEncode(encoder_session("image", pipe.image_encoder, encoders_backend,
-                                                                 threads, say=say), pipe.image_processor)
+                                                                 threads, say=say, precision=precision),
+                                                 pipe.image_processor)
     return CompiledStages(**parts)
 
 

@@ -52,7 +52,7 @@ def test_rows_stages_and_paired_speedup(bench_run):
     assert p["goal"]["schedule"] == "distill-4step" and p["goal"]["verdict"] != "not run"
     report = (out / "report.md").read_text()
     assert "## distill-4step: 4 steps, no CFG, 4 DiT forwards, 2 rounds" in report
-    assert "| ort / ort |" in report and "Goal (issue 21)" in report
+    assert "| ort / ort (fp32) |" in report and "Goal (issue 21)" in report
     assert "goal >= 1.5x on distill-4step" in text
 
 
@@ -81,7 +81,8 @@ def test_recipes_and_vae_rows():
     (["--pipeline", "fast"], "--pipeline recipe 'fast': choose from distill-4step, wan-40step-cfg"),
     (["--pipeline", "all", "--ranks", "4,16"], "a pipeline bench runs one LoRA configuration"),
     (["--pipeline", "all", "--lora-mode", "full"], "--lora-mode full: a pipeline bench deploys a LoRA"),
-    (["--pipeline", "all", "--batch", "2"], "--batch 2, --artifact, --precision and --reference finetuned"),
+    (["--pipeline", "all", "--batch", "2"], "--batch 2, --artifact and --reference finetuned"),
+    (["--pipeline", "all", "--precision", "bf16"], "--precision bf16: backend 'ort' runs fp32"),
     (["--pipeline", "all", "--experts-resident", "one"], "--experts-resident one: for Wan2.2's two experts"),
 ])
 def test_refusals_are_one_line_before_any_work(tmp_path, args, line):

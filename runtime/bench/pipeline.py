@@ -33,6 +33,7 @@ from typing import Any, Callable
 import torch
 
 from wanrt.artifacts import atomic_output_dir, build_manifest, check_output_dir, write_manifest
+from wanrt.engines import registry
 from wanrt.errors import BadInputError, MissingDependencyError
 from wanrt.export.api import LoraSpec
 from wanrt.export.model import ModelSpec, model_experts
@@ -95,20 +96,28 @@ def run_pipeline_bench(spec: BenchSpec, recipes: tuple[str, ...], out_dir: str |
     t0, load_start = time.perf_counter(), list(os.getloadavg())
     rows: dict[str, dict[str, Any]] = {}
     experts = model_experts(model_spec).names  # Wan2.2: both experts, each with its own seeded LoRA
+    precision = spec.trt_precision or "fp32"  # every compiled row's: its DiT engine and its stage sessions
+    if experts and precision != "fp32":
+        raise BadInputError(f"--precision {precision}: a two-expert pipeline bench runs its engines at fp32")
+    for name in names[1:]:  # before any work: only an engine flavour builds another precision
+        if precision != "fp32" and registry.for_backend(name) is None:
+            raise BadInputError(f"--precision {precision}: backend '{name}' runs fp32 (the model or its export as is)")
     for name in names:
         say(f"{name}: loading the DiT (r{lora.rank} {lora.mode}{', both experts' if experts else ''}) and the "
             f"other stages ({vae_backend_for(name)})")
         options = {"device": device, "cache_dir": cache_dir, "threads": spec.threads, "progress": say}
+        row_precision = "fp32" if name == REFERENCE else precision
         if experts:
             loras = {e: replace(lora, seed=lora.seed + i) for i, e in enumerate(experts)}
             backend = expert_pair(name, model_spec, loras, resident=resident, **options)
         else:
-            backend = B.backend_from_specs(name, model_spec, lora, **options)
-        rows[name] = {"backend": backend, "vae_backend": vae_backend_for(name)}
+            backend = B.backend_from_specs(name, model_spec, lora, precision=row_precision, **options)
+        rows[name] = {"backend": backend, "vae_backend": vae_backend_for(name), "precision": row_precision}
     say(f"building the pipeline's {components} encoders and VAE")
     pipe = build_pipeline(rows[REFERENCE]["backend"], seed=spec.seed, components=components, text_layers=text_layers)
     for row in rows.values():
-        row["compiled"] = compiled_stages(pipe, row["vae_backend"], row["vae_backend"], spec.threads, say)
+        row["compiled"] = compiled_stages(pipe, row["vae_backend"], row["vae_backend"], spec.threads, say,
+                                          row["precision"])
     image = bench_image(shape.height, shape.width, spec.seed)
     try:
         schedules = {r: _bench_recipe(r, rows, pipe, image, shape, spec, say) for r in recipes}
@@ -123,7 +132,8 @@ def run_pipeline_bench(spec: BenchSpec, recipes: tuple[str, ...], out_dir: str |
                "components": {"name": components, "text_layers": text_layers, "text_layers_full": geo.text_layers},
                "lora": {"rank": lora.rank, "mode": lora.mode, "targets": lora.targets, "seed": lora.seed},
                "experts": list(experts), "experts_resident": resident if experts else None,
-               "rows": {n: {"vae_backend": r["vae_backend"], "describe": r["backend"].describe()}
+               "rows": {n: {"vae_backend": r["vae_backend"], "precision": r["precision"],
+                            "describe": r["backend"].describe()}
                         for n, r in rows.items()},
                "schedules": schedules, "goal": _goal(schedules), "wall_s": time.perf_counter() - t0,
                # the CPU may be shared: stage times are only as quiet as the machine was
@@ -146,10 +156,9 @@ def _check(spec: BenchSpec) -> None:
                             "one --targets")
     if spec.modes[0] == "full":
         raise BadInputError("--lora-mode full: a pipeline bench deploys a LoRA, merged or separate")
-    if spec.batch != 1 or spec.engine_dir or spec.trt_precision or spec.reference != "eager":
-        raise BadInputError("a pipeline bench runs the pipeline's batch-1 calls on engines it exports at their "
-                            "default precision, against eager fp32: --batch 2, --artifact, --precision and "
-                            "--reference finetuned are for the DiT bench")
+    if spec.batch != 1 or spec.engine_dir or spec.reference != "eager":
+        raise BadInputError("a pipeline bench runs the pipeline's batch-1 calls on engines it exports, against "
+                            "eager fp32: --batch 2, --artifact and --reference finetuned are for the DiT bench")
     if spec.video_quality:
         raise BadInputError("--video-quality: a pipeline bench always compares its videos with eager's")
 
@@ -249,7 +258,8 @@ def render_pipeline_report(results: dict[str, Any]) -> str:
         for row, r in s["rows"].items():
             q = r["quality"]
             verdict = "reference" if q is None else "; ".join(q["failures"]) or "equal"
-            L.append(f"| {row} / {p['rows'][row]['vae_backend']} | {_fmt(r['video_s'], 's')} | "
+            about = p["rows"][row]
+            L.append(f"| {row} / {about['vae_backend']} ({about['precision']}) | {_fmt(r['video_s'], 's')} | "
                      f"{'-' if r['speedup'] is None else _fmt(r['speedup'], 'x')} | "
                      + " | ".join(f"{r['stages_s'][k]:.3f}" for k in STAGES[:-1])
                      + f" | {'-' if q is None else format(q['psnr_min'], '.1f')} | "
