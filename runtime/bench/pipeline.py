@@ -34,6 +34,7 @@ import torch
 
 from wanrt.artifacts import atomic_output_dir, build_manifest, check_output_dir, write_manifest
 from wanrt.engines import registry
+from wanrt.engines.openvino.engine import cpu_info
 from wanrt.errors import BadInputError, MissingDependencyError
 from wanrt.export.api import LoraSpec
 from wanrt.export.model import ModelSpec, model_experts
@@ -125,7 +126,7 @@ def run_pipeline_bench(spec: BenchSpec, recipes: tuple[str, ...], out_dir: str |
         for row in rows.values():
             row["backend"].close()
         gc.collect()
-    payload = {"schema": SCHEMA, "complete": True, "device": str(device),
+    payload = {"schema": SCHEMA, "complete": True, "device": str(device), "cpu": cpu_info(),
                "threads": torch.get_num_threads() if device.type == "cpu" else None,
                "shape": {"frames": shape.frames, "height": shape.height, "width": shape.width,
                          "latent": list(shape.latent)},
@@ -244,12 +245,14 @@ def render_pipeline_report(results: dict[str, Any]) -> str:
     L = [f"# wanrt bench --pipeline: {spec['model']}, whole videos per stage", "",
          f"Command: `{results.get('command', '')}`  ",
          f"Video {sh['frames']}x{sh['height']}x{sh['width']} (latent {'x'.join(map(str, sh['latent']))}); LoRA "
-         f"r{lora['rank']} {lora['mode']} ({lora['targets']}); {p['device']}, threads {p['threads']}; wall "
+         f"r{lora['rank']} {lora['mode']} ({lora['targets']}); {p['device']} ({p['cpu']['model']}; "
+         f"{', '.join(p['cpu']['isa'])}), threads {p['threads']}; wall "
          f"{p['wall_s']:.0f} s; load average at start {'/'.join(f'{v:.1f}' for v in p['load_average']['start'])}, "
          f"end {'/'.join(f'{v:.1f}' for v in p['load_average']['end'])}.", "",
-         "Rows: DiT backend / VAE decode. Seconds: medians over rounds [distribution-free 95% CI of the median; "
-         "'n<6' when too few rounds]; speed-up: eager's video / the row's, paired per round. Quality: the row's "
-         "video against eager's, per frame.", ""]
+         _components_line(p["components"]), "",
+         "Rows: DiT backend / its stage backend (precision). Seconds: medians over rounds [distribution-free 95% "
+         "CI of the median; 'n<6' when too few rounds]; speed-up: eager's video / the row's, paired per round. "
+         "Quality: the row's video against eager's, per frame.", ""]
     for name, s in p["schedules"].items():
         L += [f"## {name}: {s['schedule']['steps']} steps, {'CFG' if s['schedule']['cfg'] else 'no CFG'}, "
               f"{s['schedule']['forwards']} DiT forwards, {s['rounds']} rounds", "",
@@ -268,6 +271,14 @@ def render_pipeline_report(results: dict[str, Any]) -> str:
     L.append(f"Goal (issue 21): >= {g['target']}x eager per video on {g['schedule']} at equal quality: "
              f"**{g['verdict']}**" + (f" (best: {g['row']}, {g['speedup']:.2f}x)" if g.get("row") else "") + ".")
     return "\n".join(L) + "\n"
+
+
+def _components_line(c: dict[str, Any]) -> str:
+    sliced = c["text_layers"] != c["text_layers_full"]
+    scale = c["text_layers_full"] / c["text_layers"]
+    return (f"Other stages: the `{c['name']}` geometry (runtime/components.py); UMT5 {c['text_layers']} of "
+            f"{c['text_layers_full']} layers" + (f" (the text stage ran those: x{scale:g} is the whole encoder's time)"
+                                                 if sliced else "") + ".")
 
 
 def _fmt(stat: dict[str, Any], unit: str) -> str:
