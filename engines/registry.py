@@ -44,6 +44,7 @@ class EngineFlavour(Protocol):
     loads_exports: bool  # its runner compiles an export directory itself (else it needs `wanrt build` first)
     first_run_compiles: bool  # the first run sets up shapes or compiles kernels: bench warms up at least once
     kernel: str  # the GEMM family its MatMuls run (runtime/bench/peaks.py)
+    stage_precisions: tuple[str, ...]  # the precisions its stage sessions run (VAE, encoders); () for none
 
     def available(self) -> str | None:
         """None when it can build here, else the one-line reason."""
@@ -75,6 +76,9 @@ class EngineFlavour(Protocol):
     def refit(self, engine_dir: str | os.PathLike, **options: Any) -> EngineManifest:
         """Swap the LoRA of an engine directory; returns the new manifest."""
 
+    def stage_session(self, path: os.PathLike, threads: int | None, precision: str) -> Any:
+        """One exported stage graph loaded to run: {input name: array} -> [outputs] (engines/sessions.py)."""
+
     def refit_dry_run(self, engine_dir: str | os.PathLike, **options: Any) -> dict[str, str]:
         """What a refit would do, computed without a GPU: {column: value}."""
 
@@ -98,9 +102,9 @@ class EngineFlavour(Protocol):
 
 
 class LazyHooks:
-    """The calls every flavour makes the same way (build, load, check_runtime, runner, refit): each imports the
-    function its flavour names in `hooks` ("module:attribute") when it is first called, so TensorRT, OpenVINO and
-    torch stay out of `wanrt --help`."""
+    """The calls every flavour makes the same way (build, load, check_runtime, runner, refit, stage_session): each
+    imports the function its flavour names in `hooks` ("module:attribute") when it is first called, so TensorRT,
+    OpenVINO and torch stay out of `wanrt --help`."""
 
     hooks: ClassVar[dict[str, str]] = {}
 
@@ -121,6 +125,9 @@ class LazyHooks:
 
     def refit(self, engine_dir, **options: Any) -> EngineManifest:
         return self._hook("refit")(engine_dir, **options)
+
+    def stage_session(self, path, threads, precision):
+        return self._hook("stage_session")(path, threads, precision)
 
 
 def _imported(entry: str) -> Any:

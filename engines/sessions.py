@@ -1,11 +1,8 @@
-"""Sessions that run one exported stage graph (the VAE's chunk graphs, the text and image encoders) on the CPU:
-ONNX Runtime or OpenVINO, fp32. The one seam for stage graphs: a stage asks `session(backend, path, threads)`,
-never names a runtime. (The DiT's engines go through engines/registry.py: they build, refit and swap LoRAs; a
-stage graph only loads and runs.)
-
-OpenVINO's CPU plugin is pinned to f32 by default: on bf16-capable CPUs its own default inference precision is bf16,
-and these graphs are held to fp32 parity with diffusers/transformers. `precision="bf16"` asks for bf16 where the CPU
-runs it natively (the same check as the DiT's OpenVINO engines); ORT runs fp32 only.
+"""Sessions that run one exported stage graph (the VAE's chunk graphs, the text and image encoders). The one seam for
+stage graphs: a stage asks `session(backend, path, threads, precision)`, never names a runtime. ONNX Runtime (fp32,
+the export as it is) is here; an engine flavour runs stage graphs when its registry entry offers `stage_precisions`
+and names a `stage_session` (OpenVINO: engines/openvino/stage.py; the TensorRT flavours offer none yet, so the
+VAE and encoders are refused on `trt` in one line, never run elsewhere in its place).
 """
 
 from __future__ import annotations
@@ -14,18 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from wanrt.engines.openvino import BACKEND as OV_BACKEND
-from wanrt.errors import BadInputError, MissingDependencyError
-
-STAGE_BACKENDS = ("ort", "openvino")
-# the same sessions under the runtime backends' names (`wanrt generate --vae-backend`): ort, and OpenVINO's "ov"
-RUNTIME_BACKENDS = {"ort": "ort", OV_BACKEND: "openvino"}
+from wanrt.engines import registry
+from wanrt.errors import BadInputError
 
 
 class _OrtSession:
     PRECISIONS = ("fp32",)  # ORT's CPU provider runs the fp32 graph as it is
 
-    def __init__(self, path: Path, threads: int | None, precision: str = "fp32"):  # noqa: ARG002 - checked by session()
+    def __init__(self, path: Path, threads: int | None):
         import onnxruntime as ort  # lazy: optional backend
         opts = ort.SessionOptions()
         if threads:
@@ -37,44 +30,26 @@ class _OrtSession:
         return self.sess.run(self.outputs, feeds)
 
 
-class _OvSession:
-    PRECISIONS = ("fp32", "bf16")  # the inference precision hint; weights stay as exported (fp32)
-
-    def __init__(self, path: Path, threads: int | None, precision: str = "fp32"):
-        try:
-            import openvino as ov  # lazy: optional backend
-        except ImportError as e:
-            raise MissingDependencyError(f"the openvino stage backend needs OpenVINO ({e})") from None
-        from wanrt.engines.openvino.engine import precision_refusal  # lazy: imports onnx, with OpenVINO
-
-        core = ov.Core()
-        why = precision_refusal(core, "CPU", precision)  # a CPU without avx512_bf16/AMX: refused, never emulated
-        if why is not None:
-            raise BadInputError(why, param="precision")
-        props = {"INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else "bf16"}
-        if threads:
-            props["INFERENCE_NUM_THREADS"] = threads
-        self.compiled = core.compile_model(str(path), "CPU", props)
-        self.request = self.compiled.create_infer_request()
-        self.outputs = [o.get_any_name() for o in self.compiled.outputs]
-
-    def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        res = self.request.infer(feeds)
-        # copies: the request reuses its output buffers on the next call, and the caches are fed back into it
-        return [np.array(res[self.compiled.output(n)]) for n in self.outputs]
-
-
-SESSIONS = {"ort": _OrtSession, "openvino": _OvSession}
+def stage_backends() -> tuple[str, ...]:
+    """The runtime backends that run stage graphs: ORT and every flavour backend offering stage sessions."""
+    return ("ort", *dict.fromkeys(f.backend for f in registry.flavours() if f.stage_precisions))
 
 
 def session(backend: str, path: Path, threads: int | None = None, precision: str = "fp32"):
-    """A callable {input name: array} -> [outputs] on `backend` (a stage name or a runtime backend's name), at
-    `precision` where that backend runs it (else refused in one line)."""
-    name = RUNTIME_BACKENDS.get(backend, backend)
-    if name not in SESSIONS:
-        raise BadInputError(f"stage backend {backend!r}: choose one of {', '.join(STAGE_BACKENDS)}",
+    """A callable {input name: array} -> [outputs] on `backend` (a runtime backend's name, or a flavour's:
+    "openvino" is "ov"), at `precision` where that backend runs it (else refused in one line)."""
+    flavour = None if backend == "ort" else registry.for_backend(backend) or _flavour_named(backend)
+    offered = _OrtSession.PRECISIONS if backend == "ort" else flavour.stage_precisions if flavour else ()
+    if not offered:
+        raise BadInputError(f"stage backend {backend!r}: choose one of {', '.join(stage_backends())}",
                             param="backend")
-    if precision not in SESSIONS[name].PRECISIONS:
-        offered = ", ".join(SESSIONS[name].PRECISIONS)
-        raise BadInputError(f"--precision {precision}: {backend} stage graphs run {offered}", param="precision")
-    return SESSIONS[name](Path(path), threads, precision)
+    if precision not in offered:
+        raise BadInputError(f"--precision {precision}: {backend} stage graphs run {', '.join(offered)}",
+                            param="precision")
+    if flavour is None:
+        return _OrtSession(Path(path), threads)
+    return flavour.stage_session(Path(path), threads, precision)
+
+
+def _flavour_named(name: str):
+    return next((f for f in registry.flavours() if f.name == name), None)

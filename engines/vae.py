@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wanrt.engines.sessions import RUNTIME_BACKENDS, SESSIONS, STAGE_BACKENDS, session
+from wanrt.engines.sessions import session
 from wanrt.errors import BadInputError
 from wanrt.io_contract import VAE_STRIDE
 from wanrt.manifests import VaeDecoderManifest, VaeEncoderManifest
@@ -40,10 +40,6 @@ class _ChunkGraphs:
 
     def __init__(self, export_dir: str | os.PathLike, backend: str = "ort", threads: int | None = None,
                  precision: str = "fp32"):
-        backend = RUNTIME_BACKENDS.get(backend, backend)
-        if backend not in SESSIONS:
-            raise BadInputError(f"VAE backend {backend!r}: choose one of {', '.join(STAGE_BACKENDS)}",
-                                param="backend")
         export_dir = Path(export_dir)
         manifest = self.MANIFEST.read(export_dir, check_files=True)  # every file's size and sha256 too
         self.n_cache, self.z_dim = manifest.n_cache, manifest.z_dim

@@ -12,4 +12,4 @@ Backend = choice("Backend", "The runtime backends.", *MODEL_BACKENDS, *registry.
 # the pipeline's other stages (VAE, text and image encoders): diffusers' own (eager), or their exported graphs on a
 # stage session (engines/sessions.py)
 StageBackend = choice("StageBackend", "Where a pipeline stage other than the DiT runs.", "eager",
-                      *sessions.RUNTIME_BACKENDS, module=__name__)
+                      *sessions.stage_backends(), module=__name__)

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from wanrt.commands.main import cli
-from wanrt.engines.sessions import RUNTIME_BACKENDS
+from wanrt.engines.sessions import stage_backends
 from wanrt.engines.vae import TileSpec, VaeDecoder
 from wanrt.export.api import LoraSpec
 from wanrt.export.model import ModelSpec
@@ -52,7 +52,7 @@ def run(cache):
         yield frames
 
 
-@pytest.mark.parametrize("vae_backend", list(RUNTIME_BACKENDS))
+@pytest.mark.parametrize("vae_backend", list(stage_backends()))
 def test_compiled_vae_video_equals_eager(run, vae_backend):
     ref, ref_info = run("eager")
     out, info = run(vae_backend)
@@ -65,11 +65,11 @@ def test_compiled_vae_video_equals_eager(run, vae_backend):
 
 
 def test_cli_prints_stages_summing_to_the_total(run, cache, tmp_path, monkeypatch):
-    run(list(RUNTIME_BACKENDS)[-1])  # the export this run finds in the cache
+    run(list(stage_backends())[-1])  # the export this run finds in the cache
     monkeypatch.setenv("WANRT_CACHE_DIR", str(cache))
     IMAGE.save(tmp_path / "in.png")
     res = CliRunner().invoke(cli, ["generate", "--image", str(tmp_path / "in.png"), "--prompt", "a fox", "--shape",
-                                   "5x32x32", "--vae-backend", list(RUNTIME_BACKENDS)[-1], "-o",
+                                   "5x32x32", "--vae-backend", list(stage_backends())[-1], "-o",
                                    str(tmp_path / "out.mp4")])
     assert res.exit_code == 0, res.output
     assert "exporting the VAE decoder" not in res.output  # the cache key is the VAE's config and weights
@@ -107,7 +107,7 @@ def test_tiled_vae_pipeline_decodes_tiled(run, cache):
     assert float((untiled - ref).abs().max()) > 1e-3  # the tiles' blend is visible: the check can tell them apart
 
 
-@pytest.mark.parametrize("backend", list(RUNTIME_BACKENDS))
+@pytest.mark.parametrize("backend", list(stage_backends()))
 def test_compiled_encoders_video_equals_eager(run, backend):
     """UMT5 and CLIP on their graphs too (--encoders-backend): the same video within the gate, every stage timed."""
     ref, _ = run("eager")

@@ -46,5 +46,7 @@ def test_every_flavour_hook_names_a_callable():
     """A flavour's build, load, runtime check, runner and refit are "module:attribute" names (LazyHooks), imported on
     first call: a misspelt one would fail only when that path runs, so each is resolved here."""
     for f in registry.flavours():
-        assert set(f.hooks) == {"build", "load", "check_runtime", "runner", "refit"}, f.name
+        # stage_session only where the flavour runs stage graphs (the VAE, the encoders): its stage_precisions say
+        stage = {"stage_session"} if f.stage_precisions else set()
+        assert set(f.hooks) == {"build", "load", "check_runtime", "runner", "refit"} | stage, f.name
         assert all(callable(f._hook(name)) for name in f.hooks), f.name

@@ -85,8 +85,13 @@ def test_bad_input_is_one_line(small_vae):
     with pytest.raises(BadInputError, match="latents must be") as e:
         VaeDecoder(export_dir, "ort").decode(np.zeros((1, 16, 2, 4, 4), np.float32))
     assert e.value.param == "latents"
-    with pytest.raises(BadInputError, match="VAE backend"):
+    with pytest.raises(BadInputError, match="stage backend 'tensorrt-nope': choose one of ort, ov"):
         VaeDecoder(export_dir, "tensorrt-nope")
+    # the TensorRT flavours offer no stage sessions (registry: stage_precisions ()): refused, never run elsewhere
+    with pytest.raises(BadInputError, match="stage backend 'trt': choose one of ort, ov"):
+        VaeDecoder(export_dir, "trt")
+    with pytest.raises(BadInputError, match="--precision bf16: ort stage graphs run fp32"):
+        VaeDecoder(export_dir, "ort", precision="bf16")
 
 
 def test_wan22_residual_vae_is_refused(tmp_path):

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from wanrt.artifacts import library_versions, machine_info, write_json
-from wanrt.engines.sessions import STAGE_BACKENDS
+from wanrt.engines.sessions import stage_backends
 from wanrt.engines.vae import TileSpec, VaeDecoder
 from wanrt.export.vae import export_vae_decoder
 from wanrt.runtime.metrics.frames import psnr
@@ -66,7 +66,7 @@ def run_parity(vae, export_dir: Path, shape: tuple[int, int, int], threads: int 
         vae.decode(torch.from_numpy(z[:, :, :1, :4, :4]))  # warm-up
         ref, eager_s = _timed(lambda: vae.decode(torch.from_numpy(z)).sample.numpy())
     rows = [{"backend": "eager (diffusers, fp32)", "seconds": eager_s, "psnr_min_db": None, "rel_err": None}]
-    for backend in STAGE_BACKENDS:
+    for backend in stage_backends():
         dec = VaeDecoder(export_dir, backend, threads)
         dec.decode(z[:, :, :1, :4, :4])
         out, s = _timed(lambda dec=dec: dec.decode(z))
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-o", "--out", type=Path, default=Path("docs/results"))
     ap.add_argument("--parity-shape", default="2x16x16", help="latent FxHxW for parity and speed")
     ap.add_argument("--rss-shape", default="2x40x40", help="latent FxHxW for peak RSS, untiled vs tiled")
-    ap.add_argument("--rss-backend", default="ort", choices=STAGE_BACKENDS)
+    ap.add_argument("--rss-backend", default="ort", choices=stage_backends())
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--rss-only", action="store_true", help="skip parity and speed; write vae-rss-FxHxW-cpu.json")
     ap.add_argument("--rss-child", help=argparse.SUPPRESS)

@@ -45,7 +45,7 @@ class OpenVINOFlavour(LazyHooks):
     hooks: ClassVar[dict[str, str]] = {  # an export given to its runner is compiled once into the engine cache
         "build": f"{_ENGINE}:build_openvino_engine", "load": f"{_ENGINE}:OvEngine",
         "refit": f"{_ENGINE}:refit_openvino_engine_dir", "check_runtime": f"{_RUNNER}:check_runtime",
-        "runner": f"{_RUNNER}:OvRunner"}
+        "runner": f"{_RUNNER}:OvRunner", "stage_session": "wanrt.engines.openvino.stage:OvStageSession"}
     name: str = FLAVOUR
     label: str = "OpenVINO"
     backend: str = BACKEND
@@ -59,6 +59,7 @@ class OpenVINOFlavour(LazyHooks):
     loads_exports: bool = True  # its runtime compiles an export once into the engine cache
     first_run_compiles: bool = False
     kernel: str = "OpenVINO FC"  # the GEMM family its MatMuls run (runtime/bench/peaks.py measures the peak)
+    stage_precisions: tuple[str, ...] = ("fp32", "bf16")  # engines/openvino/stage.py (bf16 where the CPU has it)
     options: tuple[Callable, ...] = OPTIONS
     summary_columns: tuple[str, ...] = ("engine", "device", "precision", "fp32 kept", "int8", "MiB", "LoRA", "s")
 

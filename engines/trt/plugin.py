@@ -38,6 +38,7 @@ class TensorRTFlavour(LazyHooks):
     loads_exports: bool = False  # its runtime needs an engine directory (`wanrt build` first)
     first_run_compiles: bool = True  # shapes set up (TensorRT-RTX: kernels compiled) on the first run
     kernel: str = "F.linear"  # the GEMM family its MatMuls run (runtime/bench/peaks.py measures the peak)
+    stage_precisions: tuple[str, ...] = ()  # no VAE/encoder engines yet: those stages run on ort or ov
     options: tuple[Callable, ...] = ()  # its options are `wanrt build`'s engine group (commands/build.py)
     summary_columns: tuple[str, ...] = ("engine", "TensorRT", "precision", "MiB", "LoRA", "refit", "s")
 
