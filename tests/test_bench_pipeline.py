@@ -22,8 +22,8 @@ def bench_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("pipeline") / "bench"
     cache = tmp_path_factory.mktemp("cache")
     res = CliRunner().invoke(cli, ["bench", "--model", "tiny", "--backends", "ort", "--pipeline", "distill-4step",
-                                   "--rank", "4", "--repeats", "2", "--shape", "5x32x32", "--threads", "2",
-                                   "--cache-dir", str(cache), "-o", str(out)])
+                                   "--rank", "4", "--repeats", "2", "--shape", "9x32x32", "--threads", "2",
+                                   "--video-seeds", "2", "--cache-dir", str(cache), "-o", str(out)])
     assert res.exit_code == 0, res.output
     return out, res.output
 
@@ -49,6 +49,8 @@ def test_rows_stages_and_paired_speedup(bench_run):
     assert s["rows"]["eager"]["speedup"] is None and s["rows"]["eager"]["quality"] is None
     q = s["rows"]["ort"]["quality"]
     assert q["psnr_min"] >= 60 and q["failures"] == []  # fp32 DiT and VAE on both sides
+    # two seeds of 9 frames: FVD between the sets, ~0 for equal videos
+    assert q["videos"] == 2 and abs(q["fvd"]["fvd"]) < 1e-3, q
     assert p["goal"]["schedule"] == "distill-4step" and p["goal"]["verdict"] != "not run"
     report = (out / "report.md").read_text()
     assert "## distill-4step: 4 steps, no CFG, 4 DiT forwards, 2 rounds" in report

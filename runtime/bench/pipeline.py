@@ -17,7 +17,8 @@ Timing: one untimed video per (schedule, backend) first (first-run costs; its fr
 falls on all rows alike. Video seconds: the median over rounds with its distribution-free 95% interval
 (measure.median_ci, >= 6 rounds). Speed-up: per round, eager's video seconds / the row's, paired within the round;
 its median and interval the same way. Quality: the sample video against eager's of the same seed and schedule,
-per frame, gated as `--video-quality` gates (PSNR >= 35 dB, LPIPS <= 0.02 by default).
+per frame, gated as `--video-quality` gates (PSNR >= 35 dB, LPIPS <= 0.02 by default); with `--video-seeds N`
+over N seeds (N untimed videos per row, the first also the warm-up), and FVD between the two sets from N = 2.
 """
 
 from __future__ import annotations
@@ -161,7 +162,8 @@ def _check(spec: BenchSpec) -> None:
         raise BadInputError("a pipeline bench runs the pipeline's batch-1 calls on engines it exports, against "
                             "eager fp32: --batch 2, --artifact and --reference finetuned are for the DiT bench")
     if spec.video_quality:
-        raise BadInputError("--video-quality: a pipeline bench always compares its videos with eager's")
+        raise BadInputError("--video-quality: a pipeline bench always compares its videos with eager's "
+                            "(--video-seeds N: over N seeds, with FVD from 2)")
 
 
 def _bench_recipe(name: str, rows: dict[str, dict[str, Any]], pipe, image, shape, spec: BenchSpec,
@@ -169,19 +171,20 @@ def _bench_recipe(name: str, rows: dict[str, dict[str, Any]], pipe, image, shape
     schedule = RECIPES[name].schedule()
     order = list(rows)
 
-    def video(row_name: str) -> tuple[Any, float, dict[str, float]]:
+    def video(row_name: str, seed: int = spec.seed) -> tuple[Any, float, dict[str, float]]:
         row = rows[row_name]
         install_backend(pipe, row["backend"])
         gc.collect()
         clock = StageClock()
         t = time.perf_counter()
         frames, _ = run_pipeline(pipe, image, DEFAULT_PROMPT, frames=shape.frames, height=shape.height,
-                                 width=shape.width, schedule=schedule, seed=spec.seed, clock=clock,
+                                 width=shape.width, schedule=schedule, seed=seed, clock=clock,
                                  compiled=row["compiled"])
         return frames, time.perf_counter() - t, clock.ordered()
 
-    say(f"{name}: one untimed video per row ({schedule.describe()})")
-    samples = {n: video(n)[0] for n in order}
+    seeds = range(spec.seed, spec.seed + spec.video_seeds)
+    say(f"{name}: {len(seeds)} untimed video(s) per row ({schedule.describe()})")
+    samples = {n: [video(n, s)[0] for s in seeds] for n in order}
     runs: dict[str, list[tuple[float, dict[str, float]]]] = {n: [] for n in order}
     for i in range(spec.repeats):
         say(f"{name}: round {i + 1}/{spec.repeats}")
@@ -199,22 +202,39 @@ def _bench_recipe(name: str, rows: dict[str, dict[str, Any]], pipe, image, shape
     return out
 
 
+def _quality(refs: list, gens: list, spec: BenchSpec) -> dict[str, Any]:
+    """Per frame over every seed's video (PSNR min, LPIPS max, the gates), and FVD between the two sets when there
+    are >= 2 videos of >= 9 frames and the I3D weights exist (else the reason)."""
+    per = [_frames(r, g) for r, g in zip(refs, gens)]
+    psnr_min = min(min(p["psnr"]) for p, _ in per)
+    lpips = [x for p, _ in per for x in (p["lpips"] or [])]
+    lpips_max = max(lpips) if lpips else None
+    out = {"videos": len(per), "psnr_min": psnr_min, "ssim_min": min(min(p["ssim"]) for p, _ in per),
+           "lpips_max": lpips_max, "lpips_note": per[0][1], "failures": spec.gates.video_failures(psnr_min, lpips_max),
+           "fvd": None}
+    frames = len(refs[0])
+    if len(refs) < 2 or frames < 9:
+        out["fvd_note"] = f"FVD needs >= 2 videos (--video-seeds) of >= 9 frames (have {len(refs)} of {frames})"
+        return out
+    try:
+        res = metrics.fvd(refs, gens, metrics.FVDConfig(clip_len=min(16, frames)))
+        out["fvd"] = {"fvd": res.fvd, "noise_floor": res.noise_floor, "floor_kind": res.floor_kind}
+    except (MissingDependencyError, BadInputError) as e:
+        out["fvd_note"] = f"FVD not available: {e}"
+    return out
+
+
 def _stat(values: list[float]) -> dict[str, Any]:
     ci = median_ci(values) if values else None
     return {"n": len(values), "median": statistics.median(values) if values else None,
             "ci95": list(ci) if ci else None, "samples": [round(v, 6) for v in values]}
 
 
-def _quality(ref, gen, spec: BenchSpec) -> dict[str, Any]:
-    note = None
+def _frames(ref, gen) -> tuple[dict[str, Any], str | None]:
     try:
-        frames = metrics.compare_videos(ref, gen, lpips=True)
+        return metrics.compare_videos(ref, gen, lpips=True), None
     except (MissingDependencyError, BadInputError) as e:  # LPIPS weights missing: PSNR/SSIM still gate
-        frames, note = metrics.compare_videos(ref, gen, lpips=False), f"LPIPS not available: {e}"
-    psnr_min = min(frames["psnr"])
-    lpips_max = max(frames["lpips"]) if frames["lpips"] else None
-    return {"psnr_min": psnr_min, "ssim_min": min(frames["ssim"]), "lpips_max": lpips_max, "lpips_note": note,
-            "failures": spec.gates.video_failures(psnr_min, lpips_max)}
+        return metrics.compare_videos(ref, gen, lpips=False), f"LPIPS not available: {e}"
 
 
 def _goal(schedules: dict[str, Any]) -> dict[str, Any]:
@@ -267,10 +287,19 @@ def render_pipeline_report(results: dict[str, Any]) -> str:
                      + " | ".join(f"{r['stages_s'][k]:.3f}" for k in STAGES[:-1])
                      + f" | {'-' if q is None else format(q['psnr_min'], '.1f')} | "
                      f"{'-' if q is None or q['lpips_max'] is None else format(q['lpips_max'], '.4f')} | {verdict} |")
-        L.append("")
+        fvd = [f"{row}: FVD {r['quality']['fvd']['fvd']:.2f} against eager ({_floor(r['quality']['fvd'])}, "
+               f"{r['quality']['videos']} videos per set)" for row, r in s["rows"].items()
+               if r["quality"] and r["quality"]["fvd"]]
+        notes = {r["quality"].get("fvd_note") for r in s["rows"].values() if r["quality"]} - {None}
+        L += [*fvd, *sorted(notes), ""]
     L.append(f"Goal (issue 21): >= {g['target']}x eager per video on {g['schedule']} at equal quality: "
              f"**{g['verdict']}**" + (f" (best: {g['row']}, {g['speedup']:.2f}x)" if g.get("row") else "") + ".")
     return "\n".join(L) + "\n"
+
+
+def _floor(fvd: dict[str, Any]) -> str:
+    floor = fvd["noise_floor"]
+    return "no noise floor: too few clips" if floor is None else f"noise floor {floor:.2f}, {fvd['floor_kind']}"
 
 
 def _components_line(c: dict[str, Any]) -> str:
