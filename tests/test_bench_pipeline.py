@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from wanrt.commands.main import cli
-from wanrt.runtime.bench.pipeline import parse_recipes, vae_backend_for
+from wanrt.runtime.bench.pipeline import parse_recipes, stage_backend_for
 from wanrt.runtime.stages import STAGES
 
 
@@ -33,7 +33,7 @@ def test_rows_stages_and_paired_speedup(bench_run):
     doc = json.loads((out / "results.json").read_text())
     p = doc["payload"]
     assert p["schema"] == "wanrt.bench.pipeline/1"
-    assert p["rows"]["eager"]["vae_backend"] == "eager" and p["rows"]["ort"]["vae_backend"] == "ort"
+    assert p["rows"]["eager"]["stage_backend"] == "eager" and p["rows"]["ort"]["stage_backend"] == "ort"
     assert p["lora"] == {"rank": 4, "mode": "merged", "targets": "all", "seed": 0}
     s = p["schedules"]["distill-4step"]
     assert (s["schedule"]["steps"], s["schedule"]["cfg"], s["schedule"]["forwards"]) == (4, False, 4)
@@ -76,7 +76,7 @@ def test_two_experts_run_both_each_at_its_steps(tmp_path):
 def test_recipes_and_vae_rows():
     assert parse_recipes("all") == ("distill-4step", "wan-40step-cfg")
     assert parse_recipes(" distill-4step ,") == ("distill-4step",)
-    assert (vae_backend_for("ov"), vae_backend_for("ort"), vae_backend_for("compile")) == ("ov", "ort", "eager")
+    assert (stage_backend_for("ov"), stage_backend_for("ort"), stage_backend_for("compile")) == ("ov", "ort", "eager")
 
 
 @pytest.mark.parametrize("args, line", [

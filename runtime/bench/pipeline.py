@@ -12,7 +12,7 @@ same backend's stage sessions where they exist (runtime/backend_names.StageBacke
 the row names which. A two-expert model (Wan2.2) runs both experts, each with its own seeded LoRA (seed + index),
 switched at diffusers' boundary step.
 
-Timing: one untimed video per (schedule, backend) first (first-run costs; its frames are the quality sample), then
+Timing: untimed videos per (schedule, backend) first (first-run costs; their frames are the quality sample), then
 `repeats` rounds, each running every backend once in an order rotated round by round, so drifting machine load
 falls on all rows alike. Video seconds: the median over rounds with its distribution-free 95% interval
 (measure.median_ci, >= 6 rounds). Speed-up: per round, eager's video seconds / the row's, paired within the round;
@@ -67,8 +67,8 @@ def parse_recipes(text: str) -> tuple[str, ...]:
     return names
 
 
-def vae_backend_for(backend: str) -> str:
-    """The VAE decode of a row: the backend's own session where the VAE has one, else diffusers' (eager)."""
+def stage_backend_for(backend: str) -> str:
+    """Where a row's VAE and encoders run: the backend's own stage sessions where it has them, else eager."""
     return backend if backend in StageBackend.values() else StageBackend.EAGER.value
 
 
@@ -96,7 +96,6 @@ def run_pipeline_bench(spec: BenchSpec, recipes: tuple[str, ...], out_dir: str |
     model_spec = ModelSpec(source=spec.model, layers=spec.layers, dtype="fp32", seed=spec.lora_seed)
     lora = LoraSpec(rank=spec.ranks[0], targets=spec.targets[0], mode=spec.modes[0], seed=spec.lora_seed)
     t0, load_start = time.perf_counter(), list(os.getloadavg())
-    rows: dict[str, dict[str, Any]] = {}
     experts = model_experts(model_spec).names  # Wan2.2: both experts, each with its own seeded LoRA
     precision = spec.trt_precision or "fp32"  # every compiled row's: its DiT engine and its stage sessions
     if experts and precision != "fp32":
@@ -104,24 +103,26 @@ def run_pipeline_bench(spec: BenchSpec, recipes: tuple[str, ...], out_dir: str |
     for name in names[1:]:  # before any work: only an engine flavour builds another precision
         if precision != "fp32" and registry.for_backend(name) is None:
             raise BadInputError(f"--precision {precision}: backend '{name}' runs fp32 (the model or its export as is)")
-    for name in names:
-        say(f"{name}: loading the DiT (r{lora.rank} {lora.mode}{', both experts' if experts else ''}) and the "
-            f"other stages ({vae_backend_for(name)})")
-        options = {"device": device, "cache_dir": cache_dir, "threads": spec.threads, "progress": say}
-        row_precision = "fp32" if name == REFERENCE else precision
-        if experts:
-            loras = {e: replace(lora, seed=lora.seed + i) for i, e in enumerate(experts)}
-            backend = expert_pair(name, model_spec, loras, resident=resident, **options)
-        else:
-            backend = B.backend_from_specs(name, model_spec, lora, precision=row_precision, **options)
-        rows[name] = {"backend": backend, "vae_backend": vae_backend_for(name), "precision": row_precision}
-    say(f"building the pipeline's {components} encoders and VAE")
-    pipe = build_pipeline(rows[REFERENCE]["backend"], seed=spec.seed, components=components, text_layers=text_layers)
-    for row in rows.values():
-        row["compiled"] = compiled_stages(pipe, row["vae_backend"], row["vae_backend"], spec.threads, say,
-                                          row["precision"])
-    image = bench_image(shape.height, shape.width, spec.seed)
-    try:
+    rows: dict[str, dict[str, Any]] = {}
+    try:  # every row loaded is closed, whatever fails
+        for name in names:
+            say(f"{name}: loading the DiT (r{lora.rank} {lora.mode}{', both experts' if experts else ''}) and the "
+                f"other stages ({stage_backend_for(name)})")
+            options = {"device": device, "cache_dir": cache_dir, "threads": spec.threads, "progress": say}
+            row_precision = "fp32" if name == REFERENCE else precision
+            if experts:
+                loras = {e: replace(lora, seed=lora.seed + i) for i, e in enumerate(experts)}
+                backend = expert_pair(name, model_spec, loras, resident=resident, **options)
+            else:
+                backend = B.backend_from_specs(name, model_spec, lora, precision=row_precision, **options)
+            rows[name] = {"backend": backend, "stage_backend": stage_backend_for(name), "precision": row_precision}
+        say(f"building the pipeline's {components} encoders and VAE")
+        pipe = build_pipeline(rows[REFERENCE]["backend"], seed=spec.seed, components=components,
+                              text_layers=text_layers)
+        for row in rows.values():
+            row["compiled"] = compiled_stages(pipe, row["stage_backend"], row["stage_backend"], spec.threads, say,
+                                              row["precision"])
+        image = bench_image(shape.height, shape.width, spec.seed)
         schedules = {r: _bench_recipe(r, rows, pipe, image, shape, spec, say) for r in recipes}
     finally:
         for row in rows.values():
@@ -134,7 +135,7 @@ def run_pipeline_bench(spec: BenchSpec, recipes: tuple[str, ...], out_dir: str |
                "components": {"name": components, "text_layers": text_layers, "text_layers_full": geo.text_layers},
                "lora": {"rank": lora.rank, "mode": lora.mode, "targets": lora.targets, "seed": lora.seed},
                "experts": list(experts), "experts_resident": resident if experts else None,
-               "rows": {n: {"vae_backend": r["vae_backend"], "precision": r["precision"],
+               "rows": {n: {"stage_backend": r["stage_backend"], "precision": r["precision"],
                             "describe": r["backend"].describe()}
                         for n, r in rows.items()},
                "schedules": schedules, "goal": _goal(schedules), "wall_s": time.perf_counter() - t0,
@@ -282,7 +283,7 @@ def render_pipeline_report(results: dict[str, Any]) -> str:
             q = r["quality"]
             verdict = "reference" if q is None else "; ".join(q["failures"]) or "equal"
             about = p["rows"][row]
-            L.append(f"| {row} / {about['vae_backend']} ({about['precision']}) | {_fmt(r['video_s'], 's')} | "
+            L.append(f"| {row} / {about['stage_backend']} ({about['precision']}) | {_fmt(r['video_s'], 's')} | "
                      f"{'-' if r['speedup'] is None else _fmt(r['speedup'], 'x')} | "
                      + " | ".join(f"{r['stages_s'][k]:.3f}" for k in STAGES[:-1])
                      + f" | {'-' if q is None else format(q['psnr_min'], '.1f')} | "
