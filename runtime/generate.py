@@ -104,17 +104,20 @@ def compiled_stages(pipe, vae_backend: str = "eager", encoders_backend: str = "e
 
 def generate_video(backend, image, spec: GenerateSpec, pipeline: str | None = None, pipe=None,
                    progress: bool = False, vae_backend: str = "eager", threads: int | None = None,
-                   say: Callable[[str], None] | None = None, encoders_backend: str = "eager"):
+                   say: Callable[[str], None] | None = None, encoders_backend: str = "eager",
+                   compiled: CompiledStages | None = None):
     """Frames [F, H, W, 3] float in [0, 1] (numpy) and what the run did: timings (`stages`: seconds per stage of
     the video, runtime/stages.py), the transformer calls it made (`dit_calls`, counted at the drop-in) and the
     timesteps the scheduler ran. `pipe` reuses a built pipeline; `vae_backend` other than eager encodes the
     conditioning frame and decodes through the exported VAE graphs, `encoders_backend` the text and image encoders
-    (exports and session loads count in `pipeline_s`)."""
+    (exports and session loads count in `pipeline_s`). `compiled`: stage drop-ins built once by the caller
+    (`compiled_stages`; a loop of videos: LoadGen, a bench) instead of those two."""
     check_shape(spec, backend)
     t0 = time.perf_counter()
     if pipe is None:
         pipe = build_pipeline(backend, checkpoint=pipeline, seed=spec.seed, progress=progress)
-    compiled = compiled_stages(pipe, vae_backend, encoders_backend, threads, say)
+    if compiled is None:
+        compiled = compiled_stages(pipe, vae_backend, encoders_backend, threads, say)
     t1 = time.perf_counter()
     calls0 = dit_calls(pipe)
     loads0 = len(backend.loader.loads) if isinstance(backend, ExpertPair) and backend.loader else 0

@@ -119,11 +119,12 @@ def _ms(ns: float | None) -> float | None:
 
 
 def run_loadgen(backend, image, base: GenerateSpec, spec: LoadgenSpec, out_dir: str | Path, pipe=None,
-                say: Callable[[str], None] | None = None) -> dict[str, Any]:
+                say: Callable[[str], None] | None = None, compiled=None) -> dict[str, Any]:
     """Run one LoadGen test with `backend` as the SUT; returns results.json's content (also written there).
 
     Queries run one after another inside LoadGen's issue callback (one CPU, one video at a time: Offline's batch is
-    the same loop); each completes with the frames' size as its response, so LoadGen times the whole video."""
+    the same loop); each completes with the frames' size as its response, so LoadGen times the whole video.
+    `compiled`: the pipeline's other stages on their graphs (runtime/generate.compiled_stages), built once."""
     lg = require_loadgen()
     say = say or (lambda _m: None)
     out_dir = Path(out_dir)
@@ -133,7 +134,7 @@ def run_loadgen(backend, image, base: GenerateSpec, spec: LoadgenSpec, out_dir: 
     def run_one(index: int):
         t = time.perf_counter()
         frames, _ = generate_video(backend, image, replace(base, prompt=PROMPTS[index % len(PROMPTS)], seed=index),
-                                   pipe=pipe)
+                                   pipe=pipe, compiled=compiled)
         per_query.append(time.perf_counter() - t)
         return frames
 

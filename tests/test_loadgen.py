@@ -52,3 +52,31 @@ def test_bad_spec_is_refused(kw, param):
     with pytest.raises(BadInputError) as e:
         LoadgenSpec(**kw)
     assert e.value.param == param
+
+
+def test_compiled_stages_are_built_once_for_every_query(tmp_path, monkeypatch):
+    """The whole pipeline compiled under LoadGen: the stage sessions are built once by the caller and every query's
+    video runs through them (counted at the VAE decode drop-in); no query builds its own."""
+    import dataclasses
+
+    from wanrt.runtime import generate
+
+    monkeypatch.setenv("WANRT_CACHE_DIR", str(tmp_path / "cache"))
+    backend = backend_from_specs("eager", ModelSpec("tiny"))
+    pipe = build_pipeline(backend)
+    built = generate.compiled_stages(pipe, "ort", "ort")
+    decodes = []
+
+    def counted(*args, **kwargs):
+        decodes.append(1)
+        return built.vae_decode(*args, **kwargs)
+
+    def rebuilt(*_args, **_kwargs):
+        pytest.fail("a query built its own stages")
+
+    monkeypatch.setattr(generate, "compiled_stages", rebuilt)
+    base = GenerateSpec(prompt="", frames=5, height=16, width=16, schedule=Schedule(steps=1, guidance=1.0))
+    spec = LoadgenSpec(samples=3, min_query_count=3, max_query_count=3, target_latency_ms=200)
+    result = run_loadgen(backend, Image.new("RGB", (16, 16)), base, spec, tmp_path / "lg", pipe=pipe,
+                         compiled=dataclasses.replace(built, vae_decode=counted))
+    assert result["queries_run"] == len(decodes) == 3

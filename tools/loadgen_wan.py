@@ -4,7 +4,13 @@
     python -m wanrt.tools.loadgen_wan --scenario Offline --queries 32 -o docs/results/loadgen-tiny-offline
 
 A CPU-sized config: the `tiny` preset (eager by default, any runtime backend with --backend/--artifact), 5 frames
-at 32x32, the 4-step CFG-free schedule; one query = one video (runtime/loadgen.py). Writes LoadGen's
+at 32x32, the 4-step CFG-free schedule; one query = one video (runtime/loadgen.py). The whole pipeline compiled:
+--stages-backend ov runs the VAE and both encoders on their graphs (built once), --precision the DiT engine's and
+theirs, --components wan2.1 the real part geometries (with a 14B preset, --layers and --text-layers to fit here):
+
+    python -m wanrt.tools.loadgen_wan --model wan2.1-i2v-14b --layers 1 --backend ov --stages-backend ov \
+        --precision bf16 --components wan2.1 --text-layers 2 --size 128x128 --target-latency-ms 8000 \
+        --queries 64 -o docs/results/loadgen-14b-slice-ov-bf16-singlestream Writes LoadGen's
 mlperf_log_summary.txt and mlperf_log_detail.txt and results.json (p90, early-stopping verdict, samples/s) into -o.
 Not MLPerf's Wan2.2 T2V config (720x1280, 81 frames, 20 steps, A14B): the same harness at a size this CPU runs.
 """
@@ -22,7 +28,8 @@ from PIL import Image
 from wanrt.artifacts import library_versions, machine_info, write_json
 from wanrt.export.model import ModelSpec
 from wanrt.runtime.backends import backend_from_specs
-from wanrt.runtime.generate import GenerateSpec
+from wanrt.engines.openvino.engine import cpu_info
+from wanrt.runtime.generate import GenerateSpec, compiled_stages
 from wanrt.runtime.loadgen import SCENARIOS, LoadgenSpec, run_loadgen
 from wanrt.runtime.pipeline import build_pipeline
 from wanrt.runtime.schedule import Schedule
@@ -37,7 +44,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="SingleStream's expected latency; Offline's expected QPS is 1000 / this")
     ap.add_argument("--backend", default="eager", help="a runtime backend (wanrt generate --backend)")
     ap.add_argument("--artifact", default=None, help="export/engine directory for ort/openvino/trt")
-    ap.add_argument("--model", default="tiny", help="preset or checkpoint for eager/compile")
+    ap.add_argument("--model", default="tiny", help="preset or checkpoint (exported into the cache for ort/ov)")
+    ap.add_argument("--layers", type=int, default=None, help="the first N transformer blocks (a slice)")
+    ap.add_argument("--stages-backend", default="eager", help="where the VAE and encoders run: eager, ort, ov")
+    ap.add_argument("--precision", default=None, help="the DiT engine's and the stage sessions' (ov: bf16 here)")
+    ap.add_argument("--components", default="tiny", help="the pipeline's other parts: tiny or wan2.1")
+    ap.add_argument("--text-layers", type=int, default=None, help="--components wan2.1: UMT5 layers to build")
     ap.add_argument("--frames", type=int, default=5)
     ap.add_argument("--size", default="32x32", help="HxW pixels")
     ap.add_argument("--steps", type=int, default=4)
@@ -52,17 +64,21 @@ def main(argv: list[str] | None = None) -> int:
                        max_query_count=args.queries, target_latency_ms=args.target_latency_ms)
     base = GenerateSpec(prompt="", frames=args.frames, height=h, width=w,
                         schedule=Schedule(steps=args.steps, guidance=args.guidance))
-    backend = backend_from_specs(args.backend, ModelSpec(args.model) if args.artifact is None else None,
-                                 engine=args.artifact, threads=args.threads)
+    model = ModelSpec(args.model, layers=args.layers) if args.artifact is None else None
+    backend = backend_from_specs(args.backend, model, engine=args.artifact, threads=args.threads,
+                                 precision=args.precision)
     try:
-        pipe = build_pipeline(backend)
+        pipe = build_pipeline(backend, components=args.components, text_layers=args.text_layers)
+        compiled = compiled_stages(pipe, args.stages_backend, args.stages_backend, args.threads,
+                                   precision=args.precision or "fp32")
         image = Image.new("RGB", (w, h), (90, 140, 200))
         result = run_loadgen(backend, image, base, spec, args.out, pipe=pipe,
-                             say=lambda m: print(m, file=sys.stderr))
+                             say=lambda m: print(m, file=sys.stderr), compiled=compiled)
     finally:
         backend.close()
-    result.update(backend=args.backend, model=args.model, machine=machine_info(), versions=library_versions(),
-                  command=" ".join(sys.argv))
+    result.update(backend=args.backend, model=args.model, layers=args.layers, stages_backend=args.stages_backend,
+                  precision=args.precision, components=args.components, text_layers=args.text_layers,
+                  machine=machine_info(), cpu=cpu_info(), versions=library_versions(), command=" ".join(sys.argv))
     write_json(args.out / "results.json", result)
     print(json.dumps(result["loadgen"], indent=1))
     return 0
