@@ -11,6 +11,7 @@ import copy
 import importlib
 import importlib.util
 import inspect
+import signal
 import sys
 from pathlib import Path
 
@@ -178,6 +179,10 @@ def cli():
 
 
 def main() -> None:
+    # Ctrl-C exits 130 and SIGTERM 143 (README): a signal mask inherited blocked (a parent that forked while blocking
+    # them, as some test runners' and libraries' threads do) would hold both pending until the work ended. An
+    # inherited SIG_IGN is left alone: a shell's background job is meant to ignore the terminal's Ctrl-C.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     quiet_expected_notices()
     cli(prog_name="wanrt")  # also under `python -m wanrt`, so usage lines and hints name the real command
 

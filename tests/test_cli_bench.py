@@ -8,11 +8,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from tests.process_helpers import wanrt_command
 
 # 1 base + 4 LoRA points + 1 full: enough points that the interrupt lands mid-sweep
 SWEEP = ["bench", "--model", "tiny", "--backends", "eager", "--ranks", "1,2", "--lora-modes", "merged,separate,full",
@@ -28,7 +28,7 @@ def interrupted(tmp_path_factory):
     """A bench interrupted (SIGINT) right after its first progress line, then resumed."""
     tmp = tmp_path_factory.mktemp("bench")
     out = tmp / "res"
-    cmd = [sys.executable, "-m", "wanrt", *SWEEP, "-o", str(out)]
+    cmd = wanrt_command(*SWEEP, "-o", str(out))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp))
     lines = []
     deadline = time.monotonic() + 240
@@ -85,7 +85,7 @@ def test_resume_runs_only_what_is_missing(interrupted):
 
 
 def test_resume_refuses_another_sweep_and_a_finished_run(interrupted, tmp_path):
-    cmd = [sys.executable, "-m", "wanrt", *SWEEP, "-o", str(interrupted["out"]), "--resume"]
+    cmd = wanrt_command(*SWEEP, "-o", str(interrupted["out"]), "--resume")
     finished = subprocess.run(cmd, capture_output=True, text=True, env=_env(tmp_path), timeout=120, check=False)
     assert finished.returncode == 2 and "finished run" in finished.stderr
     missing = subprocess.run(cmd[:-2] + [str(tmp_path / "none"), "--resume"], capture_output=True, text=True,
@@ -97,7 +97,7 @@ def test_resume_checks_the_sweep_is_the_same(interrupted, tmp_path):
     partial = tmp_path / "partial"
     partial.mkdir()
     (partial / "results.json").write_text(json.dumps(interrupted["partial"]))
-    cmd = [sys.executable, "-m", "wanrt", *SWEEP, "--ranks", "8", "-o", str(partial), "--resume"]
+    cmd = wanrt_command(*SWEEP, "--ranks", "8", "-o", str(partial), "--resume")
     r = subprocess.run(cmd, capture_output=True, text=True, env=_env(tmp_path), timeout=120, check=False)
     assert r.returncode == 2 and "was made with ranks=" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 

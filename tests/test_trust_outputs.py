@@ -28,6 +28,7 @@ from wanrt.artifacts import (
     write_json,
 )
 from wanrt.errors import BadInputError
+from tests.process_helpers import wanrt_command
 
 EXPORT = ["export", "--rank", "4", "--no-validate"]
 
@@ -137,7 +138,7 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_directory(tmp_path
 def test_two_exports_into_one_directory_one_wins_one_is_refused(tmp_path):
     """Both used to exit 0 (last writer wins) without --force."""
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "wanrt", *EXPORT, "-o", str(out)]
+    cmd = wanrt_command(*EXPORT, "-o", str(out))
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     results = [(p.wait(timeout=180), p.stderr.read()) for p in procs]
     assert sorted(rc for rc, _ in results) == [0, 2], results
@@ -153,7 +154,7 @@ def test_two_exports_into_one_directory_one_wins_one_is_refused(tmp_path):
 def _kill_export_at(parent: Path, stage: str, sig: int) -> tuple[int, list[str]]:
     """Start an export into parent/out, send `sig` once `stage` is reached, return (exit status, what is left)."""
     out = parent / "out"
-    p = subprocess.Popen([sys.executable, "-m", "wanrt", *EXPORT, "-o", str(out)], stdout=subprocess.DEVNULL,
+    p = subprocess.Popen(wanrt_command(*EXPORT, "-o", str(out)), stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     try:
@@ -195,6 +196,17 @@ def test_killed_exports_leave_nothing_valid_and_the_next_run_sweeps(tmp_path):
     # the next run sweeps what dead writers left, before it loads anything (stopped here once it has its own temp)
     rc, left = _kill_export_at(tmp_path, "temp dir", signal.SIGTERM)
     assert rc == -signal.SIGTERM and left == [], left  # the dead writers' temporaries and lock file are gone
+
+
+def test_an_inherited_blocked_sigint_is_unblocked():
+    """A parent that forks with SIGINT/SIGTERM blocked passes the mask on; wanrt unblocks both as it starts, so Ctrl-C
+    and SIGTERM still stop it (otherwise they stay pending until the work is over: exit 0, a finished output)."""
+    probe = ("import atexit, signal, sys; signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}); "
+             "atexit.register(lambda: print('blocked', sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, "
+             "set()) & {signal.SIGINT, signal.SIGTERM}))); sys.argv = ['wanrt', '--version']; "
+             "from wanrt.commands.main import main; main()")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert "blocked []" in out.stdout, out.stdout + out.stderr
 
 
 def test_sweep_removes_only_dead_writers_temporaries(tmp_path):
