@@ -28,6 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from wanrt.export.presets import PRESETS
 from wanrt.io_contract import VideoShape
+from wanrt.runtime.bench.peaks import measure_kernel
 from wanrt.runtime.components import COMPONENTS
 from wanrt.tools.bench_cpu_engines import finish, header, write_results
 from wanrt.tools.cpu_cost_model import GPU_PEAKS, forward_ops, predict
@@ -127,17 +128,9 @@ def cpu_efficiency(measured: Path, peaks: dict[str, float]) -> dict[str, Any]:
     return {"measured": str(measured), "shape": sh, "components": comp, "cpu_matmul_peaks": peaks, "rows": out}
 
 
-def _matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * n**3 / best
-
-
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
+def _matmul_peak(precision: str, n: int = 2048) -> float:
+    """torch's F.linear peak at `precision` on this CPU (runtime/bench/peaks.py, the kernel wanrt bench's MFU uses)."""
+    return measure_kernel(f"F.linear {precision}", n, n, n)["tflops"] * 1e12
 
 
 def render(doc: dict[str, Any]) -> str:
@@ -162,8 +155,8 @@ def render(doc: dict[str, Any]) -> str:
     if check:
         pk = check["cpu_matmul_peaks"]
         L += ["", f"Measured on this CPU ({check['measured']}; torch matmul peaks fp32 {pk['fp32'] / 1e9:.0f}, bf16 "
-                  f"{pk['bf16'] / 1e9:.0f} GFLOP/s, 2048^3): each stage's counted FLOPs / its measured seconds, as a "
-                  "fraction of the peak at the row's precision.", "",
+                  f"{pk['bf16'] / 1e9:.0f} GFLOP/s: F.linear 2048^3, median of 5): each stage's counted FLOPs / its "
+                  "measured seconds, as a fraction of the peak at the row's precision.", "",
               "| run/row | " + " | ".join(CPU_STAGES) + " |", "|---|" + "---|" * len(CPU_STAGES)]
         for row, st in check["rows"].items():
             L.append(f"| {row} | " + " | ".join(f"{st[k]['of_peak']:.0%} ({st[k]['seconds']:.2f} s)"
@@ -192,8 +185,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"PREDICTION {name} {r['gpu']} {r['schedule']}: {r['video_s']:.1f} s per video ({per})")
     doc = {**info, "configs": configs}
     if args.measured:
-        doc["cpu_check"] = cpu_efficiency(args.measured, {"fp32": _matmul_peak(torch.float32),
-                                                          "bf16": _matmul_peak(torch.bfloat16)})
+        doc["cpu_check"] = cpu_efficiency(args.measured, {p: _matmul_peak(p) for p in ("fp32", "bf16")})
         for row, st in doc["cpu_check"]["rows"].items():
             print(f"measured {row}: " + ", ".join(f"{k} {v['of_peak']:.0%} of peak" for k, v in st.items()))
     finish(doc, t0)
