@@ -12,9 +12,9 @@ from wanrt.errors import BadInputError
 from wanrt.export.vae import export_vae_encoder
 from wanrt.manifests import VaeEncoderManifest
 from wanrt.runtime.stages import CompiledVaeEncode
+from tests.test_vae import SMALL  # the decoder tests' CI-sized VAE config
 
 REL_ERR = 1e-4
-SMALL = dict(base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1, temperal_downsample=[False, True, True])
 
 
 @pytest.fixture(scope="module")
