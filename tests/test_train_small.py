@@ -1,4 +1,4 @@
-"""tools/train_small.py + tools/motion_latents.py: the exact latent map, Wan's I2V inputs, and the training loop
+"""tools/train_small.py + runtime/motion.py: the exact latent map, Wan's I2V inputs, and the training loop
 (full fine-tune and LoRA) on a few tiny clips."""
 
 from dataclasses import replace
@@ -11,7 +11,7 @@ from wanrt.export.lora_formats import load_lora_file
 from wanrt.tools import motion_clips as mc
 from wanrt.tools import motion_sample
 from wanrt.tools import train_small as ts
-from wanrt.tools.motion_latents import FixedEmbeddings, PixelLatentMap, i2v_condition
+from wanrt.runtime.motion import FixedEmbeddings, PixelLatentMap, i2v_condition
 
 
 @pytest.fixture(scope="module")

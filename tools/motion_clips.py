@@ -30,10 +30,10 @@ import numpy as np
 
 from wanrt.artifacts import atomic_output_dir, build_manifest, write_bytes_atomic, write_manifest
 from wanrt.errors import BadInputError, WanrtError
+from wanrt.runtime.motion import MOTIONS, frame_strip_png
 
 GENERATOR_VERSION = 1  # bump on any change that alters a clip's bytes
 KIND = "motion-clips"
-MOTIONS = ("walk", "run", "jump", "wave", "squat")
 MOTION_SETS = {"pretrain": ("walk", "run", "jump"), "downstream": ("wave", "squat")}
 SPLITS = ("train", "validation", "test")
 SPLIT_SEED_BASE = {"train": 0, "validation": 1_000_000, "test": 2_000_000}  # disjoint while count < 1e6
@@ -239,17 +239,6 @@ def write_dataset(out: Path, seed: int, motion_set: str, counts: dict[str, int],
         manifest = build_manifest(KIND, specs, payload)
         write_manifest(tmp, manifest)
     return manifest
-
-
-def frame_strip_png(clips: list[np.ndarray], scale: int = 2) -> bytes:
-    """One row per clip, its frames left to right, nearest-neighbour upscaled `scale` times; PNG bytes."""
-    from PIL import Image  # lazy: Pillow only for the picture, not for the data
-
-    rows = np.concatenate([np.concatenate(list(clip), axis=1) for clip in clips], axis=0)
-    image = Image.fromarray(rows.repeat(scale, axis=0).repeat(scale, axis=1))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def write_strip(path: Path, seed: int, motion_set: str, frames: int, size: tuple[int, int],

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 
 from wanrt.artifacts import load_artifact, write_bytes_atomic
-from wanrt.errors import BadInputError, WanrtError
+from wanrt.errors import WanrtError
 from wanrt.export.lora import apply_lora
 from wanrt.export.lora_formats import load_lora_file
-from wanrt.tools.motion_clips import frame_strip_png
-from wanrt.tools.train_small import KIND, WEIGHTS, FlowMatching, TrainConfig, build_model, load_split
+from wanrt.runtime.motion import FlowMatching, frame_strip_png, sample
+from wanrt.tools.train_small import KIND, WEIGHTS, TrainConfig, build_model, load_split
 
 
 def load_run(run: str | Path) -> tuple[torch.nn.Module, TrainConfig]:
@@ -36,22 +36,6 @@ def load_run(run: str | Path) -> tuple[torch.nn.Module, TrainConfig]:
         model = build_model(cfg)
         apply_lora(model, load_lora_file(Path(run) / WEIGHTS, model), "merged")
     return model.eval().requires_grad_(False), cfg
-
-
-@torch.no_grad()
-def sample(fm: FlowMatching, first: torch.Tensor, motions: torch.Tensor, frames: int, steps: int,
-           generator: torch.Generator) -> torch.Tensor:
-    """uint8 [B, T, H, W, 3] sampled from the first frames [B, H, W, 3] and motion indices [B]."""
-    if steps < 1:
-        raise BadInputError(f"--steps {steps}: at least 1", param="steps")
-    b, h, w, _ = first.shape
-    clips = torch.zeros(b, frames, h, w, 3, dtype=torch.uint8)
-    clips[:, 0] = first  # only frame 0 reaches the model (condition and image embedding)
-    x = torch.randn(b, 16, frames, h // 2, w // 2, generator=generator)
-    grid = fm.shifted(torch.linspace(1.0, 0.0, steps + 1))
-    for s, s_next in zip(grid[:-1], grid[1:]):
-        x = x + (s_next - s) * fm.velocity(x, s.expand(b), clips, motions)
-    return fm.latents.to_uint8(fm.latents.decode(x))
 
 
 @click.command()

@@ -7,7 +7,7 @@
 Model: diffusers WanTransformer3DModel at a reduced config: `motion` (MODELS: the tiny preset's config at width 128)
 by default, or any export/presets.py preset; `--layers` keeps the first N blocks; built from its seeded random init
 or loaded from `--init` (a full-weights run of this tool). Data and
-conditioning: tools/motion_latents.py (an exact invertible pixel <-> latent map, Wan's 16 + 4 + 16 = 36 input
+conditioning: runtime/motion.py (an exact invertible pixel <-> latent map, Wan's 16 + 4 + 16 = 36 input
 channels, an image-embedding input from the first frame, a fixed text block per motion).
 
 Objective, as Wan trains (rectified flow): u ~ U(0, 1), s = shift u / (1 + (shift - 1) u) (Wan's timestep shift),
@@ -33,7 +33,6 @@ import click
 import numpy as np
 import safetensors.torch
 import torch
-import torch.nn.functional as F
 from diffusers import WanTransformer3DModel
 from peft import LoraConfig, inject_adapter_in_model
 
@@ -43,19 +42,13 @@ from wanrt.errors import BadInputError, WanrtError
 from wanrt.export.lora import LoraModule, LoraWeights, resolve_targets
 from wanrt.export.lora_formats import save_lora_file
 from wanrt.export.model import ModelSpec, load_transformer
-from wanrt.export.presets import PRESETS
+from wanrt.runtime.motion import MOTION_MODELS, FlowMatching
 from wanrt.tools.motion_clips import KIND as CLIPS_KIND
-from wanrt.tools.motion_latents import FixedEmbeddings, PixelLatentMap, i2v_condition
 
 KIND = "motion-train"
 WEIGHTS = "weights.safetensors"
 METHODS = ("full", "lora")
-# The default model: the tiny preset's I2V config at width 128 (4 heads x 32), FFN 256. The tiny preset itself
-# (width 24) is narrower than one token's output (patch 1x2x2 x 16 channels = 64 values), so it cannot even carry a
-# token through; trained 400 steps here its samples stayed noise (docs/results/motion-task.md).
-MODELS = {"motion": {**PRESETS["tiny"].config, "num_attention_heads": 4, "attention_head_dim": 32,
-                     "ffn_dim": 256, "added_kv_proj_dim": 128}}
-
+MODELS = MOTION_MODELS
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -134,37 +127,6 @@ def lora_weights(model: torch.nn.Module, names: list[str], cfg: TrainConfig) -> 
         modules[name] = LoraModule(down=layer.lora_A["default"].weight.detach().clone(),
                                    up=layer.lora_B["default"].weight.detach().clone(), alpha=alpha)
     return LoraWeights(modules, source={"trained": "tools/train_small.py", "targets": cfg.targets})
-
-
-class FlowMatching:
-    """Wan's rectified-flow loss on a batch of clips, with the I2V inputs built from each clip's first frame."""
-
-    def __init__(self, model: torch.nn.Module, shift: float):
-        config = model.config
-        self.model, self.shift = model, shift
-        self.latents = PixelLatentMap()
-        self.embeddings = FixedEmbeddings(config.image_dim, config.text_dim)
-
-    def shifted(self, u: torch.Tensor) -> torch.Tensor:
-        return self.shift * u / (1 + (self.shift - 1) * u)
-
-    def velocity(self, x_t: torch.Tensor, s: torch.Tensor, clips: torch.Tensor, motions: torch.Tensor) -> torch.Tensor:
-        """The model's noise - x0 at x_t, flow time s [B]; only each clip's first frame is read (I2V)."""
-        condition = i2v_condition(self.latents, clips[:, 0], clips.shape[1])
-        return self.model(hidden_states=torch.cat([x_t, condition], dim=1), timestep=1000 * s,
-                          encoder_hidden_states=self.embeddings.text_tokens(motions),
-                          encoder_hidden_states_image=self.embeddings.image(clips[:, 0]), return_dict=False)[0]
-
-    def loss(self, clips: torch.Tensor, motions: torch.Tensor, noise: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        x0 = self.latents.encode(clips)
-        s = self.shifted(u)
-        x_t = (1 - s.view(-1, 1, 1, 1, 1)) * x0 + s.view(-1, 1, 1, 1, 1) * noise
-        return F.mse_loss(self.velocity(x_t, s, clips, motions), noise - x0)
-
-    def draw(self, clips: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        b, t, h, w, _ = clips.shape
-        noise = torch.randn(b, 16, t, h // 2, w // 2, generator=generator)
-        return noise, torch.rand(b, generator=generator)
 
 
 @torch.no_grad()
