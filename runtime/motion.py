@@ -183,7 +183,8 @@ def frame_strip_png(clips: list[np.ndarray], scale: int = 2) -> bytes:
 # The pretrained motion model wanrt ships, with held-out test clips to start from: trained by tools/train_small.py,
 # packed with its clips by tools/motion_ship.py; how it was made and scored: docs/results/motion-study.md.
 SHIPPED = Path(__file__).parent / "data" / "motion-pretrained.safetensors"
-SHIPPED_SHA256 = None  # what tools/motion_ship.py printed when it wrote SHIPPED
+# what tools/motion_ship.py printed when it wrote SHIPPED; a file that does not match is refused
+SHIPPED_SHA256 = "83bd4e4b5de61f12dca76a7c0e0e9be04d3e3908ca13a0124c7685e53ce22ac3"
 
 
 class ShippedMotion:
