@@ -3,6 +3,11 @@
 
     python -m wanrt.tools.motion_ship --run runs/pretrain --data data/motion \
         -o runtime/data/motion-pretrained.safetensors
+    python -m wanrt.tools.motion_ship --score docs/results/motion-shipped.json --data data/motion --clips 32
+
+--score: the shipped model against the first --clips test clips of --data, beside the same network untrained
+(seed 0) and frame 0 copied forward (a still): FVD (I3D) to the real clips and LPIPS per clip, as
+tools/motion_study.py scores (same sampling seed and upsampling).
 
 The file: `model.*` (the full fp32 state dict), `demo.clips` (the first --clips test clips, uint8
 [N, T, H, W, 3]) and `demo.motions` (their motion indices into runtime/motion.MOTIONS); its metadata `wanrt` (JSON)
@@ -16,13 +21,21 @@ import json
 import sys
 from pathlib import Path
 
-import click
-import safetensors.torch
+from typing import Any
 
-from wanrt.artifacts import load_artifact, sha256_file, write_bytes_atomic
+import click
+import numpy as np
+import safetensors.torch
+import torch
+from diffusers import WanTransformer3DModel
+
+from wanrt.artifacts import load_artifact, sha256_file, write_bytes_atomic, write_json
+from wanrt.engines.openvino.engine import cpu_info
 from wanrt.errors import BadInputError, WanrtError
+from wanrt.runtime.metrics.frechet import fvd_from_features, split_half_floor
 from wanrt.runtime.motion import MOTION_MODELS, load_shipped
 from wanrt.tools.motion_clips import KIND as CLIPS_KIND
+from wanrt.tools.motion_study import score_clips, score_model
 from wanrt.tools.train_small import KIND, WEIGHTS, load_split
 
 
@@ -48,14 +61,45 @@ def ship(run: str, data: str, clips: int, out: Path) -> str:
     return digest
 
 
+def score_shipped(data: str, clips: int, steps: int) -> dict[str, Any]:
+    """FVD and LPIPS of the shipped model, the untrained network and a still, on the same test clips."""
+    shipped = load_shipped()
+    model = shipped.model
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        untrained = WanTransformer3DModel(**MOTION_MODELS[shipped.record["model"]]).eval()
+    real = load_split(data, "test")[0][:clips].numpy()
+    real_features = np.asarray(score_clips(real, real)["features"])
+    out: dict[str, Any] = {"data": data, "clips": len(real), "sample_steps": steps,
+                           "real_split_half_fvd": split_half_floor(real_features, np.arange(len(real)))}
+    scored = {"shipped": score_model(model, shipped.shift, data, clips, steps),
+              "untrained": score_model(untrained, shipped.shift, data, clips, steps),
+              "still": score_clips(real, np.repeat(real[:, :1], real.shape[1], axis=1))}
+    for name, rec in scored.items():
+        out[name] = {"fvd": fvd_from_features(real_features, np.asarray(rec["features"])),
+                     "lpips": float(np.mean(rec["lpips"]))}
+    return out
+
+
 @click.command()
-@click.option("--run", required=True, type=click.Path(), help="the pretrained full-weights motion-train run")
-@click.option("--data", required=True, type=click.Path(), help="its motion-clips directory (test split)")
-@click.option("--clips", type=click.IntRange(1, 64), default=4, show_default=True)
-@click.option("-o", "--out", required=True, type=click.Path(path_type=Path))
-def main(run, data, clips, out):
-    """Pack the shipped motion model and its demo clips; print the sha256 to pin."""
+@click.option("--run", type=click.Path(), help="the pretrained full-weights motion-train run to pack")
+@click.option("--data", required=True, type=click.Path(), help="a motion-clips directory (its test split)")
+@click.option("--clips", type=click.IntRange(1, 4096), default=4, show_default=True)
+@click.option("-o", "--out", type=click.Path(path_type=Path), help="the file to pack into")
+@click.option("--score", type=click.Path(path_type=Path), help="score the shipped model instead; JSON to write")
+@click.option("--sample-steps", type=click.IntRange(1, 200), default=12, show_default=True)
+def main(run, data, clips, out, score, sample_steps):
+    """Pack the shipped motion model and its demo clips and print the sha256 to pin, or (--score) score it."""
     try:
+        if score is not None:
+            torch.set_num_threads(2)
+            write_json(score, {"command": " ".join(["python -m wanrt.tools.motion_ship", *sys.argv[1:]]),
+                               "cpu": cpu_info(), "torch": torch.__version__,
+                               **score_shipped(data, clips, sample_steps)})
+            print(f"wrote {score}")
+            return
+        if run is None or out is None:
+            raise BadInputError("--run and -o name what to pack (or --score to score the shipped model)", param="run")
         digest = ship(run, data, clips, out)
     except WanrtError as e:
         sys.exit(f"error: {e}")

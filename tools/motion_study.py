@@ -58,7 +58,7 @@ from wanrt.runtime.motion import FlowMatching, frame_strip_png, sample
 from wanrt.tools.motion_sample import load_run
 from wanrt.tools.train_small import KIND, WEIGHTS, TrainConfig, load_split, save_run, train
 
-LR_GRID = {"full": (3e-4, 1e-3), "lora": (1e-3, 3e-3)}
+LR_GRID = {"full": (1e-4, 3e-4, 1e-3), "lora": (3e-4, 1e-3, 3e-3)}
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}  # Student t, two-sided 95%, by degrees of freedom
 LPIPS_UPSAMPLE = 4
 SAMPLE_SEED = 1234
@@ -94,7 +94,12 @@ def score_model(model: torch.nn.Module, shift: float, data: str, clips: int, ste
     real, motions = real[:clips], motions[:clips]
     fake = sample(FlowMatching(model, shift), real[:, 0], motions, real.shape[1], steps,
                   torch.Generator().manual_seed(SAMPLE_SEED)).numpy()
-    lpips = [float(np.mean(lpips_frames(_upsampled(r), _upsampled(f)))) for r, f in zip(real.numpy(), fake)]
+    return score_clips(real.numpy(), fake)
+
+
+def score_clips(real: np.ndarray, fake: np.ndarray) -> dict[str, Any]:
+    """LPIPS of each clip against its real one (mean over frames) and the I3D features of the clips."""
+    lpips = [float(np.mean(lpips_frames(_upsampled(r), _upsampled(f)))) for r, f in zip(real, fake)]
     features, _ = i3d_features(list(fake), FVDConfig())
     return {"lpips": lpips, "features": features.tolist(), "samples": fake[:4]}
 
