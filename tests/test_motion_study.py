@@ -48,6 +48,10 @@ def test_study_end_to_end_and_resume(tmp_path):
     rows = result["latency"]["rows"]
     assert set(rows) == {"merged", "r2-all", "r2-cross-attn"}
     assert all(rows[n]["separate_over_merged"]["mean"] > 0 for n in ("r2-all", "r2-cross-attn"))
+    # a branch on a subset costs less than on all targets; the 14B's 32,760 tokens make attention dominate
+    assert 0 < rows["r2-cross-attn"]["flop_share"] < rows["r2-all"]["flop_share"]
+    assert 0 < rows["r2-all"]["flop_share_wan14b_480p"] < rows["r2-all"]["flop_share"]
+    assert all(row["trainable_parameters"] > 0 for row in s["methods"].values())
     report = ms.report_md(result)
     assert all(f"| {n} |" in report for n in s["methods"]) and result["cpu"]["model"] in report
     # a re-run trains and scores nothing again, and reads the same numbers

@@ -43,22 +43,25 @@ from typing import Any
 import click
 import numpy as np
 import torch
+from diffusers import WanTransformer3DModel
 
 from wanrt.artifacts import load_artifact, write_bytes_atomic, write_json, write_text_atomic
 from wanrt.engines.openvino.engine import cpu_info
 from wanrt.errors import BadInputError, WanrtError
 from wanrt.export.extract import ExtractSpec, extract_lora
 from wanrt.export.finetuned import ModuleWeights
-from wanrt.export.lora import apply_lora
+from wanrt.export.lora import apply_lora, linear_modules, resolve_targets
 from wanrt.export.lora_formats import load_lora_file
+from wanrt.export.presets import PRESETS
+from wanrt.runtime.flops import LoraBranch, forward_flops
 from wanrt.runtime.metrics.frames import lpips_frames
 from wanrt.runtime.metrics.frechet import FVDConfig, fvd_from_features, i3d_features, split_half_floor
-from wanrt.tools.bench_cpu_engines import ratio_ci, time_rounds
 from wanrt.runtime.motion import FlowMatching, frame_strip_png, sample
+from wanrt.tools.bench_cpu_engines import ratio_ci, time_rounds
 from wanrt.tools.motion_sample import load_run
 from wanrt.tools.train_small import KIND, WEIGHTS, TrainConfig, load_split, save_run, train
 
-LR_GRID = {"full": (1e-4, 3e-4, 1e-3), "lora": (3e-4, 1e-3, 3e-3)}
+LR_GRID = {"full": (3e-5, 1e-4, 3e-4, 1e-3), "lora": (1e-4, 3e-4, 1e-3, 3e-3)}
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}  # Student t, two-sided 95%, by degrees of freedom
 LPIPS_UPSAMPLE = 4
 SAMPLE_SEED = 1234
@@ -195,7 +198,9 @@ def summarize(out: Path, methods: list[Method], best: dict[str, float], seeds: i
         return {"runs": names, "lpips": interval([statistics.fmean(r["lpips"]) for r in recs]),
                 "fvd": interval([fvd_from_features(real, np.asarray(r["features"])) for r in recs]),
                 "final_validation": [final_validation(out, nm) if (out / "runs" / nm).is_dir() else None
-                                     for nm in names]}
+                                     for nm in names],
+                "trainable_parameters": (load_artifact(out / "runs" / names[0], kind=KIND)["payload"]
+                                         ["trainable_parameters"] if (out / "runs" / names[0]).is_dir() else None)}
 
     rows = {}
     for m in methods:
@@ -211,6 +216,19 @@ def summarize(out: Path, methods: list[Method], best: dict[str, float], seeds: i
     return {"methods": rows, "extracted": extracted, "pretrained": scored(["pretrained"]),
             "floors": {"real_split_half_fvd": split_half_floor(real, owners),
                        "full_seed_to_seed_fvd": seed_pairs}}
+
+
+def flop_share(config: dict[str, Any], latent: tuple[int, int, int], rank: int, targets: str, text_tokens: int,
+               image_tokens: int) -> float:
+    """Separate-branch FLOPs over the base forward's (runtime/flops.py), for `rank` on `targets` of a model of this
+    config (built on the meta device: names and shapes only)."""
+    with torch.device("meta"):
+        model = WanTransformer3DModel(**config)
+    linears = linear_modules(model)
+    branches = {n: LoraBranch(linears[n].in_features, linears[n].out_features, rank)
+                for n in resolve_targets(model, targets)}
+    return forward_flops(config, latent, lora=branches, mode="separate", text_tokens=text_tokens,
+                         image_tokens=image_tokens)["lora_share"]
 
 
 def measure_latency(out: Path, pretrain: str, data: str, methods: list[Method], best: dict[str, float],
@@ -240,12 +258,20 @@ def measure_latency(out: Path, pretrain: str, data: str, methods: list[Method], 
     samples = time_rounds(fns, rounds, rotate=True)
     tokens = batch * clips.shape[1] * (clips.shape[2] // 4) * (clips.shape[3] // 4)
     result = {"batch": batch, "tokens": tokens, "rounds": rounds, "threads": 2, "rows": {}}
+    wan = PRESETS["wan2.1-i2v-14b"]
+    wan_latent = (21, 60, 104)  # 81 frames at 480x832 through the VAE's (4, 8, 8) stride: 32,760 tokens
+    latent = (clips.shape[1], clips.shape[2] // 2, clips.shape[3] // 2)
+    text_tokens, image_tokens = fm.embeddings.text.shape[1], (clips.shape[2] // 4) * (clips.shape[3] // 4)
+    by_name = {m.name: m for m in methods}
     for label in calls:
         median = statistics.median(samples[label])
         row = {"median_ms": median * 1e3, "tokens_per_s": tokens / median}
         if label != "merged":
             ratios, (lo, hi), _ = ratio_ci(samples, label)
+            m = by_name[label]
             row["separate_over_merged"] = {"mean": statistics.fmean(ratios), "ci95": [lo, hi]}
+            row["flop_share"] = flop_share(dict(base.config), latent, m.rank, m.targets, text_tokens, image_tokens)
+            row["flop_share_wan14b_480p"] = flop_share(dict(wan.config), wan_latent, m.rank, m.targets, 512, 257)
         result["rows"][label] = row
     return result
 
@@ -267,8 +293,8 @@ def report_md(result: dict[str, Any]) -> str:
              f"with {result['sample_steps']} Euler steps. Intervals: 95% over seeds (t). Latency: eager fp32, "
              f"{lat['threads']} threads, batch {lat['batch']} ({lat['tokens']} tokens), {lat['rounds']} interleaved "
              "rounds; separate/merged with a bootstrap 95% CI; merged = the base = the full fine-tune's cost.", "",
-             "| method | lr | validation loss (seeds) | LPIPS | FVD | separate / merged | tokens/s separate |",
-             "|---|---|---|---|---|---|---|"]
+             "| method | trained params | lr | validation loss (seeds) | LPIPS | FVD | separate / merged "
+             "| FLOP share: here, 14B 480p | tokens/s separate |", "|---|---|---|---|---|---|---|---|---|"]
     merged = lat["rows"]["merged"]
     for name, row in s["methods"].items():
         val = ", ".join(f"{v:.4f}" for v in row["final_validation"])
@@ -276,10 +302,11 @@ def report_md(result: dict[str, Any]) -> str:
         ratio = (f"{lr['separate_over_merged']['mean']:.3f} [{lr['separate_over_merged']['ci95'][0]:.3f}, "
                  f"{lr['separate_over_merged']['ci95'][1]:.3f}]" if lr else "1 (no branch)")
         tps = f"{(lr or merged)['tokens_per_s']:.0f}"
-        lines.append(f"| {name} | {row['lr']:g} | {val} | {_fmt(row['lpips'], 4)} | {_fmt(row['fvd'], 1)} | {ratio} "
-                     f"| {tps} |")
+        share = f"{lr['flop_share']:.1%}, {lr['flop_share_wan14b_480p']:.2%}" if lr else "0"
+        lines.append(f"| {name} | {row['trainable_parameters']:,} | {row['lr']:g} | {val} | {_fmt(row['lpips'], 4)} "
+                     f"| {_fmt(row['fvd'], 1)} | {ratio} | {share} | {tps} |")
     p = s["pretrained"]
-    lines += [f"| pretrained, no fine-tune | | | {_fmt(p['lpips'], 4)} | {_fmt(p['fvd'], 1)} | 1 | "
+    lines += [f"| pretrained, no fine-tune | 0 | | | {_fmt(p['lpips'], 4)} | {_fmt(p['fvd'], 1)} | 1 | 0 | "
               f"{merged['tokens_per_s']:.0f} |", "",
               "`wanrt extract` of the full fine-tunes (SVD on all targets, merged onto the pretrained weights):", "",
               "| rank | energy kept, of targets | of all changes | LPIPS | FVD |", "|---|---|---|---|---|"]
