@@ -59,3 +59,7 @@ def test_study_end_to_end_and_resume(tmp_path):
     again = ms.run_study(opts, say=lambda _: None)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert again["summary"] == s
+    # the results are a function of the settings: a resume with another step budget is refused before any work
+    with pytest.raises(BadInputError, match="other steps"):
+        ms.run_study({**opts, "steps": 3}, say=lambda _: None)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps

@@ -4,7 +4,8 @@ validation; several seeds; `wanrt extract` of each full fine-tune at the same ra
 run scored on held-out test clips with FVD and LPIPS; each LoRA's eager latency merged and separate.
 
     python -m wanrt.tools.motion_study --pretrain runs/pretrain --data data/motion-down -o study --jobs 2
-    (runs/ and scores/ under -o are reused on a re-run: an interrupted study resumes; then motion-study.json/.md)
+    (runs/ and scores/ under -o are reused on a re-run, so an interrupted study resumes; a re-run with other
+    pretrained weights, clips, --steps, --test-clips or --sample-steps is refused; then motion-study.json/.md)
 
 Protocol (every figure of the report comes from these steps):
 1. lr: each method trains `--steps` steps at each rate of LR_GRID with seed 0; the rate with the lowest final
@@ -57,6 +58,7 @@ from wanrt.runtime.flops import LoraBranch, forward_flops
 from wanrt.runtime.metrics.frames import lpips_frames
 from wanrt.runtime.metrics.frechet import FVDConfig, fvd_from_features, i3d_features, split_half_floor
 from wanrt.runtime.motion import FlowMatching, frame_strip_png, sample
+from wanrt.tools.motion_clips import KIND as CLIPS_KIND
 from wanrt.tools.bench_cpu_engines import ratio_ci, time_rounds
 from wanrt.tools.motion_sample import load_run
 from wanrt.tools.train_small import KIND, WEIGHTS, TrainConfig, load_split, save_run, train
@@ -353,16 +355,35 @@ def _parse_ints(text: str, option: str) -> tuple[int, ...]:
     return values
 
 
+def claim_out(out: Path, pretrain: dict[str, Any], data: dict[str, Any], opts: dict[str, Any]) -> None:
+    """What the runs and scores under `out` are functions of: its pretrained weights and clips (by sha256), steps,
+    test clips and sampling steps. A resume with other settings is refused, never mixed into the old results."""
+    settings = {"pretrain": pretrain["contents"][WEIGHTS]["sha256"],
+                "data": {name: f["sha256"] for name, f in sorted(data["contents"].items())},
+                **{k: opts[k] for k in ("steps", "test_clips", "sample_steps")}}
+    path = out / "study-settings.json"
+    if path.is_file():
+        held = _load(path)
+        if held != settings:
+            changed = ", ".join(k for k in settings if held.get(k) != settings[k])
+            raise BadInputError(f"-o {out}: holds a study with other {changed}; use another -o", param="out")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(path, settings)
+
+
 def run_study(opts: dict[str, Any], say=print) -> dict[str, Any]:
     out = Path(opts["out"])
     pretrain = str(opts["pretrain"])
-    specs = load_artifact(pretrain, kind=KIND)["specs"]  # refuses a foreign or altered directory first
+    pretrained = load_artifact(pretrain, kind=KIND)  # refuses a foreign or altered directory first
+    specs = pretrained["specs"]
     if specs["method"] != "full":
         raise BadInputError(f"--pretrain {pretrain}: a full-weights run is needed", param="pretrain")
     load_split(opts["data"], "test"), load_split(opts["data"], "validation")
     ranks = _parse_ints(opts["ranks"], "--ranks")
     groups = tuple(g for g in opts["groups"].split(",") if g)
     methods = study_methods(ranks, opts["group_rank"], groups)
+    claim_out(out, pretrained, load_artifact(opts["data"], kind=CLIPS_KIND), opts)
     (out / "scores").mkdir(parents=True, exist_ok=True)
     common = dict(out=str(out), data=opts["data"], pretrain=pretrain, preset=specs["preset"], shift=specs["shift"],
                   steps=opts["steps"])
