@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors
 import safetensors.torch
 import torch
 import torch.nn.functional as F
@@ -142,7 +143,7 @@ class FlowMatching:
 
     def draw(self, clips: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         b, t, h, w, _ = clips.shape
-        noise = torch.randn(b, 16, t, h // 2, w // 2, generator=generator)
+        noise = torch.randn(b, LATENT_CHANNELS, t, h // PATCH, w // PATCH, generator=generator)
         return noise, torch.rand(b, generator=generator)
 
 
@@ -155,7 +156,7 @@ def sample(fm: FlowMatching, first: torch.Tensor, motions: torch.Tensor, frames:
     b, h, w, _ = first.shape
     clips = torch.zeros(b, frames, h, w, 3, dtype=torch.uint8)
     clips[:, 0] = first  # only frame 0 reaches the model (condition and image embedding)
-    x = torch.randn(b, 16, frames, h // 2, w // 2, generator=generator)
+    x = torch.randn(b, LATENT_CHANNELS, frames, h // PATCH, w // PATCH, generator=generator)
     grid = fm.shifted(torch.linspace(1.0, 0.0, steps + 1))
     for s, s_next in zip(grid[:-1], grid[1:]):
         x = x + (s_next - s) * fm.velocity(x, s.expand(b), clips, motions)
@@ -211,9 +212,8 @@ def load_shipped(path: str | Path = SHIPPED, sha256: str | None = None) -> Shipp
     if expected is None or sha256_file(path) != expected:
         raise BadInputError(f"{path}: sha256 does not match the pinned {expected}; not the shipped file")
     tensors = safetensors.torch.load_file(str(path))
-    with open(path, "rb") as f:  # the header's metadata: config name, shift, the training record
-        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
-    meta = json.loads(header["__metadata__"]["wanrt"])
+    with safetensors.safe_open(str(path), "pt") as f:  # the metadata: config name, shift, the training record
+        meta = json.loads(f.metadata()["wanrt"])
     model = WanTransformer3DModel(**MOTION_MODELS[meta["model"]])
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     return ShippedMotion(model.eval().requires_grad_(False), meta["shift"], tensors["demo.clips"],

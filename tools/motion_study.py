@@ -30,7 +30,6 @@ Protocol (every figure of the report comes from these steps):
 from __future__ import annotations
 
 import copy
-import json
 import multiprocessing
 import platform
 import statistics
@@ -54,6 +53,7 @@ from wanrt.export.finetuned import ModuleWeights
 from wanrt.export.lora import apply_lora, linear_modules, resolve_targets
 from wanrt.export.lora_formats import load_lora_file
 from wanrt.export.presets import PRESETS
+from wanrt.jsonio import read_json
 from wanrt.runtime.flops import LoraBranch, forward_flops
 from wanrt.runtime.metrics.frames import lpips_frames
 from wanrt.runtime.metrics.frechet import FVDConfig, fvd_from_features, i3d_features, split_half_floor
@@ -184,19 +184,15 @@ def interval(values: list[float]) -> dict[str, Any]:
     return {"mean": mean, "ci95": [mean - half, mean + half], "n": len(values), "values": values}
 
 
-def _load(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
-
-
 def summarize(out: Path, methods: list[Method], best: dict[str, float], seeds: int,
               ranks: tuple[int, ...]) -> dict[str, Any]:
     """Per method and per extracted rank: LPIPS and FVD over seeds; the floors."""
-    real = np.asarray(_load(out / "scores" / "real.json")["features"])
+    real = np.asarray(read_json(out / "scores" / "real.json")["features"])
     n = len(real)
     owners = np.arange(n)
 
     def scored(names: list[str]) -> dict[str, Any]:
-        recs = [_load(out / "scores" / f"{nm}.json") for nm in names]
+        recs = [read_json(out / "scores" / f"{nm}.json") for nm in names]
         return {"runs": names, "lpips": interval([statistics.fmean(r["lpips"]) for r in recs]),
                 "fvd": interval([fvd_from_features(real, np.asarray(r["features"])) for r in recs]),
                 "final_validation": [final_validation(out, nm) if (out / "runs" / nm).is_dir() else None
@@ -210,10 +206,10 @@ def summarize(out: Path, methods: list[Method], best: dict[str, float], seeds: i
     full = [run_name(methods[0], best["full"], s) for s in range(seeds)]
     extracted = {str(r): scored([f"extract-r{r}-{f}" for f in full]) for r in ranks}
     for r in ranks:
-        totals = _load(out / "scores" / f"extract-r{r}-{full[0]}.json")["totals"]
+        totals = read_json(out / "scores" / f"extract-r{r}-{full[0]}.json")["totals"]
         extracted[str(r)]["retained_energy_of_targets"] = totals["retained_energy"][str(r)]
         extracted[str(r)]["retained_energy_of_all_changes"] = totals["retained_energy_of_all_changes"][str(r)]
-    feats = [np.asarray(_load(out / "scores" / f"{f}.json")["features"]) for f in full]
+    feats = [np.asarray(read_json(out / "scores" / f"{f}.json")["features"]) for f in full]
     seed_pairs = [fvd_from_features(feats[i], feats[j]) for i in range(len(feats)) for j in range(i + 1, len(feats))]
     return {"methods": rows, "extracted": extracted, "pretrained": scored(["pretrained"]),
             "floors": {"real_split_half_fvd": split_half_floor(real, owners),
@@ -363,7 +359,7 @@ def claim_out(out: Path, pretrain: dict[str, Any], data: dict[str, Any], opts: d
                 **{k: opts[k] for k in ("steps", "test_clips", "sample_steps")}}
     path = out / "study-settings.json"
     if path.is_file():
-        held = _load(path)
+        held = read_json(path)
         if held != settings:
             changed = ", ".join(k for k in settings if held.get(k) != settings[k])
             raise BadInputError(f"-o {out}: holds a study with other {changed}; use another -o", param="out")
