@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-
 from typing import Any
 
 import click
@@ -32,7 +31,7 @@ from diffusers import WanTransformer3DModel
 from wanrt.artifacts import load_artifact, sha256_file, write_bytes_atomic, write_json
 from wanrt.engines.openvino.engine import cpu_info
 from wanrt.errors import BadInputError, WanrtError
-from wanrt.runtime.metrics.frechet import fvd_from_features, split_half_floor
+from wanrt.runtime.metrics.frechet import FVDConfig, fvd_from_features, i3d_features, split_half_floor
 from wanrt.runtime.motion import MOTION_MODELS, load_shipped
 from wanrt.tools.motion_clips import KIND as CLIPS_KIND
 from wanrt.tools.motion_study import score_clips, score_model
@@ -69,7 +68,7 @@ def score_shipped(data: str, clips: int, steps: int) -> dict[str, Any]:
         torch.manual_seed(0)
         untrained = WanTransformer3DModel(**MOTION_MODELS[shipped.record["model"]]).eval()
     real = load_split(data, "test")[0][:clips].numpy()
-    real_features = np.asarray(score_clips(real, real)["features"])
+    real_features, _ = i3d_features(list(real), FVDConfig())
     out: dict[str, Any] = {"data": data, "clips": len(real), "sample_steps": steps,
                            "real_split_half_fvd": split_half_floor(real_features, np.arange(len(real)))}
     scored = {"shipped": score_model(model, shipped.shift, data, clips, steps),
