@@ -10,7 +10,9 @@ import torch
 
 from wanrt.engines import registry
 from wanrt.engines.lora_swap import shared_a_onnx
-from wanrt.engines.openvino.engine import OvEngine, OvEngineSpec, build_openvino_engine
+from wanrt.engines.openvino.engine import (OvEngine, OvEngineSpec, build_openvino_engine, compile_properties,
+                                           read_with_lora_inputs)
+from wanrt.engines.openvino.lora_form import bf16_bits, narrow_lora_inputs
 from wanrt.errors import BadInputError
 from wanrt.export.lora import synthetic_lora
 from wanrt.export.model import ModelSpec
@@ -73,11 +75,55 @@ def test_ort_shared_a_session_equals_plain_and_swaps_like_a_fresh_export(art):
 
 def test_plain_keeps_its_cache_key_and_an_unknown_form_is_refused(art):
     assert "lora_form" not in OvEngineSpec().key_fields()  # engines built before the forms keep their key
-    assert art["plain"].section("lora_form") == {"form": "plain", "groups": []}
+    assert art["plain"].section("lora_form") == {"form": "plain", "groups": [], "lora_inputs": "f32"}
     with pytest.raises(BadInputError, match="--lora-form fused"):
         build_openvino_engine(art["exports"]["sep"], OvEngineSpec(lora_form="fused", cache=False),
                               art["root"] / "bad")
     assert not (art["root"] / "bad").exists()
+
+
+def test_bf16_bits_round_to_nearest_even():
+    """Against the bit arithmetic of round-to-nearest-even (what OpenVINO's own fp32 -> bf16 conversion does)."""
+    values = np.concatenate([np.random.default_rng(0).standard_normal(4096).astype(np.float32) * 1e-2,
+                             np.array([0.0, -0.0, 1.0, -2.5, 1e-30, 3e38, 1.00390625, 1.01171875], np.float32)])
+    bits = values.view(np.uint32)
+    want = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    assert np.array_equal(bf16_bits(values), want)  # ties (1.00390625, 1.01171875) go to the even neighbour
+
+
+def test_narrowed_lora_inputs_compute_the_rounded_factors_exactly(art):
+    """The bf16 inputs of a bf16 engine (lora_form.narrow_lora_inputs), checked on any CPU: compiled at f32, the
+    narrowed graph fed bf16 bits equals the plain graph fed the same factors rounded to bf16 by torch."""
+    import openvino as ov
+
+    exports, feeds = art["exports"], art["feeds"]
+    names = list(art["plain"].lora["refittable_weights"])
+    core, runs = ov.Core(), {}
+    for narrow in (False, True):
+        model, defaults = read_with_lora_inputs(core, exports["sep"] / "model.onnx", names)
+        assert narrow_lora_inputs(model, narrow) == ("bf16" if narrow else "f32")
+        request = core.compile_model(model, "CPU", compile_properties("fp32", 1)).create_infer_request()
+        held = {n: bf16_bits(v) if narrow else torch.from_numpy(v).to(torch.bfloat16).float().numpy()
+                for n, v in defaults.items()}  # the bf16 tensor shares this memory: keep it alive
+        for name, value in held.items():
+            request.set_tensor(name, ov.Tensor(value, value.shape, ov.Type.bf16) if narrow else ov.Tensor(value))
+        runs[narrow] = request.infer({k: v for k, v in feeds.items()})[0]
+    assert _rel(runs[True], runs[False]) <= 1e-6
+
+
+def test_a_bf16_compile_takes_its_lora_factors_in_bf16(art):
+    """int8 runs its branch in bf16 where the CPU has BF16 (compile_properties), f32 elsewhere: the factors' input
+    type follows, and the engine still equals the fp32 plain engine within the int8 gate."""
+    import openvino as ov
+
+    built = build_openvino_engine(art["exports"]["sep"], OvEngineSpec(precision="int8", cache=False),
+                                  art["root"] / "int8")
+    has_bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    assert built.section("lora_form")["lora_inputs"] == ("bf16" if has_bf16 else "f32")
+    engine = OvEngine(art["root"] / "int8")
+    types = {i.get_any_name(): i.get_element_type() for i in engine.compiled.inputs}
+    assert {types[n] for n in engine.lora_names} == {ov.Type.bf16 if has_bf16 else ov.Type.f32}
+    assert _rel(engine.infer(art["feeds"]), art["want"]) <= 5e-2
 
 
 def test_cost_model_shared_a_same_flops_fewer_bytes():

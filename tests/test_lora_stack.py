@@ -8,6 +8,7 @@ graph, same arithmetic: only the LoRA tensors' source differs)."""
 from __future__ import annotations
 
 import json
+from argparse import Namespace
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from click.testing import CliRunner
 from diffusers import WanImageToVideoPipeline
 
 from wanrt.commands.main import cli
+from wanrt.dit_io import VideoShape
 from wanrt.errors import BadInputError, LoraError
 from wanrt.export.api import LoraSpec, export_model, resolve_lora
 from wanrt.export.lora import pad_rank, stack_loras, synthetic_lora
@@ -24,6 +26,8 @@ from wanrt.export.model import ModelSpec, load_transformer
 from wanrt.export.onnx_export import ExportSpec
 from wanrt.parse import LoraEntry, parse_lora_entry
 from wanrt.runtime.backends import OrtBackend
+from wanrt.runtime.flops import forward_flops, lora_branches
+from wanrt.tools.bench_lora_stack import write_stack
 
 PARITY_TOL, SWAP_TOL = 1e-4, 1e-5
 
@@ -199,3 +203,16 @@ def _feeds() -> dict[str, torch.Tensor]:
     i = _inputs(load_transformer(ModelSpec("tiny")))
     return {"latents": i["hidden_states"], "timestep": i["timestep"], "text": i["encoder_hidden_states"],
             "image": i["encoder_hidden_states_image"]}
+
+
+def test_stack_bench_flop_shares_add_up_by_rank(tmp_path):
+    """tools/bench_lora_stack's FLOP share per deployment: a stack is one branch of the summed rank, so its share is
+    the distill's plus the style's (branch FLOPs are linear in rank), and merged-all has none."""
+    spec, shape = ModelSpec("tiny"), VideoShape(5, 32, 32)
+    files, shares = write_stack(spec, Namespace(distill_rank=8, style_rank=4, style_targets="cross-attn"), shape,
+                                tmp_path)
+    model = load_transformer(spec)
+    distill = forward_flops(model.config, shape.latent, lora=lora_branches(load_lora_file(files["distill"], model)),
+                            mode="separate")["lora_share"]
+    assert shares["merged-all"] == 0.0 and 0 < shares["distill merged + style separate"] < distill
+    assert shares["all separate"] == pytest.approx(distill + shares["distill merged + style separate"], rel=1e-12)

@@ -2,6 +2,8 @@
 lora-forms-<model>.json (raw: every ratio) and .md under -o.
 
     python -m wanrt.tools.bench_lora_forms --model small -o docs/results          # ~20 min on a loaded 2-core CPU
+    python -m wanrt.tools.bench_lora_forms --model wan2.1-i2v-14b --layers 1 --shape 21x224x256 \
+        --shapes 5x128x128,9x128x224,21x224x256,29x320x384 --rounds 10,60 --sweep-rounds 10,10  # the 14B slice
 
 One rank-`--rank` synthetic LoRA on every target, exported twice (merged, separate); for each of `--targets`: the
 separate export compiled in each form of engines/openvino/lora_form.FORMS at an OpenVINO precision the CPU runs
@@ -37,7 +39,7 @@ from wanrt.engines.lora_swap import swap_section
 from wanrt.engines.onnx_dir import onnx_initializer_info, read_onnx_dir
 from wanrt.engines.openvino.engine import (OvEngine, OvEngineSpec, build_openvino_engine, cache_key,
                                            compile_properties, cpu_info, read_with_lora_inputs, supported_precisions)
-from wanrt.engines.openvino.lora_form import FORMS, apply_form
+from wanrt.engines.openvino.lora_form import FORMS, apply_form, bf16_bits, narrow_lora_inputs
 from wanrt.export.lora import synthetic_lora
 from wanrt.export.model import ModelSpec, load_transformer
 from wanrt.runtime.backends import OrtBackend
@@ -112,13 +114,14 @@ def ort_runs(arts: dict[str, Path], lora, threads: int) -> dict[str, Any]:
     return out
 
 
-def run_target(source, target, shapes, main_shape, rank, threads, rounds, sweep_rounds) -> dict[str, Any]:
+def run_target(source, layers, target, shapes, main_shape, rank, threads, rounds, sweep_rounds) -> dict[str, Any]:
     """One target (OpenVINO at a precision, or "ort fp32"): quality vs plain, paired overheads per shape, trend."""
-    model = load_transformer(ModelSpec(source))
+    model = load_transformer(ModelSpec(source, layers=layers))
     config = dict(model.config)
     lora = synthetic_lora(model, rank)  # what export_dir exported (LoraSpec's default seed 0, every target)
     branches = lora_branches(lora)
-    arts = {"merged": export_dir(source, None, rank, "merged"), "separate": export_dir(source, None, rank, "separate")}
+    arts = {mode: export_dir(source, layers, rank, mode) for mode in ("merged", "separate")}
+    del model  # the exports are on disk; a 14B block is 1.8 GB in fp32
     log(f"{target}: engines")
     out: dict[str, Any] = {"target": target}
     if target == "ort fp32":
@@ -156,24 +159,34 @@ def run_target(source, target, shapes, main_shape, rank, threads, rounds, sweep_
     return out
 
 
-def graph_look(source: str, precision: str, rank: int, threads: int) -> dict[str, Any]:
-    """What OpenVINO's CPU plugin makes of the branch, per form, from the compiled runtime graph: its layer types,
-    and the layer each branch output Add (base + x A B) runs in: an Eltwise of its own, or fused as a post-op into
-    the base FullyConnected or the branch's MatMul (the fusion issue 20 asks about)."""
+def graph_look(source: str, layers: int | None, precision: str, rank: int, threads: int, shape: VideoShape,
+               rounds: int = 40) -> dict[str, Any]:
+    """What OpenVINO's CPU plugin makes of the branch, per form, compiled as the engine compiles it (the LoRA
+    factors' input type included: lora_form.narrow_lora_inputs): its runtime layer types; the layer each branch
+    output Add (base + x A B) runs in, an Eltwise of its own or fused as a post-op into the base FullyConnected or
+    the branch's MatMul (the fusion issue 20 asks about); and where the time goes, from the plugin's per-layer
+    counters (PERF_COUNT) summed by layer type over `rounds` interleaved inferences at `shape`, each form's extra
+    milliseconds per layer type against merged's."""
     import collections
 
     import openvino as ov
 
-    manifest, onnx_path = read_onnx_dir(export_dir(source, None, rank, "separate"))
-    names = list(swap_section(manifest.lora, onnx_initializer_info(onnx_path))["refittable_weights"])
-    core, out = ov.Core(), {}
-    for form in FORMS:
-        model, _ = read_with_lora_inputs(core, onnx_path, names)
-        model, _ = apply_form(model, form)
+    core = ov.Core()
+    runs_bf16 = precision != "fp32" and "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    fs = feeds(dict(PRESETS[source].config), shape)
+    requests, out, held = {}, {}, []
+    for form in ("merged", *FORMS):
+        manifest, onnx_path = read_onnx_dir(export_dir(source, layers, rank, "merged" if form == "merged"
+                                                       else "separate"))
+        names = [] if form == "merged" else \
+            list(swap_section(manifest.lora, onnx_initializer_info(onnx_path))["refittable_weights"])
+        model, defaults = read_with_lora_inputs(core, onnx_path, names)
+        model, _ = apply_form(model, "plain" if form == "merged" else form)
         adds = {t.get_node().get_friendly_name() for p in model.get_parameters()
                 if p.get_friendly_name().endswith(".B") for b in p.output(0).get_target_inputs()
                 for t in b.get_node().output(0).get_target_inputs() if t.get_node().get_type_name() == "Add"}
-        compiled = core.compile_model(model, "CPU", compile_properties(precision, threads))
+        narrowed = form != "merged" and narrow_lora_inputs(model, runs_bf16) == "bf16"  # after the walk above
+        compiled = core.compile_model(model, "CPU", {**compile_properties(precision, threads), "PERF_COUNT": True})
         types, add_in = collections.Counter(), collections.Counter()
         for op in compiled.get_runtime_model().get_ops():
             info = op.get_rt_info()
@@ -182,6 +195,28 @@ def graph_look(source: str, precision: str, rank: int, threads: int) -> dict[str
             add_in[kind] += len(set(info["originalLayersNames"].astype(str).split(",")) & adds)
         out[form] = {"runtime_layers": dict(sorted(types.items())), "branch_adds": len(adds),
                      "branch_add_runs_in": {k: v for k, v in add_in.items() if v}}
+        request = requests[form] = compiled.create_infer_request()
+        for name, value in {**fs, **defaults}.items():
+            value = bf16_bits(value) if name in defaults and narrowed else np.ascontiguousarray(value)
+            held.append(value)  # the tensors share this memory
+            request.set_tensor(name, ov.Tensor(value, value.shape, ov.Type.bf16) if value.dtype == np.uint16
+                               else ov.Tensor(value, shared_memory=True))
+        request.infer()  # warm-up
+    ms = {form: collections.Counter() for form in requests}
+    for i in range(rounds):
+        order = list(requests)[i % len(requests):] + list(requests)[:i % len(requests)]
+        for form in order:
+            requests[form].infer()
+            for info in requests[form].profiling_info:
+                ms[form][info.node_type] += info.real_time.total_seconds() * 1e3 / rounds
+    for form in requests:
+        out[form]["ms_by_layer_type"] = {k: round(v, 3) for k, v in ms[form].most_common() if v >= 0.005}
+        if form != "merged":
+            extra = {k: ms[form][k] - ms["merged"][k] for k in ms[form] | ms["merged"]}
+            out[form]["extra_ms_by_layer_type"] = {k: round(v, 3) for k, v in
+                                                   sorted(extra.items(), key=lambda kv: -abs(kv[1]))
+                                                   if abs(v) >= 0.05}
+    out["counters"] = {"shape": str(shape), "rounds": rounds, "lora_inputs": "bf16" if runs_bf16 else "f32"}
     return out
 
 
@@ -192,10 +227,11 @@ def gpu_prediction(rank: int) -> list[dict[str, Any]]:
 
 def render(results: dict[str, Any]) -> str:
     m, cpu = results["machine"], results["cpu"]
-    lines = [f"# Separate LoRA graph forms vs merged ({results['model']}, rank {results['rank']})", "",
+    blocks = f", {results['layers']} block(s)" if results.get("layers") else ""
+    lines = [f"# Separate LoRA graph forms vs merged ({results['model']}{blocks}, rank {results['rank']})", "",
              f"CPU {cpu['model']} ({', '.join(cpu['isa'])}), {m.get('cpu_count', '?')} cores, {results['threads']} "
              f"threads; load average {results['load_average']} before, {results['load_average_end']} after "
-             f"(a shared machine: other jobs ran during this). Command: `{results['command']}`.", "",
+             f"(above ~{results['threads']} other jobs shared the cores). Command: `{results['command']}`.", "",
              "Forms (engines/openvino/lora_form.py, engines/lora_swap.shared_a_onnx): plain = one x·A GEMM per "
              "module as exported; shared-a = one x·Concat(A) GEMM per shared input, then a split. Same FLOPs, same "
              "swap layout.", ""]
@@ -236,6 +272,7 @@ def render(results: dict[str, Any]) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="small")
+    ap.add_argument("--layers", type=int, default=None, help="keep the first N blocks (the 14B slice: 1)")
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--shape", default="17x128x224", help="the main shape (small: 560 tokens)")
     ap.add_argument("--shapes", default="5x64x64,9x128x128,17x128x224,17x192x320",
@@ -248,7 +285,8 @@ def main(argv=None) -> int:
     ap.add_argument("-o", "--out", type=Path, default=Path("docs/results"))
     ap.add_argument("--name", default=None, help="file stem (default lora-forms-<model>)")
     ap.add_argument("--graph-look", action="store_true",
-                    help="only compile each form and record OpenVINO's runtime graph (<stem>-graph.json)")
+                    help="only compile each form and record OpenVINO's runtime graph and its time per layer type "
+                         "against merged (<stem>-graph.json)")
     ap.add_argument("--render", type=Path, default=None, help="only re-render the .md of a raw JSON this tool wrote")
     args = ap.parse_args(argv)
     if args.render is not None:
@@ -261,26 +299,27 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     offered = supported_precisions()
-    results = header("bench_lora_forms", argv, model=args.model, rank=args.rank, threads=args.threads,
-                     cpu=cpu_info(), targets=[], gpu_prediction=gpu_prediction(args.rank),
+    results = header("bench_lora_forms", argv, model=args.model, layers=args.layers, rank=args.rank,
+                     threads=args.threads, cpu=cpu_info(), targets=[], gpu_prediction=gpu_prediction(args.rank),
                      skipped={t: offered[t.split()[-1]] for t in args.targets.split(",")
                               if t.startswith("ov ") and offered.get(t.split()[-1])})
     main_shape = VideoShape(*map(int, args.shape.split("x")))
     shapes = list(dict.fromkeys([*args.shapes.split(","), args.shape]))
+    stem = args.name or f"lora-forms-{args.model}" + (f"-layers{args.layers}" if args.layers else "")
     if args.graph_look:  # the exec-graph look only (seconds), no timing
         looked = [t for t in args.targets.split(",") if t.startswith("ov ") and t not in results["skipped"]]
-        results["graph_look"] = {t: graph_look(args.model, t.split()[-1], args.rank, args.threads) for t in looked}
-        write_results(args.out, f"{args.name or f'lora-forms-{args.model}'}-graph", results)
+        results["graph_look"] = {t: graph_look(args.model, args.layers, t.split()[-1], args.rank, args.threads,
+                                               main_shape) for t in looked}
+        write_results(args.out, f"{stem}-graph", results)
         return 0
     rounds, sweep = tuple(map(int, args.rounds.split(","))), tuple(map(int, args.sweep_rounds.split(",")))
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.name or f"lora-forms-{args.model}"
     for t in args.targets.split(","):
         if t in results["skipped"]:
             log(f"skipping {t}: {results['skipped'][t]}")
             continue
-        results["targets"].append(run_target(args.model, t, shapes, main_shape, args.rank, args.threads, rounds,
-                                             sweep))
+        results["targets"].append(run_target(args.model, args.layers, t, shapes, main_shape, args.rank,
+                                             args.threads, rounds, sweep))
         finish(results, t0)
         # written after every target: a long run stopped part way keeps what it measured
         write_results(args.out, stem, results, render(results))

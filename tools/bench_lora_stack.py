@@ -22,6 +22,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from wanrt.export.presets import PRESETS
 from wanrt.parse import LoraEntry
 from wanrt.runtime.backends import build_transformer, create_backend
 from wanrt.runtime.bench.measure import rel_error
+from wanrt.runtime.flops import forward_flops, lora_branches
 from wanrt.tools.bench_cpu_engines import (GATES, feeds_for, finish, header, log, ratio_ci, skipped_backends,
                                            sweep_precision, time_rounds, write_results)
 
@@ -55,12 +57,21 @@ def deployments(files: dict[str, Path], strengths: tuple[float, float]) -> dict[
             "all separate": LoraSpec(file=distill.file, scale=distill.strength, mode="separate", stack=(style,))}
 
 
-def write_stack(model_spec: ModelSpec, args, directory: Path) -> dict[str, Path]:
+def write_stack(model_spec: ModelSpec, args, shape: VideoShape,
+                directory: Path) -> tuple[dict[str, Path], dict[str, float]]:
+    """The two LoRA files, and each deployment's separate-branch FLOP share at `shape` (runtime/flops: branch FLOPs
+    over the base forward's; a stack is one branch of rank r_distill + r_style where both adapt a module)."""
     model = load_transformer(model_spec)
     distill = synthetic_lora(model, args.distill_rank, "all", seed=1)
     style = synthetic_lora(model, args.style_rank, args.style_targets, seed=2)
-    return {"distill": save_lora_file(distill, directory / "distill.safetensors"),
-            "style": save_lora_file(style, directory / "style.safetensors", "comfyui")}
+    files = {"distill": save_lora_file(distill, directory / "distill.safetensors"),
+             "style": save_lora_file(style, directory / "style.safetensors", "comfyui")}
+    d, s = lora_branches(distill), lora_branches(style)
+    stack = {m: replace(d.get(m) or s[m], rank=(d[m].rank if m in d else 0) + (s[m].rank if m in s else 0))
+             for m in {*d, *s}}
+    shares = {label: forward_flops(model.config, shape.latent, lora=b, mode="separate")["lora_share"] if b else 0.0
+              for label, b in (("merged-all", {}), ("distill merged + style separate", s), ("all separate", stack))}
+    return files, shares
 
 
 def build(model_spec: ModelSpec, spec: LoraSpec, directory: Path, args) -> tuple[Any, float]:
@@ -109,13 +120,14 @@ def render(results: dict[str, Any]) -> str:
              f"{results['load_average'][0]:.1f}; {results['backend']} {results['precision']}, "
              f"{results['threads']} threads; shape {results['shape']}; stack: distill r{results['distill_rank']} + "
              f"style r{results['style_rank']} ({results['style_targets']}), strengths {results['strengths']}", "",
-             "| deployment | per forward ms | vs merged-all (95% CI) | 40-step CFG s/video | 4-step no-CFG s/video "
-             "| rel err vs eager | gate | build s |", "|---|---|---|---|---|---|---|---|"]
+             "| deployment | per forward ms | vs merged-all (95% CI) | branch FLOP share | 40-step CFG s/video "
+             "| 4-step no-CFG s/video | rel err vs eager | gate | build s |", "|---|---|---|---|---|---|---|---|---|"]
     for label, row in results["deployments"].items():
         lo, hi = row["ci95"]
         video = row["per_video_s"]
+        share = f"{row['flop_share'] * 100:.1f}%" if "flop_share" in row else "?"
         lines.append(f"| {label} | {row['median_s'] * 1e3:.1f} | {row['ratio_to_merged']:.3f} ({lo:.3f}–{hi:.3f}) "
-                     f"| {video['40-step CFG']:.2f} | {video['4-step no-CFG']:.3f} | {row['rel_err']:.1e} "
+                     f"| {share} | {video['40-step CFG']:.2f} | {video['4-step no-CFG']:.3f} | {row['rel_err']:.1e} "
                      f"| {'pass' if row['passes_gate'] else 'FAIL'} | {row['build_s']:.1f} |")
     s = results["swap"]
     lines += ["", f"All-separate engine: strength change {s['strength_change_s'] * 1e3:.2f} ms, stack change "
@@ -157,7 +169,7 @@ def main(argv=None) -> int:
                      distill_rank=args.distill_rank, style_rank=args.style_rank, style_targets=args.style_targets,
                      swaps=args.swaps, deployments={})
     with tempfile.TemporaryDirectory(prefix="wanrt-stack-") as tmp:
-        files = write_stack(model_spec, args, Path(tmp))
+        files, shares = write_stack(model_spec, args, shape, Path(tmp))
         backends, rows = {}, results["deployments"]
         for i, (label, spec) in enumerate(deployments(files, strengths).items()):
             log(f"{label}: export + compile")
@@ -166,7 +178,7 @@ def main(argv=None) -> int:
             feeds = feeds_for(eager, shape)
             err = rel_error(backends[label](*feeds), eager(*feeds))
             rows[label] = {"build_s": build_s, "rel_err": err, "gate": GATES[precision],
-                           "passes_gate": err <= GATES[precision]}
+                           "passes_gate": err <= GATES[precision], "flop_share": shares[label]}
             del eager
         log("interleaved timing")
         for label, timing in interleaved(backends, feeds, args.rounds).items():

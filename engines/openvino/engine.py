@@ -47,7 +47,8 @@ from wanrt.artifacts import (
 from wanrt.engines.cache import EngineCache, engine_cache_dir, same_engine
 from wanrt.engines.openvino import CAPABILITY, FLAVOUR, INSTALL_HINT, PRECISIONS
 from wanrt.engines.openvino import precision as ov_precision
-from wanrt.engines.openvino.lora_form import DEFAULT_FORM, apply_form, check_form
+from wanrt.engines.openvino.lora_form import (DEFAULT_FORM, apply_form, bf16_bits, check_form,
+                                              narrow_lora_inputs)
 from wanrt.engines.onnx_dir import export_digests, onnx_initializer_info, read_onnx_dir
 from wanrt.engines.lora_swap import (SWAP_KIND, check_swappable, loaded_from_export, loaded_identity, record_swap,
                                     swap_section)
@@ -61,7 +62,7 @@ LORA_NAME = "lora.safetensors"
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16",
              "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
 # Bumped when a change here or in precision.py changes what a build produces (part of the cache key).
-BUILD_REVISION = 3
+BUILD_REVISION = 4
 
 
 def require_openvino():
@@ -299,6 +300,7 @@ def build_openvino_engine(onnx_dir: str | os.PathLike, spec: OvEngineSpec, out_d
             model, time_model, precision_report = ov_precision.apply(model, spec, Path(work), defaults, core,
                                                                      calibration)
             timings["precision"] = time.perf_counter() - t
+            form_report["lora_inputs"] = narrow_lora_inputs(model, spec.precision != "fp32" and "BF16" in caps)
             t = time.perf_counter()
             compiled = core.compile_model(model, spec.device, compile_properties(spec.precision, threads))
             if time_model is not None:  # the timestep embedding, fp32 (engines/openvino/precision.split_time_path)
@@ -440,6 +442,7 @@ class OvEngine:
         self.section = m.lora
         self.lora_names = list(self.section.get("refittable_weights", {})) if self.section.get("refit") else []
         self._lora_tensors: dict[str, Any] = {}
+        self._lora_types = {i.get_any_name(): i.get_element_type() for i in self.compiled.inputs}
         if self.lora_names:
             stored = _load_lora(confined_path(self.dir, m.section("lora_weights") or LORA_NAME, "LoRA weights"))
             self._bind_lora(stored)
@@ -454,9 +457,14 @@ class OvEngine:
             raise EngineError(f"{self.dir}: LoRA weights lack {missing[:2]}; refit or rebuild the engine")
         held = {}
         for name in self.lora_names:
-            arr = np.ascontiguousarray(tensors[name])
+            arr = np.ascontiguousarray(tensors[name], dtype=np.float32)
+            if self._lora_types[name] == ov.Type.bf16:  # lora_form.narrow_lora_inputs: converted here, once
+                arr = bf16_bits(arr)
+                tensor = ov.Tensor(arr, arr.shape, ov.Type.bf16)
+            else:
+                tensor = ov.Tensor(arr, shared_memory=True)
             held[name] = arr  # the request reads this memory on every run: keep it alive
-            self.request.set_tensor(name, ov.Tensor(arr, shared_memory=True))
+            self.request.set_tensor(name, tensor)
         self._lora_tensors = held
 
     def set_lora(self, lora, source: dict[str, Any] | None = None) -> dict[str, Any]:
