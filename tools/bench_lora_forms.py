@@ -231,7 +231,8 @@ def render(results: dict[str, Any]) -> str:
     lines = [f"# Separate LoRA graph forms vs merged ({results['model']}{blocks}, rank {results['rank']})", "",
              f"CPU {cpu['model']} ({', '.join(cpu['isa'])}), {m.get('cpu_count', '?')} cores, {results['threads']} "
              f"threads; load average {results['load_average']} before, {results['load_average_end']} after "
-             f"(above ~{results['threads']} other jobs shared the cores). Command: `{results['command']}`.", "",
+             f"(above {results['threads']}, this run's own threads, other jobs shared the cores). Command: "
+             f"`{results['command']}`.", "",
              "Forms (engines/openvino/lora_form.py, engines/lora_swap.shared_a_onnx): plain = one x·A GEMM per "
              "module as exported; shared-a = one x·Concat(A) GEMM per shared input, then a split. Same FLOPs, same "
              "swap layout.", ""]
@@ -306,7 +307,7 @@ def main(argv=None) -> int:
     main_shape = VideoShape(*map(int, args.shape.split("x")))
     shapes = list(dict.fromkeys([*args.shapes.split(","), args.shape]))
     stem = args.name or f"lora-forms-{args.model}" + (f"-layers{args.layers}" if args.layers else "")
-    if args.graph_look:  # the exec-graph look only (seconds), no timing
+    if args.graph_look:  # the runtime graph and its per-layer counters only (~20 s on small)
         looked = [t for t in args.targets.split(",") if t.startswith("ov ") and t not in results["skipped"]]
         results["graph_look"] = {t: graph_look(args.model, args.layers, t.split()[-1], args.rank, args.threads,
                                                main_shape) for t in looked}

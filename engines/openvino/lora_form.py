@@ -84,8 +84,8 @@ def apply_form(model, form: str) -> tuple[Any, dict[str, Any]]:
 
 def bf16_bits(values):
     """fp32 values (numpy) as bf16 bit patterns (numpy uint16), rounded to nearest even as OpenVINO's own
-    conversion does. torch's cast, not numpy bit arithmetic: 0.38 against 1.27 ms per 1.5M values on 2 cores, which
-    is a third of a rank-80 stack's swap on `small` (lazy import: torch is loaded by a swap anyway)."""
+    conversion does. torch's cast, not numpy bit arithmetic: 0.38 against 1.27 ms per 1.5M values on 2 cores, and a
+    swap runs it on every factor (lazy import: a swap loads torch anyway)."""
     import numpy as np
     import torch
 
@@ -98,10 +98,11 @@ def narrow_lora_inputs(model, runs_bf16: bool) -> str:
     (`runs_bf16`: a precision other than fp32 on a CPU with native BF16), else "f32".
 
     Why: a bf16 compile converts an f32 Parameter to bf16 on every inference, one Reorder per factor: 96 on `small`
-    (2 factors x 48 adapted projections), 0.55 ms of an 81 ms forward (OpenVINO's PERF_COUNT; the separate branch's
-    overhead went from +10.3% to +8.0% in the same 40 interleaved rounds). Taken as bf16, the factor is converted
-    once, at the swap (OvEngine._bind_lora through `bf16_bits`). The Convert back to f32
-    keeps the graph's types valid; the plugin folds it into the bf16 MatMul."""
+    (2 factors x 48 adapted projections), 0.55 ms of an 81 ms forward by OpenVINO's PERF_COUNT; in a one-off A/B of
+    40 interleaved rounds the separate branch's overhead went from +10.3% to +8.0%. Taken as bf16, the factor is
+    converted once, at the swap (OvEngine._bind_lora through `bf16_bits`). The Convert back to f32 keeps the graph's
+    types valid; the plugin folds it (a compiled bf16 engine has merged's Reorder count: bench_lora_forms
+    --graph-look)."""
     if not runs_bf16:
         return "f32"
     import openvino as ov
