@@ -31,7 +31,6 @@ import torch
 
 from wanrt.artifacts import machine_info
 from wanrt.dit_io import VideoShape
-from wanrt.engines.openvino.engine import cpu_info
 from wanrt.export.api import LoraSpec, export_model
 from wanrt.export.lora import synthetic_lora
 from wanrt.export.lora_formats import load_lora_file, save_lora_file
@@ -163,7 +162,7 @@ def main(argv=None) -> int:
     model_spec = ModelSpec(args.model, layers=args.layers)
     shape = VideoShape(*map(int, args.shape.split("x"))) if args.shape else PRESETS[args.model].default_shape
     t0 = time.perf_counter()
-    results = header("bench_lora_stack", argv, machine={**machine_info(), "cpu_isa": cpu_info()["isa"]},
+    results = header("bench_lora_stack", argv, machine=machine_info(),
                      model=args.model + (f" --layers {args.layers}" if args.layers else ""), shape=str(shape),
                      backend=args.backend, precision=precision, threads=args.threads, strengths=list(strengths),
                      distill_rank=args.distill_rank, style_rank=args.style_rank, style_targets=args.style_targets,

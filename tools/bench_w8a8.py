@@ -20,7 +20,6 @@ from typing import Any
 import torch
 
 from wanrt.artifacts import machine_info
-from wanrt.engines.openvino.engine import cpu_info
 from wanrt.tools.bench_cpu_engines import (finish, header, log, measure_peaks, ratio_ci, run_geometry,
                                            skipped_backends, write_results)
 
@@ -75,7 +74,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     skipped = skipped_backends()
-    results = header("bench_w8a8", argv, machine={**machine_info(), "cpu_isa": cpu_info()["isa"]},
+    results = header("bench_w8a8", argv, machine=machine_info(),
                      threads=args.threads, skipped=skipped)
     log("peaks")
     results["peaks"] = measure_peaks(1024, 5120, 5120, skipped)

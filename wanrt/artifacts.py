@@ -121,9 +121,30 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+# CPU flags recorded with every result and in OpenVINO engine manifests (part of their cache key): the ones
+# OpenVINO's CPU kernels and torch's CPU kernels dispatch on for fp32/bf16/int8.
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+             "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_info() -> dict[str, Any]:
+    """CPU model and its ISA_FLAGS (Linux /proc/cpuinfo)."""
+    model, flags = "unknown", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model == "unknown":
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return {"model": model, "isa": [f for f in ISA_FLAGS if f in flags]}
+
+
 def machine_info() -> dict[str, Any]:
     info: dict[str, Any] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                            "cpu_count": os.cpu_count()}
+                            "cpu_count": os.cpu_count(), "cpu_isa": cpu_info()["isa"]}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:

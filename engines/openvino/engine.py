@@ -35,6 +35,7 @@ from typing import Any
 
 from wanrt.artifacts import (
     MANIFEST_NAME,
+    cpu_info,
     atomic_output_dir,
     atomic_path,
     build_manifest,
@@ -58,9 +59,6 @@ from wanrt.manifests import EngineManifest, ExportManifest
 BLOB_NAME = "model.blob"
 TIME_BLOB_NAME = "time.blob"  # bf16/int8: the timestep embedding, compiled fp32 (engines/openvino/precision.py)
 LORA_NAME = "lora.safetensors"
-# CPU flags recorded in the manifest: the ones OpenVINO's CPU kernels dispatch on for fp32/bf16/int8.
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16",
-             "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
 # Bumped when a change here or in precision.py changes what a build produces (part of the cache key).
 BUILD_REVISION = 4
 
@@ -76,21 +74,6 @@ def require_openvino():
 
 def openvino_version() -> str:
     return require_openvino().__version__.split("-")[0]
-
-
-def cpu_info() -> dict[str, Any]:
-    """CPU model and the ISA flags that matter to OpenVINO's kernels (Linux /proc/cpuinfo)."""
-    model, flags = "unknown", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and model == "unknown":
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and not flags:
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return {"model": model, "isa": [f for f in ISA_FLAGS if f in flags]}
 
 
 # Narrows (never widens) what OpenVINO reports, e.g. FP32,INT8: how a test or a user sees, on a CPU with BF16,

@@ -42,7 +42,9 @@ def _header(results: dict[str, Any]) -> list[str]:
                   "was interrupted or is still running; `wanrt bench ... --resume` with the same command finishes "
                   "it).", ""]
     lines += [f"- command: `{results.get('command', '')}`",
-              f"- machine: {m.get('cpu', m.get('processor', '?'))}, {m.get('cpu_count')} CPUs, "
+              f"- machine: {m.get('cpu', m.get('processor', '?'))}"
+              + (f" ({', '.join(m['cpu_isa']) or 'no AVX2, AVX-512 or AMX flags'})" if "cpu_isa" in m else "")
+              + f", {m.get('cpu_count')} CPUs, "
               f"{m.get('mem_total_gib', '?')} GiB" + (f", GPU {m['gpu']}" if m.get("gpu") else ""),
               f"- threads: {p.get('threads')}; versions: " + ", ".join(
                   f"{k} {v}" for k, v in results.get("versions", {}).items()
