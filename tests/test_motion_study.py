@@ -1,9 +1,11 @@
 """tools/motion_study.py: the whole study at toy size (tiny preset, 16x16 clips), its statistics and its resume."""
 
 import statistics
+from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 import torch
+from click.testing import CliRunner
 
 from wanrt.errors import BadInputError
 from wanrt.tools import motion_clips as mc
@@ -63,3 +65,15 @@ def test_study_end_to_end_and_resume(tmp_path):
     with pytest.raises(BadInputError, match="other steps"):
         ms.run_study({**opts, "steps": 3}, say=lambda _: None)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_a_dead_worker_is_one_line_that_says_how_to_resume(monkeypatch, tmp_path):
+    def dies(opts):
+        raise BrokenProcessPool("A process in the process pool was terminated abruptly")
+
+    monkeypatch.setattr(ms, "run_study", dies)
+    result = CliRunner().invoke(ms.main, ["--pretrain", "p", "--data", "d", "-o", str(tmp_path / "w")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip().splitlines() == [
+        f"error: a study worker died (killed, or out of memory); the finished runs under {tmp_path / 'w'} are kept: "
+        "rerun the same command to resume"]

@@ -36,6 +36,7 @@ import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -436,6 +437,9 @@ def main(**opts):
         result = run_study(opts)
     except WanrtError as e:
         sys.exit(f"error: {e}")
+    except BrokenProcessPool:  # a worker killed (a signal, the kernel's OOM killer): not bad input, and resumable
+        sys.exit(f"error: a study worker died (killed, or out of memory); the finished runs under {opts['out']} are "
+                 f"kept: rerun the same command to resume")
     out = Path(opts["out"])
     write_json(out / "motion-study.json", result)
     write_text_atomic(out / "motion-study.md", report_md(result))
