@@ -13,6 +13,7 @@ from wanrt.errors import BadInputError
 from wanrt.export.presets import PRESETS
 from wanrt.parse import parse_int_list, parse_shape
 from wanrt.runtime.backend_names import StageBackend
+from wanrt.runtime.components import COMPONENTS, component_geometry
 from wanrt.runtime.schedule import RECIPES, resolve_schedule
 from wanrt.text import MAX_PROMPT_BYTES
 
@@ -29,6 +30,17 @@ def _single_rank(kw) -> int | None:
     if ranks and len(ranks) > 1:
         raise BadInputError("--rank takes one value here (use 'wanrt bench --ranks' for sweeps)")
     return ranks[0] if ranks else None
+
+
+def check_components(kw) -> None:
+    """--components and --text-layers, refused in one line before any model loads: they build the built-in
+    pipeline's parts (not --pipeline's), and a preset's text/image widths must be the geometry's (an artifact's are
+    checked when its manifest is read, still before the parts are built)."""
+    if kw["pipeline"] is not None and (kw["components"] != "tiny" or kw["text_layers"] is not None):
+        raise BadInputError(f"--components {kw['components']}: for the built-in pipeline; --pipeline "
+                            f"{kw['pipeline']} brings its own encoders and VAE", param="components")
+    config = PRESETS[kw["model"]].config if kw["artifact"] is None and kw["model"] in PRESETS else {}
+    component_geometry(kw["components"], config.get("text_dim"), config.get("image_dim"), kw["text_layers"])
 
 
 @click.command()
@@ -69,6 +81,11 @@ def _single_rank(kw) -> int | None:
               show_default=True, help="Where the text (UMT5) and image (CLIP) encoders run, as --vae-backend.")
 @device_options
 @experts_resident_option
+@click.option("--components", type=click.Choice(sorted(COMPONENTS)), default="tiny", show_default=True,
+              help="The built-in pipeline's encoders and VAE: tiny, or wan2.1's real geometries from seeded weights "
+                   "(VAE, CLIP ViT-H/14, UMT5-XXL; 14B presets): stage times of the real architectures.")
+@click.option("--text-layers", type=click.IntRange(1), default=None,
+              help="--components wan2.1: UMT5 layers to build (of 24; 24 are 18 GB in fp32).")
 @click.option("--cuda-graph", is_flag=True, help="TensorRT: capture a CUDA graph per shape.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Output .mp4.")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
@@ -86,6 +103,7 @@ def generate(**kw):
                         height=shape.height, width=shape.width, schedule=schedule, seed=kw["noise_seed"],
                         fps=kw["fps"])
     model_spec = model_spec_from_kwargs(kw)
+    check_components(kw)
     # Wan2.2: an experts artifact, or a two-expert --model with a LoRA stack per expert (high:/low: prefixes)
     experts = () if is_experts_artifact(kw["artifact"]) else model_experts(model_spec).names
     if kw["experts_resident"] != "both" and not (experts or is_experts_artifact(kw["artifact"])):
@@ -96,7 +114,8 @@ def generate(**kw):
                device=kw["device"], pipeline=kw["pipeline"], force=kw["force"], threads=kw["threads"],
                cuda_graph=kw["cuda_graph"], say=lambda m: err_console.print(f"[dim]{m}[/dim]"),
                experts_resident=kw["experts_resident"], vae_backend=kw["vae_backend"],
-               encoders_backend=kw["encoders_backend"], **lora)
+               encoders_backend=kw["encoders_backend"], components=kw["components"], text_layers=kw["text_layers"],
+               **lora)
     by_expert = info.get("dit_calls_by_expert")
     split = f": {', '.join(f'{e} {n}' for e, n in by_expert.items())}" if by_expert else ""
     out_console.print(f"wrote {info['output']}: {info['frames']} frames {info['height']}x{info['width']}, "
@@ -104,6 +123,11 @@ def generate(**kw):
                       f"{info['generate_s']:.1f} s",
                       highlight=False)
     out_console.print(stages_line(info["stages"], info["total_s"]), highlight=False)
+    if kw["components"] != "tiny":
+        layers = kw["text_layers"] or COMPONENTS[kw["components"]].text_layers
+        err_console.print(f"note: text, image and vae ran the {kw['components']} geometry (runtime/components.py) "
+                          f"from seeded weights, UMT5 with {layers} of its {COMPONENTS[kw['components']].text_layers} "
+                          f"layers", highlight=False)
     loads = info.get("expert_loads")
     if loads:
         each = ", ".join(f"{x['expert']} {x['seconds']:.2f} s" for x in loads["loads"])

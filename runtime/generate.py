@@ -105,17 +105,21 @@ def compiled_stages(pipe, vae_backend: str = "eager", encoders_backend: str = "e
 def generate_video(backend, image, spec: GenerateSpec, pipeline: str | None = None, pipe=None,
                    progress: bool = False, vae_backend: str = "eager", threads: int | None = None,
                    say: Callable[[str], None] | None = None, encoders_backend: str = "eager",
-                   compiled: CompiledStages | None = None):
+                   compiled: CompiledStages | None = None, components: str = "tiny",
+                   text_layers: int | None = None):
     """Frames [F, H, W, 3] float in [0, 1] (numpy) and what the run did: timings (`stages`: seconds per stage of
     the video, runtime/stages.py), the transformer calls it made (`dit_calls`, counted at the drop-in) and the
     timesteps the scheduler ran. `pipe` reuses a built pipeline; `vae_backend` other than eager encodes the
     conditioning frame and decodes through the exported VAE graphs, `encoders_backend` the text and image encoders
     (exports and session loads count in `pipeline_s`). `compiled`: stage drop-ins built once by the caller
-    (`compiled_stages`; a loop of videos: LoadGen, a bench) instead of those two."""
+    (`compiled_stages`; a loop of videos: LoadGen, a bench) instead of those two. `components`/`text_layers`: the
+    built-in pipeline's encoders and VAE (runtime/components.py), when `pipe` is built here without `pipeline`."""
     check_shape(spec, backend)
     t0 = time.perf_counter()
+    parts = components if pipe is None and pipeline is None else None  # what this call built, if it built them
     if pipe is None:
-        pipe = build_pipeline(backend, checkpoint=pipeline, seed=spec.seed, progress=progress)
+        pipe = build_pipeline(backend, checkpoint=pipeline, seed=spec.seed, progress=progress,
+                              components=components, text_layers=text_layers)
     if compiled is None:
         compiled = compiled_stages(pipe, vae_backend, encoders_backend, threads, say)
     t1 = time.perf_counter()
@@ -129,7 +133,7 @@ def generate_video(backend, image, spec: GenerateSpec, pipeline: str | None = No
     calls = {k: n - calls0[k] for k, n in dit_calls(pipe).items()}
     timing = {"pipeline_s": t1 - t0, "generate_s": t2 - t1, "dit_calls": sum(calls.values()),
               "timesteps": timesteps, "schedule": spec.schedule.to_dict(), "vae_backend": vae_backend,
-              "encoders_backend": encoders_backend,
+              "encoders_backend": encoders_backend, "components": parts,
               "stages": clock.ordered()}
     if len(calls) > 1:  # Wan2.2: the forwards each expert ran (the switch is at diffusers' boundary step)
         timing["dit_calls_by_expert"] = calls
@@ -143,7 +147,8 @@ def generate(image_path: str | os.PathLike, spec: GenerateSpec, backend_name: st
              pipeline: str | None = None, force: bool = False, threads: int | None = None,
              cuda_graph: bool = False, say: Callable[[str], None] | None = None,
              expert_loras: dict[str, Any] | None = None, experts_resident: str = "both",
-             vae_backend: str = "eager", encoders_backend: str = "eager") -> dict[str, Any]:
+             vae_backend: str = "eager", encoders_backend: str = "eager", components: str = "tiny",
+             text_layers: int | None = None) -> dict[str, Any]:
     """The whole command: load image, make backend, run the pipeline, write the mp4 atomically. Wan2.2 (an
     experts artifact as `engine`, or a two-expert model with `expert_loras` {expert: LoraSpec}): both experts,
     kept loaded together or one at a time (`experts_resident`); `expert_loads` counts every load the command made.
@@ -170,7 +175,8 @@ def generate(image_path: str | os.PathLike, spec: GenerateSpec, backend_name: st
                                      threads=threads, cuda_graph=cuda_graph, progress=say)
     try:
         frames, timing = generate_video(backend, image, spec, pipeline=pipeline, vae_backend=vae_backend,
-                                        threads=threads, say=say, encoders_backend=encoders_backend)
+                                        threads=threads, say=say, encoders_backend=encoders_backend,
+                                        components=components, text_layers=text_layers)
     finally:
         backend.close()
     try:
