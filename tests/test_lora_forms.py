@@ -19,6 +19,7 @@ from wanrt.export.model import ModelSpec
 from wanrt.export.presets import PRESETS
 from wanrt.runtime.backends import OrtBackend, build_transformer
 from wanrt.tools import cpu_cost_model as cm
+from wanrt.tools.bench_lora_forms import trends
 
 TOL = 1e-5  # fp32: the same sums in another order
 
@@ -143,3 +144,16 @@ def test_build_option_reaches_the_spec_and_the_dry_run(art):
     spec = flavour.spec({"precision": "fp32", "lora_form": "shared-a", "no_cache": True})
     assert spec.lora_form == "shared-a" and flavour.spec({"precision": "fp32"}).lora_form == "plain"
     assert ("LoRA form", "shared-a") in flavour.dry_run(art["exports"]["sep"], spec)
+
+
+def test_token_trend_is_a_line_and_needs_two_token_counts():
+    """tools/bench_lora_forms' trend: the branch's extra ms and merged's ms as lines in tokens (exact through two
+    points), their slope ratio the per-token share; a one-shape run has no line to fit (it once divided by zero)."""
+    rows = [{"tokens": t, "median_ms": {"merged": 5 + 0.1 * t, "plain": 5 + 0.1 * t + 1 + 0.004 * t,
+                                        "shared-a": 5 + 0.1 * t + 2 + 0.002 * t}} for t in (500, 1500)]
+    fitted = trends(rows)
+    assert fitted["plain"]["per_token_share"] == pytest.approx(0.04)
+    assert fitted["shared-a"]["extra_ms"] == pytest.approx((2.0, 0.002))
+    at = fitted["plain"]["at_tokens"]
+    assert fitted["plain"]["extrapolated_overhead"] == pytest.approx((1 + 0.004 * at) / (5 + 0.1 * at))
+    assert trends(rows[:1]) == {}

@@ -97,6 +97,11 @@ def trend(rows: list[dict[str, Any]], form: str, at: int = WAN_480P_TOKENS) -> d
             "extrapolated_overhead": (extra[0] + extra[1] * at) / (merged[0] + merged[1] * at)}
 
 
+def trends(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each form's trend; none from fewer than two token counts (a one-shape run: a line needs two)."""
+    return {form: trend(rows, form) for form in FORMS} if len({r["tokens"] for r in rows}) > 1 else {}
+
+
 def paired_difference(row: dict[str, Any], form: str, base: str = "plain") -> dict[str, Any]:
     """`form` against `base` in the same rounds: the per-round difference of their overheads, mean and 95% CI."""
     d = [a - b for a, b in zip(row[form]["ratios"], row[base]["ratios"])]
@@ -155,7 +160,7 @@ def run_target(source, layers, target, shapes, main_shape, rank, threads, rounds
         log("  " + ", ".join(f"{k} {r[k]['mean_overhead'] * 100:+.1f}% +/-{r[k]['half_width'] * 100:.1f}"
                              for k in FORMS) + f" (FLOP share {fl['lora_share'] * 100:.1f}%, {r['rounds']} rounds)")
     out["rows"] = rows
-    out["trend"] = {form: trend(rows, form) for form in FORMS}
+    out["trend"] = trends(rows)
     return out
 
 
@@ -293,7 +298,7 @@ def main(argv=None) -> int:
     if args.render is not None:
         results = json.loads(args.render.read_text())
         for p in results["targets"]:
-            p["trend"] = {form: trend(p["rows"], form) for form in FORMS}
+            p["trend"] = trends(p["rows"])
         results["gpu_prediction"] = gpu_prediction(results["rank"])
         write_results(args.render.parent, args.render.stem, results, render(results))
         return 0
