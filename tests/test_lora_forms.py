@@ -11,7 +11,7 @@ import torch
 from wanrt.engines import registry
 from wanrt.engines.lora_swap import shared_a_onnx
 from wanrt.engines.openvino.engine import (OvEngine, OvEngineSpec, build_openvino_engine, compile_properties,
-                                           read_with_lora_inputs)
+                                           device_capabilities, read_with_lora_inputs)
 from wanrt.engines.openvino.lora_form import bf16_bits, narrow_lora_inputs
 from wanrt.errors import BadInputError
 from wanrt.export.lora import synthetic_lora
@@ -102,7 +102,7 @@ def test_narrowed_lora_inputs_compute_the_rounded_factors_exactly(art):
     core, runs = ov.Core(), {}
     for narrow in (False, True):
         model, defaults = read_with_lora_inputs(core, exports["sep"] / "model.onnx", names)
-        assert narrow_lora_inputs(model, narrow) == ("bf16" if narrow else "f32")
+        assert narrow_lora_inputs(model, "bf16" if narrow else "fp32", ["BF16"]) == ("bf16" if narrow else "f32")
         request = core.compile_model(model, "CPU", compile_properties("fp32", 1)).create_infer_request()
         held = {n: bf16_bits(v) if narrow else torch.from_numpy(v).to(torch.bfloat16).float().numpy()
                 for n, v in defaults.items()}  # the bf16 tensor shares this memory: keep it alive
@@ -119,7 +119,7 @@ def test_a_bf16_compile_takes_its_lora_factors_in_bf16(art):
 
     built = build_openvino_engine(art["exports"]["sep"], OvEngineSpec(precision="int8", cache=False),
                                   art["root"] / "int8")
-    has_bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    has_bf16 = "BF16" in device_capabilities(ov.Core(), "CPU")
     assert built.section("lora_form")["lora_inputs"] == ("bf16" if has_bf16 else "f32")
     engine = OvEngine(art["root"] / "int8")
     types = {i.get_any_name(): i.get_element_type() for i in engine.compiled.inputs}

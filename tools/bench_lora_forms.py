@@ -38,8 +38,9 @@ from wanrt.engines.cache import engine_in_cache
 from wanrt.engines.lora_swap import swap_section
 from wanrt.engines.onnx_dir import onnx_initializer_info, read_onnx_dir
 from wanrt.engines.openvino.engine import (OvEngine, OvEngineSpec, build_openvino_engine, cache_key,
-                                           compile_properties, cpu_info, read_with_lora_inputs, supported_precisions)
-from wanrt.engines.openvino.lora_form import FORMS, apply_form, bf16_bits, narrow_lora_inputs
+                                           compile_properties, cpu_info, device_capabilities, read_with_lora_inputs,
+                                           supported_precisions)
+from wanrt.engines.openvino.lora_form import FORMS, apply_form, bound_factor, narrow_lora_inputs
 from wanrt.export.lora import synthetic_lora
 from wanrt.export.model import ModelSpec, load_transformer
 from wanrt.runtime.backends import OrtBackend
@@ -177,7 +178,7 @@ def graph_look(source: str, layers: int | None, precision: str, rank: int, threa
     import openvino as ov
 
     core = ov.Core()
-    runs_bf16 = precision != "fp32" and "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    caps = device_capabilities(core, "CPU")
     fs = feeds(dict(PRESETS[source].config), shape)
     requests, out, held = {}, {}, []
     for form in ("merged", *FORMS):
@@ -190,7 +191,7 @@ def graph_look(source: str, layers: int | None, precision: str, rank: int, threa
         adds = {t.get_node().get_friendly_name() for p in model.get_parameters()
                 if p.get_friendly_name().endswith(".B") for b in p.output(0).get_target_inputs()
                 for t in b.get_node().output(0).get_target_inputs() if t.get_node().get_type_name() == "Add"}
-        narrowed = form != "merged" and narrow_lora_inputs(model, runs_bf16) == "bf16"  # after the walk above
+        factor_type = narrow_lora_inputs(model, "fp32" if form == "merged" else precision, caps)  # after the walk
         compiled = core.compile_model(model, "CPU", {**compile_properties(precision, threads), "PERF_COUNT": True})
         types, add_in = collections.Counter(), collections.Counter()
         for op in compiled.get_runtime_model().get_ops():
@@ -202,10 +203,10 @@ def graph_look(source: str, layers: int | None, precision: str, rank: int, threa
                      "branch_add_runs_in": {k: v for k, v in add_in.items() if v}}
         request = requests[form] = compiled.create_infer_request()
         for name, value in {**fs, **defaults}.items():
-            value = bf16_bits(value) if name in defaults and narrowed else np.ascontiguousarray(value)
-            held.append(value)  # the tensors share this memory
-            request.set_tensor(name, ov.Tensor(value, value.shape, ov.Type.bf16) if value.dtype == np.uint16
-                               else ov.Tensor(value, shared_memory=True))
+            kept, tensor = bound_factor(value, ov.Type.bf16 if name in defaults and factor_type == "bf16"
+                                        else ov.Type.f32)
+            held.append(kept)  # the tensor shares this memory
+            request.set_tensor(name, tensor)
         request.infer()  # warm-up
     ms = {form: collections.Counter() for form in requests}
     for i in range(rounds):
@@ -221,7 +222,7 @@ def graph_look(source: str, layers: int | None, precision: str, rank: int, threa
             out[form]["extra_ms_by_layer_type"] = {k: round(v, 3) for k, v in
                                                    sorted(extra.items(), key=lambda kv: -abs(kv[1]))
                                                    if abs(v) >= 0.05}
-    out["counters"] = {"shape": str(shape), "rounds": rounds, "lora_inputs": "bf16" if runs_bf16 else "f32"}
+    out["counters"] = {"shape": str(shape), "rounds": rounds, "lora_inputs": factor_type}
     return out
 
 

@@ -48,7 +48,7 @@ from wanrt.artifacts import (
 from wanrt.engines.cache import EngineCache, engine_cache_dir, same_engine
 from wanrt.engines.openvino import CAPABILITY, FLAVOUR, INSTALL_HINT, PRECISIONS
 from wanrt.engines.openvino import precision as ov_precision
-from wanrt.engines.openvino.lora_form import (DEFAULT_FORM, apply_form, bf16_bits, check_form,
+from wanrt.engines.openvino.lora_form import (DEFAULT_FORM, apply_form, bound_factor, check_form,
                                               narrow_lora_inputs)
 from wanrt.engines.onnx_dir import export_digests, onnx_initializer_info, read_onnx_dir
 from wanrt.engines.lora_swap import (SWAP_KIND, check_swappable, loaded_from_export, loaded_identity, record_swap,
@@ -283,7 +283,7 @@ def build_openvino_engine(onnx_dir: str | os.PathLike, spec: OvEngineSpec, out_d
             model, time_model, precision_report = ov_precision.apply(model, spec, Path(work), defaults, core,
                                                                      calibration)
             timings["precision"] = time.perf_counter() - t
-            form_report["lora_inputs"] = narrow_lora_inputs(model, spec.precision != "fp32" and "BF16" in caps)
+            form_report["lora_inputs"] = narrow_lora_inputs(model, spec.precision, caps)
             t = time.perf_counter()
             compiled = core.compile_model(model, spec.device, compile_properties(spec.precision, threads))
             if time_model is not None:  # the timestep embedding, fp32 (engines/openvino/precision.split_time_path)
@@ -432,22 +432,14 @@ class OvEngine:
         self.threads = threads
 
     def _bind_lora(self, tensors: dict[str, Any]) -> None:
-        import numpy as np
-        import openvino as ov
-
         missing = [n for n in self.lora_names if n not in tensors]
         if missing:
             raise EngineError(f"{self.dir}: LoRA weights lack {missing[:2]}; refit or rebuild the engine")
         held = {}
         for name in self.lora_names:
-            arr = np.ascontiguousarray(tensors[name], dtype=np.float32)
-            if self._lora_types[name] == ov.Type.bf16:  # lora_form.narrow_lora_inputs: converted here, once
-                arr = bf16_bits(arr)
-                tensor = ov.Tensor(arr, arr.shape, ov.Type.bf16)
-            else:
-                tensor = ov.Tensor(arr, shared_memory=True)
-            held[name] = arr  # the request reads this memory on every run: keep it alive
-            self.request.set_tensor(name, tensor)
+            # bf16 inputs (lora_form.narrow_lora_inputs) are converted here, once per swap
+            held[name], tensor = bound_factor(tensors[name], self._lora_types[name])
+            self.request.set_tensor(name, tensor)  # it reads held[name] on every run: kept alive above
         self._lora_tensors = held
 
     def set_lora(self, lora, source: dict[str, Any] | None = None) -> dict[str, Any]:

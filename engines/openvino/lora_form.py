@@ -93,9 +93,23 @@ def bf16_bits(values):
     return values.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
 
 
-def narrow_lora_inputs(model, runs_bf16: bool) -> str:
-    """The LoRA factors' input type, set on `model` in place: "bf16" when the compile runs the branch in bf16
-    (`runs_bf16`: a precision other than fp32 on a CPU with native BF16), else "f32".
+def bound_factor(values, element_type):
+    """(the array to keep alive, the ov.Tensor sharing it) for one LoRA factor bound as an input of `element_type`
+    (the compiled input's: bf16 after narrow_lora_inputs, else f32)."""
+    import numpy as np
+    import openvino as ov
+
+    if element_type == ov.Type.bf16:
+        bits = bf16_bits(values)
+        return bits, ov.Tensor(bits, bits.shape, ov.Type.bf16)
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    return values, ov.Tensor(values, shared_memory=True)
+
+
+def narrow_lora_inputs(model, precision: str, capabilities: list[str]) -> str:
+    """The LoRA factors' input type, set on `model` in place: "bf16" when the compile runs the branch in bf16 (a
+    `precision` other than fp32 on a device whose `capabilities`, engine.device_capabilities, include BF16), else
+    "f32".
 
     Why: a bf16 compile converts an f32 Parameter to bf16 on every inference, one Reorder per factor: 96 on `small`
     (2 factors x 48 adapted projections), 0.55 ms of an 81 ms forward by OpenVINO's PERF_COUNT; in a one-off A/B of
@@ -103,7 +117,7 @@ def narrow_lora_inputs(model, runs_bf16: bool) -> str:
     converted once, at the swap (OvEngine._bind_lora through `bf16_bits`). The Convert back to f32 keeps the graph's
     types valid; the plugin folds it (a compiled bf16 engine has merged's Reorder count: bench_lora_forms
     --graph-look)."""
-    if not runs_bf16:
+    if precision == "fp32" or "BF16" not in capabilities:
         return "f32"
     import openvino as ov
     from openvino import opset13 as ops
