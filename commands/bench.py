@@ -185,6 +185,9 @@ def bench(**kw):
         finetuned=kw["finetuned"])
     if kw["pipeline"]:
         return _bench_pipeline(spec, kw)
+    if kw["components"] != "tiny" or kw["text_layers"] is not None:  # else silently a DiT-only bench
+        raise BadInputError(f"--components {kw['components']} / --text-layers: they build the pipeline's other "
+                            "stages; add --pipeline RECIPES", param="components")
     if _two_experts(kw):
         return _bench_experts(spec, kw)
     if kw["experts_resident"] != "both":

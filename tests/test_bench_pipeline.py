@@ -86,6 +86,10 @@ def test_recipes_and_vae_rows():
     (["--pipeline", "all", "--batch", "2"], "--batch 2, --artifact and --reference finetuned"),
     (["--pipeline", "all", "--precision", "bf16"], "--precision bf16: backend 'ort' runs fp32"),
     (["--pipeline", "all", "--experts-resident", "one"], "--experts-resident one: for Wan2.2's two experts"),
+    (["--pipeline", "all", "--components", "wan2.1"], "this transformer takes 32 / 16 (use a 14B preset)"),
+    (["--pipeline", "all", "--text-layers", "9"], "--text-layers 9: 1 to"),
+    (["--components", "wan2.1"], "they build the pipeline's other stages; add --pipeline RECIPES"),
+    (["--text-layers", "2"], "they build the pipeline's other stages; add --pipeline RECIPES"),
 ])
 def test_refusals_are_one_line_before_any_work(tmp_path, args, line):
     res = CliRunner().invoke(cli, ["bench", "--model", "tiny", "--backends", "ort", "-o", str(tmp_path / "o"),
