@@ -19,7 +19,7 @@ from wanrt.export.model import ModelSpec
 from wanrt.export.presets import PRESETS
 from wanrt.runtime.backends import OrtBackend, build_transformer
 from wanrt.tools import cpu_cost_model as cm
-from wanrt.tools.bench_lora_forms import trends
+from wanrt.tools.bench_lora_forms import main as bench_lora_forms, trends
 
 TOL = 1e-5  # fp32: the same sums in another order
 
@@ -157,3 +157,11 @@ def test_token_trend_is_a_line_and_needs_two_token_counts():
     at = fitted["plain"]["at_tokens"]
     assert fitted["plain"]["extrapolated_overhead"] == pytest.approx((1 + 0.004 * at) / (5 + 0.1 * at))
     assert trends(rows[:1]) == {}
+
+
+def test_graph_look_refuses_a_target_group_it_would_ignore(capsys):
+    """--graph-look compiles the LoRA on every target; with --lora-targets it exits 2 in one line instead."""
+    with pytest.raises(SystemExit) as e:
+        bench_lora_forms(["--graph-look", "--lora-targets", "cross-attn"])
+    assert e.value.code == 2
+    assert "--graph-look looks at the LoRA on every target" in capsys.readouterr().err

@@ -5,10 +5,10 @@ lora-forms-<model>.json (raw: every ratio) and .md under -o.
     python -m wanrt.tools.bench_lora_forms --model wan2.1-i2v-14b --layers 1 --shape 21x224x256 \
         --shapes 5x128x128,9x128x224,21x224x256,29x320x384 --rounds 10,60 --sweep-rounds 10,10  # the 14B slice
 
-One rank-`--rank` synthetic LoRA on every target, exported twice (merged, separate); for each of `--targets`: the
-separate export compiled in each form of engines/openvino/lora_form.FORMS at an OpenVINO precision the CPU runs
-natively ("ov bf16"), or ONNX Runtime's swappable session in each form ("ort fp32": engines/lora_swap.shared_a_onnx;
-both forms hold the same LoRA as fed inputs, so they differ only in the graph form):
+One rank-`--rank` synthetic LoRA on `--lora-targets` (default every target), exported twice (merged, separate);
+for each of `--targets`: the separate export compiled in each form of engines/openvino/lora_form.FORMS at an
+OpenVINO precision the CPU runs natively ("ov bf16"), or ONNX Runtime's swappable session in each form ("ort fp32":
+engines/lora_swap.shared_a_onnx; both forms hold the same LoRA as fed inputs, so they differ only in the graph form):
 1. quality: each form's output against the plain form (fp32: the same sums in another order);
 2. paired overhead at the main shape: every round runs merged and each form once, the order rotating; each form's
    per-round ratio to merged, its mean and bootstrap 95% CI (tools/bench_cpu_engines), until every half-width is
@@ -120,13 +120,14 @@ def ort_runs(arts: dict[str, Path], lora, threads: int) -> dict[str, Any]:
     return out
 
 
-def run_target(source, layers, target, shapes, main_shape, rank, threads, rounds, sweep_rounds) -> dict[str, Any]:
+def run_target(source, layers, target, shapes, main_shape, rank, threads, rounds, sweep_rounds,
+               lora_targets: str = "all") -> dict[str, Any]:
     """One target (OpenVINO at a precision, or "ort fp32"): quality vs plain, paired overheads per shape, trend."""
     model = load_transformer(ModelSpec(source, layers=layers))
     config = dict(model.config)
-    lora = synthetic_lora(model, rank)  # what export_dir exported (LoraSpec's default seed 0, every target)
+    lora = synthetic_lora(model, rank, lora_targets)  # what export_dir exported (LoraSpec's default seed 0)
     branches = lora_branches(lora)
-    arts = {mode: export_dir(source, layers, rank, mode) for mode in ("merged", "separate")}
+    arts = {mode: export_dir(source, layers, rank, mode, lora_targets) for mode in ("merged", "separate")}
     del model  # the exports are on disk; a 14B block is 1.8 GB in fp32
     log(f"{target}: engines")
     out: dict[str, Any] = {"target": target}
@@ -234,7 +235,9 @@ def gpu_prediction(rank: int) -> list[dict[str, Any]]:
 def render(results: dict[str, Any]) -> str:
     m, cpu = results["machine"], results["cpu"]
     blocks = f", {results['layers']} block(s)" if results.get("layers") else ""
-    lines = [f"# Separate LoRA graph forms vs merged ({results['model']}{blocks}, rank {results['rank']})", "",
+    on = results.get("lora_targets", "all")  # results written before the option: every target
+    lines = [f"# Separate LoRA graph forms vs merged ({results['model']}{blocks}, rank {results['rank']} on {on} "
+             "targets)", "",
              f"CPU {cpu['model']} ({', '.join(cpu['isa'])}), {m.get('cpu_count', '?')} cores, {results['threads']} "
              f"threads; load average {results['load_average']} before, {results['load_average_end']} after "
              f"(above {results['threads']}, this run's own threads, other jobs shared the cores). Command: "
@@ -281,6 +284,8 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="small")
     ap.add_argument("--layers", type=int, default=None, help="keep the first N blocks (the 14B slice: 1)")
     ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--lora-targets", default="all", help="the LoRA's target group (all, cross-attn, ...: "
+                    "export/lora.resolve_targets); --graph-look takes all")
     ap.add_argument("--shape", default="17x128x224", help="the main shape (small: 560 tokens)")
     ap.add_argument("--shapes", default="5x64x64,9x128x128,17x128x224,17x192x320",
                     help="the token sweep (small: 32, 192, 560, 1200 tokens)")
@@ -307,12 +312,15 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     offered = supported_precisions()
     results = header("bench_lora_forms", argv, model=args.model, layers=args.layers, rank=args.rank,
+                     lora_targets=args.lora_targets,
                      threads=args.threads, cpu=cpu_info(), targets=[], gpu_prediction=gpu_prediction(args.rank),
                      skipped={t: offered[t.split()[-1]] for t in args.targets.split(",")
                               if t.startswith("ov ") and offered.get(t.split()[-1])})
     main_shape = VideoShape(*map(int, args.shape.split("x")))
     shapes = list(dict.fromkeys([*args.shapes.split(","), args.shape]))
     stem = args.name or f"lora-forms-{args.model}" + (f"-layers{args.layers}" if args.layers else "")
+    if args.graph_look and args.lora_targets != "all":
+        ap.error("--graph-look looks at the LoRA on every target; leave --lora-targets out")
     if args.graph_look:  # the runtime graph and its per-layer counters only (~20 s on small)
         looked = [t for t in args.targets.split(",") if t.startswith("ov ") and t not in results["skipped"]]
         results["graph_look"] = {t: graph_look(args.model, args.layers, t.split()[-1], args.rank, args.threads,
@@ -326,7 +334,7 @@ def main(argv=None) -> int:
             log(f"skipping {t}: {results['skipped'][t]}")
             continue
         results["targets"].append(run_target(args.model, args.layers, t, shapes, main_shape, args.rank,
-                                             args.threads, rounds, sweep))
+                                             args.threads, rounds, sweep, args.lora_targets))
         finish(results, t0)
         # written after every target: a long run stopped part way keeps what it measured
         write_results(args.out, stem, results, render(results))
