@@ -301,6 +301,8 @@ def main(argv=None) -> int:
                          "against merged (<stem>-graph.json)")
     ap.add_argument("--render", type=Path, default=None, help="only re-render the .md of a raw JSON this tool wrote")
     args = ap.parse_args(argv)
+    if args.graph_look and args.lora_targets != "all":  # before any work
+        ap.error("--graph-look looks at the LoRA on every target; leave --lora-targets out")
     if args.render is not None:
         results = json.loads(args.render.read_text())
         for p in results["targets"]:
@@ -318,9 +320,8 @@ def main(argv=None) -> int:
                               if t.startswith("ov ") and offered.get(t.split()[-1])})
     main_shape = VideoShape(*map(int, args.shape.split("x")))
     shapes = list(dict.fromkeys([*args.shapes.split(","), args.shape]))
-    stem = args.name or f"lora-forms-{args.model}" + (f"-layers{args.layers}" if args.layers else "")
-    if args.graph_look and args.lora_targets != "all":
-        ap.error("--graph-look looks at the LoRA on every target; leave --lora-targets out")
+    stem = args.name or (f"lora-forms-{args.model}" + (f"-layers{args.layers}" if args.layers else "")
+                         + (f"-{args.lora_targets}" if args.lora_targets != "all" else ""))
     if args.graph_look:  # the runtime graph and its per-layer counters only (~20 s on small)
         looked = [t for t in args.targets.split(",") if t.startswith("ov ") and t not in results["skipped"]]
         results["graph_look"] = {t: graph_look(args.model, args.layers, t.split()[-1], args.rank, args.threads,
