@@ -19,7 +19,7 @@ from wanrt.export.model import ModelSpec
 from wanrt.export.presets import PRESETS
 from wanrt.runtime.backends import OrtBackend, build_transformer
 from wanrt.tools import cpu_cost_model as cm
-from wanrt.tools.bench_lora_forms import main as bench_lora_forms, trends
+from wanrt.tools.bench_lora_forms import main as bench_lora_forms, runs_spread, trends
 
 TOL = 1e-5  # fp32: the same sums in another order
 
@@ -165,3 +165,22 @@ def test_graph_look_refuses_a_target_group_it_would_ignore(capsys):
         bench_lora_forms(["--graph-look", "--lora-targets", "cross-attn"])
     assert e.value.code == 2
     assert "--graph-look looks at the LoRA on every target" in capsys.readouterr().err
+
+
+def test_runs_spread_is_the_t_interval_over_runs_of_each_main_row():
+    """--runs N: each form's main-shape overhead per run, the mean's t 95% interval over runs (df 1: t = 12.706);
+    a target that one run skipped has no spread; the other shapes' rows do not count."""
+    def run(plain, shared, with_ov=True):
+        rows = [{"main": False, "flop_share": 0.5, "plain": {"mean_overhead": 9.0}, "shared-a": {"mean_overhead": 9.0}},
+                {"main": True, "flop_share": 0.039, "plain": {"mean_overhead": plain},
+                 "shared-a": {"mean_overhead": shared}}]
+        return {"targets": [{"target": "ort fp32", "rows": rows}] + ([{"target": "ov bf16", "rows": rows}]
+                                                                     if with_ov else [])}
+
+    spread = runs_spread([run(0.10, 0.20), run(0.14, 0.22, with_ov=False)])
+    assert set(spread) == {"ort fp32"} and spread["ort fp32"]["flop_share"] == 0.039
+    plain = spread["ort fp32"]["plain"]
+    half = 12.706 * (0.02 * 2 ** 0.5) / 2 ** 0.5  # stdev of (0.10, 0.14) is 0.02 * sqrt(2)
+    assert plain["mean"] == pytest.approx(0.12) and plain["values"] == [0.10, 0.14]
+    assert plain["ci95"] == pytest.approx([0.12 - half, 0.12 + half])
+    assert spread["ort fp32"]["shared-a"]["mean"] == pytest.approx(0.21)

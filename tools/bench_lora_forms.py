@@ -18,7 +18,9 @@ engines/lora_swap.shared_a_onnx; both forms hold the same LoRA as fed inputs, so
    as a line in tokens (trend), evaluated at Wan 480p/81 frames (32,760 tokens) as an EXTRAPOLATION, not a
    measurement; and shared-a against plain in the same rounds (paired difference).
 The machine is recorded (CPU model and ISA flags, cores, load average before and after): on a shared machine the
-CI half-width is the honest size of the noise.
+CI half-width is the honest size of the noise within one run. Between runs it is larger (on `small`, OpenVINO bf16:
++5.5% to +13.2% in six fresh processes, each ±1): `--runs N` repeats the whole measurement in N fresh processes and
+reports each form's main-shape overhead per run with a t 95% interval over the runs (<stem>-runs.json/.md).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -46,8 +50,8 @@ from wanrt.export.model import ModelSpec, load_transformer
 from wanrt.runtime.backends import OrtBackend
 from wanrt.runtime.flops import forward_flops, lora_branches
 from wanrt.export.presets import PRESETS
-from wanrt.tools.bench_cpu_engines import (bootstrap_ci, export_dir, finish, header, log, ratio_ci, time_rounds,
-                                           write_results)
+from wanrt.tools.bench_cpu_engines import (bootstrap_ci, export_dir, finish, header, interval, log, ratio_ci,
+                                           time_rounds, write_results)
 from wanrt.tools.cpu_cost_model import form_predictions
 
 WAN_480P_TOKENS = 21 * 60 * 104 // 4  # 81 frames -> 21 latent frames, 480x832 -> 60x104 latent, 2x2 patches
@@ -279,6 +283,57 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def runs_spread(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each target's main-shape overhead per run and form, with the mean's t 95% interval over the runs (targets
+    every run measured; a skipped one is absent)."""
+    out = {}
+    for target in [p["target"] for p in runs[0]["targets"]]:
+        mains = [next(r for r in p["rows"] if r["main"]) for run in runs for p in run["targets"]
+                 if p["target"] == target]
+        if len(mains) == len(runs):
+            out[target] = {"flop_share": mains[0]["flop_share"],
+                           **{f: interval([m[f]["mean_overhead"] for m in mains]) for f in FORMS}}
+    return out
+
+
+def render_runs(results: dict[str, Any]) -> str:
+    cpu = results["cpu"]
+    lines = [f"# Separate LoRA vs merged, {len(results['runs'])} runs ({results['model']}, rank {results['rank']} on "
+             f"{results['lora_targets']} targets)", "",
+             f"CPU {cpu['model']} ({', '.join(cpu['isa'])}); each run a fresh process (its own file: "
+             f"{results['stem']}-runN.json/.md); load average {results['load_average']} before, "
+             f"{results['load_average_end']} after. Command: `{results['command']}`.", "",
+             "| target | form | overhead per run | mean (95% CI over runs) | FLOP share |", "|---|---|---|---|---|"]
+    for target, t in results["spread"].items():
+        for f in FORMS:
+            iv = t[f]
+            ci = f"{iv['ci95'][0] * 100:+.1f}..{iv['ci95'][1] * 100:+.1f}" if iv["ci95"] else "one run"
+            lines.append(f"| {target} | {f} | {', '.join(f'{v * 100:+.1f}%' for v in iv['values'])} | "
+                         f"{iv['mean'] * 100:+.1f}% ({ci}) | {t['flop_share'] * 100:.1f}% |")
+    return "\n".join(lines) + "\n"
+
+
+def repeat_runs(args: argparse.Namespace, argv: list[str] | None, stem: str) -> int:
+    """--runs N: this tool N times over in fresh processes (engines loaded and memory placed anew each time), then
+    the spread between them (runs_spread)."""
+    t0 = time.perf_counter()
+    results = header("bench_lora_forms", argv, model=args.model, layers=args.layers, rank=args.rank,
+                     lora_targets=args.lora_targets, cpu=cpu_info(), stem=stem, runs=[])
+    child = ["--model", args.model, "--rank", str(args.rank), "--lora-targets", args.lora_targets,
+             "--shape", args.shape, "--shapes", args.shapes, "--targets", args.targets, "--rounds", args.rounds,
+             "--sweep-rounds", args.sweep_rounds, "--threads", str(args.threads), "-o", str(args.out)]
+    child += ["--layers", str(args.layers)] if args.layers else []
+    for i in range(1, args.runs + 1):
+        log(f"run {i} of {args.runs}")
+        subprocess.run([sys.executable, "-m", "wanrt.tools.bench_lora_forms", *child, "--name", f"{stem}-run{i}"],
+                       check=True)
+        results["runs"].append(json.loads((args.out / f"{stem}-run{i}.json").read_text()))
+    results["spread"] = runs_spread(results["runs"])
+    finish(results, t0)
+    write_results(args.out, f"{stem}-runs", results, render_runs(results))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="small")
@@ -300,7 +355,11 @@ def main(argv=None) -> int:
                     help="only compile each form and record OpenVINO's runtime graph and its time per layer type "
                          "against merged (<stem>-graph.json)")
     ap.add_argument("--render", type=Path, default=None, help="only re-render the .md of a raw JSON this tool wrote")
+    ap.add_argument("--runs", type=int, default=1,
+                    help="the whole measurement N times, each in a fresh process, and the spread between the runs")
     args = ap.parse_args(argv)
+    if args.runs < 1 or (args.runs > 1 and (args.graph_look or args.render is not None)):
+        ap.error("--runs N: N >= 1, and not with --graph-look or --render")
     if args.graph_look and args.lora_targets != "all":  # before any work
         ap.error("--graph-look looks at the LoRA on every target; leave --lora-targets out")
     if args.render is not None:
@@ -322,6 +381,8 @@ def main(argv=None) -> int:
     shapes = list(dict.fromkeys([*args.shapes.split(","), args.shape]))
     stem = args.name or (f"lora-forms-{args.model}" + (f"-layers{args.layers}" if args.layers else "")
                          + (f"-{args.lora_targets}" if args.lora_targets != "all" else ""))
+    if args.runs > 1:
+        return repeat_runs(args, argv, stem)
     if args.graph_look:  # the runtime graph and its per-layer counters only (~20 s on small)
         looked = [t for t in args.targets.split(",") if t.startswith("ov ") and t not in results["skipped"]]
         results["graph_look"] = {t: graph_look(args.model, args.layers, t.split()[-1], args.rank, args.threads,

@@ -60,12 +60,11 @@ from wanrt.runtime.metrics.frames import lpips_frames
 from wanrt.runtime.metrics.frechet import FVDConfig, fvd_from_features, i3d_features, split_half_floor
 from wanrt.runtime.motion import FlowMatching, frame_strip_png, sample
 from wanrt.tools.motion_clips import KIND as CLIPS_KIND
-from wanrt.tools.bench_cpu_engines import ratio_ci, time_rounds
+from wanrt.tools.bench_cpu_engines import interval, ratio_ci, time_rounds
 from wanrt.tools.motion_sample import load_run
 from wanrt.tools.train_small import KIND, WEIGHTS, TrainConfig, load_split, save_run, train
 
 LR_GRID = {"full": (3e-5, 1e-4, 3e-4, 1e-3), "lora": (1e-4, 3e-4, 1e-3, 3e-3)}
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}  # Student t, two-sided 95%, by degrees of freedom
 LPIPS_UPSAMPLE = 4
 SAMPLE_SEED = 1234
 
@@ -173,16 +172,6 @@ def base_job(out: str, data: str, pretrain: str, test_clips: int, sample_steps: 
         clips = load_split(data, "test")[0][:test_clips].numpy()
         write_json(real, {"features": i3d_features(list(clips), FVDConfig())[0].tolist()})
     return "pretrained"
-
-
-# ------------------------------------------------------------------------------------------------ statistics
-def interval(values: list[float]) -> dict[str, Any]:
-    """Mean over seeds with its t 95% interval (None for one seed)."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return {"mean": mean, "ci95": None, "n": len(values), "values": values}
-    half = T975.get(len(values) - 1, 1.96) * statistics.stdev(values) / len(values) ** 0.5
-    return {"mean": mean, "ci95": [mean - half, mean + half], "n": len(values), "values": values}
 
 
 def summarize(out: Path, methods: list[Method], best: dict[str, float], seeds: int,
