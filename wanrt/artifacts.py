@@ -143,14 +143,12 @@ def cpu_info() -> dict[str, Any]:
 
 
 def machine_info() -> dict[str, Any]:
+    cpu = cpu_info()  # one read of /proc/cpuinfo for the model and the flags
     info: dict[str, Any] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                            "cpu_count": os.cpu_count(), "cpu_isa": cpu_info()["isa"]}
+                            "cpu_count": os.cpu_count(), "cpu_isa": cpu["isa"]}
+    if cpu["model"] != "unknown":
+        info["cpu"] = cpu["model"]
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
         with open("/proc/meminfo") as f:
             info["mem_total_gib"] = round(int(f.readline().split()[1]) / 2**20, 1)
     except OSError:
