@@ -13,14 +13,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from wanrt.artifacts import sha256_file
+from wanrt.artifacts import cpu_info, sha256_file
 from wanrt.commands.main import cli
 from wanrt.dit_io import DitIO, ShapeRange, VideoShape
 from wanrt.engines.openvino.engine import (
     OvEngine,
     OvEngineSpec,
     build_openvino_engine,
-    cpu_info,
     openvino_version,
     require_openvino,
 )

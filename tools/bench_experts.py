@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from wanrt.artifacts import library_versions
+from wanrt.artifacts import cpu_info, library_versions
 from wanrt.dit_io import VideoShape
 from wanrt.engines import registry
 from wanrt.engines.experts import build_experts
@@ -270,8 +270,6 @@ def _left(h: dict[str, float]) -> str:
 
 def main(argv=None) -> int:
     import openvino as ov
-
-    from wanrt.engines.openvino.engine import cpu_info
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="wan2.2-i2v-a14b", choices=[n for n, p in PRESETS.items() if p.experts])

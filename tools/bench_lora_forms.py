@@ -37,12 +37,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from wanrt.artifacts import cpu_info
 from wanrt.dit_io import DitIO, ShapeRange, VideoShape
 from wanrt.engines.cache import engine_in_cache
 from wanrt.engines.lora_swap import swap_section
 from wanrt.engines.onnx_dir import onnx_initializer_info, read_onnx_dir
 from wanrt.engines.openvino.engine import (OvEngine, OvEngineSpec, build_openvino_engine, cache_key,
-                                           compile_properties, cpu_info, device_capabilities, read_with_lora_inputs,
+                                           compile_properties, device_capabilities, read_with_lora_inputs,
                                            supported_precisions)
 from wanrt.engines.openvino.lora_form import FORMS, apply_form, bound_factor, narrow_lora_inputs
 from wanrt.export.lora import synthetic_lora

@@ -25,10 +25,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from wanrt.artifacts import library_versions, machine_info, write_json
+from wanrt.artifacts import cpu_info, library_versions, machine_info, write_json
 from wanrt.export.model import ModelSpec
 from wanrt.runtime.backends import backend_from_specs
-from wanrt.engines.openvino.engine import cpu_info
 from wanrt.runtime.generate import GenerateSpec, compiled_stages
 from wanrt.runtime.loadgen import SCENARIOS, LoadgenSpec, run_loadgen
 from wanrt.runtime.pipeline import build_pipeline

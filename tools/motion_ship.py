@@ -28,8 +28,7 @@ import safetensors.torch
 import torch
 from diffusers import WanTransformer3DModel
 
-from wanrt.artifacts import load_artifact, sha256_file, write_bytes_atomic, write_json
-from wanrt.engines.openvino.engine import cpu_info
+from wanrt.artifacts import cpu_info, load_artifact, sha256_file, write_bytes_atomic, write_json
 from wanrt.errors import BadInputError, WanrtError
 from wanrt.runtime.metrics.frechet import FVDConfig, fvd_from_features, i3d_features, split_half_floor
 from wanrt.runtime.motion import MOTION_MODELS, load_shipped

@@ -46,8 +46,7 @@ import numpy as np
 import torch
 from diffusers import WanTransformer3DModel
 
-from wanrt.artifacts import load_artifact, write_bytes_atomic, write_json, write_text_atomic
-from wanrt.engines.openvino.engine import cpu_info
+from wanrt.artifacts import cpu_info, load_artifact, write_bytes_atomic, write_json, write_text_atomic
 from wanrt.errors import BadInputError, WanrtError
 from wanrt.export.extract import ExtractSpec, extract_lora
 from wanrt.export.finetuned import ModuleWeights

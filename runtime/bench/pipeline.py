@@ -33,9 +33,8 @@ from typing import Any, Callable
 
 import torch
 
-from wanrt.artifacts import atomic_output_dir, build_manifest, check_output_dir, write_manifest
+from wanrt.artifacts import atomic_output_dir, build_manifest, check_output_dir, cpu_info, write_manifest
 from wanrt.engines import registry
-from wanrt.engines.openvino.engine import cpu_info
 from wanrt.errors import BadInputError, MissingDependencyError
 from wanrt.export.api import LoraSpec
 from wanrt.export.model import ModelSpec, model_experts
