@@ -39,6 +39,7 @@ import torch
 
 from wanrt.artifacts import cpu_info
 from wanrt.dit_io import DitIO, ShapeRange, VideoShape
+from wanrt.errors import WanrtError
 from wanrt.engines.cache import engine_in_cache
 from wanrt.engines.lora_swap import swap_section
 from wanrt.engines.onnx_dir import onnx_initializer_info, read_onnx_dir
@@ -326,8 +327,11 @@ def repeat_runs(args: argparse.Namespace, argv: list[str] | None, stem: str) -> 
     child += ["--layers", str(args.layers)] if args.layers else []
     for i in range(1, args.runs + 1):
         log(f"run {i} of {args.runs}")
-        subprocess.run([sys.executable, "-m", "wanrt.tools.bench_lora_forms", *child, "--name", f"{stem}-run{i}"],
-                       check=True)
+        rc = subprocess.run([sys.executable, "-m", "wanrt.tools.bench_lora_forms", *child, "--name",
+                             f"{stem}-run{i}"]).returncode
+        if rc != 0:  # the child said why; runs 1..i-1 stay in their own files
+            print(f"error: run {i} of {args.runs} exited {rc}; no {stem}-runs file written", file=sys.stderr)
+            return rc
         results["runs"].append(json.loads((args.out / f"{stem}-run{i}.json").read_text()))
     results["spread"] = runs_spread(results["runs"])
     finish(results, t0)
@@ -405,4 +409,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except WanrtError as e:  # bad input (a model, a shape, a target): one line, as wanrt's commands answer it
+        raise SystemExit(f"error: {e}") from None
