@@ -13,7 +13,7 @@ from wanrt.engines.lora_swap import shared_a_onnx
 from wanrt.engines.openvino.engine import (OvEngine, OvEngineSpec, build_openvino_engine, compile_properties,
                                            device_capabilities, read_with_lora_inputs)
 from wanrt.engines.openvino.lora_form import bf16_bits, narrow_lora_inputs
-from wanrt.errors import BadInputError
+from wanrt.errors import BadInputError, WanrtError
 from wanrt.export.lora import synthetic_lora
 from wanrt.export.model import ModelSpec
 from wanrt.export.presets import PRESETS
@@ -184,3 +184,11 @@ def test_runs_spread_is_the_t_interval_over_runs_of_each_main_row():
     assert plain["mean"] == pytest.approx(0.12) and plain["values"] == [0.10, 0.14]
     assert plain["ci95"] == pytest.approx([0.12 - half, 0.12 + half])
     assert spread["ort fp32"]["shared-a"]["mean"] == pytest.approx(0.21)
+
+
+def test_a_failed_run_leaves_no_output_folder(tmp_path):
+    """Bad input ends before a result exists, so the -o folder the tool would have made is never created."""
+    out = tmp_path / "new"
+    with pytest.raises(WanrtError, match="nosuch"):
+        bench_lora_forms(["--model", "nosuch", "--targets", "ort fp32", "-o", str(out)])
+    assert not out.exists()

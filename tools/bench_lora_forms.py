@@ -395,8 +395,7 @@ def main(argv=None) -> int:
         write_results(args.out, f"{stem}-graph", results)
         return 0
     rounds, sweep = tuple(map(int, args.rounds.split(","))), tuple(map(int, args.sweep_rounds.split(",")))
-    args.out.mkdir(parents=True, exist_ok=True)
-    for t in args.targets.split(","):
+    for t in args.targets.split(","):  # write_results makes -o when there is a result: a failed run leaves none
         if t in results["skipped"]:
             log(f"skipping {t}: {results['skipped'][t]}")
             continue
