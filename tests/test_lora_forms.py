@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -192,3 +194,15 @@ def test_a_failed_run_leaves_no_output_folder(tmp_path):
     with pytest.raises(WanrtError, match="nosuch"):
         bench_lora_forms(["--model", "nosuch", "--targets", "ort fp32", "-o", str(out)])
     assert not out.exists()
+
+
+def test_render_writes_the_report_and_leaves_the_raw_json_as_it_was(tmp_path):
+    """--render: the .md from a committed raw JSON (one written before --lora-targets: "on all targets"); the JSON's
+    bytes, its recorded trend and GPU prediction included, are not rewritten."""
+    raw = tmp_path / "lora-forms-small.json"
+    raw.write_bytes((Path(__file__).parents[1] / "docs/results/lora-forms-small.json").read_bytes())
+    before = raw.read_bytes()
+    assert bench_lora_forms(["--render", str(raw)]) == 0
+    assert raw.read_bytes() == before
+    report = (tmp_path / "lora-forms-small.md").read_text()
+    assert "rank 16 on all targets" in report and "## ort fp32" in report

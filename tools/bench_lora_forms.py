@@ -37,7 +37,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from wanrt.artifacts import cpu_info
+from wanrt.artifacts import atomic_path, cpu_info
 from wanrt.dit_io import DitIO, ShapeRange, VideoShape
 from wanrt.errors import WanrtError
 from wanrt.engines.cache import engine_in_cache
@@ -367,12 +367,13 @@ def main(argv=None) -> int:
         ap.error("--runs N: N >= 1, and not with --graph-look or --render")
     if args.graph_look and args.lora_targets != "all":  # before any work
         ap.error("--graph-look looks at the LoRA on every target; leave --lora-targets out")
-    if args.render is not None:
+    if args.render is not None:  # the raw JSON is read, never rewritten: the report shows what it recorded
         results = json.loads(args.render.read_text())
         for p in results["targets"]:
-            p["trend"] = trends(p["rows"])
-        results["gpu_prediction"] = gpu_prediction(results["rank"])
-        write_results(args.render.parent, args.render.stem, results, render(results))
+            p.setdefault("trend", trends(p["rows"]))  # only results older than the trend lack these two
+        results.setdefault("gpu_prediction", gpu_prediction(results["rank"]))
+        with atomic_path(args.render.with_suffix(".md")) as tmp:
+            tmp.write_text(render(results))
         return 0
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
