@@ -10,6 +10,7 @@ import json
 import math
 import os
 import shutil
+import shlex
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from wanrt.artifacts import check_output_dir, read_manifest, write_json
+from wanrt.artifacts import check_output_dir, command_line, read_manifest, write_json
 from wanrt.commands.main import cli as main
 from wanrt.errors import BadInputError
 
@@ -193,3 +194,12 @@ def test_shard_index_traversal_names_the_index(tmp_path):
     assert r.returncode == 2
     line = one_error_line(r.stderr)
     assert index.name in line and "outside" in line and "manifest.json" not in line
+
+
+def test_command_line_is_the_command_that_can_be_pasted_back():
+    """Every result records its command through command_line: shell-quoted, so an argument with a space (a bench's
+    `--targets "ov bf16,ort fp32"`) comes back as one argument."""
+    argv = ["--targets", "ov bf16,ort fp32", "--rounds", "10,40", "-o", "it's/here"]
+    line = command_line(argv, "wanrt.tools.bench_lora_forms")
+    assert line.startswith("python -m wanrt.tools.bench_lora_forms --targets 'ov bf16,ort fp32' --rounds 10,40 -o ")
+    assert shlex.split(line) == ["python", "-m", "wanrt.tools.bench_lora_forms", *argv]

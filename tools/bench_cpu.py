@@ -10,9 +10,7 @@ on a quiet machine: timings share the CPU with whatever else runs.
 
 from __future__ import annotations
 
-import shlex
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -32,7 +30,7 @@ BACKENDS = ("eager", "ort")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="docs/results", show_default=True)
 @click.option("--prefix", default="cpu", show_default=True)
 def main(repeats, warmup, threads, video_shape, out_dir, prefix):
-    from wanrt.artifacts import write_json
+    from wanrt.artifacts import command_line, write_json
     from wanrt.parse import parse_shape
     from wanrt.runtime.bench import BenchSpec, run_bench
 
@@ -40,7 +38,7 @@ def main(repeats, warmup, threads, video_shape, out_dir, prefix):
     spec = BenchSpec(model="small", ranks=RANKS, modes=MODES, targets=TARGETS, backends=BACKENDS, repeats=repeats,
                      warmup=warmup, threads=threads, video_quality=True, video_steps=2, video_frames=vs.frames,
                      video_height=vs.height, video_width=vs.width)
-    command = " ".join(["python -m wanrt.tools.bench_cpu", *map(shlex.quote, sys.argv[1:])])
+    command = command_line()
     equivalent = (f"wanrt bench --model small --ranks {','.join(map(str, RANKS))} --modes {','.join(MODES)} "
                   f"--targets {','.join(TARGETS)} --backends {','.join(BACKENDS)} --repeats {repeats} "
                   f"--warmup {warmup} --threads {threads} --video-quality --video-shape {video_shape} -o OUT")

@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import torch
 
-from wanrt.artifacts import atomic_path, cache_root, library_versions, machine_info, spec_hash
+from wanrt.artifacts import atomic_path, cache_root, command_line, library_versions, machine_info, spec_hash
 from wanrt.dit_io import DitIO, ShapeRange, VideoShape
 from wanrt.tools import cpu_cost_model as cm
 
@@ -77,7 +77,7 @@ def log(msg: str) -> None:
 def header(tool: str, argv: list[str] | None, **fields: Any) -> dict[str, Any]:
     """What every bench records before it measures: the exact command, the machine, the library versions and the
     load average; `fields` add to them (a `machine` or `versions` given replaces the default)."""
-    return {"command": " ".join([f"python -m wanrt.tools.{tool}", *(argv if argv is not None else sys.argv[1:])]),
+    return {"command": command_line(argv, f"wanrt.tools.{tool}"),
             "machine": fields.pop("machine", None) or machine_info(),
             "versions": fields.pop("versions", None) or library_versions(), "load_average": list(os.getloadavg()),
             **fields}

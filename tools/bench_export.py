@@ -79,7 +79,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(run_one(args.child)))
         return
-    from wanrt.artifacts import library_versions, machine_info, write_json
+    from wanrt.artifacts import command_line, library_versions, machine_info, write_json
 
     names = [n for n in CONFIGS if not args.only or n in args.only or n.split("-")[0] in args.only]
     results = {}
@@ -95,7 +95,7 @@ def main() -> None:
                                  f"validate peak {r['validation_peak_rss_over_weights']:.2f}x weights "
                                  f"({r['exported_weights_bytes'] / 2**30:.2f} GiB)" if "error" not in r else str(r)),
               flush=True)
-    doc = {"command": " ".join(["python -m wanrt.tools.bench_export", *sys.argv[1:]]), "machine": machine_info(),
+    doc = {"command": command_line(), "machine": machine_info(),
            "versions": library_versions(), "results": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_json(args.out, doc)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
 import numpy as np
@@ -31,7 +30,7 @@ def main() -> None:
 
     import torch
 
-    from wanrt.artifacts import library_versions, machine_info
+    from wanrt.artifacts import command_line, library_versions, machine_info
     from wanrt.runtime.metrics import frechet
     from wanrt.runtime.metrics.i3d import load_i3d
 
@@ -59,7 +58,7 @@ def main() -> None:
         "batch_size": args.batch_size,
         "torch_threads": torch.get_num_threads(),
         "loadavg_1min_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
-        "command": " ".join([os.path.basename(sys.executable), "-m", "wanrt.tools.bench_fvd_features", *sys.argv[1:]]),
+        "command": command_line(),
         "machine": machine_info(),
         "versions": library_versions(),
     }

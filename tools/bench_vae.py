@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from wanrt.artifacts import library_versions, machine_info, write_json
+from wanrt.artifacts import command_line, library_versions, machine_info, write_json
 from wanrt.engines.sessions import stage_backends
 from wanrt.engines.vae import TileSpec, VaeDecoder
 from wanrt.export.vae import export_vae_decoder
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     vae = wan21_vae()
     with tempfile.TemporaryDirectory() as tmp:
         export_dir, _ = export_vae_decoder(vae, Path(tmp) / "vae", latent_hw=(8, 8))
-        result = {"command": " ".join(sys.argv), "machine": machine_info(), "versions": library_versions(),
+        result = {"command": command_line(), "machine": machine_info(), "versions": library_versions(),
                   "vae": "AutoencoderKLWan() default config = Wan2.1 VAE geometry, seeded weights (seed 0)",
                   "decoder_params_m": sum(p.numel() for p in vae.decoder.parameters()) / 1e6}
         if not args.rss_only:

@@ -9,7 +9,6 @@ tools/make_metric_references.py); needs `wanrt weights fetch`. Writes docs/resul
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="docs/results/metric-ports-cpu.json")
     args = ap.parse_args()
-    from wanrt.artifacts import library_versions, machine_info, write_json
+    from wanrt.artifacts import command_line, library_versions, machine_info, write_json
     from wanrt.runtime.metrics import lpips
     from wanrt.runtime.metrics.i3d import load_i3d
     from wanrt.tools.make_metric_references import i3d_reference_clips, lpips_reference_pairs, to_unit_range
@@ -43,7 +42,7 @@ def main() -> None:
         results[f"lpips_{net}"] = {"inputs": f"{len(ours)} image pairs",
                                    "max_abs_diff": float(np.abs(ours - refs[f"lpips_{net}"]).max()),
                                    "values": ours.tolist(), "reference": refs[f"lpips_{net}"].tolist()}
-    doc = {"command": " ".join(["python -m wanrt.tools.check_metric_ports", *sys.argv[1:]]),
+    doc = {"command": command_line(),
            "machine": machine_info(), "versions": library_versions(), "results": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_json(args.out, doc)

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from wanrt.artifacts import cpu_info, library_versions, machine_info, write_json
+from wanrt.artifacts import command_line, cpu_info, library_versions, machine_info, write_json
 from wanrt.export.model import ModelSpec
 from wanrt.runtime.backends import backend_from_specs
 from wanrt.runtime.generate import GenerateSpec, compiled_stages
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         backend.close()
     result.update(backend=args.backend, model=args.model, layers=args.layers, stages_backend=args.stages_backend,
                   precision=args.precision, components=args.components, text_layers=args.text_layers,
-                  machine=machine_info(), cpu=cpu_info(), versions=library_versions(), command=" ".join(sys.argv))
+                  machine=machine_info(), cpu=cpu_info(), versions=library_versions(), command=command_line())
     write_json(args.out / "results.json", result)
     print(json.dumps(result["loadgen"], indent=1))
     return 0

@@ -28,7 +28,7 @@ import safetensors.torch
 import torch
 from diffusers import WanTransformer3DModel
 
-from wanrt.artifacts import cpu_info, load_artifact, sha256_file, write_bytes_atomic, write_json
+from wanrt.artifacts import command_line, cpu_info, load_artifact, sha256_file, write_bytes_atomic, write_json
 from wanrt.errors import BadInputError, WanrtError
 from wanrt.runtime.metrics.frechet import FVDConfig, fvd_from_features, i3d_features, split_half_floor
 from wanrt.runtime.motion import MOTION_MODELS, load_shipped
@@ -91,7 +91,7 @@ def main(run, data, clips, out, score, sample_steps):
     try:
         if score is not None:
             torch.set_num_threads(2)
-            write_json(score, {"command": " ".join(["python -m wanrt.tools.motion_ship", *sys.argv[1:]]),
+            write_json(score, {"command": command_line(),
                                "cpu": cpu_info(), "torch": torch.__version__,
                                **score_shipped(data, clips, sample_steps)})
             print(f"wrote {score}")

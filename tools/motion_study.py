@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from diffusers import WanTransformer3DModel
 
-from wanrt.artifacts import cpu_info, load_artifact, write_bytes_atomic, write_json, write_text_atomic
+from wanrt.artifacts import command_line, cpu_info, load_artifact, write_bytes_atomic, write_json, write_text_atomic
 from wanrt.errors import BadInputError, WanrtError
 from wanrt.export.extract import ExtractSpec, extract_lora
 from wanrt.export.finetuned import ModuleWeights
@@ -396,7 +396,7 @@ def run_study(opts: dict[str, Any], say=print) -> dict[str, Any]:
         wait(futures)
     say("4. latency")
     latency = measure_latency(out, pretrain, opts["data"], methods, best, opts["latency_rounds"], 4)
-    return {"command": " ".join(["python -m wanrt.tools.motion_study", *sys.argv[1:]]), "cpu": cpu_info(),
+    return {"command": command_line(), "cpu": cpu_info(),
             "platform": platform.platform(), "torch": torch.__version__, "pretrain": pretrain,
             "pretrain_specs": specs, "data": opts["data"], "steps": opts["steps"], "seeds": opts["seeds"],
             "test_clips": opts["test_clips"], "sample_steps": opts["sample_steps"], "lr_grid": LR_GRID,

@@ -14,9 +14,7 @@ timings on a shared machine are only as good as the load they ran under.
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -60,7 +58,7 @@ class LoadSampler(Sampler):
 @click.option("--from-json", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Re-render the report and plots of an earlier run's JSON (no measurement).")
 def main(repeats, warmup, shape, threads, finetuned, out_dir, prefix, model, ranks, from_json):
-    from wanrt.artifacts import write_json
+    from wanrt.artifacts import command_line, write_json
     from wanrt.parse import parse_int_list, parse_shape
     from wanrt.runtime.bench import BenchSpec, run_bench
 
@@ -76,7 +74,7 @@ def main(repeats, warmup, shape, threads, finetuned, out_dir, prefix, model, ran
     spec = BenchSpec(model=model, frames=s.frames, height=s.height, width=s.width, ranks=ranks, modes=MODES,
                      targets=TARGETS, backends=("eager",), repeats=repeats, warmup=warmup, threads=threads,
                      reference="finetuned", finetuned=finetuned)
-    command = " ".join(["python -m wanrt.tools.rank_study", *map(shlex.quote, sys.argv[1:])])
+    command = command_line()
     equivalent = (f"wanrt bench --model {model} --shape {shape} --reference finetuned --finetuned {finetuned} "
                   f"--ranks {','.join(map(str, ranks))} --lora-modes {','.join(MODES)} "
                   + " ".join(f"--target-sets {t}" for t in TARGETS)

@@ -30,6 +30,7 @@ import os
 import platform
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import stat
@@ -167,8 +168,13 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
-def command_line() -> str:
-    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else ""
+def command_line(argv: list[str] | None = None, module: str | None = None) -> str:
+    """The command that ran, shell-quoted so it can be pasted back: `python -m MODULE ARGS` for a module run with
+    -m (`module`, else __main__'s own), else the script's name (`wanrt ...`); `argv` replaces sys.argv[1:]."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    module = module or (spec.name.removesuffix(".__main__") if spec is not None and spec.name else None)
+    prog = ["python", "-m", module] if module else [Path(sys.argv[0]).name if sys.argv else "python"]
+    return shlex.join([*prog, *(sys.argv[1:] if argv is None else argv)])
 
 
 def build_manifest(kind: str, specs: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
