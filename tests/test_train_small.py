@@ -87,5 +87,17 @@ def test_bad_settings_are_refused(data):
         ts.train(ts.TrainConfig(data=str(data), method="dora"))
     with pytest.raises(BadInputError, match="positive"):
         ts.train(ts.TrainConfig(data=str(data), steps=0))
+    with pytest.raises(BadInputError, match="--lr-decay 'linear'"):
+        ts.train(ts.TrainConfig(data=str(data), lr_decay="linear"))
     with pytest.raises(BadInputError, match="no test clips"):
         ts.load_split(data, "test")
+
+
+@pytest.mark.parametrize("decay, factors", [("none", [1, 1, 1, 1]), ("cosine", [1, 0.8536, 0.5, 0.1464])])
+def test_lr_decay_sets_each_steps_rate(data, decay, factors):
+    """--lr-decay cosine: step k of n runs at lr (1 + cos(pi k / n)) / 2, falling toward 0 at the last step."""
+    torch.set_num_threads(1)
+    cfg = ts.TrainConfig(data=str(data), preset="tiny", steps=4, batch=2, lr=1e-3, lr_decay=decay, val_every=4,
+                         val_clips=2)
+    _, _, record = ts.train(cfg, log=lambda _: None)
+    assert record["lr"] == pytest.approx([1e-3 * f for f in factors], rel=1e-3)
