@@ -206,3 +206,15 @@ def test_render_writes_the_report_and_leaves_the_raw_json_as_it_was(tmp_path):
     assert raw.read_bytes() == before
     report = (tmp_path / "lora-forms-small.md").read_text()
     assert "rank 16 on all targets" in report and "## ort fp32" in report
+
+
+def test_targets_the_cpu_cannot_run_are_refused_before_any_work(tmp_path, monkeypatch):
+    """On a CPU without BF16 (an AVX2 Zen 2), `--targets "ov bf16"` alone measured nothing and exited 0 with nothing
+    written (and a --runs parent then crashed reading the missing file); it is refused in one line instead."""
+    import wanrt.tools.bench_lora_forms as tool
+
+    monkeypatch.setattr(tool, "supported_precisions", lambda: {"fp32": None, "bf16": "no BF16 on this CPU"})
+    out = tmp_path / "new"
+    with pytest.raises(BadInputError, match="--targets ov bf16: none runs on this CPU .ov bf16: no BF16 on this CPU."):
+        bench_lora_forms(["--targets", "ov bf16", "-o", str(out)])
+    assert not out.exists()

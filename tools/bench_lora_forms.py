@@ -39,7 +39,7 @@ import torch
 
 from wanrt.artifacts import atomic_path, cpu_info
 from wanrt.dit_io import DitIO, ShapeRange, VideoShape
-from wanrt.errors import WanrtError
+from wanrt.errors import BadInputError, WanrtError
 from wanrt.engines.cache import engine_in_cache
 from wanrt.engines.lora_swap import swap_section
 from wanrt.engines.onnx_dir import onnx_initializer_info, read_onnx_dir
@@ -383,6 +383,9 @@ def main(argv=None) -> int:
                      threads=args.threads, cpu=cpu_info(), targets=[], gpu_prediction=gpu_prediction(args.rank),
                      skipped={t: offered[t.split()[-1]] for t in args.targets.split(",")
                               if t.startswith("ov ") and offered.get(t.split()[-1])})
+    if len(results["skipped"]) == len(args.targets.split(",")):  # else the run measures and writes nothing, exit 0
+        raise BadInputError(f"--targets {args.targets}: none runs on this CPU ("
+                            + "; ".join(f"{t}: {why}" for t, why in results["skipped"].items()) + ")")
     main_shape = VideoShape(*map(int, args.shape.split("x")))
     shapes = list(dict.fromkeys([*args.shapes.split(","), args.shape]))
     stem = args.name or (f"lora-forms-{args.model}" + (f"-layers{args.layers}" if args.layers else "")
