@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
+import shutil
 import socket
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -13,8 +16,11 @@ from pathlib import Path
 import pytest
 
 # Ray reads these when it starts: loopback node address, no token file, no usage report (see issue 13's facts).
+# The GCS port wait goes from Ray's 30 s to 120 s, still bounded: in CI on 2026-12-07 the cluster test's head node
+# missed the 30 s (the one error in 718 tests; here a head starts in 2-4 s even with both cores busy).
 RAY_TEST_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
-                "RAY_USAGE_STATS_ENABLED": "0", "RAY_SERVE_LOG_TO_STDERR": "0"}
+                "RAY_USAGE_STATS_ENABLED": "0", "RAY_SERVE_LOG_TO_STDERR": "0",
+                "RAY_gcs_server_port_wait_time_s": "120"}
 LORA_A_SEED, LORA_B_SEED = 11, 22
 
 
@@ -153,11 +159,28 @@ def wait_for(predicate, timeout: float = 60.0, every: float = 0.1):
     raise AssertionError(f"condition not met within {timeout} s")
 
 
+def ray_log_tails(ray_dir: Path, lines: int = 15) -> str:
+    """The last lines of the GCS and raylet logs under set_ray_env's folder: what a failed start leaves to read."""
+    tails = []
+    for log in sorted(ray_dir.glob("session_*/logs/*")):
+        if log.name.startswith(("gcs_server", "raylet")) and log.is_file():
+            tails.append(f"--- {log}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:]))
+    return "\n".join(tails) or f"no GCS or raylet log under {ray_dir}"
+
+
+_RAY_ROOT: list[Path] = []  # this process's own Ray temp root, made once by mkdtemp
+
+
 def set_ray_env() -> Path:
-    """Call before `import ray` (Ray reads these at import): loopback, no auth token, and a short temp root of our
-    own (socket paths are length-limited; Ray never deletes session folders, the test module removes this one)."""
+    """Call before `import ray` (Ray reads these at import): loopback, no auth token, and a short temp root that
+    this process made itself (socket paths are length-limited). The root is never taken from the environment: the
+    module fixtures delete what Ray leaves under it, and a RAY_TMPDIR the user set (even "" = the working
+    directory, which once cost a checkout) is theirs. Returns `root/ray`, the only folder a fixture may remove."""
+    if not _RAY_ROOT:
+        _RAY_ROOT.append(Path(tempfile.mkdtemp(prefix="wrt", dir="/tmp")))
+        atexit.register(shutil.rmtree, _RAY_ROOT[0], True)
     for k, v in RAY_TEST_ENV.items():
         os.environ[k] = v
-    root = Path(os.environ.setdefault("RAY_TMPDIR", f"/tmp/wrt{os.getpid()}"))
-    (root / "ray").mkdir(parents=True, exist_ok=True)
-    return root
+    os.environ["RAY_TMPDIR"] = str(_RAY_ROOT[0])
+    (_RAY_ROOT[0] / "ray").mkdir(exist_ok=True)
+    return _RAY_ROOT[0] / "ray"

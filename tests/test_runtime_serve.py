@@ -7,6 +7,7 @@ import io
 import json
 import urllib.request
 import warnings
+from pathlib import Path
 
 import numpy as np
 import openai
@@ -26,9 +27,9 @@ def _ray_children() -> set[int]:
     return {p.pid for p in psutil.Process().children(recursive=True)}
 
 
-def kill_leftovers(before: set[int], root, cluster=None) -> None:
+def kill_leftovers(before: set[int], ray_dir, cluster=None) -> None:
     """Stop Ray without Serve's graceful drain (seconds; the tests are done with it), then end by pid the Ray
-    processes this test started that outlived ray.shutdown (agents), and remove its temp root."""
+    processes this test started that outlived ray.shutdown (agents), and remove set_ray_env's folder."""
     import shutil
 
     import psutil
@@ -43,7 +44,18 @@ def kill_leftovers(before: set[int], root, cluster=None) -> None:
             psutil.Process(pid).kill()
         except psutil.Error:
             pass
-    shutil.rmtree(root, ignore_errors=True)
+    shutil.rmtree(ray_dir, ignore_errors=True)
+
+
+def test_the_ray_root_is_never_one_the_user_named(tmp_path, monkeypatch):
+    """The fixtures delete what set_ray_env returns: it must be a folder this process made, whatever RAY_TMPDIR says
+    ("" once meant the working directory, and a checkout went with it)."""
+    (tmp_path / "keep").write_text("the user's")
+    for given in ("", str(tmp_path)):
+        monkeypatch.setenv("RAY_TMPDIR", given)
+        ray_dir = set_ray_env()
+        assert ray_dir.name == "ray" and ray_dir.parent.name.startswith("wrt") and ray_dir.parent.parent == Path("/tmp")
+        assert tmp_path not in ray_dir.parents and Path.cwd() not in ray_dir.parents
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +64,7 @@ def ray_server(serve_artifacts, tmp_path_factory):
     from wanrt.runtime.serving.bundle import load_catalog
     from wanrt.runtime.serving.limits import Limits
 
-    before, root = _ray_children(), set_ray_env()
+    before, ray_dir = _ray_children(), set_ray_env()
     port = free_port()
     ray_app.start_ray(None, "127.0.0.1", port, num_cpus=2)
     try:
@@ -63,7 +75,7 @@ def ray_server(serve_artifacts, tmp_path_factory):
         ray_app.run_application(app)
         yield {"url": f"http://127.0.0.1:{port}", "artifacts": serve_artifacts}
     finally:
-        kill_leftovers(before, root)
+        kill_leftovers(before, ray_dir)
 
 
 

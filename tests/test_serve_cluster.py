@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 
-from tests.serve_helpers import free_port, png_bytes, set_ray_env
+from tests.serve_helpers import free_port, png_bytes, ray_log_tails, set_ray_env
 from tests.test_runtime_serve import _ray_children, kill_leftovers
 
 set_ray_env()  # before Ray is imported
@@ -25,9 +25,12 @@ def cluster_server(serve_artifacts, tmp_path_factory):
     from wanrt.runtime.serving.bundle import load_catalog
     from wanrt.runtime.serving.limits import Limits
 
-    before, root = _ray_children(), set_ray_env()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    before, ray_dir, cluster = _ray_children(), set_ray_env(), None
     try:
+        try:
+            cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+        except RuntimeError as e:  # Ray's own message names only the port file it waited for
+            raise RuntimeError(f"{e}\n{ray_log_tails(ray_dir)}") from e
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         port = free_port()
@@ -42,7 +45,7 @@ def cluster_server(serve_artifacts, tmp_path_factory):
         ray_app.run_application(app)
         yield f"http://127.0.0.1:{port}"
     finally:
-        kill_leftovers(before, root, cluster)
+        kill_leftovers(before, ray_dir, cluster)
 
 
 def test_jobs_run_on_both_nodes(cluster_server):

@@ -176,7 +176,7 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
 
     work = Path(tempfile.mkdtemp(prefix="wanrt-load-"))
-    ray_root = Path(f"/tmp/wl{os.getpid()}")
+    ray_root = Path(tempfile.mkdtemp(prefix="wl", dir="/tmp"))  # short (socket paths), and ours to remove
     _env(ray_root)
     import psutil
 
