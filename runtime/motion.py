@@ -111,9 +111,12 @@ class FixedEmbeddings:
 # (width 24) is narrower than one token's output (patch 1x2x2 x 16 channels = 64 values), so it cannot even carry a
 # token through; trained 400 steps here its samples stayed noise (docs/results/motion-task.md).
 # `motion4`: the same at 4 blocks, for the pretrained weights wanrt ships (docs/results/motion-study.md).
+# `motion-wide`: width 256 (8 heads x 32), every width doubled: issue 22's probe of whether the velocity's precision,
+# not depth, limits the samples (docs/results/motion-study/width.json).
 _MOTION = {**PRESETS["tiny"].config, "num_attention_heads": 4, "attention_head_dim": 32, "ffn_dim": 256,
            "added_kv_proj_dim": 128}
-MOTION_MODELS = {"motion": _MOTION, "motion4": {**_MOTION, "num_layers": 4}}
+MOTION_MODELS = {"motion": _MOTION, "motion4": {**_MOTION, "num_layers": 4},
+                 "motion-wide": {**_MOTION, "num_attention_heads": 8, "ffn_dim": 512, "added_kv_proj_dim": 256}}
 
 
 class FlowMatching:
@@ -167,6 +170,11 @@ def movement(clips: torch.Tensor) -> float:
     """Mean absolute change of frames 1.. from frame 0, in 8-bit levels (uint8 [B, T, H, W, 3]): 0 for a still."""
     x = clips.float()
     return float((x[:, 1:] - x[:, :1]).abs().mean())
+
+
+def frame_error(fake: torch.Tensor, real: torch.Tensor) -> list[float]:
+    """Per frame, the mean |fake - real| in 8-bit levels over clips, pixels and channels (uint8 [B, T, H, W, 3])."""
+    return (fake.float() - real.float()).abs().mean(dim=(0, 2, 3, 4)).tolist()
 
 
 def frame_strip_png(clips: list[np.ndarray], scale: int = 2) -> bytes:

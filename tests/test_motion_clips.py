@@ -29,6 +29,14 @@ def test_dataset_bytes_are_a_function_of_the_seed(tmp_path):
     assert clips.shape == (3, 5, *SIZE, 3) and clips.dtype == np.uint8
 
 
+
+def test_still_clips_hold_frame_0_in_every_frame(tmp_path):
+    moving = mc.write_dataset(tmp_path / "m", 5, "pretrain", COUNTS, 5, SIZE, camera_pan=True)
+    still = mc.write_dataset(tmp_path / "s", 5, "pretrain", COUNTS, 5, SIZE, camera_pan=True, still=True)
+    assert still["specs"]["still"] and not moving["specs"]["still"]
+    m, s = (np.load(tmp_path / d / "train-clips.npy") for d in ("m", "s"))
+    assert (s == s[:, :1]).all() and np.array_equal(s[:, 0], m[:, 0]) and not (m == m[:, :1]).all()
+
 def test_splits_are_disjoint_seed_ranges_and_distinct_clips():
     seeds = {s: {mc.clip_seed(s, i) for i in range(999_999)} for s in mc.SPLITS}
     assert not (seeds["train"] & seeds["validation"] or seeds["train"] & seeds["test"]

@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 import torch
+from click.testing import CliRunner
 from diffusers import WanTransformer3DModel
 
 from wanrt.commands.export import demo_motion
@@ -57,3 +58,24 @@ def test_demo_motion_writes_the_strip_and_says_how_far_frames_move(tmp_path):
     image = Image.open(tmp_path / "motion.png")
     assert image.size == (17 * 32 * 4, 8 * 32 * 4)  # 17 frames wide; 4 clips x (real, sample) high; 4x upscaled
     assert "from the real clips" in line and "copied forward" in line and "motion.png" in line
+
+
+def test_score_puts_a_candidate_run_beside_the_shipped_model(shipped, tmp_path):
+    """`motion_ship --score --candidate RUN`: the shipped weights saved as a motion-train run score exactly as the
+    shipped model (same clips, sampling seed and shift), and a run that is not one is a one-line refusal."""
+    from wanrt.tools import motion_clips, motion_ship, train_small
+
+    data = tmp_path / "clips"
+    motion_clips.write_dataset(data, 0, "pretrain", {"train": 1, "validation": 1, "test": 4}, 17, (32, 32), False)
+    run = tmp_path / "shipped-run"
+    cfg = train_small.TrainConfig(**shipped.record["run_specs"])
+    train_small.save_run(run, cfg, shipped.model, None, {"trainable_parameters": 0, "validation": [[0, 0.0]]})
+    scores = motion_ship.score_shipped(str(data), 4, 1, (str(run),))
+    assert scores["candidates"] == {str(run): scores["shipped"]}
+    assert scores["shipped"]["fvd"] < scores["untrained"]["fvd"] and 0 < scores["shipped"]["lpips"] < 1
+    errors = {k: scores[k]["one_step_frame_error"] for k in ("shipped", "untrained", "still")}
+    assert all(len(e) == 17 for e in errors.values()) and errors["still"][0] == 0 < errors["still"][16]
+    assert errors["shipped"][0] < 20 < errors["untrained"][0]  # frame 0 is in the input; untrained: ~100 levels
+    result = CliRunner().invoke(motion_ship.main, ["--score", str(tmp_path / "s.json"), "--data", str(data),
+                                                   "--candidate", str(data)])
+    assert result.exit_code != 0 and "error:" in result.output and not (tmp_path / "s.json").exists()

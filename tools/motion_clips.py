@@ -221,16 +221,20 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 
 def write_dataset(out: Path, seed: int, motion_set: str, counts: dict[str, int], frames: int,
-                  size: tuple[int, int], camera_pan: bool, force: bool = False) -> dict[str, Any]:
-    """The dataset directory, atomically: every split's .npy files, then manifest.json (sha256 of each file)."""
+                  size: tuple[int, int], camera_pan: bool, force: bool = False, still: bool = False) -> dict[str, Any]:
+    """The dataset directory, atomically: every split's .npy files, then manifest.json (sha256 of each file).
+    `still`: every frame of a clip is its frame 0 (a probe: a model that reproduces frame 0 in every frame carries
+    nothing forward, so its error there is the precision of its output alone)."""
     specs = {"generator_version": GENERATOR_VERSION, "seed": seed, "set": motion_set, "counts": counts,
              "frames": frames, "height": size[0], "width": size[1], "camera_pan": camera_pan,
-             "split_seed_base": SPLIT_SEED_BASE}
+             "split_seed_base": SPLIT_SEED_BASE, "still": still}
     payload: dict[str, Any] = {"motions": list(MOTIONS), "set_motions": list(MOTION_SETS[motion_set]),
                                "conditioning_frame": 0, "layout": "uint8 [N, T, H, W, 3] RGB", "splits": {}}
     with atomic_output_dir(out, force=force, kind=KIND) as tmp:
         for split, count in counts.items():
             clips, motions, params = make_split(seed, motion_set, split, count, frames, size, camera_pan)
+            if still:
+                clips = np.repeat(clips[:, :1], frames, axis=1)
             write_bytes_atomic(tmp / f"{split}-clips.npy", _npy_bytes(clips))
             write_bytes_atomic(tmp / f"{split}-motions.npy", _npy_bytes(motions))
             payload["splits"][split] = {"clips": f"{split}-clips.npy", "motions": f"{split}-motions.npy",
@@ -269,14 +273,15 @@ def parse_size(text: str) -> tuple[int, int]:
 @click.option("--frames", type=int, default=17, show_default=True, help="4k+1")
 @click.option("--size", default="32", show_default=True, help="H or HxW, multiples of 8")
 @click.option("--camera-pan/--no-camera-pan", default=False, show_default=True)
+@click.option("--still", is_flag=True, help="every frame is the clip's frame 0 (a precision probe, issue 22)")
 @click.option("--force", is_flag=True, help="replace an existing motion-clips directory")
 @click.option("--strip", type=click.Path(path_type=Path), default=None,
               help="also write a PNG frame strip: the first train clip of each motion of the set")
-def main(out, motion_set, seed, train, validation, test, frames, size, camera_pan, force, strip):
+def main(out, motion_set, seed, train, validation, test, frames, size, camera_pan, still, force, strip):
     """Write a seeded motion-clips dataset (train / validation / test)."""
     try:
         manifest = write_dataset(out, seed, motion_set, {"train": train, "validation": validation, "test": test},
-                                 frames, parse_size(size), camera_pan, force)
+                                 frames, parse_size(size), camera_pan, force, still)
         if strip is not None:
             write_strip(strip, seed, motion_set, frames, parse_size(size), camera_pan)
     except WanrtError as e:

@@ -7,7 +7,10 @@
 
 --score: the shipped model against the first --clips test clips of --data, beside the same network untrained
 (seed 0) and frame 0 copied forward (a still): FVD (I3D) to the real clips and LPIPS per clip, as
-tools/motion_study.py scores (same sampling seed and upsampling).
+tools/motion_study.py scores (same sampling seed and upsampling). Each `--candidate RUN` (a motion-train run, e.g.
+another width) is scored beside them on the same clips, at its own flow shift, under `candidates`. Each entry also
+has `one_step_frame_error`: per frame, the mean |1-step sample - real| in 8-bit levels (the still's: |frame 0 -
+frame k|): how precisely the model's conditional mean reproduces each frame.
 
 The file: `model.*` (the full fp32 state dict), `demo.clips` (the first --clips test clips, uint8
 [N, T, H, W, 3]) and `demo.motions` (their motion indices into runtime/motion.MOTIONS); its metadata `wanrt` (JSON)
@@ -31,9 +34,10 @@ from diffusers import WanTransformer3DModel
 from wanrt.artifacts import command_line, cpu_info, load_artifact, sha256_file, write_bytes_atomic, write_json
 from wanrt.errors import BadInputError, WanrtError
 from wanrt.runtime.metrics.frechet import FVDConfig, fvd_from_features, i3d_features, split_half_floor
-from wanrt.runtime.motion import MOTION_MODELS, load_shipped
+from wanrt.runtime.motion import MOTION_MODELS, FlowMatching, frame_error, load_shipped, sample
 from wanrt.tools.motion_clips import KIND as CLIPS_KIND
-from wanrt.tools.motion_study import score_clips, score_model
+from wanrt.tools.motion_sample import load_run
+from wanrt.tools.motion_study import SAMPLE_SEED, score_clips, score_model
 from wanrt.tools.train_small import KIND, WEIGHTS, load_split
 
 
@@ -59,24 +63,33 @@ def ship(run: str, data: str, clips: int, out: Path) -> str:
     return digest
 
 
-def score_shipped(data: str, clips: int, steps: int) -> dict[str, Any]:
-    """FVD and LPIPS of the shipped model, the untrained network and a still, on the same test clips."""
+def score_shipped(data: str, clips: int, steps: int, candidates: tuple[str, ...] = ()) -> dict[str, Any]:
+    """FVD and LPIPS of the shipped model, the untrained network, a still and each candidate run, on the same test
+    clips; and each one's frame error at one step (its conditional mean of the clip; frame 0 is in its input)."""
     shipped = load_shipped()
-    model = shipped.model
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         untrained = WanTransformer3DModel(**MOTION_MODELS[shipped.record["model"]]).eval()
-    real = load_split(data, "test")[0][:clips].numpy()
-    real_features, _ = i3d_features(list(real), FVDConfig())
+    models = {"shipped": (shipped.model, shipped.shift), "untrained": (untrained, shipped.shift)}
+    for run in candidates:
+        model, cfg = load_run(run)
+        models[run] = (model, cfg.shift)
+    real, motions = (t[:clips] for t in load_split(data, "test"))
+    real_features, _ = i3d_features(list(real.numpy()), FVDConfig())
     out: dict[str, Any] = {"data": data, "clips": len(real), "sample_steps": steps,
                            "real_split_half_fvd": split_half_floor(real_features, np.arange(len(real)))}
-    scored = {"shipped": score_model(model, shipped.shift, data, clips, steps),
-              "untrained": score_model(untrained, shipped.shift, data, clips, steps),
-              "still": score_clips(real, np.repeat(real[:, :1], real.shape[1], axis=1))}
-    for name, rec in scored.items():
-        out[name] = {"fvd": fvd_from_features(real_features, np.asarray(rec["features"])),
-                     "lpips": float(np.mean(rec["lpips"]))}
-    return out
+    scored, errors = {}, {"still": frame_error(real[:, :1].expand_as(real), real)}
+    for name, (model, shift) in models.items():
+        scored[name] = score_model(model, shift, data, clips, steps)
+        one_step = sample(FlowMatching(model, shift), real[:, 0], motions, real.shape[1], 1,
+                          torch.Generator().manual_seed(SAMPLE_SEED))
+        errors[name] = frame_error(one_step, real)
+    scored["still"] = score_clips(real.numpy(), real[:, :1].expand_as(real).numpy())
+    scores = {name: {"fvd": fvd_from_features(real_features, np.asarray(rec["features"])),
+                     "lpips": float(np.mean(rec["lpips"])), "one_step_frame_error": errors[name]}
+              for name, rec in scored.items()}
+    out["candidates"] = {run: scores.pop(run) for run in candidates}
+    return {**out, **scores}
 
 
 @click.command()
@@ -85,15 +98,17 @@ def score_shipped(data: str, clips: int, steps: int) -> dict[str, Any]:
 @click.option("--clips", type=click.IntRange(1, 4096), default=4, show_default=True)
 @click.option("-o", "--out", type=click.Path(path_type=Path), help="the file to pack into")
 @click.option("--score", type=click.Path(path_type=Path), help="score the shipped model instead; JSON to write")
+@click.option("--candidate", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="with --score: a motion-train run to score beside the shipped model (repeatable)")
 @click.option("--sample-steps", type=click.IntRange(1, 200), default=12, show_default=True)
-def main(run, data, clips, out, score, sample_steps):
+def main(run, data, clips, out, score, candidate, sample_steps):
     """Pack the shipped motion model and its demo clips and print the sha256 to pin, or (--score) score it."""
     try:
         if score is not None:
             torch.set_num_threads(2)
             write_json(score, {"command": command_line(),
                                "cpu": cpu_info(), "torch": torch.__version__,
-                               **score_shipped(data, clips, sample_steps)})
+                               **score_shipped(data, clips, sample_steps, candidate)})
             print(f"wrote {score}")
             return
         if run is None or out is None:
