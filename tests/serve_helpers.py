@@ -17,10 +17,11 @@ import pytest
 
 # Ray reads these when it starts: loopback node address, no token file, no usage report (see issue 13's facts).
 # The GCS port wait goes from Ray's 30 s to 120 s, still bounded: in CI on 2026-12-07 the cluster test's head node
-# missed the 30 s (the one error in 718 tests; here a head starts in 2-4 s even with both cores busy).
+# missed the 30 s (the one error in 718 tests; here a head starts in 2-4 s even with both cores busy). The proxy's
+# ready check as `wanrt serve` sets it (ray_app.LOCAL_RAY_ENV), also for the cluster test's own head node.
 RAY_TEST_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
                 "RAY_USAGE_STATS_ENABLED": "0", "RAY_SERVE_LOG_TO_STDERR": "0",
-                "RAY_gcs_server_port_wait_time_s": "120"}
+                "RAY_gcs_server_port_wait_time_s": "120", "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30"}
 LORA_A_SEED, LORA_B_SEED = 11, 22
 
 

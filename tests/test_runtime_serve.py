@@ -66,8 +66,8 @@ def ray_server(serve_artifacts, tmp_path_factory):
 
     before, ray_dir = _ray_children(), set_ray_env()
     port = free_port()
-    ray_app.start_ray(None, "127.0.0.1", port, num_cpus=2)
-    try:
+    try:  # a failed start too stops Ray: the next module's fixture must not find this one running
+        ray_app.start_ray(None, "127.0.0.1", port, num_cpus=2)
         catalog = load_catalog(serve_artifacts["bundle"])
         store = tmp_path_factory.mktemp("ray-store")
         app = ray_app.build_application(catalog, Limits(max_steps=990), ray_app.ReplicaSpec(num_cpus=0, threads=1),
@@ -76,8 +76,6 @@ def ray_server(serve_artifacts, tmp_path_factory):
         yield {"url": f"http://127.0.0.1:{port}", "artifacts": serve_artifacts}
     finally:
         kill_leftovers(before, ray_dir)
-
-
 
 
 def _engine_describe():

@@ -32,7 +32,11 @@ from wanrt.runtime.serving.stacks import stack_label, stack_of
 from wanrt.runtime.serving.worker import VideoWorker, predict_safe, run_job
 
 BASE_MODEL_ID = "__base__"  # the multiplexed id of "no LoRA"
-LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+# A local Ray's settings (a user's env wins): its node address on 127.0.0.1, no usage stats, and 30 s (Ray: 5 s)
+# for Serve's HTTP proxy to answer its first ready check. With both cores busy the proxy's worker took longer
+# than 5 s to start, Serve killed it before it ran and `serve.start` failed (the serve tests, 2026-12-07).
+LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
+                 "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30"}
 _front: Front | None = None  # the running front of this process's server (start_ray -> shutdown)
 
 
@@ -62,9 +66,9 @@ def _model_id(request: dict[str, Any]) -> str:
     return stack_label(stack_of(request)) or BASE_MODEL_ID
 
 
-def loopback_env() -> None:
-    """Before Ray starts: keep its node address on 127.0.0.1 and send no usage stats (a user's env wins)."""
-    for k, v in LOOPBACK_ENV.items():
+def local_ray_env() -> None:
+    """Before a local Ray starts (its processes inherit this process's environment): LOCAL_RAY_ENV."""
+    for k, v in LOCAL_RAY_ENV.items():
         os.environ.setdefault(k, v)
 
 
@@ -188,7 +192,7 @@ def start_ray(address: str | None, host: str, port: int, temp_dir: str | None = 
     SIGTERM handler: the caller puts its own back)."""
     global _front
     if address is None:
-        loopback_env()
+        local_ray_env()
     import ray
     from ray import serve
 
