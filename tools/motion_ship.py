@@ -78,13 +78,13 @@ def score_shipped(data: str, clips: int, steps: int, candidates: tuple[str, ...]
     real_features, _ = i3d_features(list(real.numpy()), FVDConfig())
     out: dict[str, Any] = {"data": data, "clips": len(real), "sample_steps": steps,
                            "real_split_half_fvd": split_half_floor(real_features, np.arange(len(real)))}
-    scored, errors = {}, {"still": frame_error(real[:, :1].expand_as(real), real)}
+    still = real[:, :1].expand_as(real)  # frame 0 copied forward
+    scored, errors = {"still": score_clips(real.numpy(), still.numpy())}, {"still": frame_error(still, real)}
     for name, (model, shift) in models.items():
         scored[name] = score_model(model, shift, data, clips, steps)
         one_step = sample(FlowMatching(model, shift), real[:, 0], motions, real.shape[1], 1,
                           torch.Generator().manual_seed(SAMPLE_SEED))
         errors[name] = frame_error(one_step, real)
-    scored["still"] = score_clips(real.numpy(), real[:, :1].expand_as(real).numpy())
     scores = {name: {"fvd": fvd_from_features(real_features, np.asarray(rec["features"])),
                      "lpips": float(np.mean(rec["lpips"])), "one_step_frame_error": errors[name]}
               for name, rec in scored.items()}
