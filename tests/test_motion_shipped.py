@@ -79,3 +79,7 @@ def test_score_puts_a_candidate_run_beside_the_shipped_model(shipped, tmp_path):
     result = CliRunner().invoke(motion_ship.main, ["--score", str(tmp_path / "s.json"), "--data", str(data),
                                                    "--candidate", str(data)])
     assert result.exit_code != 0 and "error:" in result.output and not (tmp_path / "s.json").exists()
+    result = CliRunner().invoke(motion_ship.main, ["--run", str(run), "--data", str(data), "-o",
+                                                   str(tmp_path / "m.safetensors"), "--candidate", str(run)])
+    assert result.exit_code != 0 and "only with --score" in result.output
+    assert not (tmp_path / "m.safetensors").exists()

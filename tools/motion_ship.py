@@ -113,6 +113,9 @@ def main(run, data, clips, out, score, candidate, sample_steps):
             return
         if run is None or out is None:
             raise BadInputError("--run and -o name what to pack (or --score to score the shipped model)", param="run")
+        if candidate:  # packing scores nothing: a --candidate here would be silently ignored
+            raise BadInputError("--candidate scores a run beside the shipped model: only with --score",
+                                param="candidate")
         digest = ship(run, data, clips, out)
     except WanrtError as e:
         sys.exit(f"error: {e}")
