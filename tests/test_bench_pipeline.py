@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from wanrt.commands.main import cli
+from wanrt.runtime.bench import pipeline as P
 from wanrt.runtime.bench.pipeline import parse_recipes, stage_backend_for
 from wanrt.runtime.stages import STAGES
 
@@ -71,6 +72,37 @@ def test_two_experts_run_both_each_at_its_steps(tmp_path):
     rows = p["schedules"]["distill-4step"]["rows"]
     assert rows["ort"]["quality"]["failures"] == [] and rows["ort"]["quality"]["psnr_min"] >= 60
     assert rows["ort"]["video_s"]["median"] > 0 and rows["eager"]["stages_s"]["dit"] > 0
+
+
+def test_real_component_geometries_are_the_ones_timed(tmp_path, monkeypatch):
+    """--components wan2.1 on the 14B one-block slice (eager row only, ~1 min): the parts the bench times are
+    Wan2.1's (UMT5 4096 wide with one of its 24 layers, CLIP ViT-H/14, the Wan VAE at base_dim 96), every stage of
+    the video is timed, and the results and report say which geometry and how many text layers ran."""
+    built = []
+
+    def build_and_keep(*args, **kwargs):
+        built.append(real(*args, **kwargs))
+        return built[-1]
+
+    real = P.build_pipeline
+    monkeypatch.setattr(P, "build_pipeline", build_and_keep)
+    out = tmp_path / "bench"
+    res = CliRunner().invoke(cli, ["bench", "--model", "wan2.1-i2v-14b", "--layers", "1", "--backends", "eager",
+                                   "--pipeline", "distill-4step", "--components", "wan2.1", "--text-layers", "1",
+                                   "--repeats", "1", "--shape", "5x32x32", "--threads", "2",
+                                   "--cache-dir", str(tmp_path / "cache"), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    (pipe,) = built
+    text, image, vae = pipe.text_encoder.config, pipe.image_encoder.config, pipe.vae.config
+    assert (text.d_model, text.num_layers, text.d_ff) == (4096, 1, 10240)
+    assert (image.hidden_size, image.num_hidden_layers) == (1280, 32)
+    assert (vae.base_dim, vae.z_dim) == (96, 16)
+    p = json.loads((out / "results.json").read_text())["payload"]
+    assert p["components"] == {"name": "wan2.1", "text_layers": 1, "text_layers_full": 24}
+    row = p["schedules"]["distill-4step"]["rows"]["eager"]
+    assert set(row["stages_s"]) == set(STAGES[:-1]) and all(v > 0 for v in row["stages_s"].values())
+    assert p["goal"]["verdict"] == "no compiled row at equal quality"
+    assert "the `wan2.1` geometry (runtime/components.py); UMT5 1 of 24 layers" in (out / "report.md").read_text()
 
 
 def test_recipes_and_vae_rows():
