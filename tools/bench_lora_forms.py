@@ -369,9 +369,11 @@ def main(argv=None) -> int:
         ap.error("--graph-look looks at the LoRA on every target; leave --lora-targets out")
     if args.render is not None:  # the raw JSON is read, never rewritten: the report shows what it recorded
         results = json.loads(args.render.read_text())
-        for p in results["targets"]:
-            p.setdefault("trend", trends(p["rows"]))  # only results older than the trend lack these two
-        results.setdefault("gpu_prediction", gpu_prediction(results["rank"]))
+        for p in results["targets"]:  # only results older than the trend lack these two: computed only then
+            if "trend" not in p:
+                p["trend"] = trends(p["rows"])
+        if "gpu_prediction" not in results:
+            results["gpu_prediction"] = gpu_prediction(results["rank"])
         with atomic_path(args.render.with_suffix(".md")) as tmp:
             tmp.write_text(render(results))
         return 0
