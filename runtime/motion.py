@@ -11,8 +11,11 @@ dropped by decode, so a model's output there is lost, not wrong pixels.
 Conditioning, laid out as Wan I2V's (diffusers WanImageToVideoPipeline): hidden_states = [x_t (16), mask (4),
 condition (16)] = 36 channels; mask = 1 on the first latent frame, 0 after (all 4 channels equal: with time stride
 1 each latent frame is one pixel frame); condition = encode([first frame, zeros...]). The image embedding stands
-in for CLIP: the first frame's 4x4 RGB patches (48 values) times a fixed seeded matrix -> image_dim, one token per
-patch; it carries pixels, not semantics. Text: a fixed seeded token block per motion name (TEXT_TOKENS tokens).
+in for CLIP ViT-H's 257 tokens (a class token, then 16 x 16 patches): a class token (the mean), then one token per
+2x2 RGB patch of the first frame (12 values) through a fixed 12 -> image_dim map with orthonormal columns: 257
+tokens at 32x32, carrying pixels, not semantics. Text: a fixed seeded block of PROMPT_TOKENS tokens per motion name,
+zero-padded to Wan's 512 as the pipeline pads umT5's output (diffusers' WanAttnProcessor takes the last 512 context
+tokens as text and the rest as image: with fewer, the image branch would read nothing; CONDITIONING below).
 """
 
 from __future__ import annotations
@@ -31,13 +34,19 @@ import torch.nn.functional as F
 from wanrt.artifacts import sha256_file
 from wanrt.errors import BadInputError
 from wanrt.export.presets import PRESETS
+from wanrt.io_contract import TEXT_TOKENS
+
+# The conditioning's version, recorded with every trained model (tools/train_small.py's manifest, the shipped file's
+# metadata) and checked wherever one is loaded. Version 1 (2026-12-03..07) passed 4 text and 64 image tokens;
+# diffusers' WanAttnProcessor splits the context at len - 512, so the image branch (add_k/add_v) read no token and
+# the image tokens went through the text cross-attention. Version 2 passes Wan's 512 text + 257 image tokens.
+CONDITIONING = 2
 
 
 MOTIONS = ("walk", "run", "jump", "wave", "squat")  # a clip's motion index points here (tools/motion_clips.py)
 LATENT_CHANNELS = 16
 PATCH = 2  # spatial stride of the latent map
-IMAGE_PATCH = 4  # pixels per side of one image-embedding token
-TEXT_TOKENS = 4
+PROMPT_TOKENS = 4  # a motion name's own text tokens; the rest of Wan's 512 are zeros
 MAP_SEED = 2022  # fixed: the map is part of the data definition, never trained
 
 
@@ -90,21 +99,33 @@ class FixedEmbeddings:
     """The stand-ins for CLIP (image) and umT5 (text): fixed seeded projections, never trained."""
 
     def __init__(self, image_dim: int, text_dim: int) -> None:
-        self.image_proj = _seeded_normal(MAP_SEED + 1, 3 * IMAGE_PATCH * IMAGE_PATCH, image_dim).float()
-        self.image_proj /= (3 * IMAGE_PATCH * IMAGE_PATCH) ** 0.5
-        self.text = _seeded_normal(MAP_SEED + 2, len(MOTIONS), TEXT_TOKENS, text_dim).float()
+        if image_dim < 3 * PATCH * PATCH:
+            raise BadInputError(f"image_dim {image_dim}: the image tokens carry 12 pixel values, so at least 12")
+        q, _ = torch.linalg.qr(_seeded_normal(MAP_SEED + 1, image_dim, 3 * PATCH * PATCH))
+        self.image_proj = q.T.float()  # [12, image_dim]: orthonormal rows, so no pixel value is lost
+        self.text = _seeded_normal(MAP_SEED + 2, len(MOTIONS), PROMPT_TOKENS, text_dim).float()
 
     def image(self, first: torch.Tensor) -> torch.Tensor:
-        """[B, H, W, 3] -> [B, (H/4)(W/4), image_dim]."""
+        """[B, H, W, 3] -> [B, 1 + (H/2)(W/2), image_dim]: the class token (the patches' mean), then the patches."""
         x = PixelLatentMap.normalize(first)
         b, h, w, c = x.shape
-        p = IMAGE_PATCH
+        p = PATCH
         patches = x.reshape(b, h // p, p, w // p, p, c).permute(0, 1, 3, 2, 4, 5).reshape(b, -1, p * p * c)
-        return patches @ self.image_proj
+        tokens = patches @ self.image_proj
+        return torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
 
     def text_tokens(self, motions: torch.Tensor) -> torch.Tensor:
-        """int motion indices [B] (into MOTIONS) -> [B, TEXT_TOKENS, text_dim]."""
-        return self.text[motions.long()]
+        """int motion indices [B] (into MOTIONS) -> [B, 512, text_dim]: the motion's block, then zeros."""
+        prompt = self.text[motions.long()]
+        return F.pad(prompt, (0, 0, 0, TEXT_TOKENS - PROMPT_TOKENS))
+
+
+def check_conditioning(recorded: dict[str, Any], where: str) -> None:
+    """Refuse a model trained under another conditioning: its inputs would mean something else to it."""
+    version = recorded.get("conditioning", 1)  # version 1 did not record itself
+    if version != CONDITIONING:
+        raise BadInputError(f"{where}: trained under motion conditioning v{version}, this wanrt feeds "
+                            f"v{CONDITIONING} (runtime/motion.CONDITIONING); retrain it")
 
 
 # The default model: the tiny preset's I2V config at width 128 (4 heads x 32), FFN 256. The tiny preset itself
@@ -193,7 +214,7 @@ def frame_strip_png(clips: list[np.ndarray], scale: int = 2) -> bytes:
 # packed with its clips by tools/motion_ship.py; how it was made and scored: docs/results/motion-study.md.
 SHIPPED = Path(__file__).parent / "data" / "motion-pretrained.safetensors"
 # what tools/motion_ship.py printed when it wrote SHIPPED; a file that does not match is refused
-SHIPPED_SHA256 = "83bd4e4b5de61f12dca76a7c0e0e9be04d3e3908ca13a0124c7685e53ce22ac3"
+SHIPPED_SHA256 = "d091a01c98d8db2490e0dd394da6f99f6f135cb801a6fa84c841708edcc398db"
 
 
 class ShippedMotion:
@@ -222,6 +243,7 @@ def load_shipped(path: str | Path = SHIPPED, sha256: str | None = None) -> Shipp
     tensors = safetensors.torch.load_file(str(path))
     with safetensors.safe_open(str(path), "pt") as f:  # the metadata: config name, shift, the training record
         meta = json.loads(f.metadata()["wanrt"])
+    check_conditioning(meta, str(path))
     model = WanTransformer3DModel(**MOTION_MODELS[meta["model"]])
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     return ShippedMotion(model.eval().requires_grad_(False), meta["shift"], tensors["demo.clips"],

@@ -1,14 +1,18 @@
 """The trained motion model wanrt ships (runtime/motion.py): pinned by sha256, refused when altered, and trained:
 its samples start from the input frame and land far closer to the real clips than the same network untrained."""
 
+import json
 import shutil
 
 import pytest
+import safetensors
+import safetensors.torch
 import torch
 from click.testing import CliRunner
 from diffusers import WanTransformer3DModel
 
 from wanrt.commands.export import demo_motion
+from wanrt.artifacts import sha256_file
 from wanrt.errors import BadInputError
 from wanrt.runtime import motion
 
@@ -33,21 +37,35 @@ def test_the_shipped_file_is_pinned_and_an_altered_copy_is_refused(shipped, tmp_
         motion.load_shipped(copy)  # no pin for a file other than the shipped one: refused, never trusted
 
 
+def test_a_file_of_another_conditioning_is_refused(tmp_path):
+    """The shipped file records its conditioning version; one without it (version 1, whose image branch read no
+    token) is refused even when its sha256 is pinned: its inputs would mean something else to it."""
+    tensors = safetensors.torch.load_file(str(motion.SHIPPED))
+    with safetensors.safe_open(str(motion.SHIPPED), "pt") as f:
+        meta = json.loads(f.metadata()["wanrt"])
+    assert meta["conditioning"] == motion.CONDITIONING
+    del meta["conditioning"]
+    old = tmp_path / "v1.safetensors"
+    old.write_bytes(safetensors.torch.save(tensors, metadata={"wanrt": json.dumps(meta)}))
+    with pytest.raises(BadInputError, match="conditioning v1, this wanrt feeds v2"):
+        motion.load_shipped(old, sha256=sha256_file(old))
+
+
 def mean_abs(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).abs().mean())
 
 
 def test_trained_samples_follow_the_input_frame_unlike_the_untrained_network(shipped):
-    # measured (4 clips, 20 steps, seeds 0-2): frame 0 off by 6.7-7.0 levels, whole clip 19.2-20.2 levels from the
-    # real one; the untrained network: 105 and 103. (Copying frame 0 forward scores 12.1: the motion is not learnt
-    # yet; docs/results/motion-study.md.)
+    # measured (4 clips, 20 steps, seeds 0-2; the model shipped 2026-12-08): frame 0 off by 4.2-4.4 levels, whole
+    # clip 13.3-14.5 levels from the real one; the untrained network: 103-105 and 103. (Copying frame 0 forward
+    # scores 12.1: the motion is not learnt well enough yet; docs/results/motion-study.md.)
     real = shipped.clips
     fake = shipped.sample(20)
     torch.manual_seed(0)
     untrained = motion.ShippedMotion(WanTransformer3DModel(**motion.MOTION_MODELS[shipped.record["model"]]).eval(),
                                      shipped.shift, real, shipped.motions, {}).sample(20)
-    assert mean_abs(fake[:, 0], real[:, 0]) < 12 < 60 < mean_abs(untrained[:, 0], real[:, 0])
-    assert mean_abs(fake, real) < 0.35 * mean_abs(untrained, real)
+    assert mean_abs(fake[:, 0], real[:, 0]) < 8 < 60 < mean_abs(untrained[:, 0], real[:, 0])
+    assert mean_abs(fake, real) < 0.2 * mean_abs(untrained, real)
     assert motion.movement(fake) > 0.5 * motion.movement(real)  # the frames change; a still would be 0
 
 

@@ -1,6 +1,7 @@
 """tools/train_small.py + runtime/motion.py: the exact latent map, Wan's I2V inputs, and the training loop
 (full fine-tune and LoRA) on a few tiny clips."""
 
+import json
 import math
 from dataclasses import replace
 
@@ -12,7 +13,8 @@ from wanrt.export.lora_formats import load_lora_file
 from wanrt.tools import motion_clips as mc
 from wanrt.tools import motion_sample
 from wanrt.tools import train_small as ts
-from wanrt.runtime.motion import FixedEmbeddings, PixelLatentMap, i2v_condition
+from wanrt.artifacts import write_manifest
+from wanrt.runtime.motion import CONDITIONING, PROMPT_TOKENS, FixedEmbeddings, PixelLatentMap, i2v_condition
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +44,49 @@ def test_i2v_inputs_have_wan_channels():
     assert torch.allclose(latents.decode(cond[:, 4:, :1])[:, 0], PixelLatentMap.normalize(first), atol=1e-5)
     assert (cond[:, 4:, 1:] == 0).all()
     emb = FixedEmbeddings(image_dim=16, text_dim=32)
-    assert emb.image(first).shape == (2, 16, 16)
-    assert emb.text_tokens(torch.tensor([0, 3])).shape == (2, 4, 32)
+    image = emb.image(first)
+    assert image.shape == (2, 1 + 8 * 8, 16)  # a class token, then one per 2x2 patch (257 at 32x32, as CLIP ViT-H)
+    assert torch.allclose(image[:, 0], image[:, 1:].mean(dim=1))
+    assert torch.allclose(emb.image_proj @ emb.image_proj.T, torch.eye(12), atol=1e-6)  # no pixel value lost
+    text = emb.text_tokens(torch.tensor([0, 3]))
+    assert text.shape == (2, 512, 32) and (text[:, PROMPT_TOKENS:] == 0).all()  # padded as Wan pads umT5's output
+    assert (text[:, :PROMPT_TOKENS] != 0).all() and not torch.equal(text[0], text[1])
+
+
+def test_the_image_branch_reads_the_image_tokens_and_the_text_attention_the_text():
+    """diffusers' WanAttnProcessor takes the context's last 512 tokens as text and the rest as image. Conditioning
+    v1 passed 4 + 64 tokens, so add_k_proj read none and the image went through the text attention: the I2V path
+    was not intact. Checked on the motion model's own layers: each reads exactly its own tokens."""
+    model = ts.build_model(ts.TrainConfig(data="", preset="motion", layers=1)).eval()
+    seen = {}
+    for name in ("blocks.0.attn2.to_k", "blocks.0.attn2.add_k_proj"):
+        model.get_submodule(name).register_forward_hook(
+            lambda _module, args, _out, name=name: seen.__setitem__(name, args[0].detach().clone()))
+    fm = ts.FlowMatching(model, 3.0)
+    clips = torch.randint(0, 256, (2, 5, 32, 32, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        fm.velocity(torch.randn(2, 16, 5, 16, 16), torch.tensor([0.5, 0.9]), clips, torch.tensor([0, 1]))
+        text = model.condition_embedder.text_embedder(fm.embeddings.text_tokens(torch.tensor([0, 1])))
+        image = model.condition_embedder.image_embedder(fm.embeddings.image(clips[:, 0]))
+    assert seen["blocks.0.attn2.to_k"].shape == (2, 512, 128)
+    assert seen["blocks.0.attn2.add_k_proj"].shape == (2, 257, 128)
+    assert torch.allclose(seen["blocks.0.attn2.to_k"], text, atol=1e-5)
+    assert torch.allclose(seen["blocks.0.attn2.add_k_proj"], image, atol=1e-5)
+
+
+def test_a_model_of_another_conditioning_is_refused(data, tmp_path):
+    cfg = ts.TrainConfig(data=str(data), preset="tiny", steps=1, batch=2, val_every=1, val_clips=2)
+    model, names, record = ts.train(cfg, log=lambda _: None)
+    ts.save_run(tmp_path / "run", cfg, model, names, record)
+    manifest = tmp_path / "run" / "manifest.json"
+    doc = json.loads(manifest.read_text())
+    assert doc["payload"]["conditioning"] == CONDITIONING
+    del doc["payload"]["conditioning"]  # as version 1 wrote it
+    write_manifest(tmp_path / "run", doc)
+    for load in (lambda: motion_sample.load_run(tmp_path / "run"),
+                 lambda: ts.build_model(replace(cfg, init=str(tmp_path / "run")))):
+        with pytest.raises(BadInputError, match="conditioning v1, this wanrt feeds v2"):
+            load()
 
 
 def test_full_fine_tune_lowers_validation_loss_and_lora_starts_from_it(data, tmp_path):

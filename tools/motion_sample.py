@@ -22,14 +22,15 @@ from wanrt.artifacts import load_artifact, write_bytes_atomic
 from wanrt.errors import WanrtError
 from wanrt.export.lora import apply_lora
 from wanrt.export.lora_formats import load_lora_file
-from wanrt.runtime.motion import FlowMatching, frame_strip_png, sample
+from wanrt.runtime.motion import FlowMatching, check_conditioning, frame_strip_png, sample
 from wanrt.tools.train_small import KIND, WEIGHTS, TrainConfig, build_model, load_split
 
 
 def load_run(run: str | Path) -> tuple[torch.nn.Module, TrainConfig]:
     """The run's model in eval mode: full weights as saved, or a LoRA merged onto its --init."""
-    specs = load_artifact(run, kind=KIND)["specs"]
-    cfg = TrainConfig(**specs)
+    manifest = load_artifact(run, kind=KIND)
+    check_conditioning(manifest["payload"], f"--run {run}")
+    cfg = TrainConfig(**manifest["specs"])
     if cfg.method == "full":
         model = build_model(replace(cfg, init=str(run)))
     else:

@@ -34,7 +34,8 @@ from diffusers import WanTransformer3DModel
 from wanrt.artifacts import command_line, cpu_info, load_artifact, sha256_file, write_bytes_atomic, write_json
 from wanrt.errors import BadInputError, WanrtError
 from wanrt.runtime.metrics.frechet import FVDConfig, fvd_from_features, i3d_features, split_half_floor
-from wanrt.runtime.motion import MOTION_MODELS, FlowMatching, frame_error, load_shipped, sample
+from wanrt.runtime.motion import (CONDITIONING, MOTION_MODELS, FlowMatching, check_conditioning, frame_error,
+                                  load_shipped, sample)
 from wanrt.tools.motion_clips import KIND as CLIPS_KIND
 from wanrt.tools.motion_sample import load_run
 from wanrt.tools.motion_study import SAMPLE_SEED, score_clips, score_model
@@ -55,7 +56,8 @@ def ship(run: str, data: str, clips: int, out: Path) -> str:
     tensors = {f"model.{k}": v.contiguous() for k, v in safetensors.torch.load_file(str(Path(run) / WEIGHTS)).items()}
     tensors["demo.clips"] = real[:clips].contiguous()
     tensors["demo.motions"] = motions[:clips].contiguous()
-    meta = {"model": specs["preset"], "shift": specs["shift"], "run_specs": specs,
+    check_conditioning(manifest["payload"], f"--run {run}")
+    meta = {"model": specs["preset"], "shift": specs["shift"], "run_specs": specs, "conditioning": CONDITIONING,
             "final_validation": manifest["payload"]["final_validation"], "clips": clips_specs, "split": "test"}
     write_bytes_atomic(out, safetensors.torch.save(tensors, metadata={"wanrt": json.dumps(meta)}))
     digest = sha256_file(out)

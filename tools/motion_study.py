@@ -248,7 +248,9 @@ def measure_latency(out: Path, pretrain: str, data: str, methods: list[Method], 
     wan = PRESETS["wan2.1-i2v-14b"]
     wan_latent = (21, 60, 104)  # 81 frames at 480x832 through the VAE's (4, 8, 8) stride: 32,760 tokens
     latent = (clips.shape[1], clips.shape[2] // 2, clips.shape[3] // 2)
-    text_tokens, image_tokens = fm.embeddings.text.shape[1], (clips.shape[2] // 4) * (clips.shape[3] // 4)
+    # the context the model reads (runtime/motion.FixedEmbeddings): 512 text tokens and 1 + (H/2)(W/2) image tokens
+    text_tokens = fm.embeddings.text_tokens(motions[:1]).shape[1]
+    image_tokens = fm.embeddings.image(clips[:1, 0]).shape[1]
     by_name = {m.name: m for m in methods}
     for label in calls:
         median = statistics.median(samples[label])

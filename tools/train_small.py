@@ -44,7 +44,7 @@ from wanrt.errors import BadInputError, WanrtError
 from wanrt.export.lora import LoraModule, LoraWeights, resolve_targets
 from wanrt.export.lora_formats import save_lora_file
 from wanrt.export.model import ModelSpec, load_transformer
-from wanrt.runtime.motion import MOTION_MODELS, FlowMatching
+from wanrt.runtime.motion import CONDITIONING, MOTION_MODELS, FlowMatching, check_conditioning
 from wanrt.tools.motion_clips import KIND as CLIPS_KIND
 
 KIND = "motion-train"
@@ -107,6 +107,7 @@ def build_model(cfg: TrainConfig) -> torch.nn.Module:
         if init["specs"]["method"] != "full":
             raise BadInputError(f"--init {cfg.init}: holds a {init['specs']['method']} run; --init takes full "
                                 "weights", param="init")
+        check_conditioning(init["payload"], f"--init {cfg.init}")
         model.load_state_dict(safetensors.torch.load_file(str(Path(cfg.init) / WEIGHTS)))
     return model.train().requires_grad_(True)  # load_transformer hands back a frozen model for inference
 
@@ -200,7 +201,8 @@ def save_run(out: Path, cfg: TrainConfig, model: torch.nn.Module, names: list[st
             save_lora_file(lora_weights(model, names, cfg), tmp / WEIGHTS, "diffusers")
         write_json(tmp / "losses.json", record)
         payload = {"weights": WEIGHTS, "losses": "losses.json", "trainable_parameters": record["trainable_parameters"],
-                   "final_validation": record["validation"][-1][1], "lora_targets": names}
+                   "final_validation": record["validation"][-1][1], "lora_targets": names,
+                   "conditioning": CONDITIONING}
         write_manifest(tmp, build_manifest(KIND, asdict(cfg), payload))
 
 
