@@ -49,6 +49,22 @@ def pytest_make_collect_report():
 
 
 @pytest.fixture
+def keep_built_pipelines(monkeypatch):
+    """`wrap(module)` makes `module.build_pipeline` keep what it builds; returns that list, for a test to inspect
+    the pipeline a command ran (its encoders' and VAE's geometry)."""
+    def wrap(module) -> list:
+        built, real = [], module.build_pipeline
+
+        def build_and_keep(*args, **kwargs):
+            built.append(real(*args, **kwargs))
+            return built[-1]
+
+        monkeypatch.setattr(module, "build_pipeline", build_and_keep)
+        return built
+    return wrap
+
+
+@pytest.fixture
 def tiny_model():
     """A fresh `tiny` preset transformer (fp32, seeded: every call gives the same weights)."""
     from wanrt.export.model import ModelSpec, load_transformer

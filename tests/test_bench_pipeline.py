@@ -74,18 +74,11 @@ def test_two_experts_run_both_each_at_its_steps(tmp_path):
     assert rows["ort"]["video_s"]["median"] > 0 and rows["eager"]["stages_s"]["dit"] > 0
 
 
-def test_real_component_geometries_are_the_ones_timed(tmp_path, monkeypatch):
+def test_real_component_geometries_are_the_ones_timed(tmp_path, keep_built_pipelines):
     """--components wan2.1 on the 14B one-block slice (eager row only, ~1 min): the parts the bench times are
     Wan2.1's (UMT5 4096 wide with one of its 24 layers, CLIP ViT-H/14, the Wan VAE at base_dim 96), every stage of
     the video is timed, and the results and report say which geometry and how many text layers ran."""
-    built = []
-
-    def build_and_keep(*args, **kwargs):
-        built.append(real(*args, **kwargs))
-        return built[-1]
-
-    real = P.build_pipeline
-    monkeypatch.setattr(P, "build_pipeline", build_and_keep)
+    built = keep_built_pipelines(P)
     out = tmp_path / "bench"
     res = CliRunner().invoke(cli, ["bench", "--model", "wan2.1-i2v-14b", "--layers", "1", "--backends", "eager",
                                    "--pipeline", "distill-4step", "--components", "wan2.1", "--text-layers", "1",

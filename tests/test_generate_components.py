@@ -18,17 +18,10 @@ def _generate(tmp_path, *args):
                                     "--shape", "5x32x32", "-o", str(tmp_path / "out.mp4"), *args])
 
 
-def test_real_geometries_run_end_to_end_on_the_14b_slice(tmp_path, monkeypatch):
+def test_real_geometries_run_end_to_end_on_the_14b_slice(tmp_path, monkeypatch, keep_built_pipelines):
     """--components wan2.1 --text-layers 1: the pipeline's parts are Wan2.1's (UMT5 4096 wide with one of its 24
     layers, CLIP ViT-H/14 at 1280 x 32 layers, the Wan VAE at base_dim 96), and the video is written (~1 min)."""
-    built = []
-
-    def build_and_keep(*args, **kwargs):
-        built.append(real(*args, **kwargs))
-        return built[-1]
-
-    real = G.build_pipeline
-    monkeypatch.setattr(G, "build_pipeline", build_and_keep)
+    built = keep_built_pipelines(G)
     monkeypatch.setenv("WANRT_CACHE_DIR", str(tmp_path / "cache"))
     res = _generate(tmp_path, "--model", "wan2.1-i2v-14b", "--layers", "1", "--components", "wan2.1",
                     "--text-layers", "1", "--steps", "1", "--no-cfg")
