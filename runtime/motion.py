@@ -11,11 +11,12 @@ dropped by decode, so a model's output there is lost, not wrong pixels.
 Conditioning, laid out as Wan I2V's (diffusers WanImageToVideoPipeline): hidden_states = [x_t (16), mask (4),
 condition (16)] = 36 channels; mask = 1 on the first latent frame, 0 after (all 4 channels equal: with time stride
 1 each latent frame is one pixel frame); condition = encode([first frame, zeros...]). The image embedding stands
-in for CLIP ViT-H's 257 tokens (a class token, then 16 x 16 patches): a class token (the mean), then one token per
-2x2 RGB patch of the first frame (12 values) through a fixed 12 -> image_dim map with orthonormal columns: 257
-tokens at 32x32, carrying pixels, not semantics. Text: a fixed seeded block of PROMPT_TOKENS tokens per motion name,
-zero-padded to Wan's 512 as the pipeline pads umT5's output (diffusers' WanAttnProcessor takes the last 512 context
-tokens as text and the rest as image: with fewer, the image branch would read nothing; CONDITIONING below).
+in for CLIP ViT-H's 257 tokens: a class token (the patches' mean), then one token per 2x2 RGB patch of the first
+frame (12 values) through a fixed 12 -> image_dim map with orthonormal rows, so no pixel value is lost: 257 tokens
+at 32x32 (1 + 16 x 16, as CLIP's), carrying pixels, not semantics. Text: a fixed seeded block of PROMPT_TOKENS
+tokens per motion name, zero-padded to Wan's 512 as the pipeline pads umT5's output (diffusers' WanAttnProcessor
+takes the last 512 context tokens as text and the rest as image: with fewer, the image branch would read nothing;
+CONDITIONING below).
 """
 
 from __future__ import annotations
