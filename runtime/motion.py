@@ -55,6 +55,14 @@ def _seeded_normal(seed: int, *shape: int) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
+def patches(x: torch.Tensor) -> torch.Tensor:
+    """[B, T, H, W, 3] -> [B, T, H/2, W/2, 12]: each 2x2 RGB patch flattened (row, column, channel); the latent map
+    and the image tokens read the same patches."""
+    b, t, h, w, c = x.shape
+    x = x.reshape(b, t, h // PATCH, PATCH, w // PATCH, PATCH, c).permute(0, 1, 2, 4, 3, 5, 6)
+    return x.reshape(b, t, h // PATCH, w // PATCH, PATCH * PATCH * c)
+
+
 class PixelLatentMap:
     """encode: uint8 or [-1, 1] video [B, T, H, W, 3] -> [B, 16, T, H/2, W/2]; decode: the inverse on Q's range."""
 
@@ -67,11 +75,7 @@ class PixelLatentMap:
         return video.float() / 127.5 - 1.0 if video.dtype == torch.uint8 else video.float()
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
-        x = self.normalize(video)
-        b, t, h, w, c = x.shape
-        patches = x.reshape(b, t, h // PATCH, PATCH, w // PATCH, PATCH, c).permute(0, 1, 2, 4, 3, 5, 6)
-        patches = patches.reshape(b, t, h // PATCH, w // PATCH, PATCH * PATCH * c)
-        return torch.einsum("lp,bthwp->blthw", self.q, patches)
+        return torch.einsum("lp,bthwp->blthw", self.q, patches(self.normalize(video)))
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """[B, 16, T, h, w] -> [-1, 1]-scale video [B, T, 2h, 2w, 3] (not clamped)."""
@@ -108,11 +112,7 @@ class FixedEmbeddings:
 
     def image(self, first: torch.Tensor) -> torch.Tensor:
         """[B, H, W, 3] -> [B, 1 + (H/2)(W/2), image_dim]: the class token (the patches' mean), then the patches."""
-        x = PixelLatentMap.normalize(first)
-        b, h, w, c = x.shape
-        p = PATCH
-        patches = x.reshape(b, h // p, p, w // p, p, c).permute(0, 1, 3, 2, 4, 5).reshape(b, -1, p * p * c)
-        tokens = patches @ self.image_proj
+        tokens = patches(PixelLatentMap.normalize(first)[:, None])[:, 0].flatten(1, 2) @ self.image_proj
         return torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
 
     def text_tokens(self, motions: torch.Tensor) -> torch.Tensor:
