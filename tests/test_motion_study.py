@@ -1,5 +1,6 @@
 """tools/motion_study.py: the whole study at toy size (tiny preset, 16x16 clips), its statistics and its resume."""
 
+import json
 import statistics
 from concurrent.futures.process import BrokenProcessPool
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from wanrt.artifacts import write_manifest
 from wanrt.errors import BadInputError
 from wanrt.tools import motion_clips as mc
 from wanrt.tools import motion_study as ms
@@ -77,3 +79,18 @@ def test_a_dead_worker_is_one_line_that_says_how_to_resume(monkeypatch, tmp_path
     assert result.output.strip().splitlines() == [
         f"error: a study worker died (killed, or out of memory); the finished runs under {tmp_path / 'w'} are kept: "
         "rerun the same command to resume"]
+
+
+def test_a_pretrain_of_another_conditioning_is_refused_before_any_job(tmp_path):
+    data = tmp_path / "down"
+    mc.write_dataset(data, 0, "downstream", {"train": 2, "validation": 2, "test": 2}, 5, (16, 16), camera_pan=False)
+    cfg = ts.TrainConfig(data=str(data), preset="tiny", steps=1, batch=2, val_every=1, val_clips=2)
+    ts.save_run(tmp_path / "pre", cfg, *ts.train(cfg, log=lambda _: None))
+    doc = json.loads((tmp_path / "pre" / "manifest.json").read_text())
+    del doc["payload"]["conditioning"]  # as version 1 wrote it
+    write_manifest(tmp_path / "pre", doc)
+    opts = dict(pretrain=tmp_path / "pre", data=str(data), out=tmp_path / "study", ranks="2", groups="", group_rank=2,
+                steps=1, seeds=1, test_clips=2, sample_steps=1, latency_rounds=1, jobs=1)
+    with pytest.raises(BadInputError, match="conditioning v1, this wanrt feeds v2"):
+        ms.run_study(opts, say=lambda _: None)
+    assert not (tmp_path / "study").exists()

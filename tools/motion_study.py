@@ -57,7 +57,7 @@ from wanrt.jsonio import read_json
 from wanrt.runtime.flops import LoraBranch, forward_flops
 from wanrt.runtime.metrics.frames import lpips_frames
 from wanrt.runtime.metrics.frechet import FVDConfig, fvd_from_features, i3d_features, split_half_floor
-from wanrt.runtime.motion import FlowMatching, frame_strip_png, sample
+from wanrt.runtime.motion import FlowMatching, check_conditioning, frame_strip_png, sample
 from wanrt.tools.motion_clips import KIND as CLIPS_KIND
 from wanrt.tools.bench_cpu_engines import interval, ratio_ci, time_rounds
 from wanrt.tools.motion_sample import load_run
@@ -366,6 +366,7 @@ def run_study(opts: dict[str, Any], say=print) -> dict[str, Any]:
     specs = pretrained["specs"]
     if specs["method"] != "full":
         raise BadInputError(f"--pretrain {pretrain}: a full-weights run is needed", param="pretrain")
+    check_conditioning(pretrained["payload"], f"--pretrain {pretrain}")  # before any job, not inside one
     load_split(opts["data"], "test"), load_split(opts["data"], "validation")
     ranks = _parse_ints(opts["ranks"], "--ranks")
     groups = tuple(g for g in opts["groups"].split(",") if g)
